@@ -1,0 +1,41 @@
+"""One small exception hierarchy for the whole project.
+
+Every error a user can cause (bad image, bad path, bad source) derives from
+`DocteurError`, so the command line can print one line and exit non-zero
+without ever showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DocteurError(Exception):
+    """Base of every error docteur reports to a user."""
+
+
+class NotFound(DocteurError):
+    """A path does not exist in the image."""
+
+
+class NotAFile(DocteurError):
+    """A path names a directory where file contents were asked for."""
+
+
+class NotADirectory(DocteurError):
+    """A path names a file (or link) where a directory was expected."""
+
+
+class DamagedImage(DocteurError):
+    """The image's bytes are not what they must be.
+
+    `where` says where the damage was found (an offset, an object id, a
+    region) so that the message is actionable on its own.
+    """
+
+    def __init__(self, what: str, where: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        super().__init__(f"damaged image: {what}" + (f" (at {where})" if where else ""))
+
+
+class BuildError(DocteurError):
+    """An image could not be built (bad source, unknown ref, I/O error...)."""
