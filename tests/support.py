@@ -143,9 +143,10 @@ class NbdkitServer:
 
 
 def git_reference_image(source: str | Path, image: str | Path, block_size: int = 512,
-                        message: str = "reference image\n") -> dict:
+                        message: str = "reference image\n", ofs_delta: bool = True) -> dict:
     """Build an image of directory `source` with git alone (no empty dirs).
 
+    `ofs_delta=False` makes git write REF_DELTA entries instead of OFS_DELTA.
     Returns {"commit": hex, "tree": hex, "idx_offset": int}.
     """
     source = Path(source)
@@ -160,8 +161,9 @@ def git_reference_image(source: str | Path, image: str | Path, block_size: int =
         objects = git("rev-list", "--objects", "--no-object-names", "--no-walk", commit,
                       env=env)
         base = Path(tmp) / "pack"
-        git("pack-objects", "-q", "--threads=1", "--window=250", "--depth=50", str(base),
-            input=objects, env=env)
+        delta_flag = ["--delta-base-offset"] if ofs_delta else []
+        git("pack-objects", "-q", *delta_flag, "--threads=1", "--window=250", "--depth=50",
+            str(base), input=objects, env=env)
         pack = next(Path(tmp).glob("pack-*.pack")).read_bytes()
         idx = next(Path(tmp).glob("pack-*.idx")).read_bytes()
     idx_offset, size = layout.image_layout(len(pack), len(idx), block_size)

@@ -1,0 +1,131 @@
+"""The pack index (.idx version 2) as pure functions.
+
+    0      magic b"\\xfftOc", version 2
+    8      fanout: 256 big-endian uint32, fanout[b] = ids whose first byte <= b
+    1032   N sorted raw ids (20 bytes each)
+           N CRC-32 of the packed entries
+           N uint32 offsets; the high bit set means "index into the next table"
+           K uint64 offsets for entries at 2 GiB and beyond
+           20-byte SHA-1 of the pack, 20-byte SHA-1 of all the above
+
+Lookups take a `pread(offset, length)` callable so that a binary search
+reads only the sectors it touches: the IDX is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import DamagedImage
+from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE
+
+HEAD_SIZE = IDX_HEADER_SIZE + FANOUT_SIZE
+LARGE_OFFSET_FLAG = 0x80000000
+
+Pread = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True)
+class Idx:
+    """Where each table of an IDX lives, given its absolute start `base`."""
+
+    base: int
+    fanout: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return self.fanout[255]
+
+    def name_at(self, i: int) -> int:
+        return self.base + HEAD_SIZE + 20 * i
+
+    def crc_at(self, i: int) -> int:
+        return self.base + HEAD_SIZE + 20 * self.count + 4 * i
+
+    def offset_at(self, i: int) -> int:
+        return self.base + HEAD_SIZE + 24 * self.count + 4 * i
+
+    def large_at(self, k: int) -> int:
+        return self.base + HEAD_SIZE + 28 * self.count + 8 * k
+
+    def trailer_at(self, large_count: int) -> int:
+        """Offset of the pack checksum copy (the IDX's own checksum follows)."""
+        return self.large_at(large_count)
+
+    def size(self, large_count: int) -> int:
+        return self.trailer_at(large_count) + 2 * SHA1_SIZE - self.base
+
+    def min_size(self) -> int:
+        return self.size(0)
+
+
+def parse_head(data: bytes, base: int) -> Idx:
+    """Check magic, version and fanout (the first 1032 bytes)."""
+    where = f"IDX at offset {base}"
+    if len(data) < HEAD_SIZE:
+        raise DamagedImage("truncated IDX header", where)
+    if data[:4] != IDX_SIGNATURE:
+        raise DamagedImage(f"bad IDX signature {bytes(data[:4])!r}", where)
+    (version,) = struct.unpack_from(">I", data, 4)
+    if version != IDX_VERSION:
+        raise DamagedImage(f"unsupported IDX version {version}", where)
+    fanout = struct.unpack_from(">256I", data, IDX_HEADER_SIZE)
+    previous = 0
+    for b, value in enumerate(fanout):
+        if value < previous:
+            raise DamagedImage(f"IDX fanout is not monotonic at entry {b}",
+                               f"offset {base + IDX_HEADER_SIZE + 4 * b}")
+        previous = value
+    return Idx(base, fanout)
+
+
+def check_fits(idx: Idx, capacity: int) -> None:
+    """The tables the fanout announces must fit in the device."""
+    if idx.base + idx.min_size() > capacity:
+        raise DamagedImage(
+            f"IDX announces {idx.count} objects, more than the image can hold",
+            f"IDX at offset {idx.base}")
+
+
+def offset_of(pread: Pread, idx: Idx, i: int) -> int:
+    """The pack offset of the i-th object (resolving 64-bit offsets)."""
+    raw = pread(idx.offset_at(i), 4)
+    if len(raw) != 4:
+        raise DamagedImage("truncated IDX offset table", f"offset {idx.offset_at(i)}")
+    (value,) = struct.unpack(">I", raw)
+    if not value & LARGE_OFFSET_FLAG:
+        return value
+    k = value & ~LARGE_OFFSET_FLAG
+    if k >= idx.count:
+        raise DamagedImage(f"64-bit offset index {k} out of range", f"offset {idx.offset_at(i)}")
+    raw = pread(idx.large_at(k), 8)
+    if len(raw) != 8:
+        raise DamagedImage("truncated IDX 64-bit offset table", f"offset {idx.large_at(k)}")
+    return struct.unpack(">Q", raw)[0]
+
+
+def find(pread: Pread, idx: Idx, oid: bytes) -> int | None:
+    """Binary search for `oid`; return its index in the tables, or None."""
+    first = oid[0]
+    lo = idx.fanout[first - 1] if first else 0
+    hi = idx.fanout[first]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        name = pread(idx.name_at(mid), 20)
+        if len(name) != 20:
+            raise DamagedImage("truncated IDX name table", f"offset {idx.name_at(mid)}")
+        if name == oid:
+            return mid
+        if name < oid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return None
+
+
+def lookup(pread: Pread, idx: Idx, oid: bytes) -> int | None:
+    """The pack offset of `oid`, or None when the IDX does not list it."""
+    i = find(pread, idx, oid)
+    return None if i is None else offset_of(pread, idx, i)

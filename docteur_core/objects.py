@@ -1,0 +1,161 @@
+"""Git tree and commit objects, parsed with the standard library only.
+
+The builder uses dulwich for these; the reader cannot (it runs in a
+minimal guest), and it must also distrust what it reads: a tree entry
+whose name could escape a directory, or a mode git never writes, makes
+the image damaged rather than being interpreted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DamagedImage
+
+MODE_FILE = 0o100644
+MODE_EXEC = 0o100755
+MODE_LINK = 0o120000
+MODE_DIR = 0o040000
+MODE_GITLINK = 0o160000
+# 100664 is what very old git wrote for group-writable files.
+_KNOWN_MODES = {MODE_FILE, MODE_EXEC, 0o100664, MODE_LINK, MODE_DIR, MODE_GITLINK}
+
+
+def decode_name(raw: bytes) -> str:
+    """Names are bytes in git; keep any byte sequence round-trippable."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    name: str
+    mode: int
+    id: bytes  # raw, 20 bytes
+
+    @property
+    def is_dir(self) -> bool:
+        return self.mode == MODE_DIR
+
+    @property
+    def is_link(self) -> bool:
+        return self.mode == MODE_LINK
+
+    @property
+    def is_gitlink(self) -> bool:
+        return self.mode == MODE_GITLINK
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode & 0o170000 == 0o100000
+
+
+def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
+    entries: list[TreeEntry] = []
+    seen: set[bytes] = set()
+    pos = 0
+    n = len(data)
+    while pos < n:
+        sp = data.find(b" ", pos, pos + 8)
+        if sp < 0:
+            raise DamagedImage("tree entry without a mode", where)
+        mode_text = data[pos:sp]
+        if not mode_text or not all(48 <= c <= 55 for c in mode_text):
+            raise DamagedImage(f"tree entry with a bad mode {bytes(mode_text)!r}", where)
+        mode = int(mode_text, 8)
+        if mode not in _KNOWN_MODES:
+            raise DamagedImage(f"tree entry with unknown mode {mode:o}", where)
+        nul = data.find(b"\0", sp + 1)
+        if nul < 0 or nul + 21 > n:
+            raise DamagedImage("truncated tree entry", where)
+        name = data[sp + 1:nul]
+        if not name or name in (b".", b"..") or b"/" in name:
+            raise DamagedImage(f"tree entry with an illegal name {bytes(name)!r}", where)
+        if name in seen:
+            raise DamagedImage(f"tree lists {bytes(name)!r} twice", where)
+        seen.add(name)
+        entries.append(TreeEntry(decode_name(name), mode, bytes(data[nul + 1:nul + 21])))
+        pos = nul + 21
+    return entries
+
+
+@dataclass(frozen=True)
+class Signature:
+    """An author or committer line: `Name <email> epoch +hhmm`."""
+
+    name: str
+    email: str
+    time: int
+    tz_minutes: int
+    raw: str
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+def parse_signature(raw: str, where: str) -> Signature:
+    lt = raw.find("<")
+    gt = raw.find(">", lt + 1)
+    if lt < 0 or gt < 0:
+        raise DamagedImage(f"bad identity {raw!r} in commit", where)
+    name = raw[:lt].strip()
+    email = raw[lt + 1:gt]
+    rest = raw[gt + 1:].split()
+    time, tz = 0, 0
+    if len(rest) == 2:
+        try:
+            time = int(rest[0])
+            sign = -1 if rest[1].startswith("-") else 1
+            digits = rest[1].lstrip("+-")
+            tz = sign * (int(digits[:-2] or "0") * 60 + int(digits[-2:]))
+        except ValueError:
+            raise DamagedImage(f"bad date in identity {raw!r}", where) from None
+    return Signature(name, email, time, tz, raw)
+
+
+@dataclass(frozen=True)
+class Commit:
+    tree: bytes  # raw id
+    parents: tuple[bytes, ...]
+    author: Signature
+    committer: Signature
+    message: str
+
+
+def _hex_id(value: str, where: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 20:
+        raise DamagedImage(f"bad object id {value!r} in commit", where)
+    return raw
+
+
+def parse_commit(data: bytes, where: str) -> Commit:
+    text = data.decode("utf-8", "replace")
+    head, sep, message = text.partition("\n\n")
+    if not sep:
+        head, message = text.rstrip("\n"), ""
+    tree = None
+    parents: list[bytes] = []
+    author = committer = None
+    for line in head.split("\n"):
+        if line.startswith(" "):  # continuation of a multi-line header (gpgsig)
+            continue
+        key, _, value = line.partition(" ")
+        if key == "tree" and tree is None:
+            tree = _hex_id(value, where)
+        elif key == "parent":
+            parents.append(_hex_id(value, where))
+        elif key == "author" and author is None:
+            author = parse_signature(value, where)
+        elif key == "committer" and committer is None:
+            committer = parse_signature(value, where)
+    if tree is None or author is None or committer is None:
+        raise DamagedImage("commit lacks a tree, author or committer", where)
+    return Commit(tree, tuple(parents), author, committer, message)

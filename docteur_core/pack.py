@@ -1,0 +1,246 @@
+"""Git PACK entries as pure functions over bytes.
+
+A pack entry is a varint header (type and inflated size), then for deltas a
+reference to the base (a backwards distance for OFS_DELTA, an object id for
+REF_DELTA), then a zlib stream. Everything here trusts nothing: sizes,
+distances and delta instructions are checked, and any inconsistency raises
+`DamagedImage` naming where it was found.
+
+I/O stays outside: `inflate_from` takes a `pread(offset, length)` callable,
+so the same code runs over a file, a sector cache or a byte string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import DamagedImage
+from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
+
+OBJ_COMMIT = 1
+OBJ_TREE = 2
+OBJ_BLOB = 3
+OBJ_TAG = 4
+OBJ_OFS_DELTA = 6
+OBJ_REF_DELTA = 7
+TYPE_NAMES = {OBJ_COMMIT: "commit", OBJ_TREE: "tree", OBJ_BLOB: "blob", OBJ_TAG: "tag"}
+BASE_TYPES = frozenset(TYPE_NAMES)
+
+# Type+size varint (at most 10 bytes for 64 bits) plus the larger of an
+# OFS_DELTA distance (at most 10 bytes) and a REF_DELTA id (20 bytes).
+MAX_ENTRY_HEADER = 32
+DEFAULT_MAX_OBJECT_SIZE = 1 << 32
+
+Pread = Callable[[int, int], bytes]
+
+
+def parse_pack_header(data: bytes, where: str = "pack") -> int:
+    """Check signature and version; return the object count."""
+    if len(data) < PACK_HEADER_SIZE:
+        raise DamagedImage("truncated PACK header", where)
+    if data[:4] != PACK_SIGNATURE:
+        raise DamagedImage(f"bad PACK signature {bytes(data[:4])!r}", where)
+    version, count = struct.unpack_from(">II", data, 4)
+    if version != PACK_VERSION:
+        raise DamagedImage(f"unsupported PACK version {version}", where)
+    return count
+
+
+@dataclass(frozen=True)
+class EntryHeader:
+    type: int
+    size: int  # inflated size: of the object, or of the delta data for deltas
+    header_len: int  # bytes from the entry's start to its zlib stream
+    base_distance: int | None = None  # OFS_DELTA: this entry's offset - base's
+    base_id: bytes | None = None  # REF_DELTA: raw id of the base
+
+
+def parse_entry_header(buf: bytes, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE
+                       ) -> EntryHeader:
+    """Parse an entry header at the start of `buf` (pass MAX_ENTRY_HEADER bytes)."""
+    n = len(buf)
+    if n == 0:
+        raise DamagedImage("entry header past the end of the pack", where)
+    c = buf[0]
+    typ = (c >> 4) & 7
+    size = c & 15
+    shift = 4
+    pos = 1
+    while c & 0x80:
+        if pos >= n or shift > 60:
+            raise DamagedImage("entry size varint is truncated or too long", where)
+        c = buf[pos]
+        pos += 1
+        size |= (c & 0x7F) << shift
+        shift += 7
+    if typ not in BASE_TYPES and typ not in (OBJ_OFS_DELTA, OBJ_REF_DELTA):
+        raise DamagedImage(f"invalid entry type {typ}", where)
+    if size > max_size:
+        raise DamagedImage(f"entry declares {size} bytes, over the limit of {max_size}", where)
+    if typ == OBJ_OFS_DELTA:
+        if pos >= n:
+            raise DamagedImage("truncated OFS_DELTA distance", where)
+        c = buf[pos]
+        pos += 1
+        distance = c & 0x7F
+        while c & 0x80:
+            if pos >= n or distance > (1 << 56):
+                raise DamagedImage("OFS_DELTA distance is truncated or too long", where)
+            c = buf[pos]
+            pos += 1
+            distance = ((distance + 1) << 7) | (c & 0x7F)
+        if distance == 0:
+            raise DamagedImage("OFS_DELTA refers to itself", where)
+        return EntryHeader(typ, size, pos, base_distance=distance)
+    if typ == OBJ_REF_DELTA:
+        if pos + 20 > n:
+            raise DamagedImage("truncated REF_DELTA base id", where)
+        return EntryHeader(typ, size, pos + 20, base_id=bytes(buf[pos:pos + 20]))
+    return EntryHeader(typ, size, pos)
+
+
+class Inflater:
+    """Sans-IO inflate of one zlib stream that must yield exactly `size` bytes.
+
+    Feed compressed chunks until `done`; then `data` is the result and
+    `consumed` how many of the fed bytes belonged to the stream. Never
+    holds more than `size` + 1 output bytes, whatever the input claims.
+    """
+
+    def __init__(self, size: int, where: str) -> None:
+        self.size = size
+        self.where = where
+        self._z = zlib.decompressobj()
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._fed = 0
+        self.done = False
+        self.consumed = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self._fed += len(chunk)
+        try:
+            out = self._z.decompress(chunk, self.size - self._have + 1)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", self.where) from None
+        self._have += len(out)
+        if self._have > self.size:
+            raise DamagedImage(f"inflates to more than the declared {self.size} bytes",
+                               self.where)
+        self._parts.append(out)
+        if self._z.eof:
+            if self._have != self.size:
+                raise DamagedImage(
+                    f"inflates to {self._have} bytes, {self.size} declared", self.where)
+            self.consumed = self._fed - len(self._z.unused_data)
+            self.done = True
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def inflate_from(pread: Pread, offset: int, size: int, end: int, where: str) -> tuple[bytes, int]:
+    """Inflate the zlib stream at `offset` (not past `end`) to exactly `size` bytes.
+
+    Returns (data, compressed length).
+    """
+    inf = Inflater(size, where)
+    pos = offset
+    # zlib's worst case is the input size plus a few bytes per 16 KiB block.
+    chunk = min(max(size + size // 1000 + 64, 512), 1 << 20)
+    while not inf.done:
+        want = min(chunk, end - pos)
+        if want <= 0:
+            raise DamagedImage("zlib stream runs past the end of the pack", where)
+        data = pread(pos, want)
+        if not data:
+            raise DamagedImage("zlib stream is truncated", where)
+        inf.feed(data)
+        pos += len(data)
+        chunk = min(chunk * 2, 1 << 22)
+    return inf.data, inf.consumed
+
+
+def _varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DamagedImage("truncated size in delta header", where)
+        c = data[pos]
+        pos += 1
+        value |= (c & 0x7F) << shift
+        shift += 7
+        if not c & 0x80:
+            return value, pos
+
+
+def delta_sizes(delta: bytes, where: str) -> tuple[int, int, int]:
+    """Return (base size, result size, position of the first instruction)."""
+    src, pos = _varint(delta, 0, where)
+    dst, pos = _varint(delta, pos, where)
+    return src, dst, pos
+
+
+def apply_delta(base: bytes, delta: bytes, where: str,
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE) -> bytes:
+    """Rebuild an object from its base and a git delta, checking every step."""
+    src_size, dst_size, pos = delta_sizes(delta, where)
+    if src_size != len(base):
+        raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
+                           where)
+    if dst_size > max_size:
+        raise DamagedImage(f"delta result of {dst_size} bytes is over the limit", where)
+    out = bytearray()
+    n = len(delta)
+    base_view = memoryview(base)
+    while pos < n:
+        op = delta[pos]
+        pos += 1
+        if op & 0x80:
+            off = 0
+            size = 0
+            for i in range(4):
+                if op & (1 << i):
+                    if pos >= n:
+                        raise DamagedImage("truncated copy instruction in delta", where)
+                    off |= delta[pos] << (8 * i)
+                    pos += 1
+            for i in range(3):
+                if op & (0x10 << i):
+                    if pos >= n:
+                        raise DamagedImage("truncated copy instruction in delta", where)
+                    size |= delta[pos] << (8 * i)
+                    pos += 1
+            if size == 0:
+                size = 0x10000
+            if off + size > src_size:
+                raise DamagedImage(
+                    f"delta copies {size} bytes at {off}, outside a base of {src_size}", where)
+            out += base_view[off:off + size]
+        elif op:
+            if pos + op > n:
+                raise DamagedImage("truncated insert instruction in delta", where)
+            out += delta[pos:pos + op]
+            pos += op
+        else:
+            raise DamagedImage("reserved delta instruction 0", where)
+        if len(out) > dst_size:
+            raise DamagedImage("delta result larger than declared", where)
+    if len(out) != dst_size:
+        raise DamagedImage(f"delta result is {len(out)} bytes, {dst_size} declared", where)
+    return bytes(out)
+
+
+def object_id(type_name: str, data: bytes) -> bytes:
+    """The raw SHA-1 git gives an object of this type and content."""
+    h = hashlib.sha1(f"{type_name} {len(data)}\0".encode("ascii"))
+    h.update(data)
+    return h.digest()
