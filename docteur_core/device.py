@@ -1,0 +1,38 @@
+"""Turn what a user typed (a path or an NBD URI) into a cached block device.
+
+The command line, the guest entry point and `verify` all accept either an
+image file / raw device or an `nbd://` / `nbd+unix://` URI; this is the one
+place that tells them apart. The NBD client (asyncio) is imported only when
+an URI is given, so opening a file stays cheap in a minimal guest.
+"""
+
+from __future__ import annotations
+
+from .block import BlockDevice, FileDevice, SectorCache
+
+NBD_SCHEMES = ("nbd:", "nbds:", "nbd+unix:", "nbds+unix:", "nbd+vsock:", "nbds+vsock:")
+
+
+def is_nbd_uri(spec: str) -> bool:
+    return spec.lower().startswith(NBD_SCHEMES)
+
+
+def open_raw_device(spec: str, block_size: int | None = None) -> BlockDevice:
+    """The backend for `spec`, without a cache."""
+    if is_nbd_uri(spec):
+        from .nbd_client import NbdDevice
+
+        return NbdDevice(spec, block_size=block_size)
+    return FileDevice(spec, block_size=block_size)
+
+
+def open_device(spec: str, block_size: int | None = None, *,
+                cache_blocks: int | None = None, readahead: int = 0) -> SectorCache:
+    """A path or an NBD URI, opened read-only, behind a sector cache.
+
+    No readahead by default: `ByteReader` already turns sequential reads
+    into growing windows, and random probes should cost one sector each.
+    Raises `DeviceError` (a `DocteurError`) when the device cannot be opened.
+    """
+    return SectorCache(open_raw_device(spec, block_size), max_blocks=cache_blocks,
+                       readahead=readahead)
