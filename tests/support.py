@@ -149,7 +149,7 @@ def git_reference_image(source: str | Path, image: str | Path, block_size: int =
     `ofs_delta=False` makes git write REF_DELTA entries instead of OFS_DELTA.
     Returns {"commit": hex, "tree": hex, "idx_offset": int}.
     """
-    source = Path(source)
+    source = Path(source).resolve()
     with tempfile.TemporaryDirectory(prefix="refimg-") as tmp:
         gitdir = Path(tmp) / "repo.git"
         git("init", "-q", "--bare", str(gitdir))

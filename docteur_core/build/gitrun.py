@@ -1,0 +1,171 @@
+"""Running the `git` program: plumbing queries and the delta search.
+
+Why git: its pack-objects is the only delta engine fast and good enough
+(dulwich's is ~200x slower and ~45 % bigger on the requests corpus).
+
+Determinism: `--threads=1` (git's threaded delta search splits work by
+timing), `--no-reuse-object` (the output does not depend on how the source
+stores its objects), and every configuration key that changes the bytes
+of a pack is pinned on the command line, which beats any user or
+repository configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import BuildError
+
+WINDOW = 250
+DEPTH = 50
+
+PINNED_CONFIG = {
+    "pack.compression": "-1",
+    "core.bigFileThreshold": "512m",
+    "pack.windowMemory": "0",
+    "pack.packSizeLimit": "0",
+    "pack.indexVersion": "2",
+    "pack.writeReverseIndex": "false",
+}
+
+# Environment variables that would point git somewhere else than we say.
+_KEEP_GIT_VARS = {"GIT_EXEC_PATH", "GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL",
+                  "GIT_CONFIG_SYSTEM", "GIT_TRACE", "GIT_TRACE2", "GIT_TRACE_PERFORMANCE"}
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    """A repository as git sees it: its git dir, and where new objects go."""
+    git_dir: str
+    object_dir: str | None = None  # write-only scratch; then the repo's objects are alternates
+    alternates: str | None = None
+
+
+def git_env(repo: GitRepo | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_") or k in _KEEP_GIT_VARS}
+    env["LC_ALL"] = "C"
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    if repo is not None:
+        env["GIT_DIR"] = repo.git_dir
+        if repo.object_dir:
+            env["GIT_OBJECT_DIRECTORY"] = repo.object_dir
+        if repo.alternates:
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = repo.alternates
+    return env
+
+
+def git_command(*args: str) -> list[str]:
+    cmd = ["git"]
+    for key, value in PINNED_CONFIG.items():
+        cmd += ["-c", f"{key}={value}"]
+    return cmd + list(args)
+
+
+def last_line(stderr: bytes) -> str:
+    lines = [l.strip() for l in re.split(rb"[\r\n]", stderr) if l.strip()]
+    text = lines[-1].decode("utf-8", "replace") if lines else "no message"
+    return text.removeprefix("fatal: ").removeprefix("error: ")
+
+
+def run_git(repo: GitRepo | None, *args: str, input: bytes | None = None) -> bytes:
+    """Run a git plumbing command; stdout on success, else a BuildError.
+
+    The BuildError's message is git's last stderr line; callers wrap it to
+    name the thing that failed.
+    """
+    try:
+        proc = subprocess.run(git_command(*args), env=git_env(repo), input=input,
+                              capture_output=True)
+    except FileNotFoundError:
+        raise BuildError("the git program is needed but was not found on PATH") from None
+    if proc.returncode != 0:
+        raise BuildError(last_line(proc.stderr))
+    return proc.stdout
+
+
+class _Drain(threading.Thread):
+    """Reads a stream to its end in the background, keeping its tail (for errors)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.data = b""
+
+    def run(self) -> None:
+        while chunk := self.stream.read(65536):
+            self.data = (self.data + chunk)[-65536:]
+
+
+def _forward_progress(stream, progress: Callable[[str], None] | None) -> bytes:
+    """Read git's stderr in this thread (so `progress` runs here); return its tail."""
+    tail = b""
+    pending = b""
+    while chunk := stream.read1(65536):
+        tail = (tail + chunk)[-4096:]
+        pending += chunk
+        *pieces, pending = re.split(rb"[\r\n]", pending)
+        if progress is not None:
+            for p in pieces:
+                if p.strip():
+                    progress(p.decode("utf-8", "replace").strip())
+    return tail
+
+
+def pack_objects(repo: GitRepo, commit: str, base: str,
+                 progress: Callable[[str], None] | None) -> str:
+    """Pack `commit`, its tree and everything reachable into `base`-SHA.{pack,idx}.
+
+    The object list comes from `rev-list --objects --no-walk`, with path
+    names: pack-objects sorts delta candidates by a hash of the name, which
+    is what makes it find the same file across versions. Returns the pack
+    path.
+    """
+    env = git_env(repo)
+    verbosity = "--progress" if progress is not None else "-q"
+    try:
+        revlist = subprocess.Popen(
+            git_command("rev-list", "--objects", "--no-walk", commit),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise BuildError("the git program is needed but was not found on PATH") from None
+    try:
+        packer = subprocess.Popen(
+            git_command("pack-objects", verbosity, "--delta-base-offset", "--no-reuse-object",
+                        f"--window={WINDOW}", f"--depth={DEPTH}", "--threads=1", base),
+            env=env, stdin=revlist.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        revlist.stdout.close()
+    out_drain = _Drain(packer.stdout)
+    rev_drain = _Drain(revlist.stderr)
+    out_drain.start()
+    rev_drain.start()
+    try:
+        tail = _forward_progress(packer.stderr, progress)
+        packer.wait()
+        revlist.wait()
+    except BaseException:
+        for p in (packer, revlist):
+            p.kill()
+            p.wait()
+        raise
+    finally:
+        out_drain.join()
+        rev_drain.join()
+        for stream in (packer.stdout, packer.stderr, revlist.stderr):
+            stream.close()
+    out = out_drain.data
+    if revlist.returncode != 0:
+        raise BuildError(f"listing the objects of {commit} failed: {last_line(rev_drain.data)}")
+    if packer.returncode != 0:
+        raise BuildError(f"git pack-objects failed: {last_line(tail)}")
+    name = out.decode().strip()
+    path = f"{base}-{name}.pack"
+    if not re.fullmatch(r"[0-9a-f]{40}", name) or not os.path.exists(path):
+        raise BuildError(f"git pack-objects wrote no pack ({out[:80]!r})")
+    return path

@@ -1,0 +1,91 @@
+"""Writing the image file: header, PACK, padding, IDX, padding — atomically.
+
+The bytes go to a temporary file beside IMAGE, are flushed to disk, and the
+file is renamed over IMAGE only when complete; any failure or interrupt
+removes the temporary file, so IMAGE is either absent, the old one, or the
+complete new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+from .. import layout
+from ..errors import BuildError
+
+CHUNK = 1 << 20
+
+
+def check_output(image: str) -> str:
+    """Fail early, before any work, when IMAGE cannot be written."""
+    image = os.path.abspath(image)
+    folder = os.path.dirname(image)
+    if not os.path.isdir(folder):
+        raise BuildError(f"{image}: output folder {folder} does not exist")
+    if os.path.isdir(image):
+        raise BuildError(f"{image}: is a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BuildError(f"{image}: output folder {folder} is not writable")
+    return image
+
+
+def _copy(src: str, dst, size: int, progress: Callable[[int], None] | None) -> None:
+    with open(src, "rb") as f:
+        remaining = size
+        while remaining:
+            chunk = f.read(min(CHUNK, remaining))
+            if not chunk:
+                raise BuildError(f"{src}: shorter than expected")
+            dst.write(chunk)
+            remaining -= len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+
+
+def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_size: int,
+                progress: Callable[[str], None] | None = None) -> int:
+    """Assemble the image at `image`; return its size."""
+    pack_size = os.path.getsize(pack_path)
+    idx_size = os.path.getsize(idx_path)
+    idx_offset, size = layout.image_layout(pack_size, idx_size, block_size)
+    folder = os.path.dirname(image)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(image) + ".", suffix=".tmp",
+                               dir=folder)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress(f"Writing image: {done[0] / 1e6:.1f} MB of {size / 1e6:.1f} MB")
+
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+        with os.fdopen(fd, "wb") as out:
+            out.write(layout.encode_header(commit, idx_offset))
+            _copy(pack_path, out, pack_size, advance if progress else None)
+            out.write(bytes(idx_offset - layout.PACK_OFFSET - pack_size))
+            _copy(idx_path, out, idx_size, advance if progress else None)
+            out.write(bytes(size - idx_offset - idx_size))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, image)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise BuildError(f"{image}: cannot write ({exc.strerror or exc})") from None
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return size

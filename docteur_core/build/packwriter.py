@@ -1,0 +1,182 @@
+"""A plain (undeltified) pack and its .idx, written as objects stream in.
+
+This is the cheap way to hand a directory's objects to `git pack-objects`:
+one sequential file with fast zlib, instead of one loose file per object.
+The real compression (deltas, zlib at git's level) happens in pack-objects,
+which is run with `--no-reuse-object`, so nothing of this pack's encoding
+survives into the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from typing import BinaryIO
+
+OBJ_COMMIT, OBJ_TREE, OBJ_BLOB = 1, 2, 3
+TYPE_NAMES = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob"}
+
+# Fast compression: this pack lives for seconds and is re-read once.
+TEMP_ZLIB_LEVEL = 1
+CHUNK = 1 << 20
+
+
+def entry_header(type_num: int, size: int) -> bytes:
+    """The variable-length type+size header of a pack entry."""
+    byte = (type_num << 4) | (size & 0x0F)
+    size >>= 4
+    out = bytearray()
+    while size:
+        out.append(byte | 0x80)
+        byte = size & 0x7F
+        size >>= 7
+    out.append(byte)
+    return bytes(out)
+
+
+def object_id(type_num: int, data: bytes) -> bytes:
+    """Raw SHA-1 of a git object, as git hashes it."""
+    h = hashlib.sha1(b"%s %d\0" % (TYPE_NAMES[type_num], len(data)))
+    h.update(data)
+    return h.digest()
+
+
+def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
+    """An .idx version 2 for (raw sha, offset, crc32) entries, in any order."""
+    entries = sorted(entries)
+    fanout = [0] * 256
+    for sha, _, _ in entries:
+        fanout[sha[0]] += 1
+    total = 0
+    for i in range(256):
+        total += fanout[i]
+        fanout[i] = total
+    large: list[int] = []
+    offsets = []
+    for _, offset, _ in entries:
+        if offset < 0x80000000:
+            offsets.append(offset)
+        else:
+            offsets.append(0x80000000 | len(large))
+            large.append(offset)
+    parts = [
+        b"\xfftOc", struct.pack(">I", 2), struct.pack(">256I", *fanout),
+        b"".join(sha for sha, _, _ in entries),
+        struct.pack(f">{len(entries)}I", *(crc for _, _, crc in entries)),
+        struct.pack(f">{len(entries)}I", *offsets),
+        struct.pack(f">{len(large)}Q", *large),
+        pack_checksum,
+    ]
+    body = b"".join(parts)
+    return body + hashlib.sha1(body).digest()
+
+
+class PlainPackWriter:
+    """Write objects into `path` + ".pack", deduplicated by id; `finish()` writes the .idx.
+
+    The object count in the pack header is only known at the end, so it is
+    patched in and the trailer checksum computed by re-reading the file
+    (cheap: the file was just written and is in the page cache).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.pack_path = path + ".pack"
+        self.idx_path = path + ".idx"
+        self._f: BinaryIO = open(self.pack_path, "w+b")
+        self._f.write(b"PACK" + struct.pack(">II", 2, 0))
+        self._offset = 12
+        self._entries: dict[bytes, tuple[int, int]] = {}
+        self.bytes_in = 0
+
+    def __contains__(self, sha: bytes) -> bool:
+        return sha in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes:
+        """Add an object held in memory; return its raw id."""
+        if sha is None:
+            sha = object_id(type_num, data)
+        if sha in self._entries:
+            return sha
+        record = entry_header(type_num, len(data)) + zlib.compress(data, TEMP_ZLIB_LEVEL)
+        self._entries[sha] = (self._offset, zlib.crc32(record))
+        self._f.write(record)
+        self._offset += len(record)
+        self.bytes_in += len(data)
+        return sha
+
+    def add_blob_stream(self, f: BinaryIO, size: int) -> bytes:
+        """Add a blob of `size` bytes read from `f` in chunks (large files).
+
+        Raises ValueError if `f` does not hold exactly `size` bytes (it
+        changed while being read). A duplicate is written then dropped.
+        """
+        start = self._offset
+        header = entry_header(OBJ_BLOB, size)
+        sha = hashlib.sha1(b"blob %d\0" % size)
+        comp = zlib.compressobj(TEMP_ZLIB_LEVEL)
+        crc = zlib.crc32(header)
+        self._f.write(header)
+        written = len(header)
+        remaining = size
+        while True:
+            chunk = f.read(min(CHUNK, remaining) if remaining else 1)
+            if not chunk:
+                break
+            if len(chunk) > remaining:
+                raise ValueError("file grew while being read")
+            remaining -= len(chunk)
+            sha.update(chunk)
+            out = comp.compress(chunk)
+            crc = zlib.crc32(out, crc)
+            self._f.write(out)
+            written += len(out)
+        if remaining:
+            raise ValueError("file shrank while being read")
+        out = comp.flush()
+        crc = zlib.crc32(out, crc)
+        self._f.write(out)
+        written += len(out)
+        digest = sha.digest()
+        if digest in self._entries:
+            self._f.seek(start)
+            self._f.truncate()
+            return digest
+        self._entries[digest] = (start, crc)
+        self._offset += written
+        self.bytes_in += size
+        return digest
+
+    def finish(self) -> int:
+        """Patch the count, append the trailer, write the .idx; return object count."""
+        f = self._f
+        f.seek(8)
+        f.write(struct.pack(">I", len(self._entries)))
+        f.flush()
+        f.seek(0)
+        h = hashlib.sha1()
+        remaining = self._offset
+        while remaining:
+            chunk = f.read(min(CHUNK * 8, remaining))
+            h.update(chunk)
+            remaining -= len(chunk)
+        checksum = h.digest()
+        f.seek(self._offset)
+        f.write(checksum)
+        f.close()
+        entries = [(sha, off, crc) for sha, (off, crc) in self._entries.items()]
+        with open(self.idx_path, "wb") as idx:
+            idx.write(encode_idx_v2(entries, checksum))
+        return len(entries)
+
+    def abort(self) -> None:
+        self._f.close()
+        for p in (self.pack_path, self.idx_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,253 @@
+"""Images of directories, checked against git (see test_build_oracle)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from docteur_core import layout
+from docteur_core.build import make_image
+from tests.support import git
+from tests.test_build_oracle import (SITE, check_image, git_write_tree, image_listing,
+                                     source_listing)
+
+DATE = "2026-01-01T00:00:00Z"
+
+# --- hypothesis trees ---------------------------------------------------------
+
+_ODD = ["-dash", " lead space", "trail space ", "new\nline", "back\\slash", "tab\there",
+        "quote\"'", "star*?[", "été", "日本語", "emoji 🎉", "#hash", "~tilde", "a:b", "%41"]
+_name_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+    min_size=1, max_size=12)
+_name_bytes = st.binary(min_size=1, max_size=8).map(lambda b: b.replace(b"/", b"_")
+                                                    .replace(b"\0", b"_"))
+names = st.one_of(
+    st.sampled_from(_ODD).map(str.encode),
+    _name_text.map(lambda s: s.encode("utf-8")),
+    _name_text.map(lambda s: ("." + s).encode("utf-8")),  # hidden
+    _name_bytes,  # not necessarily UTF-8: legal on Linux
+).filter(lambda n: n not in (b".", b"..") and len(n) <= 255
+          # git add refuses these (.git and what NTFS would take for it): not comparable
+          and not n.lower().startswith((b".git", b"git~")))
+
+contents = st.one_of(st.binary(max_size=300), st.sampled_from([b"", b"same content\n"]),
+                     st.text(max_size=200).map(str.encode))
+targets = st.one_of(
+    st.sampled_from([b"/etc/passwd", b"../../outside", b"../../../../../../tmp", b"dangling",
+                     b"a/b/c", b"."]),
+    st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\0", b"x")),
+)
+file_modes = st.sampled_from([0o644, 0o755, 0o600, 0o744, 0o654, 0o700, 0o444])
+
+leaf = st.one_of(
+    st.tuples(st.just("file"), contents, file_modes),
+    st.tuples(st.just("link"), targets),
+    st.just(("dir", {})),  # empty directory
+)
+trees = st.recursive(
+    st.dictionaries(names, leaf, max_size=5),
+    lambda children: st.dictionaries(names, st.one_of(leaf, children.map(lambda d: ("dir", d))),
+                                     max_size=6),
+    max_leaves=25,
+)
+
+
+def materialise(root: bytes, spec: dict) -> None:
+    for name, node in spec.items():
+        path = os.path.join(root, name)
+        if node[0] == "file":
+            with open(path, "wb") as f:
+                f.write(node[1])
+            os.chmod(path, node[2])
+        elif node[0] == "link":
+            os.symlink(node[1], path)
+        else:
+            os.mkdir(path)
+            materialise(path, node[1])
+
+
+def has_empty_dir(spec: dict) -> bool:
+    return any(node[0] == "dir" and (not node[1] or has_empty_dir(node[1]))
+               for node in spec.values())
+
+
+@settings(max_examples=int(os.environ.get("DOCTEUR_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=trees)
+def test_generated_trees_read_back_identically(spec):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "src"
+        src.mkdir()
+        materialise(os.fsencode(src), spec)
+        result = make_image(src, tmp / "out.img", date=DATE, warn=pytest.fail)
+        checked = check_image(tmp / "out.img", tmp)
+        assert (checked.commit, checked.tree, checked.objects) == (
+            result.commit, result.tree, result.objects)
+        assert result.size == (tmp / "out.img").stat().st_size
+        assert image_listing(checked.git_dir, checked.commit) == source_listing(src)
+        if not has_empty_dir(spec):
+            assert result.tree == git_write_tree(src, tmp)
+
+
+# --- fixed cases --------------------------------------------------------------
+
+def test_site_example_matches_git(tmp_path):
+    result = make_image(SITE, tmp_path / "site.img", date=DATE)
+    checked = check_image(tmp_path / "site.img", tmp_path)
+    assert checked.commit == result.commit
+    assert result.tree == git_write_tree(SITE, tmp_path)
+    assert image_listing(checked.git_dir, checked.commit) == source_listing(SITE)
+
+
+def test_commit_is_what_git_commit_tree_writes(tmp_path):
+    result = make_image(SITE, tmp_path / "a.img", date="2026-03-04T05:06:07+05:30",
+                        author="Ada Lovelace <ada@example.org>", message="Snapshot\n\nbody")
+    gitdir = tmp_path / "g.git"
+    git("init", "-q", "--bare", str(gitdir))
+    env = {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(SITE),
+           "GIT_INDEX_FILE": str(tmp_path / "index"),
+           "GIT_AUTHOR_NAME": "Ada Lovelace", "GIT_AUTHOR_EMAIL": "ada@example.org",
+           "GIT_COMMITTER_NAME": "Ada Lovelace", "GIT_COMMITTER_EMAIL": "ada@example.org",
+           "GIT_AUTHOR_DATE": "2026-03-04T05:06:07+05:30",
+           "GIT_COMMITTER_DATE": "2026-03-04T05:06:07+05:30"}
+    git("add", "-A", "--force", ".", cwd=SITE, env=env)
+    tree = git("write-tree", env=env).decode().strip()
+    commit = git("commit-tree", tree, "-m", "Snapshot", "-m", "body", env=env).decode().strip()
+    assert (result.tree, result.commit) == (tree, commit)
+    raw = git("cat-file", "commit", commit, env=env)
+    assert b" +0530\n" in raw
+
+
+def test_same_source_and_date_give_identical_bytes(tmp_path):
+    a = make_image(SITE, tmp_path / "a.img", date=DATE)
+    b = make_image(SITE, tmp_path / "b.img", date=DATE)
+    assert a.commit == b.commit
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    c = make_image(SITE, tmp_path / "c.img", date="2026-01-02T00:00:00Z")
+    assert c.tree == a.tree and c.commit != a.commit
+
+
+def test_source_date_epoch_is_the_default_date(tmp_path):
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1767225600")  # 2026-01-01T00:00:00Z
+    for name in ("a.img", "b.img"):
+        subprocess.run([sys.executable, "-m", "docteur_core", "make", "-q", str(SITE),
+                        str(tmp_path / name)], env=env, check=True)
+    make_image(SITE, tmp_path / "c.img", date=DATE)
+    assert ((tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+            == (tmp_path / "c.img").read_bytes())
+
+
+@pytest.mark.parametrize("block_size", [512, 4096, 65536])
+def test_block_sizes(tmp_path, block_size):
+    result = make_image(SITE, tmp_path / "b.img", date=DATE, block_size=block_size)
+    assert result.size % block_size == 0
+    check_image(tmp_path / "b.img", tmp_path, block_size=block_size)
+
+
+def test_aligned_pack_gets_a_whole_block_of_padding():
+    # The OCaml rule, which the builder relies on through layout.image_layout.
+    assert layout.image_layout(512 - 28, 1000, 512) == (1024, 2048)
+
+
+def test_similar_files_are_deltified(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    base = os.urandom(20000)
+    for i in range(10):
+        (src / f"v{i}.bin").write_bytes(base[:i * 100] + b"changed" + base[i * 100:])
+    result = make_image(src, tmp_path / "d.img", date=DATE)
+    assert result.size < 3 * 20000
+    checked = check_image(tmp_path / "d.img", tmp_path)
+    verbose = git("verify-pack", "-v", str(checked.git_dir / "objects/pack/pack-image.idx"))
+    assert b"chain length = " in verbose  # some objects are deltas
+    assert image_listing(checked.git_dir, checked.commit) == source_listing(src)
+
+
+def test_large_file_is_streamed(tmp_path, monkeypatch):
+    from docteur_core.build import snapshot
+    monkeypatch.setattr(snapshot, "WHOLE_READ_LIMIT", 1000)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(5000) * 3)
+    (src / "big-copy").write_bytes((src / "big").read_bytes())  # a duplicate, dropped
+    (src / "small").write_bytes(b"x")
+    result = make_image(src, tmp_path / "l.img", date=DATE)
+    checked = check_image(tmp_path / "l.img", tmp_path)
+    assert image_listing(checked.git_dir, checked.commit) == source_listing(src)
+    assert result.tree == git_write_tree(src, tmp_path)
+
+
+def test_special_files_are_skipped_with_a_warning(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "regular").write_text("kept\n")
+    os.mkfifo(src / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    try:
+        warnings = []
+        result = make_image(src, tmp_path / "s.img", date=DATE, warn=warnings.append)
+    finally:
+        sock.close()
+    assert sorted(w.split(": ")[-1] for w in warnings) == ["skipped (FIFO)", "skipped (socket)"]
+    checked = check_image(tmp_path / "s.img", tmp_path)
+    assert image_listing(checked.git_dir, checked.commit) == {b"regular": ("100644", b"kept\n")}
+    # On the command line, the warning goes to stderr.
+    os.unlink(src / "sock")
+    proc = subprocess.run([sys.executable, "-m", "docteur_core", "make", "-q", "--date", DATE,
+                           str(src), str(tmp_path / "t.img")], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stderr == f"docteur make: warning: {src}/fifo: skipped (FIFO)\n"
+    assert proc.stdout == ""
+
+
+def test_nested_git_entries_are_skipped(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub" / ".GIT").mkdir(parents=True)
+    (src / "sub" / ".GIT" / "config").write_text("x")
+    (src / "sub" / "file").write_text("y")
+    warnings = []
+    result = make_image(src, tmp_path / "n.img", date=DATE, warn=warnings.append)
+    assert len(warnings) == 1 and ".GIT: skipped" in warnings[0]
+    checked = check_image(tmp_path / "n.img", tmp_path)
+    assert image_listing(checked.git_dir, checked.commit) == {b"sub/file": ("100644", b"y")}
+
+
+def test_empty_source_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = make_image(tmp_path / "empty", tmp_path / "e.img", date=DATE)
+    assert result.tree == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    assert check_image(tmp_path / "e.img", tmp_path).objects == 2
+
+
+def test_file_url_source(tmp_path):
+    a = make_image(f"file://{SITE}", tmp_path / "u.img", date=DATE)
+    b = make_image(os.path.relpath(SITE), tmp_path / "p.img", date=DATE)
+    assert (tmp_path / "u.img").read_bytes() == (tmp_path / "p.img").read_bytes()
+
+
+def test_progress_reports_hashing_deltas_and_writing(tmp_path):
+    seen = []
+    make_image(SITE, tmp_path / "p.img", date=DATE, progress=seen.append)
+    text = "\n".join(seen)
+    assert "Hashing files:" in text
+    assert "Compressing objects" in text or "Enumerating objects" in text
+    assert "Writing image:" in text
+
+
+def test_cli_prints_a_summary(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "docteur_core", "make", "--date", DATE,
+                           str(SITE), str(tmp_path / "c.img")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # not a terminal: no progress
+    assert "objects, commit " in proc.stdout
