@@ -15,8 +15,8 @@ import struct
 import zlib
 from typing import BinaryIO
 
-OBJ_COMMIT, OBJ_TREE, OBJ_BLOB = 1, 2, 3
-TYPE_NAMES = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree", OBJ_BLOB: b"blob"}
+from ..pack import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, TYPE_NAMES  # noqa: F401 (re-exported)
+from ..pack import object_id as _object_id
 
 # Fast compression: this pack lives for seconds and is re-read once.
 TEMP_ZLIB_LEVEL = 1
@@ -38,9 +38,7 @@ def entry_header(type_num: int, size: int) -> bytes:
 
 def object_id(type_num: int, data: bytes) -> bytes:
     """Raw SHA-1 of a git object, as git hashes it."""
-    h = hashlib.sha1(b"%s %d\0" % (TYPE_NAMES[type_num], len(data)))
-    h.update(data)
-    return h.digest()
+    return _object_id(TYPE_NAMES[type_num], data)
 
 
 def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
