@@ -1,0 +1,253 @@
+"""The plugin refuses bad images and bad command lines before serving:
+one readable line, a non-zero exit (real nbdkit each time)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from docteur_core import layout
+from docteur_core.build import make_image
+from nbd_plugin import imagecheck
+from tests.support import PLUGIN, git_reference_image
+from tests.test_plugin_support import make_source, run_nbdkit_once
+
+DATE = "2026-01-01T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A reference image (git only) and where its regions are."""
+    base = tmp_path_factory.mktemp("checks")
+    src = make_source(base / "src", big=200_000)
+    image = base / "good.img"
+    git_reference_image(src, image)
+    data = image.read_bytes()
+    info = imagecheck.check_image(lambda o, n: data[o:o + n], len(data))
+    idx_offset = layout.parse_header(data[:layout.HEADER_SIZE]).idx_offset
+    pack_end = info.extents[0][1]  # first data extent, rounded to 512
+    # Exact end of the pack: its checksum is the IDX's copy (40 bytes from its end).
+    idx_end = next(e[1] for e in info.extents if e[0] == idx_offset)
+    raw_idx_end = idx_offset + data[idx_offset:idx_end].rstrip(b"\0").__len__()
+    pack_sha = data[raw_idx_end - 40:raw_idx_end - 20]
+    exact_pack_end = data.rfind(pack_sha, 0, idx_offset) + 20
+    assert pack_end == layout.align_up(exact_pack_end, 512)
+    return {"image": image, "data": data, "idx": idx_offset, "pack_end": exact_pack_end,
+            "idx_end": raw_idx_end, "base": base}
+
+
+def _set(data: bytearray, offset: int, value: bytes) -> None:
+    data[offset:offset + len(value)] = value
+
+
+def _flip(data: bytearray, offset: int) -> None:
+    data[offset] ^= 0x40
+
+
+# Each damage: (name, function(bytearray, info) -> bytearray, expected text).
+DAMAGES = [
+    ("tiny", lambda d, g: d[:10], "image too small for a header"),
+    ("idx-in-header", lambda d, g: (_set(d, 20, struct.pack("<Q", 4)), d)[1],
+     "IDX offset 4 is inside the header"),
+    ("idx-outside", lambda d, g: (_set(d, 20, struct.pack("<Q", len(d) + 512)), d)[1],
+     "points outside the image"),
+    ("idx-unaligned", lambda d, g: (_set(d, 20, struct.pack("<Q", g["idx"] + 8)), d)[1],
+     "is not aligned to 512 bytes"),
+    ("size-unaligned", lambda d, g: d[:-100], "is not a multiple of 512 bytes"),
+    ("truncated", lambda d, g: d[:layout.align_down(g["idx_end"] - 1, 512)],
+     "points outside the image"),
+    ("idx-count", lambda d, g: (_set(d, g["idx"] + 8 + 255 * 4, struct.pack(">I", 10**6)), d)[1],
+     "IDX announces 1000000 objects, more than the image can hold"),
+    ("pack-signature", lambda d, g: (_set(d, 28, b"PACX"), d)[1], "bad PACK signature"),
+    ("pack-version", lambda d, g: (_set(d, 32, struct.pack(">I", 3)), d)[1],
+     "unsupported PACK version 3"),
+    ("pack-count", lambda d, g: (_set(d, 36, struct.pack(">I", struct.unpack_from(
+        ">I", d, 36)[0] + 1)), d)[1], "objects, the PACK holds"),
+    ("idx-signature", lambda d, g: (_set(d, g["idx"], b"\xfftOd"), d)[1], "bad IDX signature"),
+    ("idx-version", lambda d, g: (_set(d, g["idx"] + 4, struct.pack(">I", 1)), d)[1],
+     "unsupported IDX version 1"),
+    ("idx-fanout", lambda d, g: (_set(d, g["idx"] + 8, struct.pack(">I", 0xFFFF)), d)[1],
+     "IDX fanout is not monotonic"),
+    ("idx-checksum", lambda d, g: (_flip(d, g["idx"] + 8 + 1024 + 5), d)[1],
+     "the IDX's checksum does not match"),
+    ("pack-trailer", lambda d, g: (_flip(d, g["pack_end"] - 1), d)[1],
+     "PACK's trailing checksum does not match the IDX's copy"),
+    ("pack-padding", lambda d, g: (_set(d, g["idx"] - 1, b"\x01"), d)[1],
+     "the padding after the PACK is not zeros"),
+    ("idx-padding", lambda d, g: (_set(d, len(d) - 1, b"\x01"), d)[1],
+     "the padding after the IDX is not zeros"),
+    ("commit-missing", lambda d, g: (_set(d, 0, b"\x00" * 20), d)[1],
+     "the header's commit 0000000000000000000000000000000000000000 is not in the IDX"),
+]
+
+
+def _assert_refused(proc: subprocess.CompletedProcess, expected: str) -> str:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("name,damage,expected", DAMAGES, ids=[d[0] for d in DAMAGES])
+def test_damaged_image_stops_nbdkit(good, name, damage, expected):
+    bad = good["base"] / f"{name}.img"
+    bad.write_bytes(bytes(damage(bytearray(good["data"]), good)))
+    line = _assert_refused(run_nbdkit_once(f"image={bad}"), expected)
+    assert str(bad) in line
+
+
+def test_good_image_starts(good):
+    proc = run_nbdkit_once(f"image={good['image']}")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_verify_none_checks_the_header_only(good):
+    bad = good["base"] / "none.img"
+    data = bytearray(good["data"])
+    _set(data, 28, b"PACX")
+    bad.write_bytes(bytes(data))
+    assert run_nbdkit_once(f"image={bad}", "verify=none").returncode == 0
+    _set(data, 20, struct.pack("<Q", 4))
+    bad.write_bytes(bytes(data))
+    _assert_refused(run_nbdkit_once(f"image={bad}", "verify=none"), "inside the header")
+
+
+def test_verify_full_finds_what_quick_does_not(tmp_path):
+    src = make_source(tmp_path / "src", big=400_000)
+    image = tmp_path / "full.img"
+    make_image(src, image, date=DATE)
+    data = bytearray(image.read_bytes())
+    # The middle of the pack is inside the big incompressible blob: quick
+    # checks do not read it, the full check does.
+    idx_offset = layout.parse_header(bytes(data[:28])).idx_offset
+    _flip(data, idx_offset // 2)
+    image.write_bytes(bytes(data))
+    assert run_nbdkit_once(f"image={image}").returncode == 0
+    _assert_refused(run_nbdkit_once(f"image={image}", "verify=full"), "verify=full: ")
+    make_image(src, image, date=DATE)
+    assert run_nbdkit_once(f"image={image}", "verify=full").returncode == 0
+
+
+def test_a_bad_image_in_dir_stops_nbdkit(good, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "ok.img").write_bytes(good["data"])
+    data = bytearray(good["data"])
+    _set(data, 28, b"PACX")
+    (folder / "zz.img").write_bytes(bytes(data))
+    _assert_refused(run_nbdkit_once(f"dir={folder}"), "zz.img: damaged image: bad PACK signature")
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((), "give exactly one of image=PATH or dir=FOLDER"),
+    (("image=/nonexistent/disk.img",), "/nonexistent/disk.img: cannot open: No such file"),
+    (("frobnicate=1",), "unknown key 'frobnicate'"),
+    (("verify=sometimes",), "verify='sometimes': must be one of none, quick, full"),
+    (("thread_model=wild",), "thread_model='wild': must be one of"),
+    (("dir=/nonexistent",), "dir=/nonexistent: not a directory"),
+    (("image=a", "image=b"), "image= given twice"),
+])
+def test_bad_command_lines(args, expected):
+    _assert_refused(run_nbdkit_once(*args), expected)
+
+
+def test_bad_command_lines_with_images(good, tmp_path):
+    image = f"image={good['image']}"
+    _assert_refused(run_nbdkit_once(image, f"dir={tmp_path}"), "give exactly one of")
+    _assert_refused(run_nbdkit_once(image, "default=x"), "default= only makes sense with dir=")
+    _assert_refused(run_nbdkit_once(f"dir={tmp_path}"), "no *.img file to serve")
+    (tmp_path / "a.img").write_bytes(good["data"])
+    _assert_refused(run_nbdkit_once(f"dir={tmp_path}", "default=b"), "default=b: no b.img in")
+
+
+def test_help_documents_every_key():
+    proc = subprocess.run(["nbdkit", "python", str(PLUGIN), "help=1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    standalone = subprocess.run([sys.executable, str(PLUGIN), "--help"],
+                                capture_output=True, text=True)
+    assert standalone.returncode == 0
+    for text in (proc.stdout, standalone.stdout):
+        for key in ("image=", "dir=", "default=", "verify=quick", "verify=full",
+                    "verify=none", "thread_model=", "help="):
+            assert key in text
+
+
+# -- pure parts ------------------------------------------------------------------------
+
+EXTENTS = ((0, 4096, 0), (4096, 8192, 3), (8192, 9728, 0), (9728, 12288, 3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 12287), st.integers(1, 20000), st.booleans())
+def test_extents_in_covers_the_request(offset, count, first_only):
+    count = min(count, 12288 - offset)
+    got = imagecheck.extents_in(EXTENTS, offset, count, first_only)
+    assert got and got[0][0] == offset
+    pos = offset
+    for start, length, typ in got:
+        assert start == pos and length > 0
+        assert any(s <= start and start + length <= e and t == typ for s, e, t in EXTENTS)
+        pos += length
+    if not first_only:
+        assert pos == offset + count
+
+
+@given(st.integers(1, 1 << 20).map(lambda n: n * 512), st.integers(1, 1 << 20))
+def test_inferred_block_size_divides_offset_and_size(idx_offset, blocks):
+    size = idx_offset + blocks * 512
+    bs = imagecheck.inferred_block_size(idx_offset, size)
+    assert 512 <= bs <= 65536 and idx_offset % bs == 0 and size % bs == 0
+    if bs < 65536:
+        assert idx_offset % (2 * bs) or size % (2 * bs)
+
+
+def test_plugin_found_through_a_symlink_from_elsewhere(good, tmp_path):
+    """nbdkit's Python is not ours: the plugin finds docteur_core from its own
+    real location, whatever the current directory or link used."""
+    link = tmp_path / "bin" / "docteur.py"
+    link.parent.mkdir()
+    link.symlink_to(PLUGIN)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        ["nbdkit", "-U", str(tmp_path / "s.sock"), "--run", "nbdinfo --size \"$uri\"",
+         "python", str(link), f"image={good['image']}"],
+        capture_output=True, text=True, timeout=60, cwd="/", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.strip()) == len(good["data"])
+
+
+def test_read_object_rebuilds_every_object_including_deltas(tmp_path):
+    """The plugin's own object reader (used for the header's commit) agrees
+    with git on every object of a pack that has deltas."""
+    from docteur_core import idx as idxmod, pack
+
+    src = tmp_path / "src"
+    src.mkdir()
+    text = "".join(f"line {i} of a file that git will deltify\n" for i in range(300))
+    for i in range(6):
+        (src / f"v{i}.txt").write_text(text.replace(f"line {i * 40} ", f"LINE {i} "))
+    image = tmp_path / "deltas.img"
+    git_reference_image(src, image)
+    data = image.read_bytes()
+    pread = lambda o, n: data[o:o + n]  # noqa: E731
+    info = imagecheck.check_image(pread, len(data))
+    header = layout.parse_header(data[:28])
+    index = idxmod.parse_head(data[header.idx_offset:header.idx_offset + idxmod.HEAD_SIZE],
+                              header.idx_offset)
+    pack_data_end = info.extents[0][1]
+    kinds = set()
+    for i in range(index.count):
+        oid = data[index.name_at(i):index.name_at(i) + 20]
+        offset = layout.PACK_OFFSET + idxmod.offset_of(pread, index, i)
+        kinds.add(data[offset] >> 4 & 7)
+        typ, body = imagecheck.read_object(pread, index, pack_data_end, offset)
+        assert pack.object_id(pack.TYPE_NAMES[typ], body) == oid
+    assert kinds & {pack.OBJ_OFS_DELTA, pack.OBJ_REF_DELTA}, "no delta in the pack"
