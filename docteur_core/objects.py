@@ -19,6 +19,7 @@ MODE_DIR = 0o040000
 MODE_GITLINK = 0o160000
 # 100664 is what very old git wrote for group-writable files.
 _KNOWN_MODES = {MODE_FILE, MODE_EXEC, 0o100664, MODE_LINK, MODE_DIR, MODE_GITLINK}
+_MODE_TEXTS = {b"%o" % m: m for m in _KNOWN_MODES}
 
 
 def decode_name(raw: bytes) -> str:
@@ -63,11 +64,13 @@ def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
         if sp < 0:
             raise DamagedImage("tree entry without a mode", where)
         mode_text = data[pos:sp]
-        if not mode_text or not all(48 <= c <= 55 for c in mode_text):
-            raise DamagedImage(f"tree entry with a bad mode {bytes(mode_text)!r}", where)
-        mode = int(mode_text, 8)
-        if mode not in _KNOWN_MODES:
-            raise DamagedImage(f"tree entry with unknown mode {mode:o}", where)
+        mode = _MODE_TEXTS.get(mode_text)  # fast path: the spellings git writes
+        if mode is None:
+            if not mode_text or not all(48 <= c <= 55 for c in mode_text):
+                raise DamagedImage(f"tree entry with a bad mode {bytes(mode_text)!r}", where)
+            mode = int(mode_text, 8)
+            if mode not in _KNOWN_MODES:
+                raise DamagedImage(f"tree entry with unknown mode {mode:o}", where)
         nul = data.find(b"\0", sp + 1)
         if nul < 0 or nul + 21 > n:
             raise DamagedImage("truncated tree entry", where)

@@ -1,0 +1,93 @@
+"""The guest entry point: `python3 -m docteur_core.guest DEVICE [OPTIONS] VERB [PATH]`.
+
+Runs on a bare interpreter (`python3 -S`, nothing but this package on
+PYTHONPATH), typically on `/dev/vda` inside a VM, or on an NBD URI. The
+verbs are the `docteur` command's (ls, cat, stat, tree, info), shared with
+`reader_command.py`; the arguments are parsed by hand so that start-up
+imports nothing but the reader.
+
+Options: `--mode fast|light` (default light), `--verify`, `--block-size N`.
+Exit status: 0 on success, 1 on an error (one line on stderr: not found,
+not a directory, damaged image...), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = ("usage: python3 -m docteur_core.guest DEVICE [--mode fast|light] [--verify] "
+         "[--block-size N] {ls [PATH] | cat PATH | stat PATH | tree [PATH] | info}")
+
+
+def _usage(message: str) -> int:
+    sys.stderr.write(f"docteur-guest: {message}\n{USAGE}\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .reader_command import VERBS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE + "\n")
+        return 0 if argv else 2
+    mode, verify, block_size = "light", False, None
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            positional.extend(argv[i + 1:])
+            break
+        if a.startswith("--mode"):
+            value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            if value not in ("fast", "light"):
+                return _usage(f"--mode must be fast or light, not {value!r}")
+            mode = value
+            continue
+        if a == "--verify":
+            verify = True
+        elif a.startswith("--block-size"):
+            value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            if not value.isdigit():
+                return _usage(f"--block-size needs a number, not {value!r}")
+            block_size = int(value)
+            continue
+        elif a.startswith("--") and len(a) > 2:
+            return _usage(f"unknown option {a}")
+        else:
+            positional.append(a)
+        i += 1
+    if len(positional) < 2:
+        return _usage("a DEVICE and a VERB are needed")
+    device, verb, args = positional[0], positional[1], positional[2:]
+    if verb not in VERBS:
+        return _usage(f"unknown verb {verb!r}")
+    _, lo, hi, usage = VERBS[verb]
+    if not lo <= len(args) <= hi:
+        return _usage(f"{verb} takes {usage or 'no arguments'}")
+
+    from .errors import DocteurError
+    from .reader import Image
+    from .reader_command import run_verb
+
+    try:
+        with Image.open(device, mode, verify=verify, block_size=block_size) as image:
+            return run_verb(image, verb, args, sys.stdout.buffer)
+    except DocteurError as exc:
+        sys.stdout.flush()
+        sys.stderr.write(f"docteur {verb}: {exc}\n")
+        return 1
+    except ValueError as exc:  # e.g. a block size that is not a power of two
+        sys.stderr.write(f"docteur {verb}: {exc}\n")
+        return 1
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Files out of an image: the key-value API a guest uses (Mirage_kv.RO-like).
+
+    with Image.open("disk.img") as image:          # or a BlockDevice, or nbd://...
+        image.get("/src/main.py")                   # bytes
+        image.list("src")                           # [("main.py", "value"), ...]
+
+Two modes, as in the OCaml docteur:
+- "light": `open` reads the header, the PACK header and the IDX head, and
+  nothing else; each lookup walks the trees from the root, finding objects
+  with a binary search of the IDX that touches only the sectors it needs.
+- "fast": `open` also reads the IDX once and walks every tree once, building
+  a path index (path -> mode, object id, pack offset); lookups then cost no
+  tree walk and no IDX search.
+
+Paths are `/`-separated, absolute or relative to the root; `.` and empty
+components are ignored and `..` stops at the root. Symbolic links are not
+followed: `get` on a link returns its target, as git stores it, and a link
+in the middle of a path is not a directory.
+
+Errors: NotFound, NotAFile, NotADirectory, DamagedImage (errors.py).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+from . import objects as obj
+from .errors import DamagedImage, NotADirectory, NotAFile, NotFound
+from .pack import DEFAULT_MAX_OBJECT_SIZE
+from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
+
+VALUE = "value"
+DICTIONARY = "dictionary"
+MODES = ("fast", "light")
+DEFAULT_MAX_PATHS = 5_000_000
+# Light mode keeps recently parsed trees, bounded by their total entries.
+_PARSED_ENTRIES = 50_000
+
+
+def split_path(path: str | bytes) -> tuple[str, ...]:
+    """Normalise a user path into components; `..` never escapes the root."""
+    if isinstance(path, bytes):
+        path = obj.decode_name(path)
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return tuple(parts)
+
+
+def join_path(parts: tuple[str, ...] | list[str]) -> str:
+    return "/".join(parts)
+
+
+def kind_of(mode: int) -> str:
+    return DICTIONARY if mode == obj.MODE_DIR else VALUE
+
+
+class Node(NamedTuple):
+    """What the image holds at a path (the root included)."""
+
+    path: str
+    mode: int
+    id: bytes  # raw object id
+    offset: int | None = None  # absolute pack offset, when known (fast mode)
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.mode)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Stat:
+    path: str
+    kind: str  # "value" or "dictionary"
+    mode: int
+    size: int  # bytes of a file or link target; entries of a directory
+    id: str  # hex object id
+
+    @property
+    def is_link(self) -> bool:
+        return self.mode == obj.MODE_LINK
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    id: str
+    tree: str
+    parents: tuple[str, ...]
+    author: str
+    committer: str
+    date: _dt.datetime  # the committer's date, in its own time zone
+    author_date: _dt.datetime
+    message: str
+
+
+def _datetime(sig: obj.Signature) -> _dt.datetime:
+    tz = _dt.timezone(_dt.timedelta(minutes=sig.tz_minutes))
+    try:
+        return _dt.datetime.fromtimestamp(sig.time, tz)
+    except (OverflowError, OSError, ValueError):
+        raise DamagedImage(f"commit date {sig.time} is out of range", "commit") from None
+
+
+class Image:
+    """A read-only view of one image. Open with `Image.open`; not thread-safe."""
+
+    def __init__(self, store: Store, mode: str, *, device=None,
+                 max_paths: int = DEFAULT_MAX_PATHS) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.store = store
+        self.mode = mode
+        self.max_paths = max_paths
+        self._device = device
+        self._trees: dict[bytes, tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]] = {}
+        self._trees_limit = _PARSED_ENTRIES
+        self._trees_entries = 0
+        if mode == "fast":
+            store.load_index()
+        cid = store.commit_id
+        _, raw = store.read_object(cid, "commit")
+        self._commit = obj.parse_commit(raw, f"commit {cid.hex()}")
+        self.root = Node("", obj.MODE_DIR, self._commit.tree)
+        self._nodes: dict[str, Node] | None = None
+        self._children: dict[str, list[obj.TreeEntry]] | None = None
+        if mode == "fast":
+            self._build_index()
+
+    @classmethod
+    def open(cls, source, mode: str = "fast", *, verify: bool = False,
+             block_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+             max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+             max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
+             max_paths: int = DEFAULT_MAX_PATHS) -> "Image":
+        """Open `source`: a path, an NBD URI, or a BlockDevice.
+
+        A device given by the caller stays the caller's to close; one this
+        opens from a path or URI is closed by `close()`.
+        """
+        from .block import ByteReader, SectorCache
+
+        owned = isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if owned:
+            import os
+
+            from .device import open_device
+            device = open_device(os.fsdecode(source), block_size)
+        else:
+            device = source if isinstance(source, SectorCache) else SectorCache(source)
+        try:
+            reader = ByteReader(device)
+            store = Store(reader.pread, reader.capacity, verify=verify,
+                          max_object_size=max_object_size, max_delta_depth=max_delta_depth,
+                          cache_bytes=cache_bytes)
+            return cls(store, mode, device=device if owned else None, max_paths=max_paths)
+        except BaseException:
+            if owned:
+                device.close()
+            raise
+
+    def close(self) -> None:
+        device, self._device = self._device, None
+        if device is not None:
+            device.close()
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the commit --------------------------------------------------------
+
+    @property
+    def commit(self) -> CommitInfo:
+        c = self._commit
+        return CommitInfo(
+            id=self.store.commit_id.hex(), tree=c.tree.hex(),
+            parents=tuple(p.hex() for p in c.parents),
+            author=c.author.identity, committer=c.committer.identity,
+            date=_datetime(c.committer), author_date=_datetime(c.author),
+            message=c.message)
+
+    # -- trees -------------------------------------------------------------
+
+    def _tree(self, tree_id: bytes, offset: int | None = None
+              ) -> tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]:
+        parsed = self._trees.pop(tree_id, None)
+        if parsed is not None:
+            self._trees[tree_id] = parsed  # most recently used last
+            return parsed
+        _, raw = self.store.read_object(tree_id, "tree", offset)
+        entries = obj.parse_tree(raw, f"tree {tree_id.hex()}")
+        parsed = (entries, {e.name: e for e in entries})
+        if self._nodes is None:  # light mode, or fast mode's index build
+            self._trees_entries += len(entries)
+            while self._trees and self._trees_entries > self._trees_limit:
+                self._trees_entries -= len(self._trees.pop(next(iter(self._trees)))[0])
+            self._trees[tree_id] = parsed
+        return parsed
+
+    def _walk_trees(self, top: Node) -> Iterator[tuple[Node, list[obj.TreeEntry]]]:
+        """Every directory under `top` (included), depth first, each with its entries.
+
+        Iterative; a tree that contains itself (only a damaged image can say
+        so) and more than `max_paths` paths (a small image can name a
+        subtree millions of times) are reported as damage.
+        """
+        on_path: set[bytes] = set()
+        stack: list = [top]
+        paths = 0
+        while stack:
+            item = stack.pop()
+            if isinstance(item, bytes):  # leaving that tree
+                on_path.discard(item)
+                continue
+            if item.id in on_path:
+                raise DamagedImage(f"tree {item.id.hex()} contains itself",
+                                   f"path /{item.path}")
+            entries, _ = self._tree(item.id, item.offset)
+            paths += len(entries)
+            if paths > self.max_paths:
+                raise DamagedImage(f"the trees name more than {self.max_paths} paths",
+                                   f"path /{item.path}")
+            yield item, entries
+            on_path.add(item.id)
+            stack.append(item.id)
+            prefix = item.path + "/" if item.path else ""
+            for e in reversed(entries):
+                if e.is_dir:
+                    stack.append(Node(prefix + e.name, e.mode, e.id, self._offset(e.id)))
+
+    def _offset(self, oid: bytes) -> int | None:
+        by_id = self.store._by_id
+        if by_id is None:
+            return None
+        found = by_id.get(oid)
+        return None if found is None else found[0]
+
+    def _build_index(self) -> None:
+        # Hundreds of thousands of small objects, none in a cycle: the
+        # cyclic GC's passes over them would cost a third of the build.
+        import gc
+
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._build_index_now()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _build_index_now(self) -> None:
+        # Releases side by side share most subtrees: parse each tree once.
+        self._trees_limit = 1 << 62
+        nodes: dict[str, Node] = {"": self.root}
+        children: dict[str, list[obj.TreeEntry]] = {}
+        by_id = self.store._by_id
+        for d, entries in self._walk_trees(self.root):
+            children[d.path] = entries
+            prefix = d.path + "/" if d.path else ""
+            for e in entries:
+                found = by_id.get(e.id)
+                path = prefix + e.name
+                nodes[path] = Node(path, e.mode, e.id, None if found is None else found[0])
+        self._nodes = nodes
+        self._children = children
+        self._trees.clear()
+        self._trees_entries = 0
+        self._trees_limit = _PARSED_ENTRIES
+
+    def _lookup(self, path: str | bytes) -> Node:
+        if self._nodes is not None and isinstance(path, str):
+            # A key of the index is a normalised path: a string equal to one
+            # (slashes aside) needs no normalising.
+            node = self._nodes.get(path.strip("/"))
+            if node is not None:
+                return node
+        parts = split_path(path)
+        if self._nodes is not None:
+            node = self._nodes.get(join_path(parts))
+            if node is not None:
+                return node
+            # Name the first missing component, as a tree walk would, or
+            # the file found in the middle of the path.
+            for i in range(1, len(parts) + 1):
+                above = self._nodes.get(join_path(parts[:i]))
+                if above is None:
+                    raise NotFound(f"/{join_path(parts[:i])} does not exist")
+                if above.mode != obj.MODE_DIR:
+                    raise NotADirectory(f"/{above.path} is not a directory")
+            raise NotFound(f"/{join_path(parts)} does not exist")  # pragma: no cover
+        node = self.root
+        for i, name in enumerate(parts):
+            if node.mode != obj.MODE_DIR:
+                raise NotADirectory(f"/{node.path} is not a directory")
+            _, by_name = self._tree(node.id)
+            e = by_name.get(name)
+            if e is None:
+                raise NotFound(f"/{join_path(parts[:i + 1])} does not exist")
+            node = Node(join_path(parts[:i + 1]), e.mode, e.id)
+        return node
+
+    def _entries(self, node: Node) -> list[obj.TreeEntry]:
+        if node.mode != obj.MODE_DIR:
+            raise NotADirectory(f"/{node.path} is not a directory")
+        if self._children is not None:
+            return self._children[node.path]
+        return self._tree(node.id)[0]
+
+    def _content(self, node: Node) -> bytes:
+        if node.mode == obj.MODE_DIR:
+            raise NotAFile(f"/{node.path} is a directory")
+        if node.mode == obj.MODE_GITLINK:
+            raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
+        return self.store.read_object(node.id, "blob", node.offset)[1]
+
+    # -- the key-value API -------------------------------------------------
+
+    def exists(self, path: str | bytes) -> str | None:
+        """None, "value" (a file, link or submodule) or "dictionary"."""
+        try:
+            return self._lookup(path).kind
+        except (NotFound, NotADirectory):
+            return None
+
+    def get(self, path: str | bytes) -> bytes:
+        return self._content(self._lookup(path))
+
+    def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset or length ({offset}, {length})")
+        return self.get(path)[offset:offset + length]
+
+    def list(self, path: str | bytes = "") -> list[tuple[str, str]]:
+        """(name, kind) of a directory's entries, in git's order."""
+        return [(e.name, kind_of(e.mode)) for e in self._entries(self._lookup(path))]
+
+    def entries(self, path: str | bytes = "") -> list[Node]:
+        """A directory's entries with their modes and ids."""
+        node = self._lookup(path)
+        prefix = node.path + "/" if node.path else ""
+        return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id))
+                for e in self._entries(node)]
+
+    def digest(self, path: str | bytes) -> str:
+        """The git object id (hex) of a file or directory."""
+        return self._lookup(path).id.hex()
+
+    def size(self, path: str | bytes) -> int:
+        node = self._lookup(path)
+        if node.mode == obj.MODE_DIR:
+            raise NotAFile(f"/{node.path} is a directory")
+        if node.mode == obj.MODE_GITLINK:
+            raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
+        if self.store.verify:
+            return len(self._content(node))
+        return self.store.object_size(node.id, node.offset)
+
+    def last_modified(self, path: str | bytes) -> _dt.datetime:
+        """The commit's date: an image holds one commit, every path shares it."""
+        self._lookup(path)
+        return _datetime(self._commit.committer)
+
+    def stat(self, path: str | bytes) -> Stat:
+        node = self._lookup(path)
+        if node.mode == obj.MODE_DIR:
+            size = len(self._entries(node))
+        elif node.mode == obj.MODE_GITLINK:
+            size = 0
+        else:
+            size = self.size(path)
+        return Stat("/" + node.path, node.kind, node.mode, size, node.id.hex())
+
+    def readlink(self, path: str | bytes) -> str:
+        node = self._lookup(path)
+        if node.mode != obj.MODE_LINK:
+            raise NotAFile(f"/{node.path} is not a symbolic link")
+        return obj.decode_name(self._content(node))
+
+    def walk(self, path: str | bytes = "") -> Iterator[Node]:
+        """Every path under `path` (not itself), depth first, in git's order."""
+        top = self._lookup(path)
+        if top.mode != obj.MODE_DIR:
+            raise NotADirectory(f"/{top.path} is not a directory")
+        if self._children is not None:
+            stack = [top.path]
+            while stack:
+                d = stack.pop()
+                prefix = d + "/" if d else ""
+                subdirs = []
+                for e in self._children[d]:
+                    node = self._nodes[prefix + e.name]
+                    yield node
+                    if e.is_dir:
+                        subdirs.append(node.path)
+                # Depth first, but list a directory's own entries first:
+                # simple and stable; `tree` re-orders as it needs.
+                stack.extend(reversed(subdirs))
+            return
+        for d, entries in self._walk_trees(top):
+            prefix = d.path + "/" if d.path else ""
+            for e in entries:
+                yield Node(prefix + e.name, e.mode, e.id)
+
+    def files(self, path: str | bytes = "") -> Iterator[Node]:
+        """Every file and link under `path`."""
+        for node in self.walk(path):
+            if node.mode != obj.MODE_DIR and node.mode != obj.MODE_GITLINK:
+                yield node
+
+    def __len__(self) -> int:
+        """Paths in the image (fast mode; light mode walks the trees)."""
+        if self._nodes is not None:
+            return len(self._nodes) - 1
+        return sum(1 for _ in self.walk())

@@ -1,0 +1,184 @@
+"""`docteur ls|cat|stat|tree|info IMAGE ...`: read an image from the shell.
+
+The verbs themselves (`VERBS`, `run_verb`) write bytes to a binary stream
+and are shared with the guest entry point (`guest.py`), which cannot afford
+argparse-heavy start-up; this module imports nothing beyond the reader at
+load time, and `argparse` only reaches it as the parser `cli.py` passes in.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO, Callable
+
+from . import objects as obj
+
+_TYPES = {obj.MODE_DIR: "tree", obj.MODE_GITLINK: "commit", obj.MODE_LINK: "blob"}
+_KINDS = {obj.MODE_DIR: "directory", obj.MODE_GITLINK: "submodule", obj.MODE_LINK: "symlink",
+          obj.MODE_EXEC: "executable"}
+
+
+def _name(name: str) -> bytes:
+    return obj.encode_name(name)
+
+
+def _text(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def verb_ls(image, args: list[str], out: BinaryIO) -> int:
+    """ls [PATH]: one entry a line, `MODE TYPE ID<TAB>NAME` (directories end with /)."""
+    path = args[0] if args else ""
+    for node in image.entries(path):
+        suffix = b"/" if node.mode == obj.MODE_DIR else b""
+        out.write(b"%06o %s %s\t%s%s\n" % (node.mode, _TYPES.get(node.mode, "blob").encode(),
+                                          node.id.hex().encode(), _name(node.name), suffix))
+    return 0
+
+
+def verb_cat(image, args: list[str], out: BinaryIO) -> int:
+    """cat PATH: the file's bytes, exactly."""
+    out.write(image.get(args[0]))
+    return 0
+
+
+def verb_stat(image, args: list[str], out: BinaryIO) -> int:
+    """stat PATH: kind, mode, size and object id, one `key: value` a line."""
+    st = image.stat(args[0])
+    lines = [("path", st.path), ("kind", _KINDS.get(st.mode, "file")),
+             ("mode", f"{st.mode:06o}"), ("size", str(st.size)), ("id", st.id)]
+    if st.is_link:
+        lines.append(("target", image.readlink(args[0])))
+    for key, value in lines:
+        out.write(_text(f"{key}: {value}\n"))
+    return 0
+
+
+def verb_tree(image, args: list[str], out: BinaryIO) -> int:
+    """tree [PATH]: the hierarchy under PATH, drawn with ASCII."""
+    path = args[0] if args else ""
+    top = image.entries(path)  # raises NotADirectory for a file
+    out.write(_text("/" + "/".join(p for p in path.split("/") if p)) + b"\n")
+    dirs = files = 0
+    stack = [(top, 0, b"")]
+    while stack:
+        entries, i, prefix = stack.pop()
+        if i >= len(entries):
+            continue
+        node = entries[i]
+        last = i == len(entries) - 1
+        stack.append((entries, i + 1, prefix))
+        line = prefix + (b"`-- " if last else b"|-- ") + _name(node.name)
+        if node.mode == obj.MODE_DIR:
+            dirs += 1
+            out.write(line + b"/\n")
+            stack.append((image.entries(node.path), 0, prefix + (b"    " if last else b"|   ")))
+        elif node.mode == obj.MODE_LINK:
+            files += 1
+            out.write(line + b" -> " + _text(image.readlink(node.path)) + b"\n")
+        else:
+            files += 1
+            out.write(line + b"\n")
+    out.write(_text(f"\n{dirs} directories, {files} files\n"))
+    return 0
+
+
+def verb_info(image, args: list[str], out: BinaryIO) -> int:
+    """info: the image's commit and layout."""
+    c = image.commit
+    store = image.store
+    lines = [
+        ("commit", c.id), ("tree", c.tree),
+        ("author", c.author), ("committer", c.committer),
+        ("date", c.date.isoformat()),
+        ("objects", str(store.object_count)),
+        ("idx offset", str(store.header.idx_offset)),
+        ("capacity", str(store.capacity)),
+        ("mode", image.mode),
+    ]
+    for key, value in lines:
+        out.write(_text(f"{key}: {value}\n"))
+    out.write(b"message:\n")
+    for line in c.message.rstrip("\n").split("\n"):
+        out.write(_text(f"    {line}\n"))
+    return 0
+
+
+# verb -> (function, minimum args, maximum args, usage)
+VERBS: dict[str, tuple[Callable, int, int, str]] = {
+    "ls": (verb_ls, 0, 1, "[PATH]"),
+    "cat": (verb_cat, 1, 1, "PATH"),
+    "stat": (verb_stat, 1, 1, "PATH"),
+    "tree": (verb_tree, 0, 1, "[PATH]"),
+    "info": (verb_info, 0, 0, ""),
+}
+
+
+def run_verb(image, verb: str, args: list[str], out: BinaryIO) -> int:
+    fn, _, _, _ = VERBS[verb]
+    try:
+        return fn(image, args, out)
+    finally:
+        out.flush()
+
+
+# -- the `docteur` subcommands ------------------------------------------------
+
+def _block_size(text: str) -> int:
+    from argparse import ArgumentTypeError
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0 or n & (n - 1):
+        raise ArgumentTypeError(f"{text!r} is not a power of two")
+    return n
+
+
+def _common(parser, verb: str) -> None:
+    _, lo, hi, _ = VERBS[verb]
+    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
+                        "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    if hi:
+        parser.add_argument("path", metavar="PATH", nargs=None if lo else "?", default="",
+                            help="a /-separated path in the image")
+    parser.add_argument("--mode", choices=("fast", "light"), default="light",
+                        help="light (default): walk the trees for each lookup; fast: build "
+                        "a path index first (pays off for many lookups)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the SHA-1 of every object read")
+    parser.add_argument("--block-size", type=_block_size, default=None,
+                        help="the device's block size (default: probed, or 512)")
+
+
+def _runner(verb: str):
+    def run(args) -> int:
+        from .reader import Image
+
+        with Image.open(args.image, args.mode, verify=args.verify,
+                        block_size=args.block_size) as image:
+            rest = [args.path] if getattr(args, "path", None) else []
+            if verb in ("ls", "tree") and not rest:
+                rest = [""]
+            return run_verb(image, verb, rest, sys.stdout.buffer)
+    return run
+
+
+_HELP = {
+    "ls": "List a directory of an image, one entry a line: MODE TYPE ID<TAB>NAME[/].",
+    "cat": "Write a file of an image to stdout, byte for byte.",
+    "stat": "Show a path's kind, mode, size and object id.",
+    "tree": "Draw the hierarchy of an image under a path.",
+    "info": "Show an image's commit (id, tree, author, date, message) and layout.",
+}
+
+
+def _adder(verb: str):
+    def add_arguments(parser) -> None:
+        _common(parser, verb)
+    add_arguments.__doc__ = _HELP[verb]
+    return add_arguments
+
+
+COMMANDS = {verb: (_adder(verb), _runner(verb)) for verb in VERBS}

@@ -1,0 +1,523 @@
+"""Git objects out of an image, read through a byte-range callable.
+
+`Store` is the object layer under the path API (`reader.py`). Opening one
+reads the image header, the PACK header and the IDX head (magic, version,
+fanout): nothing else, so a light-mode boot touches a handful of sectors.
+Objects are then found with a binary search in the IDX that reads only the
+sectors it touches (`idx.find`), or, once `load_index()` has been called
+(fast mode), through an in-memory table built from one sequential read of
+the IDX.
+
+Every object is decoded defensively, because the image comes from outside
+the guest:
+- entry offsets must fall inside the pack (which ends before the IDX);
+- declared sizes are capped by `max_object_size` and by what the rest of
+  the pack could possibly inflate to (deflate cannot exceed ~1032:1);
+- delta chains (OFS_DELTA and REF_DELTA, mixed, any depth up to
+  `max_delta_depth`) are resolved iteratively, with cycle detection;
+- the IDX stores a CRC-32 of every packed entry: whenever the store knows
+  which IDX slot an entry belongs to (always for the objects it is asked
+  for; for every delta base too once the index is loaded) it checks the
+  entry's bytes against it, so a damaged entry header or IDX offset is
+  reported rather than decoded into the wrong object;
+- the object's type must be the one its referrer expects;
+- with `verify=True`, the SHA-1 of every object returned is checked
+  against the id it was asked for: this makes any damage detectable.
+
+Delta bases are kept in a small LRU bounded in bytes, so reading many files
+of one delta family resolves the shared part of the chain once.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+import zlib
+from bisect import bisect_right
+from itertools import islice
+from collections import OrderedDict
+from typing import Callable
+
+from . import idx as idxmod
+from . import layout
+from .errors import DamagedImage
+from .pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
+                   OBJ_REF_DELTA, TYPE_NAMES, delta_sizes, object_id,
+                   parse_entry_header, parse_pack_header)
+
+Pread = Callable[[int, int], bytes]
+
+DEFAULT_MAX_DELTA_DEPTH = 10_000
+# An upper bound, filled only by what is read. Reading ten releases of a
+# project file by file needs one release's worth of bases to stay in it
+# (git's own delta base cache is 96 MiB); 16 MiB made django's read-all
+# inflate 6.7 times as many objects.
+DEFAULT_CACHE_BYTES = 64 << 20
+# Deflate's best case is 258 bytes per ~2 bits: no stream inflates by more
+# than about 1032:1, so a declared size beyond that is a lie.
+MAX_DEFLATE_RATIO = 1032
+
+
+def apply_delta(base: bytes, delta: bytes, where: str,
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE) -> bytes:
+    """`pack.apply_delta` with the same checks, about 2x faster.
+
+    Reading every file of an image is dominated by this loop, so the copy
+    instruction's optional bytes are decoded unrolled, and a truncated
+    instruction is caught as the IndexError it causes rather than tested
+    for byte by byte. tests/test_reader_hostile.py checks that both
+    functions agree, on valid and on garbage deltas.
+    """
+    src_size, dst_size, pos = delta_sizes(delta, where)
+    if src_size != len(base):
+        raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
+                           where)
+    if dst_size > max_size:
+        raise DamagedImage(f"delta result of {dst_size} bytes is over the limit", where)
+    out = bytearray()
+    n = len(delta)
+    base_view = memoryview(base)
+    try:
+        while pos < n:
+            op = delta[pos]
+            pos += 1
+            if op & 0x80:
+                off = size = 0
+                if op & 0x01:
+                    off = delta[pos]
+                    pos += 1
+                if op & 0x02:
+                    off |= delta[pos] << 8
+                    pos += 1
+                if op & 0x04:
+                    off |= delta[pos] << 16
+                    pos += 1
+                if op & 0x08:
+                    off |= delta[pos] << 24
+                    pos += 1
+                if op & 0x10:
+                    size = delta[pos]
+                    pos += 1
+                if op & 0x20:
+                    size |= delta[pos] << 8
+                    pos += 1
+                if op & 0x40:
+                    size |= delta[pos] << 16
+                    pos += 1
+                if size == 0:
+                    size = 0x10000
+                end = off + size
+                if end > src_size:
+                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
+                                       f"of {src_size}", where)
+                out += base_view[off:end]
+            elif op:
+                end = pos + op
+                if end > n:
+                    raise DamagedImage("truncated insert instruction in delta", where)
+                out += delta[pos:end]
+                pos = end
+            else:
+                raise DamagedImage("reserved delta instruction 0", where)
+            if len(out) > dst_size:
+                raise DamagedImage("delta result larger than declared", where)
+    except IndexError:
+        raise DamagedImage("truncated copy instruction in delta", where) from None
+    if len(out) != dst_size:
+        raise DamagedImage(f"delta result is {len(out)} bytes, {dst_size} declared", where)
+    return bytes(out)
+
+
+class _Where:
+    """Where an entry is, formatted only if an error message needs it."""
+
+    __slots__ = ("pos", "oid", "what")
+
+    def __init__(self, pos: int, oid: bytes | None = None, what: str = "") -> None:
+        self.pos, self.oid, self.what = pos, oid, what
+
+    def __str__(self) -> str:
+        if self.oid:
+            return f"{self.what}object {self.oid.hex()} at offset {self.pos}"
+        return f"{self.what or ''}offset {self.pos}"
+
+
+_where = _Where
+
+
+class Store:
+    """Objects of one image. Not thread-safe (one reader per thread)."""
+
+    def __init__(self, pread: Pread, capacity: int, *, verify: bool = False,
+                 max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+                 max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.pread = pread
+        self.capacity = capacity
+        self.verify = verify
+        self.max_object_size = max_object_size
+        self.max_delta_depth = max_delta_depth
+        self.cache_bytes = cache_bytes
+        self.header = layout.parse_header(self._exact(0, layout.HEADER_SIZE, "image header"),
+                                          capacity)
+        self.object_count = parse_pack_header(
+            self._exact(layout.PACK_OFFSET, layout.PACK_HEADER_SIZE, "PACK header"),
+            f"PACK header at offset {layout.PACK_OFFSET}")
+        base = self.header.idx_offset
+        self.idx = idxmod.parse_head(self._exact(base, idxmod.HEAD_SIZE, "IDX header"), base)
+        idxmod.check_fits(self.idx, capacity)
+        if self.idx.count != self.object_count:
+            raise DamagedImage(f"the PACK holds {self.object_count} objects, "
+                               f"its IDX lists {self.idx.count}", f"IDX at offset {base}")
+        self.pack_start = layout.PACK_OFFSET + layout.PACK_HEADER_SIZE
+        # The pack's 20-byte checksum (and at least one byte of padding)
+        # lies between the last entry and the IDX.
+        self.pack_end = base - layout.SHA1_SIZE
+        # Filled by load_index(): raw id -> (absolute offset, crc); offset -> crc.
+        self._by_id: dict[bytes, tuple[int, int]] | None = None
+        self._crc_at: dict[int, int] | None = None
+        # offset -> (type name, data, entry length, crc checked)
+        self._cache: OrderedDict[int, tuple[str, bytes, int, bool]] = OrderedDict()
+        self._cached_bytes = 0
+        self.objects_inflated = 0
+
+    @property
+    def commit_id(self) -> bytes:
+        return self.header.commit_id
+
+    @property
+    def indexed(self) -> bool:
+        return self._by_id is not None
+
+    # -- raw bytes ---------------------------------------------------------
+
+    def _exact(self, offset: int, length: int, what: str) -> bytes:
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise DamagedImage(f"{what} runs past the end of the device ({self.capacity} bytes)",
+                               f"offset {offset}")
+        return data
+
+    # -- the IDX -----------------------------------------------------------
+
+    def load_index(self) -> None:
+        """Read the whole IDX once into memory (fast mode).
+
+        One sequential read of the name, CRC and offset tables replaces the
+        binary searches, and gives every entry's CRC by offset, so delta
+        bases reached by distance are checked too. The tables are checked
+        against the fanout (sorted ids, first bytes agreeing with it) so
+        that fast and light modes see the same objects.
+        """
+        ix = self.idx
+        n = ix.count
+        names_raw = self._exact(ix.name_at(0), 20 * n, "IDX name table")
+        crc_raw = self._exact(ix.crc_at(0), 4 * n, "IDX CRC table")
+        off_raw = self._exact(ix.offset_at(0), 4 * n, "IDX offset table")
+        names = [names_raw[i:i + 20] for i in range(0, 20 * n, 20)]
+        crcs = struct.unpack(f">{n}I", crc_raw)
+        offsets = list(struct.unpack(f">{n}I", off_raw))
+        where = f"IDX at offset {ix.base}"
+        if not all(map(operator.lt, names, islice(names, 1, None))):
+            raise DamagedImage("IDX ids are not sorted", where)
+        first = names_raw[0::20]  # the first byte of every id, sorted
+        for b in range(256):
+            if bisect_right(first, b) != ix.fanout[b]:
+                raise DamagedImage(f"IDX fanout disagrees with its ids at entry {b}", where)
+        large = [i for i, o in enumerate(offsets) if o & idxmod.LARGE_OFFSET_FLAG]
+        if large:
+            ks = [offsets[i] & ~idxmod.LARGE_OFFSET_FLAG for i in large]
+            if max(ks) >= n:
+                raise DamagedImage("IDX 64-bit offset index out of range", where)
+            table = struct.unpack(f">{max(ks) + 1}Q",
+                                  self._exact(ix.large_at(0), 8 * (max(ks) + 1),
+                                              "IDX 64-bit offset table"))
+            for i, k in zip(large, ks):
+                offsets[i] = table[k]
+        positions = [layout.PACK_OFFSET + off for off in offsets]
+        if n:
+            low, high = min(positions), max(positions)
+            if low < self.pack_start or high >= self.pack_end:
+                bad = low if low < self.pack_start else high
+                self._check_offset(bad, names[positions.index(bad)])
+        by_id = dict(zip(names, zip(positions, crcs)))
+        crc_at = dict(zip(positions, crcs))
+        if len(crc_at) != n:
+            raise DamagedImage("IDX gives two objects the same offset", where)
+        self._by_id = by_id
+        self._crc_at = crc_at
+
+    def locate(self, oid: bytes) -> tuple[int, int] | None:
+        """(absolute offset, CRC-32 of the entry) of `oid`, or None if absent."""
+        if self._by_id is not None:
+            return self._by_id.get(oid)
+        ix = self.idx
+        i = idxmod.find(self.pread, ix, oid)
+        if i is None:
+            return None
+        pos = layout.PACK_OFFSET + idxmod.offset_of(self.pread, ix, i)
+        self._check_offset(pos, oid)
+        (crc,) = struct.unpack(">I", self._exact(ix.crc_at(i), 4, "IDX CRC table"))
+        return pos, crc
+
+    def __contains__(self, oid: bytes) -> bool:
+        return self.locate(oid) is not None
+
+    def offset_of(self, oid: bytes) -> int | None:
+        found = self.locate(oid)
+        return None if found is None else found[0]
+
+    def _check_offset(self, pos: int, oid: bytes | None = None) -> None:
+        if not self.pack_start <= pos < self.pack_end:
+            raise DamagedImage(
+                f"entry offset {pos} is outside the pack ({self.pack_start}..{self.pack_end})",
+                _where(pos, oid))
+
+    # -- objects -----------------------------------------------------------
+
+    def read_object(self, oid: bytes, expect: str | None = None,
+                    offset: int | None = None) -> tuple[str, bytes]:
+        """The (type name, content) of `oid`; DamagedImage if it is missing.
+
+        `expect` is the type the referrer implies (a tree entry's mode, a
+        commit's `tree` line). `offset`, when known (fast mode's path
+        index), skips the IDX lookup.
+        """
+        crc = None
+        if offset is None:
+            found = self.locate(oid)
+            if found is None:
+                raise DamagedImage(f"object {oid.hex()} is not in the image",
+                                   f"IDX at offset {self.idx.base}")
+            offset, crc = found
+        elif self._crc_at is not None:
+            crc = self._crc_at.get(offset)
+        typ, data = self._read_at(offset, crc, oid)
+        if expect is not None and typ != expect:
+            raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected",
+                               _where(offset, oid))
+        if self.verify and object_id(typ, data) != oid:
+            raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
+                               f"{object_id(typ, data).hex()}", _where(offset, oid))
+        return typ, data
+
+    def object_size(self, oid: bytes, offset: int | None = None) -> int:
+        """The size of an object, from its entry header (no full inflate).
+
+        For a delta that is the result size at the head of the delta data.
+        Not verified: callers wanting certainty read the object.
+        """
+        if offset is None:
+            found = self.locate(oid)
+            if found is None:
+                raise DamagedImage(f"object {oid.hex()} is not in the image",
+                                   f"IDX at offset {self.idx.base}")
+            offset = found[0]
+        cached = self._cache.get(offset)
+        if cached is not None:
+            return len(cached[1])
+        self._check_offset(offset, oid)
+        where = _where(offset, oid)
+        eh, _ = self._entry_header(offset, where)
+        if eh.type in BASE_TYPES:
+            return eh.size
+        start = offset + eh.header_len
+        z = zlib.decompressobj()
+        try:
+            head = z.decompress(self.pread(start, min(64, self.pack_end - start)), 20)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+        pos = 0
+        sizes = []
+        for _ in range(2):
+            value = shift = 0
+            while True:
+                if pos >= len(head) or shift > 63:
+                    raise DamagedImage("truncated size in delta header", where)
+                c = head[pos]
+                pos += 1
+                value |= (c & 0x7F) << shift
+                shift += 7
+                if not c & 0x80:
+                    break
+            sizes.append(value)
+        if sizes[1] > self.max_object_size:
+            raise DamagedImage(f"delta result of {sizes[1]} bytes is over the limit", where)
+        return sizes[1]
+
+    def _entry_header(self, pos: int, where: str):
+        """Parse the entry header at `pos`; return it with the bytes read.
+
+        The read runs to the end of the next 512-byte boundary past the
+        header, so a small object's whole zlib stream usually comes with it.
+        """
+        want = min(1024 - pos % 512, self.pack_end - pos)
+        buf = self.pread(pos, want)
+        eh = parse_entry_header(buf[:MAX_ENTRY_HEADER], where, self.max_object_size)
+        room = self.pack_end - (pos + eh.header_len)
+        if room <= 0:
+            raise DamagedImage("entry has no data before the end of the pack", where)
+        if eh.size > room * MAX_DEFLATE_RATIO + 64:
+            raise DamagedImage(f"entry declares {eh.size} bytes, more than the "
+                               f"{room} bytes left in the pack could hold", where)
+        return eh, buf
+
+    def _inflate_entry(self, pos: int, eh, buf: bytes, crc: int | None,
+                       where: str) -> tuple[bytes, int]:
+        """Inflate an entry's data to exactly its declared size; check its
+        CRC-32 when known. `buf` holds the entry's first bytes (header
+        included). Returns (data, entry length in the pack).
+        """
+        size = eh.size
+        hl = eh.header_len
+        z = zlib.decompressobj()
+        try:  # the common case: the whole stream came with the header
+            out = z.decompress(memoryview(buf)[hl:], size + 1)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+        if z.eof:
+            if len(out) != size:
+                raise DamagedImage(f"inflates to {len(out)} bytes, {size} declared", where)
+            length = len(buf) - len(z.unused_data)
+            if crc is not None:
+                running = zlib.crc32(memoryview(buf)[:length])
+                if running != crc:
+                    raise DamagedImage(
+                        f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
+            self.objects_inflated += 1
+            return out, length
+        z = zlib.decompressobj()
+        chunks = [buf]
+        parts = []
+        have = 0
+        at = pos + len(buf)
+        chunk = memoryview(buf)[hl:]
+        step = min(max(size + size // 1000 + 64, 4096), 1 << 20)
+        try:
+            while True:
+                # Never more than size + 1 bytes out, whatever the stream says.
+                out = z.decompress(chunk, size - have + 1)
+                have += len(out)
+                if have > size:
+                    raise DamagedImage(f"inflates to more than the declared {size} bytes",
+                                       where)
+                parts.append(out)
+                if z.eof:
+                    break
+                want = min(step, self.pack_end - at)
+                if want <= 0:
+                    raise DamagedImage("zlib stream runs past the end of the pack", where)
+                more = self.pread(at, want)
+                if not more:
+                    raise DamagedImage("zlib stream is truncated", where)
+                chunks.append(more)
+                at += len(more)
+                chunk = more
+                step = min(step * 2, 1 << 22)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+        if have != size:
+            raise DamagedImage(f"inflates to {have} bytes, {size} declared", where)
+        length = at - pos - len(z.unused_data)
+        if crc is not None:
+            if len(chunks) == 1:
+                running = zlib.crc32(memoryview(buf)[:length])
+            else:
+                running = 0
+                left = length
+                for c in chunks:
+                    running = zlib.crc32(memoryview(c)[:left], running)
+                    left -= len(c)
+                    if left <= 0:
+                        break
+            if running != crc:
+                raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}",
+                                   where)
+        self.objects_inflated += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts), length
+
+    def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
+        data = self.pread(pos, length)
+        if len(data) != length or zlib.crc32(data) != crc:
+            raise DamagedImage("entry CRC-32 is not the IDX's", where)
+
+    def _cache_get(self, pos: int, crc: int | None, where: str):
+        hit = self._cache.get(pos)
+        if hit is None:
+            return None
+        self._cache.move_to_end(pos)
+        typ, data, length, checked = hit
+        if crc is not None and not checked:
+            self._check_cached_crc(pos, length, crc, where)
+            self._cache[pos] = (typ, data, length, True)
+        return typ, data
+
+    def _cache_put(self, pos: int, typ: str, data: bytes, length: int, checked: bool) -> None:
+        size = len(data)
+        if size > self.cache_bytes // 2:
+            return
+        old = self._cache.pop(pos, None)
+        if old is not None:
+            self._cached_bytes -= len(old[1])
+        self._cache[pos] = (typ, data, length, checked)
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= len(evicted[1])
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0
+
+    def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None) -> tuple[str, bytes]:
+        """Decode the entry at absolute offset `pos`, resolving its delta chain."""
+        where = _where(pos, oid)
+        hit = self._cache_get(pos, crc, where)
+        if hit is not None:
+            return hit
+        crc_at = self._crc_at
+        chain = []  # (offset, entry header, crc) of the deltas, outermost first
+        seen = set()
+        cur, cur_crc, cur_where = pos, crc, where
+        while True:
+            if cur != pos:
+                hit = self._cache_get(cur, cur_crc, cur_where)
+                if hit is not None:
+                    base_type, base = hit
+                    break
+            if cur in seen:
+                raise DamagedImage("delta chain loops back to an earlier entry", cur_where)
+            seen.add(cur)
+            self._check_offset(cur, oid if cur == pos else None)
+            if crc_at is not None and cur_crc is None:
+                cur_crc = crc_at.get(cur)
+                if cur_crc is None:
+                    raise DamagedImage("delta base is not an entry the IDX lists", cur_where)
+            eh, buf = self._entry_header(cur, cur_where)
+            if eh.type in BASE_TYPES:
+                base, length = self._inflate_entry(cur, eh, buf, cur_crc, cur_where)
+                base_type = TYPE_NAMES[eh.type]
+                self._cache_put(cur, base_type, base, length, cur_crc is not None)
+                break
+            if len(chain) >= self.max_delta_depth:
+                raise DamagedImage(f"delta chain deeper than {self.max_delta_depth}", where)
+            chain.append((cur, eh, buf, cur_crc, cur_where))
+            if eh.type == OBJ_OFS_DELTA:
+                nxt = cur - eh.base_distance
+                if nxt < self.pack_start:
+                    raise DamagedImage(f"OFS_DELTA base {eh.base_distance} bytes back is "
+                                       "before the start of the pack", cur_where)
+                cur, cur_crc, cur_where = nxt, None, _Where(nxt, None, "delta base at ")
+            else:
+                assert eh.type == OBJ_REF_DELTA
+                found = self.locate(eh.base_id)
+                if found is None:
+                    raise DamagedImage(f"REF_DELTA base {eh.base_id.hex()} is not in the image",
+                                       cur_where)
+                cur, cur_crc = found
+                cur_where = _where(cur, eh.base_id)
+        for p, eh, buf, c, w in reversed(chain):
+            delta, length = self._inflate_entry(p, eh, buf, c, w)
+            base = apply_delta(base, delta, w, self.max_object_size)
+            self._cache_put(p, base_type, base, length, c is not None)
+        return base_type, base
