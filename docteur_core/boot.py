@@ -1,0 +1,534 @@
+"""Boot a guest that reads files from an image over NBD.
+
+The host side of qemu/: serve the image with nbdkit (the project's plugin,
+or nbdkit's own file plugin to compare), boot `qemu-system-x86_64` with the
+export as a read-only virtio disk and the kernel and initramfs that
+qemu/build_guest.py makes, and read the results off the serial console.
+
+One boot can run several commands (a boot costs seconds under TCG, a
+command a fraction of one). Each command is the argument list of a Python
+run inside the guest, normally `-m docteur_core.guest /dev/vda --mode M VERB
+ARGS`; the list travels on the kernel command line (`docteur.cmds=`), and
+each command's output comes back between markers (see qemu/guest_run.py),
+base64-encoded with its length and SHA-256, so that what this module
+returns is exactly the bytes the guest wrote, or an error.
+
+Every process started here is in its own process group, dies with this
+process (PR_SET_PDEATHSIG, nbdkit's --exit-with-parent), and is stopped in a
+`finally`: after a result, an error, a timeout or Ctrl-C nothing is left
+running.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import DocteurError
+
+REPO = Path(__file__).resolve().parent.parent
+QEMU_DIR = REPO / "qemu"
+PLUGIN = REPO / "nbd_plugin" / "docteur_plugin.py"
+GUEST_DEVICE = "/dev/vda"
+MODES = ("fast", "light")
+SERVERS = ("docteur", "file")
+ACCELS = ("tcg", "kvm")
+# x86's COMMAND_LINE_SIZE, less room for the fixed part.
+MAX_COMMAND_LINE = 2048
+BASE_APPEND = "console=ttyS0 quiet loglevel=1 panic=-1"
+DEFAULT_TIMEOUT = 300.0
+MARK = "====="
+
+Log = Callable[[str], None]
+
+
+class BootError(DocteurError):
+    """The guest could not be booted, or did not report its results."""
+
+
+@dataclass
+class CommandResult:
+    """What one command wrote in the guest, byte for byte, and its status."""
+
+    argv: list[str]
+    status: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float  # measured inside the guest
+
+
+@dataclass
+class BootResult:
+    results: list[CommandResult]
+    seconds: float                      # QEMU start to QEMU exit
+    console: str = field(repr=False)    # the whole serial console, for diagnosis
+    runner_started: float = 0.0         # guest uptime when the commands began
+    runner_finished: float = 0.0        # ... and when they were all done
+
+    @property
+    def status(self) -> int:
+        """The first non-zero status, or 0."""
+        return next((r.status for r in self.results if r.status), 0)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- commands and the console protocol (pure) ------------------------------
+
+def reader_command(args: Sequence[str], mode: str | None = None) -> list[str]:
+    """The Python arguments that run `docteur_core.guest` on the guest's disk.
+
+    `args` is what follows DEVICE on the guest entry point's command line
+    (`[--mode M] VERB ARGS...`); `mode` is used unless `args` name one.
+    """
+    args = list(args)
+    if mode and not (args and args[0].startswith("--mode")):
+        args = ["--mode", mode] + args
+    return ["-m", "docteur_core.guest", GUEST_DEVICE] + args
+
+
+def encode_commands(commands: Sequence[Sequence[str]]) -> str:
+    """Commands as one kernel parameter value (qemu/guest_run.py decodes it).
+
+    Length-prefixed words (`N` and a newline, then for each word its length,
+    a newline and its bytes),
+    zlib-compressed (commands repeat themselves; the command line is short),
+    in URL-safe base64: one word, nothing the kernel's parser would split.
+    """
+    parts: list[bytes] = []
+    for argv in commands:
+        parts.append(b"%d\n" % len(argv))
+        for arg in argv:
+            raw = os.fsencode(arg)
+            parts.append(b"%d\n" % len(raw) + raw)
+    return base64.urlsafe_b64encode(zlib.compress(b"".join(parts), 9)).decode()
+
+
+def kernel_append(commands: Sequence[Sequence[str]]) -> str:
+    """The kernel command line that asks the guest to run `commands`."""
+    append = f"{BASE_APPEND} docteur.cmds={encode_commands(commands)}"
+    if len(append) >= MAX_COMMAND_LINE:
+        raise BootError(f"the commands do not fit on the kernel command line "
+                        f"({len(append)} bytes, at most {MAX_COMMAND_LINE - 1}): "
+                        f"run fewer at a time")
+    return append
+
+
+_END = re.compile(
+    r"=====DOCTEUR-END (\d+) status=(-?\d+) out=(\d+):([0-9a-f]{64}) "
+    r"err=(\d+):([0-9a-f]{64}) time=([0-9.]+)=====")
+_DONE = re.compile(r"=====DOCTEUR-DONE count=(\d+) start=([0-9.]+) end=([0-9.]+)=====")
+_FAILED = re.compile(r"=====DOCTEUR-FAILED (.*)=====")
+
+
+def _decode(lines: list[str], length: int, sha256: str, what: str) -> bytes:
+    try:
+        data = base64.b64decode("".join(lines), validate=True)
+    except ValueError as exc:
+        raise BootError(f"garbled {what} on the console: {exc}") from None
+    if len(data) != length or hashlib.sha256(data).hexdigest() != sha256:
+        raise BootError(f"{what} damaged on the console "
+                        f"({len(data)} bytes where the guest sent {length})")
+    return data
+
+
+def parse_console(console: str, commands: Sequence[Sequence[str]]) -> list[CommandResult]:
+    """The results the guest printed, checked against their lengths and digests.
+
+    Raises BootError when the guest reported a failure, or when anything is
+    missing or damaged: a partial answer is never returned as a whole one.
+    """
+    return _parse_console(console, commands)[0]
+
+
+def _parse_console(console: str, commands: Sequence[Sequence[str]]
+                   ) -> tuple[list[CommandResult], tuple[float, float]]:
+    results: list[CommandResult] = []
+    uptimes = (0.0, 0.0)
+    section: list[str] | None = None
+    out_lines: list[str] = []
+    done = False
+    for raw_line in console.splitlines():
+        line = raw_line.strip("\r\n ")
+        if not line.startswith(MARK):
+            if section is not None and line:
+                section.append(line)
+            continue
+        if line.startswith("=====DOCTEUR-BEGIN "):
+            out_lines = section = []
+        elif line.startswith("=====DOCTEUR-STDERR "):
+            out_lines, section = (section if section is not None else []), []
+        elif (match := _END.fullmatch(line)) and section is not None:
+            index = int(match.group(1))
+            if index != len(results) + 1 or index > len(commands):
+                raise BootError(f"unexpected result {index} on the console")
+            stdout = _decode(out_lines, int(match.group(3)), match.group(4),
+                             f"output of command {index}")
+            stderr = _decode(section, int(match.group(5)), match.group(6),
+                             f"error output of command {index}")
+            results.append(CommandResult(list(commands[index - 1]), int(match.group(2)),
+                                         stdout, stderr, float(match.group(7))))
+            section = None
+        elif match := _DONE.fullmatch(line):
+            done = int(match.group(1)) == len(commands)
+            uptimes = (float(match.group(2)), float(match.group(3)))
+        elif match := _FAILED.fullmatch(line):
+            raise BootError(f"the guest failed: {match.group(1)}\n{_tail(console)}")
+    if not done or len(results) != len(commands):
+        raise BootError(f"the guest reported {len(results)} of {len(commands)} results "
+                        f"and {'' if done else 'no '}end marker\n{_tail(console)}")
+    return results, uptimes
+
+
+def _tail(console: str, lines: int = 25) -> str:
+    kept = console.replace("\r", "").strip("\n").splitlines()[-lines:]
+    if not kept:
+        return "(nothing on the console)"
+    return "last console lines:\n" + "\n".join("  | " + line for line in kept)
+
+
+def parse_nbd_uri(uri: str) -> dict[str, str]:
+    """QEMU `-drive` options for an `nbd://` or `nbd+unix://` URI."""
+    parts = urllib.parse.urlsplit(uri)
+    export = urllib.parse.unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    options: dict[str, str] = {}
+    if parts.scheme in ("nbd", "nbd+tcp"):
+        if not parts.hostname:
+            raise BootError(f"no host in NBD URI {uri!r}")
+        options = {"server.type": "inet", "server.host": parts.hostname,
+                   "server.port": str(parts.port or 10809)}
+    elif parts.scheme == "nbd+unix":
+        socket_path = urllib.parse.parse_qs(parts.query).get("socket", [""])[0]
+        if not socket_path:
+            raise BootError(f"no socket= in NBD URI {uri!r}")
+        options = {"server.type": "unix", "server.path": socket_path}
+    else:
+        raise BootError(f"not an NBD URI: {uri!r} (nbd://HOST:PORT/EXPORT or "
+                        "nbd+unix:///EXPORT?socket=PATH)")
+    if export:
+        options["export"] = export
+    return options
+
+
+def drive_option(options: dict[str, str]) -> str:
+    """`-drive` value for a read-only virtio disk on an NBD export."""
+    for value in options.values():
+        if "," in value:
+            raise BootError(f"commas are not supported in NBD addresses: {value!r}")
+    spelled = ",".join(f"{k}={v}" for k, v in options.items())
+    return f"driver=nbd,{spelled},if=virtio,readonly=on"
+
+
+# --- processes ----------------------------------------------------------------
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A function that, run in a child, has it killed when the runner dies.
+
+    Resolved in the parent: between fork and exec only the call is made.
+    """
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):  # not Linux: `finally` blocks remain
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _start(cmd: list[str], **kwargs) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_pdeathsig_setter(),
+                                stdin=subprocess.DEVNULL, **kwargs)
+    except FileNotFoundError:
+        raise BootError(f"{cmd[0]} not found: install it (see .ci/setup)") from None
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    """Stop a process and its group: politely, then for sure."""
+    if proc is None:
+        return
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the group may outlive its leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """nbdkit serving one image read-only on 127.0.0.1 (a free port)."""
+
+    def __init__(self, image: Path, kind: str = "docteur", timeout: float = 60.0) -> None:
+        if kind not in SERVERS:
+            raise BootError(f"unknown server {kind!r} (one of {', '.join(SERVERS)})")
+        self.image = image
+        self.kind = kind
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://127.0.0.1:{self.port}"
+
+    def _command(self, pidfile: Path) -> list[str]:
+        cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--readonly",
+               "--ipaddr", "127.0.0.1", "--port", str(self.port), "--pidfile", str(pidfile)]
+        image = os.path.abspath(self.image)  # nbdkit may change directory
+        if self.kind == "file":
+            return cmd + ["file", f"file={image}"]
+        if not PLUGIN.exists():
+            raise BootError(f"the docteur plugin is missing ({PLUGIN}); "
+                            "use --server file")
+        return cmd + ["python", str(PLUGIN), f"image={image}"]
+
+    def start(self) -> "Server":
+        """Start nbdkit and wait until it listens; on any failure, stop it."""
+        if not self.image.is_file():
+            raise BootError(f"no such image: {self.image}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="docteur-boot-")
+        try:
+            for _attempt in range(5):  # another process may take the free port first
+                message = self._try_start()
+                if message is None:
+                    return self
+                if "Address already in use" not in message:
+                    raise BootError(f"nbdkit could not serve {self.image}: "
+                                    + (message.splitlines()[-1] if message else "no message"))
+            raise BootError("nbdkit found no free port")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _try_start(self) -> str | None:
+        """None once nbdkit listens, else what nbdkit said when it gave up."""
+        self.port = _free_port()
+        pidfile = Path(self._tmp.name) / f"nbdkit-{self.port}.pid"
+        command = self._command(pidfile)
+        with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
+            self.proc = _start(command, stdout=subprocess.DEVNULL, stderr=errors)
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                if pidfile.exists() and pidfile.stat().st_size:
+                    return None  # nbdkit writes its pidfile once it listens
+                if self.proc.poll() is not None:
+                    errors.seek(0)
+                    self.proc = None
+                    return errors.read().decode(errors="replace").strip()
+                time.sleep(0.02)
+        raise BootError(f"nbdkit did not start within {self.timeout:.0f} s")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _load_build_guest():
+    """qemu/build_guest.py, which is a script of the repository, not of the package."""
+    name = "docteur_qemu_build_guest"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, QEMU_DIR / "build_guest.py")
+    if spec is None or not (QEMU_DIR / "build_guest.py").exists():
+        raise BootError(f"{QEMU_DIR / 'build_guest.py'} is missing: run from a clone "
+                        "of the repository (pip install -e .)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def prepare_guest(log: Log = _quiet, cache: Path | None = None):
+    """Kernel and initramfs (qemu/build_guest.py), built or taken from the cache."""
+    build_guest = _load_build_guest()
+    try:
+        return build_guest.prepare_guest(cache, log)
+    except build_guest.GuestBuildError as exc:
+        raise BootError(f"cannot build the guest: {exc}") from None
+
+
+def qemu_command(kernel: Path, initrd: Path, drive: str, append: str,
+                 accel: str = "tcg", memory: int = 256) -> list[str]:
+    if accel not in ACCELS:
+        raise BootError(f"unknown accelerator {accel!r} (one of {', '.join(ACCELS)})")
+    return ["qemu-system-x86_64", "-accel", accel, "-m", str(memory),
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", append, "-drive", drive]
+
+
+def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, float]:
+    """Run QEMU until it exits; return its serial console and the time it took."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as errors:
+        proc = _start(cmd, stdout=subprocess.PIPE, stderr=errors)
+        chunks: list[bytes] = []
+        try:
+            deadline = started + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BootError(f"the guest did not finish within {timeout:.0f} s\n"
+                                    + _tail(b"".join(chunks).decode(errors="replace")))
+                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                if ready:
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise BootError(f"QEMU did not exit within {timeout:.0f} s") from None
+        finally:
+            _stop(proc)
+        console = b"".join(chunks).decode(errors="replace")
+        if status != 0:
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()
+            raise BootError(f"QEMU exited with status {status}: {message}"
+                            + (f"\n{_tail(console)}" if console.strip() else ""))
+    return console, time.monotonic() - started
+
+
+def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
+         server: str = "docteur", accel: str = "tcg", timeout: float = DEFAULT_TIMEOUT,
+         memory: int = 256, log: Log = _quiet, cache: Path | None = None) -> BootResult:
+    """Boot a guest on `target` (an image file or an NBD URI), run `commands`.
+
+    Each command is the Python argument list to run in the guest (see
+    `reader_command`). Serves an image with nbdkit (`server`: "docteur" for
+    the project's plugin, "file" for nbdkit's file plugin) for the time of
+    the boot.
+    """
+    if not commands:
+        raise BootError("nothing to run in the guest")
+    append = kernel_append(commands)
+    target_text = str(target)
+    uri_drive = drive_option(parse_nbd_uri(target_text)) if "://" in target_text else None
+    if uri_drive is None and not Path(target_text).is_file():
+        raise BootError(f"no such image: {target_text}")
+    guest = prepare_guest(log, cache)
+    if guest.built:
+        log(f"built the guest (kernel {guest.kernel_version}) in {guest.seconds:.1f} s")
+    nbd = None
+    try:
+        if uri_drive is not None:
+            drive = uri_drive
+            log(f"using the NBD export {target_text}")
+        else:
+            nbd = Server(Path(target_text), server)
+            nbd.start()
+            drive = drive_option(parse_nbd_uri(nbd.uri))
+            plugin = "the docteur plugin" if server == "docteur" else "nbdkit's file plugin"
+            log(f"serving {target_text} with {plugin} on {nbd.uri}")
+        log(f"booting the guest ({accel}, {len(commands)} command"
+            f"{'' if len(commands) == 1 else 's'})")
+        console, seconds = run_qemu(qemu_command(guest.kernel, guest.initrd, drive, append,
+                                                 accel, memory), timeout, log)
+    finally:
+        if nbd:
+            nbd.stop()
+    results, (started, finished) = _parse_console(console, commands)
+    log(f"the guest powered off after {seconds:.1f} s (its commands ran from "
+        f"{started:.1f} s to {finished:.1f} s of its uptime)")
+    return BootResult(results, seconds, console, started, finished)
+
+
+# --- showing results ------------------------------------------------------------
+
+def is_text(data: bytes) -> bool:
+    """Whether bytes can go to a terminal as they are: UTF-8, no NUL."""
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def describe_binary(data: bytes) -> str:
+    """How a binary output is shown: its size and SHA-256."""
+    return f"binary: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}\n"
+
+
+def shown(data: bytes) -> bytes:
+    """The output as the runner shows it: text as is, binary as a digest."""
+    return data if is_text(data) else describe_binary(data).encode()
+
+
+def split_commands(words: Sequence[str], separator: str = ";") -> list[list[str]]:
+    """`ls ; cat a` (as separate words) -> [["ls"], ["cat", "a"]]."""
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word == separator:
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    if any(not c for c in commands):
+        raise BootError("empty command (nothing between two ';')")
+    return commands
+
+
+def print_results(result: BootResult, raw: bool = False, headers: bool = False,
+                  out=None, err=None) -> None:
+    out = out or sys.stdout.buffer
+    err = err or sys.stderr.buffer
+    for item in result.results:
+        if headers:
+            shown_args = " ".join(item.argv[3:] if item.argv[:2] == ["-m", "docteur_core.guest"]
+                                  else item.argv)
+            out.write(f"--- {shown_args} (status {item.status}, "
+                      f"{item.seconds:.2f} s in the guest)\n".encode())
+        out.write(item.stdout if raw else shown(item.stdout))
+        out.flush()
+        err.write(item.stderr)
+        err.flush()

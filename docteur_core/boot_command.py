@@ -1,0 +1,105 @@
+"""`docteur boot`: read files from an image inside a virtual machine."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Boot a QEMU guest that reads files from an image (or an NBD export).
+
+    The guest has no file system of its own: it runs `python3 -m
+    docteur_core.guest /dev/vda VERB ARGS` on the image, seen as a read-only
+    virtio disk served over NBD, and its output is shown here (binary output
+    as its size and SHA-256 unless --raw). Several commands can share one boot
+    when separated by a ';' word, e.g.
+
+        docteur boot site.img cat index.html ';' ls docs ';' --mode light ls
+
+    The exit status is the first non-zero status of the guest's commands.
+    The kernel and the initramfs are built on first use (qemu/build_guest.py).
+    """
+    parser.add_argument("target", metavar="IMAGE_OR_NBD_URI",
+                        help="an image file (served with nbdkit for the boot) or an NBD URI")
+    _add_options(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="VERB [ARGS...]",
+                        help="what the guest runs: cat PATH, ls [PATH], stat PATH, tree "
+                             "[PATH], info (see `docteur cat --help` and friends)")
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    from .boot import ACCELS, DEFAULT_TIMEOUT, MODES, SERVERS
+
+    parser.add_argument("--mode", choices=MODES, default="light",
+                        help="the reader's mode in the guest: light (default) walks the "
+                             "trees for each lookup, fast builds a path index first")
+    parser.add_argument("--server", choices=SERVERS, default="docteur",
+                        help="serve an image file with the project's plugin (docteur, the "
+                             "default) or nbdkit's file plugin (file)")
+    parser.add_argument("--accel", choices=ACCELS, default="tcg",
+                        help="QEMU accelerator (default: tcg; KVM fails on some hosts)")
+    parser.add_argument("--memory", type=int, default=256, metavar="MB",
+                        help="the guest's memory (default: %(default)s MB; outputs are held "
+                             "in it)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds to wait for the guest (default: %(default)s)")
+    parser.add_argument("--raw", action="store_true",
+                        help="write the guest's output exactly, binary included")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="do not report the steps on stderr")
+
+
+def _leading_options(args: argparse.Namespace) -> None:
+    """Options between IMAGE and VERB (`boot IMG --mode light cat x`) are boot's.
+
+    argparse's REMAINDER keeps them with the command, so parse them here, up
+    to the first word that is not an option: later ones belong to the guest.
+    """
+    parser = argparse.ArgumentParser(prog="docteur boot", add_help=False)
+    _add_options(parser)
+    takes_value = {s for a in parser._actions if a.nargs is None and a.option_strings
+                   and not isinstance(a, (argparse._StoreTrueAction,))
+                   for s in a.option_strings}
+    words = list(args.command)
+    leading: list[str] = []
+    while words and words[0].startswith("-") and words[0] != "-":
+        word = words.pop(0)
+        leading.append(word)
+        if word in takes_value and words:
+            leading.append(words.pop(0))
+    parser.parse_args(leading, namespace=args)
+    args.command = words
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from .boot import BootError, boot, print_results, reader_command, split_commands
+
+    _leading_options(args)
+    if not args.command:
+        raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
+    segments = split_commands(args.command)
+    commands = [reader_command(segment, args.mode) for segment in segments]
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"docteur boot: {message}", file=sys.stderr, flush=True)
+
+    # SIGTERM and SIGHUP stop QEMU and nbdkit as Ctrl-C does.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        result = boot(args.target, commands, server=args.server, accel=args.accel,
+                      timeout=args.timeout, memory=args.memory, log=log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print_results(result, raw=args.raw, headers=len(commands) > 1)
+    return result.status
+
+
+COMMANDS = {"boot": (add_arguments, run)}
