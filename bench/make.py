@@ -8,7 +8,9 @@ In one run, on the same machine state:
   start-up and imports count) of CORPUS_DIR;
 - git: `git init; git add -A; git commit; git repack -adf --window=250
   --depth=50` (git's default threads), and for reference the same repack
-  with --threads=1, which is what docteur runs (for determinism).
+  with --threads=1, which is what docteur runs (for determinism);
+- squashfs: `mksquashfs -comp xz -b 1M` of the same folder, the usual
+  read-only file-system image, for scale (skipped if mksquashfs is absent).
 Prints sizes, times and ratios. Goals: image's PACK <= 1.02 x git's pack,
 time <= 1.5 x git's add + commit + repack.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -87,6 +90,18 @@ def bench_git(corpus: Path, tmp: Path, threads: int | None) -> dict:
             "idx": os.path.getsize(idx[0])}
 
 
+def bench_squashfs(corpus: Path, tmp: Path) -> dict | None:
+    if not shutil.which("mksquashfs"):
+        return None
+    out = tmp / "corpus.sqfs"
+    seconds = timed(["mksquashfs", str(corpus), str(out), "-comp", "xz", "-b", "1M",
+                     "-noappend", "-quiet", "-no-progress", "-all-root"],
+                    stdout=subprocess.DEVNULL)
+    size = out.stat().st_size
+    out.unlink()
+    return {"seconds": seconds, "size": size}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", type=Path)
@@ -105,8 +120,11 @@ def main() -> int:
             tmp = Path(tmp)
             for key, fn in (("git", lambda: bench_git(corpus, tmp, None)),
                             ("git1", lambda: bench_git(corpus, tmp, 1)),
-                            ("docteur", lambda: bench_docteur(corpus, tmp))):
+                            ("docteur", lambda: bench_docteur(corpus, tmp)),
+                            ("squashfs", lambda: bench_squashfs(corpus, tmp))):
                 r = fn()
+                if r is None:
+                    continue
                 if key not in best or r["seconds"] < best[key]["seconds"]:
                     best[key] = r
     d, g, g1 = best["docteur"], best["git"], best["git1"]
@@ -120,6 +138,10 @@ def main() -> int:
           f"image file {d['image'] / (g['pack'] + g['idx']):.4f} x git pack+idx, "
           f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.5), "
           f"{d['seconds'] / g1['seconds']:.2f} x git --threads=1")
+    if "squashfs" in best:
+        q = best["squashfs"]
+        print(f"mksquashfs -comp xz -b 1M: {q['size']:,} B, {q['seconds']:.2f} s; "
+              f"docteur image is {d['image'] / q['size']:.3f} x squashfs")
     return 0
 
 
