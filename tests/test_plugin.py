@@ -16,8 +16,9 @@ from docteur_core import layout
 from docteur_core.build import make_image
 from nbd_plugin import imagecheck
 from tests.support import PLUGIN, NbdkitServer, git_reference_image
-from tests.test_plugin_support import (
-    CONCURRENT_READS, HOLD_OPEN, NBDSH, SYSTEM_PYTHON, WRITES, libnbd, make_source, unix_uri,
+from tests.plugin_support import (
+    CONCURRENT_READS, HOLD_OPEN, LIST_EXPORTS, NBDSH, SYSTEM_PYTHON, WRITES, libnbd, make_source,
+    unix_uri,
 )
 
 DATE = "2026-01-01T00:00:00Z"
@@ -78,6 +79,7 @@ def test_nbdinfo_shows_commit_tree_and_read_only_flags(served, built):
     assert export["is_rotational"] is False
     assert export["can_cache"] is True
     assert export["can_trim"] is False and export["can_zero"] is False
+    assert export["can_flush"] is False and export["can_fua"] is False
     assert export["block_size_minimum"] == 512
     assert export["block_size_preferred"] == 4096
     assert export["block_size_maximum"] == 32 * 1024 * 1024
@@ -133,7 +135,8 @@ def test_writes_are_refused_and_the_file_is_unchanged(served, built):
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_concurrent_connections_read_random_ranges(served, built, data):
     image = built[0]
@@ -197,6 +200,26 @@ def test_dir_lists_and_serves_every_image(folder, tmp_path):
         proc = subprocess.run(["nbdinfo", unix_uri(server.socket, "../images/alpha")],
                               capture_output=True, text=True)
         assert proc.returncode != 0
+
+
+def test_dir_listing_shows_a_bad_image_as_refused(folder, tmp_path):
+    """An image added after start-up is checked when listed; a bad one is
+    listed with the reason, and the good ones still are."""
+    out, expected = folder
+    images = tmp_path / "images"
+    images.mkdir()
+    good = (out / "alpha.img").read_bytes()
+    (images / "alpha.img").write_bytes(good)
+    with NbdkitServer(PLUGIN, f"dir={images}", unix=True) as server:
+        bad = bytearray(good)
+        bad[layout.PACK_OFFSET:layout.PACK_OFFSET + 4] = b"JUNK"
+        (images / "late.img").write_bytes(bytes(bad))
+        listed = libnbd(LIST_EXPORTS, {"uri": server.uri})
+    commit, tree = expected["alpha"]
+    assert set(listed) == {"alpha", "late"}
+    assert listed["alpha"] == f"docteur image: commit {commit} tree {tree}"
+    assert listed["late"].startswith(f"refused: {images / 'late.img'}: damaged image: "
+                                     "bad PACK signature b'JUNK'")
 
 
 def test_dir_default_key(folder, tmp_path):

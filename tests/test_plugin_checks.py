@@ -3,19 +3,20 @@ one readable line, a non-zero exit (real nbdkit each time)."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from docteur_core import layout
 from docteur_core.build import make_image
+from docteur_core.store import Store
 from nbd_plugin import imagecheck
 from tests.support import PLUGIN, git_reference_image
-from tests.test_plugin_support import make_source, run_nbdkit_once
+from tests.plugin_support import delta_commit_image, make_source, run_nbdkit_once
 
 DATE = "2026-01-01T00:00:00Z"
 
@@ -37,8 +38,11 @@ def good(tmp_path_factory):
     pack_sha = data[raw_idx_end - 40:raw_idx_end - 20]
     exact_pack_end = data.rfind(pack_sha, 0, idx_offset) + 20
     assert pack_end == layout.align_up(exact_pack_end, 512)
+    store = Store(lambda o, n: data[o:o + n], len(data))
     return {"image": image, "data": data, "idx": idx_offset, "pack_end": exact_pack_end,
-            "idx_end": raw_idx_end, "base": base}
+            "idx_end": raw_idx_end, "base": base, "objects": store.object_count,
+            "commit": info.commit_hex, "tree": info.tree_hex,
+            "commit_at": store.offset_of(bytes.fromhex(info.commit_hex))}
 
 
 def _set(data: bytearray, offset: int, value: bytes) -> None:
@@ -66,8 +70,8 @@ DAMAGES = [
     ("pack-signature", lambda d, g: (_set(d, 28, b"PACX"), d)[1], "bad PACK signature"),
     ("pack-version", lambda d, g: (_set(d, 32, struct.pack(">I", 3)), d)[1],
      "unsupported PACK version 3"),
-    ("pack-count", lambda d, g: (_set(d, 36, struct.pack(">I", struct.unpack_from(
-        ">I", d, 36)[0] + 1)), d)[1], "objects, the PACK holds"),
+    ("pack-count", lambda d, g: (_set(d, 36, struct.pack(">I", g["objects"] + 1)), d)[1],
+     "the PACK holds {objects_plus_1} objects, its IDX lists {objects}"),
     ("idx-signature", lambda d, g: (_set(d, g["idx"], b"\xfftOd"), d)[1], "bad IDX signature"),
     ("idx-version", lambda d, g: (_set(d, g["idx"] + 4, struct.pack(">I", 1)), d)[1],
      "unsupported IDX version 1"),
@@ -83,6 +87,10 @@ DAMAGES = [
      "the padding after the IDX is not zeros"),
     ("commit-missing", lambda d, g: (_set(d, 0, b"\x00" * 20), d)[1],
      "the header's commit 0000000000000000000000000000000000000000 is not in the IDX"),
+    ("commit-is-a-tree", lambda d, g: (_set(d, 0, bytes.fromhex(g["tree"])), d)[1],
+     "object {tree} is a tree, a commit was expected (at object {tree} at offset"),
+    ("commit-damaged", lambda d, g: (_flip(d, g["commit_at"] + 10), d)[1],
+     "(at object {commit} at offset {commit_at})"),
 ]
 
 
@@ -99,7 +107,8 @@ def _assert_refused(proc: subprocess.CompletedProcess, expected: str) -> str:
 def test_damaged_image_stops_nbdkit(good, name, damage, expected):
     bad = good["base"] / f"{name}.img"
     bad.write_bytes(bytes(damage(bytearray(good["data"]), good)))
-    line = _assert_refused(run_nbdkit_once(f"image={bad}"), expected)
+    line = _assert_refused(run_nbdkit_once(f"image={bad}"),
+                           expected.format(objects_plus_1=good["objects"] + 1, **good))
     assert str(bad) in line
 
 
@@ -224,30 +233,21 @@ def test_plugin_found_through_a_symlink_from_elsewhere(good, tmp_path):
     assert int(proc.stdout.strip()) == len(good["data"])
 
 
-def test_read_object_rebuilds_every_object_including_deltas(tmp_path):
-    """The plugin's own object reader (used for the header's commit) agrees
-    with git on every object of a pack that has deltas."""
-    from docteur_core import idx as idxmod, pack
+@pytest.mark.parametrize("ofs_delta", [True, False], ids=["ofs-delta", "ref-delta"])
+def test_a_commit_stored_as_a_delta_is_described(tmp_path, ofs_delta):
+    """git deltifies commits too: the description follows the header's
+    commit through its delta chain to its tree (real nbdkit, nbdinfo)."""
+    from docteur_core import pack
 
-    src = tmp_path / "src"
-    src.mkdir()
-    text = "".join(f"line {i} of a file that git will deltify\n" for i in range(300))
-    for i in range(6):
-        (src / f"v{i}.txt").write_text(text.replace(f"line {i * 40} ", f"LINE {i} "))
-    image = tmp_path / "deltas.img"
-    git_reference_image(src, image)
+    image = tmp_path / "delta.img"
+    made = delta_commit_image(image, ofs_delta)
     data = image.read_bytes()
-    pread = lambda o, n: data[o:o + n]  # noqa: E731
-    info = imagecheck.check_image(pread, len(data))
-    header = layout.parse_header(data[:28])
-    index = idxmod.parse_head(data[header.idx_offset:header.idx_offset + idxmod.HEAD_SIZE],
-                              header.idx_offset)
-    pack_data_end = info.extents[0][1]
-    kinds = set()
-    for i in range(index.count):
-        oid = data[index.name_at(i):index.name_at(i) + 20]
-        offset = layout.PACK_OFFSET + idxmod.offset_of(pread, index, i)
-        kinds.add(data[offset] >> 4 & 7)
-        typ, body = imagecheck.read_object(pread, index, pack_data_end, offset)
-        assert pack.object_id(pack.TYPE_NAMES[typ], body) == oid
-    assert kinds & {pack.OBJ_OFS_DELTA, pack.OBJ_REF_DELTA}, "no delta in the pack"
+    at = Store(lambda o, n: data[o:o + n], len(data)).offset_of(bytes.fromhex(made["commit"]))
+    assert data[at] >> 4 & 7 == (pack.OBJ_OFS_DELTA if ofs_delta else pack.OBJ_REF_DELTA)
+    proc = subprocess.run(
+        ["nbdkit", "-U", str(tmp_path / "s.sock"), "--run", 'nbdinfo --json "$uri"',
+         "python", str(PLUGIN), f"image={image}"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (export,) = json.loads(proc.stdout)["exports"]
+    assert export["description"] == f"docteur image: commit {made['commit']} tree {made['tree']}"

@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support import PLUGIN
+from docteur_core import layout
+from tests.support import PLUGIN, git
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -31,6 +32,40 @@ def make_source(root: Path, seed: int = 1, big: int = 300_000) -> Path:
     (root / "docs" / "deep" / "er" / "note.txt").write_text(f"seed {seed}\n")
     (root / "random.bin").write_bytes(rng.randbytes(big))
     return root
+
+
+def delta_commit_image(image: Path, ofs_delta: bool = True) -> dict:
+    """An image whose header names a commit that git stored as a delta.
+
+    Two commits with one long message (the parent's slightly longer, so git
+    makes it the delta): the plugin must follow the chain to describe it.
+    Returns {"commit": hex of the delta, "tree": hex, "kind": "OFS"/"REF"}.
+    """
+    message = "".join(f"line {i} of a long commit message\n" for i in range(200))
+    with tempfile.TemporaryDirectory(prefix="deltacommit-") as tmp:
+        env = {"GIT_DIR": os.path.join(tmp, "repo.git")}
+        git("init", "-q", "--bare", env["GIT_DIR"])
+        tree = git("mktree", input=b"", env=env).decode().strip()
+        first = git("commit-tree", tree, "-m", message + "and a longer tail " * 20,
+                    env=env).decode().strip()
+        second = git("commit-tree", tree, "-p", first, "-m", message, env=env).decode().strip()
+        base = os.path.join(tmp, "pack")
+        git("pack-objects", "-q", "--revs", "--threads=1",
+            *(["--delta-base-offset"] if ofs_delta else []), base,
+            input=second.encode() + b"\n", env=env)
+        stem = next(Path(tmp).glob("pack-*.pack")).with_suffix("")
+        listing = git("verify-pack", "-v", str(stem) + ".idx", env=env).decode()
+        deltas = [line.split()[0] for line in listing.splitlines()
+                  if " commit " in line and len(line.split()) == 7]
+        assert len(deltas) == 1, listing
+        pack, idx = stem.with_suffix(".pack").read_bytes(), stem.with_suffix(".idx").read_bytes()
+    idx_offset, size = layout.image_layout(len(pack), len(idx), 512)
+    data = bytearray(size)
+    data[:layout.HEADER_SIZE] = layout.encode_header(bytes.fromhex(deltas[0]), idx_offset)
+    data[layout.PACK_OFFSET:layout.PACK_OFFSET + len(pack)] = pack
+    data[idx_offset:idx_offset + len(idx)] = idx
+    image.write_bytes(bytes(data))
+    return {"commit": deltas[0], "tree": tree, "kind": "OFS" if ofs_delta else "REF"}
 
 
 def unix_uri(socket: str, export: str = "") -> str:
@@ -116,6 +151,19 @@ whole = b"".join(h.pread(min(1 << 20, size - o), o) for o in range(0, size, 1 <<
 print(json.dumps({"size": h.get_size(), "sha": hashlib.sha256(whole).hexdigest(),
                   "first_same": whole.startswith(first)}), flush=True)
 h.shutdown()
+"""
+
+# {export name: description} as the server lists them, opening none of them.
+LIST_EXPORTS = r"""
+import json, sys, nbd
+p = json.load(sys.stdin)
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_uri(p["uri"])
+out = {}
+h.opt_list(lambda name, description: out.__setitem__(name, description))
+h.opt_abort()
+print(json.dumps(out))
 """
 
 # `nbdsh` runs the first python3 on PATH, which may lack libnbd's binding.
