@@ -29,17 +29,12 @@ import threading
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-from .errors import DocteurError
+from .errors import DeviceError  # noqa: F401 (re-exported: it used to live here)
 
 DEFAULT_BLOCK_SIZE = 512
 # 8 MiB of sectors by default: the IDX of a 100k-object image (≈2.8 MiB)
 # and the hot trees fit, and it stays small for a guest.
 DEFAULT_CACHE_BYTES = 8 << 20
-
-
-class DeviceError(DocteurError):
-    """A block device cannot be opened or read (missing file, I/O error,
-    lost NBD connection...)."""
 
 
 @runtime_checkable

@@ -37,5 +37,10 @@ class DamagedImage(DocteurError):
         super().__init__(f"damaged image: {what}" + (f" (at {where})" if where else ""))
 
 
+class DeviceError(DocteurError):
+    """A block device cannot be opened or read (missing file, I/O error,
+    lost NBD connection...)."""
+
+
 class BuildError(DocteurError):
     """An image could not be built (bad source, unknown ref, I/O error...)."""

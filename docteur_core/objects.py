@@ -8,6 +8,7 @@ the image damaged rather than being interpreted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import DamagedImage
@@ -54,8 +55,43 @@ class TreeEntry:
         return self.mode & 0o170000 == 0o100000
 
 
-def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
-    entries: list[TreeEntry] = []
+# A tree entry as git writes it: one of the modes above in its canonical
+# spelling, a name without NUL or "/", a raw id. A tree made only of these,
+# with no "." or ".." and no name twice, needs no other check; anything else
+# goes through `_parse_tree_checked` for the precise verdict.
+_GIT_ENTRY = re.compile(rb"(100644|100755|100664|120000|40000|160000) ([^\0/]+)\0(.{20})", re.S)
+
+RawTreeEntry = tuple[int, bytes, bytes]  # (mode, raw id, raw name)
+
+
+def parse_tree_raw(data: bytes, where: str) -> list[RawTreeEntry]:
+    """Every entry of a tree as (mode, raw id, raw name), every guard applied.
+
+    Whole-image verification parses every tree of the pack and keeps only
+    these three fields, so it takes them as tuples; `parse_tree` builds
+    `TreeEntry`s from them. Trees as git writes them are matched by one
+    regular expression (C speed); the rest is parsed entry by entry and
+    either accepted in the same form or rejected with a precise error.
+    """
+    out = []
+    pos = 0
+    modes = _MODE_TEXTS
+    for m in _GIT_ENTRY.finditer(data):
+        if m.start() != pos:
+            break
+        mode, name, oid = m.groups()
+        out.append((modes[mode], oid, name))
+        pos = m.end()
+    if pos == len(data):
+        names = {e[2] for e in out}
+        if len(names) == len(out) and b"." not in names and b".." not in names:
+            return out
+    return _parse_tree_checked(data, where)
+
+
+def _parse_tree_checked(data: bytes, where: str) -> list[RawTreeEntry]:
+    """The entry-by-entry parse: accepts any octal spelling of a known mode."""
+    entries: list[RawTreeEntry] = []
     seen: set[bytes] = set()
     pos = 0
     n = len(data)
@@ -80,9 +116,15 @@ def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
         if name in seen:
             raise DamagedImage(f"tree lists {bytes(name)!r} twice", where)
         seen.add(name)
-        entries.append(TreeEntry(decode_name(name), mode, bytes(data[nul + 1:nul + 21])))
+        entries.append((mode, bytes(data[nul + 1:nul + 21]), bytes(name)))
         pos = nul + 21
     return entries
+
+
+def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
+    """The entries of a tree, for the path API (see `parse_tree_raw`)."""
+    return [TreeEntry(decode_name(name), mode, oid)
+            for mode, oid, name in parse_tree_raw(data, where)]
 
 
 @dataclass(frozen=True)

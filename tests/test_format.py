@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -15,7 +14,9 @@ from docteur_core import idx as idxmod
 from docteur_core import layout, objects, pack
 from docteur_core.errors import DamagedImage
 
-from .support import git, git_reference_image
+from . import reference_git
+from .forge import make_delta, varint
+from .support import git_reference_image
 
 
 def _scan(image: bytes):
@@ -145,6 +146,106 @@ def test_apply_delta_garbage_never_crashes(base, delta):
         pack.apply_delta(base, delta, "t")
     except DamagedImage:
         pass
+
+
+# -- the tuned decoders against the plain ones in tests/reference_git.py -------------
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", fn(*args, "t"))
+    except DamagedImage as exc:
+        return ("error", exc.what)
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+@settings(max_examples=400, deadline=None)
+def test_apply_delta_equals_the_reference_on_garbage(base, delta):
+    # Also behind a well-formed header, so that the instructions get exercised.
+    framed = varint(len(base)) + delta
+    for d in (delta, framed, framed[:1] + varint(len(delta)) + delta):
+        assert _outcome(pack.apply_delta, base, d) == _outcome(reference_git.apply_delta, base, d)
+
+
+@given(st.binary(max_size=3000), st.binary(max_size=3000), st.integers(0, 3000))
+@settings(max_examples=200, deadline=None)
+def test_apply_delta_equals_the_reference_on_valid_deltas(base, tail, keep):
+    head = base[:keep]
+    delta = make_delta(head, head + tail)
+    out = pack.apply_delta(head, delta, "t")
+    assert out == reference_git.apply_delta(head, delta, "t") == head + tail
+    # With a header prefix for valid base sizes: garbage instructions after it.
+    framed = varint(len(base)) + varint(len(tail)) + tail
+    assert (_outcome(pack.apply_delta, base, framed)
+            == _outcome(reference_git.apply_delta, base, framed))
+
+
+@st.composite
+def _deltas(draw):
+    """Copy and insert instructions as git writes them, sometimes slightly wrong."""
+    base = draw(st.binary(min_size=1, max_size=400))
+    ops, out = bytearray(), 0
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.booleans()):
+            off = draw(st.integers(0, len(base) + 3))
+            size = draw(st.integers(1, len(base) + 3))
+            code, args = 0x80, bytearray()
+            for i in range(4):
+                if (off >> 8 * i) & 255:
+                    code |= 1 << i
+                    args.append((off >> 8 * i) & 255)
+            for i in range(3):
+                if (size >> 8 * i) & 255:
+                    code |= 0x10 << i
+                    args.append((size >> 8 * i) & 255)
+            ops += bytes([code]) + args
+            out += size
+        else:
+            text = draw(st.binary(min_size=1, max_size=127))
+            ops += bytes([len(text)]) + text
+            out += len(text)
+    declared = out + draw(st.sampled_from([0, 0, 0, 1, -1]))
+    cut = draw(st.integers(0, 3))
+    body = varint(len(base)) + varint(max(declared, 0)) + bytes(ops)
+    return base, body[:len(body) - cut] if cut and draw(st.booleans()) else body, declared
+
+
+@given(_deltas(), st.integers(-1, 1))
+@settings(max_examples=400, deadline=None)
+def test_apply_delta_equals_the_reference_on_real_instructions(case, slack):
+    base, delta, declared = case
+    assert (_outcome(pack.apply_delta, base, delta)
+            == _outcome(reference_git.apply_delta, base, delta))
+    # A result-size limit just around the declared size: the same verdict too.
+    limit = max(declared + slack, 0)
+    assert (_outcome(lambda b, d, w: pack.apply_delta(b, d, w, limit), base, delta)
+            == _outcome(lambda b, d, w: reference_git.apply_delta(b, d, w, limit), base, delta))
+
+
+@st.composite
+def _trees(draw):
+    modes = [b"100644", b"100755", b"100664", b"120000", b"40000", b"160000", b"040000",
+             b"100600", b"1006444", b"abc", b""]
+    names = [b"a", b"b", b".", b"..", b"x/y", b"", b"caf\xc3\xa9", b"\xff", b"a b"]
+    out = b""
+    for _ in range(draw(st.integers(0, 6))):
+        out += (draw(st.sampled_from(modes)) + b" " + draw(st.sampled_from(names)) + b"\0"
+                + draw(st.binary(min_size=20, max_size=20)))
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(out)))
+        out = out[:cut] + draw(st.binary(max_size=4)) + out[cut + 1:]
+    return out
+
+
+@given(_trees())
+@settings(max_examples=400, deadline=None)
+def test_parse_tree_equals_the_reference(data):
+    want = _outcome(reference_git.parse_tree, data)
+    assert _outcome(objects.parse_tree_raw, data) == want
+    entries = _outcome(objects.parse_tree, data)
+    if entries[0] == "ok":
+        entries = ("ok", [(e.mode, e.id, objects.encode_name(e.name)) for e in entries[1]])
+    assert entries == want
 
 
 @given(st.binary(min_size=0, max_size=64))

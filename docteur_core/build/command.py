@@ -17,6 +17,13 @@ its working files), or a remote repository (https://, http:// with
 credentials in the URL if needed, git://, ssh://, or git@host:path), which
 is fetched at depth 1.
 
+Over ssh, the ssh program is chosen as git does ($GIT_SSH_COMMAND, else
+$GIT_SSH, else ssh) and runs with -o BatchMode=yes and no terminal: it never
+asks for a password, a passphrase or whether to trust a host key. Use an
+unencrypted key or ssh-agent, and a host already in known_hosts; otherwise
+the build fails with one line (authentication refused, host key
+verification failed).
+
 A directory is hashed exactly as `git add` + `git write-tree` would (modes
 100644/100755, symbolic links stored as links and never followed, hidden
 files included); empty folders are kept as empty trees; sockets, FIFOs and

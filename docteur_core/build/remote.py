@@ -2,8 +2,9 @@
 
 Only the chosen ref's tip is fetched (depth 1): the image holds one
 snapshot, so history would be downloaded for nothing. Every failure is
-turned into one line: unreachable, authentication refused, not a
-repository, unknown branch.
+turned into one line: unreachable, authentication refused, host key not
+trusted, not a repository, unknown branch. Over ssh, the program runs in
+batch mode without a terminal (see `ssh`): it fails instead of prompting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 
 from ..errors import BuildError
 from .source import Source
+from .ssh import BatchSSHVendor, ssh_argv
 
 CONNECT_TIMEOUT = 60.0
 
@@ -44,8 +46,13 @@ def _explain(exc: BaseException, display: str) -> BuildError:
         return BuildError(f"{display}: authentication refused")
     text = str(exc).strip()
     if isinstance(exc, HangupException) and getattr(exc, "stderr_lines", None):
-        text = b" ".join(exc.stderr_lines).decode("utf-8", "replace")
+        # Lines of the remote's (or ssh's) stderr, as one line.
+        text = " ".join(line.decode("utf-8", "replace").strip()
+                        for line in exc.stderr_lines if line.strip())
     low = text.lower()
+    if re.search(r"host key verification failed|remote host identification has changed", low):
+        return BuildError(f"{display}: host key verification failed (the host is not in "
+                          "known_hosts, or its key changed)")
     if re.search(r"permission denied|authentication failed|could not read username|\b401\b|\b403\b",
                  low):
         return BuildError(f"{display}: authentication refused")
@@ -74,7 +81,7 @@ def fetch(source: Source, branch: str | None, dest: str,
     """
     import socket
 
-    from dulwich.client import get_transport_and_path
+    from dulwich.client import SSHGitClient, get_transport_and_path
     from dulwich.repo import Repo
 
     display = source.display
@@ -101,6 +108,8 @@ def fetch(source: Source, branch: str | None, dest: str,
             client, path = get_transport_and_path(source.location, quiet=progress is None)
         except ValueError as exc:
             raise BuildError(f"{display}: not a usable URL ({exc})") from None
+        if isinstance(client, SSHGitClient):
+            client.ssh_vendor = BatchSSHVendor(ssh_argv(os.environ, int(CONNECT_TIMEOUT)))
         try:
             client.fetch(path, target, determine_wants=determine_wants, progress=report, depth=1)
         except (BuildError, KeyboardInterrupt):

@@ -1,0 +1,156 @@
+"""Delta bases during the scan: which to keep, for how long, and rebuilding.
+
+git writes a delta's base before it, usually not far: the scan keeps
+recently rebuilt objects in an LRU bounded in bytes. A light pass over the
+entry headers first counts how many deltas will use each entry, so a base
+is kept exactly until its last delta is applied. On a miss the base is
+rebuilt from the device, chain and all.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from .. import layout, pack
+from ..errors import DamagedImage
+from .state import MAX_DELTA_DEPTH, MAX_HELD_OBJECT, State, Unresolvable, at_offset
+from .stream import Stream
+
+
+class Bases(State):
+    """Where the scan gets a delta's base: the planned LRU, or the device."""
+
+    def _plan_bases(self, limit: int) -> None:
+        """Count the deltas that will use each entry, from its header alone.
+
+        The IDX gives every entry's start and an entry's first bytes name its
+        delta base, so one light pass tells which objects the scan must keep
+        and for how long: each is kept until its last delta is applied, then
+        dropped. Memory is then what delta resolution needs at that point of
+        the pack (capped by `cache_bytes`, beyond which the LRU evicts and
+        misses rebuild from the device). A damaged header only spoils the plan.
+        """
+        s = Stream(self.device, layout.PACK_OFFSET, limit, None)
+        uses_at: dict[int, int] = {}
+        uses_of: dict[bytes, int] = {}
+        for pos in self.entry_offsets:
+            if pos >= limit:
+                break
+            if s.buf_end < pos + 32:
+                s.cover(pos, 32)
+            rel = pos - s.base
+            hdr = s.buf[rel:rel + 32]
+            if not hdr:
+                break
+            c = hdr[0]
+            kind = (c >> 4) & 7
+            if kind < pack.OBJ_OFS_DELTA:
+                continue
+            i, n = 1, len(hdr)
+            while c & 0x80 and i < n:
+                c = hdr[i]
+                i += 1
+            if kind == pack.OBJ_OFS_DELTA and i < n:
+                c = hdr[i]
+                i += 1
+                distance = c & 0x7F
+                while c & 0x80 and i < n:
+                    c = hdr[i]
+                    i += 1
+                    distance = ((distance + 1) << 7) | (c & 0x7F)
+                uses_at[pos - distance] = uses_at.get(pos - distance, 0) + 1
+            elif kind == pack.OBJ_REF_DELTA:
+                base_id = hdr[i:i + 20]
+                uses_of[base_id] = uses_of.get(base_id, 0) + 1
+        self.uses_at, self.uses_of, self.planned = uses_at, uses_of, True
+
+    def _used(self, base: int) -> None:
+        """A delta on `base` was applied: drop the base once nothing else needs it."""
+        left = self.remaining.get(base)
+        if left is None:
+            return
+        if left > 1:
+            self.remaining[base] = left - 1
+            return
+        del self.remaining[base]
+        hit = self.cache.pop(base, None)
+        if hit is not None:
+            self.cached -= len(hit[1])
+
+    def _keep(self, pos: int, oid: bytes | None, kind: int, data: bytes) -> None:
+        """Cache an object the plan says deltas will need (any, without a plan)."""
+        if len(data) > self.cache_bytes // 4:
+            return
+        if self.planned:
+            uses = self.remaining.get(pos)
+            if uses is None:
+                uses = self.uses_at.get(pos, 0)
+                if self.uses_of and oid is not None:
+                    uses += self.uses_of.get(oid, 0)
+                if not uses:
+                    return
+                self.remaining[pos] = uses
+        self._cache_put(pos, kind, data)
+
+    def _cache_put(self, pos: int, kind: int, data: bytes) -> None:
+        cache = self.cache
+        if pos in cache:
+            cache.move_to_end(pos)
+            return
+        cache[pos] = (kind, data)
+        self.cached += len(data)
+        if self.cached > self.stats["peak_cached_bytes"]:
+            self.stats["peak_cached_bytes"] = self.cached
+        while self.cached > self.cache_bytes and cache:
+            _, (_, old) = cache.popitem(last=False)
+            self.cached -= len(old)
+
+    def _inflate_entry(self, pos: int) -> bytes:
+        """Inflate the (already scanned) entry at `pos` again, from the device."""
+        kind, hlen, clen, size, _ = self.info[pos]
+        raw = self._read(pos + hlen, clen)
+        try:
+            data = zlib.decompressobj().decompress(raw, size + 1)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream on second read ({exc})", at_offset(pos)) from None
+        if len(data) != size:
+            raise DamagedImage("entry changed between two reads", at_offset(pos))
+        return data
+
+    def _object_at(self, pos: int) -> tuple[int, bytes]:
+        """The object at `pos`: from the cache, else rebuilt from the device."""
+        hit = self.cache.get(pos)
+        if hit is not None:
+            self.cache.move_to_end(pos)
+            return hit
+        self.stats["cache_misses"] += 1
+        chain = []
+        o = pos
+        while True:
+            hit = self.cache.get(o)
+            if hit is not None:
+                kind, data = hit
+                break
+            if o in self.damaged or o not in self.info:
+                raise Unresolvable(o)
+            rec = self.info[o]
+            if rec[3] > MAX_HELD_OBJECT:
+                raise DamagedImage(f"object of {rec[3]} bytes is too large to be a delta base",
+                                   at_offset(o))
+            if rec[0] < pack.OBJ_OFS_DELTA:
+                kind, data = rec[0], self._inflate_entry(o)
+                break
+            chain.append(o)
+            if len(chain) > MAX_DELTA_DEPTH:
+                raise DamagedImage(f"delta chain deeper than {MAX_DELTA_DEPTH}", at_offset(pos))
+            base = rec[4]
+            if isinstance(base, bytes):
+                base = self.by_id.get(base)
+                if base is None:
+                    raise Unresolvable(o)
+            o = base
+        for o in reversed(chain):
+            self.stats["rebuilt"] += 1
+            data = pack.apply_delta(data, self._inflate_entry(o), at_offset(o), MAX_HELD_OBJECT)
+            self._keep(o, self.oid.get(o), kind, data)
+        return kind, data

@@ -1,0 +1,193 @@
+"""Where the regions are: the IDX head and tables, the PACK header, the trailer.
+
+Nothing about an image can be taken on trust, not even where its parts
+are. The IDX is read first because its offsets and its copy of the pack
+checksum locate everything else; when the object counts of the PACK
+header and the IDX disagree, or the header points to the wrong place,
+the layout that holds up (checksums, padding) decides which one lies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from .. import idx as idxmod
+from .. import layout
+from .report import R_HEADER, R_IDX_FANOUT, R_IDX_HEADER, R_IMAGE, R_PACK_HEADER
+from .state import State, at_offset
+
+
+class Locate(State):
+    """Finds the IDX, sizes it, and finds the pack's end, blaming what lies."""
+
+    def _load_idx(self, at: int | None = None, quiet: bool = False) -> None:
+        """Read the IDX head and tables at `at` (default: where the header says)."""
+        base = self.idx_offset if at is None else at
+        if base is None:
+            return
+        self.check("idx-header")
+        head = self.reader.pread(base, idxmod.HEAD_SIZE)
+        if len(head) < idxmod.HEAD_SIZE:
+            if not quiet:
+                self.problem(R_IDX_HEADER, at_offset(base), "IDX header is truncated")
+            return
+        where = at_offset(base)
+        sig_ok = head[:4] == layout.IDX_SIGNATURE
+        (version,) = struct.unpack_from(">I", head, 4)
+        if quiet and not sig_ok:
+            return
+        if not sig_ok and version != layout.IDX_VERSION and at is None:
+            # Nothing there looks like an IDX: the header's offset is what is wrong.
+            self.problem(R_HEADER, at_offset(20), f"IDX offset {base} does not point at an IDX "
+                         "(no IDX signature or version there)")
+            self.idx_offset = None
+            return
+        if not sig_ok:
+            self.problem(R_IDX_HEADER, where, f"bad IDX signature {bytes(head[:4])!r}")
+        if version != layout.IDX_VERSION:
+            self.problem(R_IDX_HEADER, at_offset(base + 4), f"unsupported IDX version {version}")
+            if not sig_ok:
+                return  # nothing there looks like an IDX
+        fanout = struct.unpack_from(">256I", head, layout.IDX_HEADER_SIZE)
+        self.check("idx-fanout")
+        previous = 0
+        for b, value in enumerate(fanout):
+            if value < previous:
+                self.problem(R_IDX_FANOUT, at_offset(base + layout.IDX_HEADER_SIZE + 4 * b),
+                             f"IDX fanout decreases at entry {b} ({previous} then {value})")
+            previous = max(previous, value)
+        self.idx_offset = base
+        self.idx = idxmod.Idx(base, fanout)
+        self.idx_count = fanout[255]
+
+    def _idx_tables(self, count: int) -> bool:
+        """Read the IDX for `count` objects; set idx_bytes/idx_end. False if it does not fit."""
+        base = self.idx_offset
+        assert base is not None
+        main = idxmod.HEAD_SIZE + 28 * count
+        if base + main + 2 * layout.SHA1_SIZE > self.capacity:
+            return False
+        data = self._read(base, main)
+        if len(data) < main:
+            return False
+        offsets = data[idxmod.HEAD_SIZE + 24 * count:main]
+        large = 0
+        if count and max(offsets[0::4]) & 0x80:
+            large = sum(1 for b in offsets[0::4] if b & 0x80)
+        total = main + 8 * large + 2 * layout.SHA1_SIZE
+        if base + total > self.capacity:
+            return False
+        data += self._read(base + main, total - main)
+        if len(data) < total:
+            return False
+        self.idx_bytes = data
+        self.idx_end = base + total
+        return True
+
+    def _check_pack_header(self) -> None:
+        self.check("pack-header")
+        raw = self.reader.pread(layout.PACK_OFFSET, layout.PACK_HEADER_SIZE)
+        sig_ok = raw[:4] == layout.PACK_SIGNATURE
+        (version, count) = struct.unpack_from(">II", raw, 4)
+        if not sig_ok:
+            self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET),
+                         f"bad PACK signature {bytes(raw[:4])!r}")
+        if version != layout.PACK_VERSION:
+            self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET + 4),
+                         f"unsupported PACK version {version}")
+        self.pack_ok = sig_ok or version == layout.PACK_VERSION
+        self.pack_count = count
+        # Now that both counts are known, size the IDX.
+        if self.idx is not None:
+            self._size_idx()
+
+    def _size_idx(self) -> None:
+        """Pick the object count that lays the IDX out, and blame a mismatch.
+
+        The fanout's last entry and the PACK header both give the count. When
+        they differ, the right one is the one whose tables hold up: the IDX's
+        own SHA-1 matches, its copy of the pack checksum sits just before the
+        IDX, its end leaves a block's worth of padding at most.
+        """
+        n_idx, n_pack = self.idx_count, self.pack_count
+        candidates = [n_idx] if n_pack in (None, n_idx) else [n_idx, n_pack]
+        best = None
+        for n in candidates:
+            if not self._idx_tables(n):
+                continue
+            data = self.idx_bytes
+            own_ok = hashlib.sha1(memoryview(data)[:-20]).digest() == data[-20:]
+            lo = max(0, self.idx_offset - layout.MAX_BLOCK_SIZE - layout.SHA1_SIZE)
+            copy_found = self._read(lo, self.idx_offset - lo).rfind(data[-40:-20]) >= 0
+            fits = 1 <= self.capacity - self.idx_end <= layout.MAX_BLOCK_SIZE
+            score = (own_ok, copy_found, fits, n == n_idx)
+            if best is None or score > best[0]:
+                best = (score, n)
+        fanout_at = at_offset(self.idx_offset + layout.IDX_HEADER_SIZE + 4 * 255)
+        if best is None:
+            if n_idx == n_pack:
+                need = self.idx_offset + idxmod.HEAD_SIZE + 28 * n_idx + 2 * layout.SHA1_SIZE
+                self.problem(R_IMAGE, at_offset(self.capacity),
+                             f"image is truncated: its IDX of {n_idx} objects needs at least "
+                             f"{need} bytes, the image has {self.capacity}")
+            else:
+                self.problem(R_IDX_FANOUT, fanout_at,
+                             f"IDX announces {n_idx} objects, more than the image can hold "
+                             "(damaged fanout or truncated image)")
+            self.idx_bytes = self.idx_end = None
+            return
+        n = best[1]
+        self._idx_tables(n)
+        if n != n_idx:
+            self.problem(R_IDX_FANOUT, fanout_at,
+                         f"IDX fanout announces {n_idx} objects, its tables and the PACK "
+                         f"header say {n}")
+            self.idx_count = n
+        elif n_pack is not None and n_pack != n and self.quick:
+            self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET + 8),
+                         f"PACK header announces {n_pack} objects, the IDX lists {n}")
+
+    def _locate_trailer(self) -> None:
+        """Find the pack's 20-byte trailer: the IDX's copy of it, just before the IDX."""
+        if self.idx_bytes is None or self.idx_offset is None:
+            return
+        copy = self.idx_bytes[-40:-20]
+        end = self.idx_offset
+        lo = max(layout.PACK_OFFSET + layout.PACK_HEADER_SIZE,
+                 end - layout.MAX_BLOCK_SIZE - layout.SHA1_SIZE)
+        window = self._read(lo, end - lo)
+        at = window.rfind(copy)
+        if at >= 0:
+            self.trailer_at = lo + at
+            return
+        # The trailer or the copy is damaged: the trailer ends at the last
+        # non-zero byte before the padding (unless its own last bytes are zero,
+        # which the copy tells).
+        stripped = window.rstrip(b"\0")
+        if not stripped:
+            return
+        zeros = len(copy) - len(copy.rstrip(b"\0"))
+        cand = lo + len(stripped) + zeros - layout.SHA1_SIZE
+        if cand + layout.SHA1_SIZE > end:
+            cand = lo + len(stripped) - layout.SHA1_SIZE
+        if cand >= layout.PACK_OFFSET + layout.PACK_HEADER_SIZE:
+            self.trailer_at = cand
+            self.trailer_guessed = True
+
+    def _find_lost_idx(self) -> None:
+        """If the header's IDX offset was unusable, look where the layout puts it."""
+        if self.idx is not None or self.quick or not self.scan_complete:
+            return
+        pack_end = (self.trailer_at or 0) + layout.SHA1_SIZE
+        b = layout.MIN_BLOCK_SIZE
+        while b <= layout.MAX_BLOCK_SIZE:
+            cand = pack_end + layout.padding(pack_end, b)
+            if cand + idxmod.HEAD_SIZE <= self.capacity:
+                self._load_idx(cand, quiet=True)
+                if self.idx is not None:
+                    self.problem(R_HEADER, at_offset(20), f"the header puts the IDX at offset "
+                                 f"{self.header_idx_offset}, it is at offset {cand}")
+                    self._size_idx()
+                    return
+            b *= 2

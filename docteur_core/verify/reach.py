@@ -1,0 +1,197 @@
+"""The commit the header names, and everything its tree reaches.
+
+The commit must be in the pack and be a commit; its tree is walked (each
+tree once, iteratively, with a guard against trees containing themselves)
+and everything reached must be present with the type its referrer gives
+it (gitlinks excepted: submodules are not in an image by design). The walk
+also counts files, links and bytes, and objects nothing reaches are
+warnings.
+"""
+
+from __future__ import annotations
+
+from .. import idx as idxmod
+from .. import layout, objects, pack
+from ..errors import DamagedImage
+from ..store import Store
+from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS
+from .state import State, at_offset, hex_id
+
+
+class Reach(State):
+    """The header's commit, its tree walked, and the objects nothing reaches."""
+
+    def _idx_lists(self, oid: bytes) -> bool:
+        data = self.idx_bytes
+        if self.idx is None or data is None:
+            return True  # cannot tell: do not accuse the header
+        base = self.idx_offset
+        pread = lambda off, n: data[off - base:off - base + n]
+        try:
+            return idxmod.find(pread, self.idx, oid) is not None
+        except DamagedImage:
+            return True
+
+    def _load_commit_quick(self) -> None:
+        """Quick mode has no scan: look the commit up through the IDX."""
+        if self.idx is None or self.idx_bytes is None or self.commit_id is None:
+            return
+        data = self.idx_bytes
+        pread = lambda off, n: data[off - self.idx_offset:off - self.idx_offset + n]
+        try:
+            rel = idxmod.lookup(pread, self.idx, self.commit_id)
+        except DamagedImage:
+            return
+        if rel is None:
+            self.problem(R_HEADER, at_offset(0), f"commit {hex_id(self.commit_id)} named by the "
+                         "header is not in the IDX")
+            return
+        pos = rel + layout.PACK_OFFSET
+        limit = self.trailer_at or self.idx_offset
+        try:
+            eh = pack.parse_entry_header(self.reader.pread(pos, pack.MAX_ENTRY_HEADER),
+                                         at_offset(pos))
+            kind = pack.TYPE_NAMES.get(eh.type)
+            data = None
+            if kind is None:
+                # git may store the commit as a delta: the reader's store
+                # follows the chain (and checks CRCs and the SHA-1).
+                kind, data = Store(self.reader.pread, self.capacity,
+                                   verify=True).read_object(self.commit_id)
+            if kind != "commit":
+                self.problem(R_HEADER, at_offset(0), f"object {hex_id(self.commit_id)} named by "
+                             f"the header is a {kind}, not a commit")
+                return
+            if data is None:
+                data, _ = pack.inflate_from(self.reader.pread, pos + eh.header_len, eh.size,
+                                            limit, at_offset(pos))
+        except DamagedImage as exc:
+            self.problem(R_OBJ_DATA, at_offset(pos), exc.what)
+            return
+        self.commit_data = data
+
+    def _check_commit(self) -> None:
+        self.check("commit")
+        cid = self.commit_id
+        if cid is None:
+            return
+        if self.quick:
+            self._load_commit_quick()
+        else:
+            pos = self.by_id.get(cid)
+            if pos is None:
+                if (self.damaged or not self.scan_complete) and self._idx_lists(cid):
+                    return  # it is in the pack, among the damage already reported
+                self.problem(R_HEADER, at_offset(0), f"commit {hex_id(cid)} named by the header is "
+                             "not in the pack")
+                return
+            if self.otype.get(pos) != pack.OBJ_COMMIT:
+                self.problem(R_HEADER, at_offset(0), f"object {hex_id(cid)} named by the header "
+                             f"is a {pack.TYPE_NAMES[self.otype[pos]]}, not a commit")
+                return
+        if self.commit_data is None:
+            return
+        try:
+            commit = objects.parse_commit(self.commit_data, f"commit {hex_id(cid)}")
+        except DamagedImage as exc:
+            self.problem(R_OBJECTS, f"commit {hex_id(cid)}", exc.what)
+            return
+        r = self.report
+        r.tree = hex_id(commit.tree)
+        r.author = commit.author
+        r.committer = commit.committer
+        r.message = commit.message
+        if self.quick or not self.scan_complete:
+            return  # what the tree reaches cannot be judged on a pack read in part
+        self._walk(cid, commit)
+
+    def _walk(self, cid: bytes, commit: objects.Commit) -> None:
+        self.check("reachability")
+        reached = {cid}
+        for parent in commit.parents:
+            if parent in self.by_id:
+                reached.add(parent)  # a snapshot has none; history is tolerated
+        counts = self.report.counts
+        root = commit.tree
+        if root not in self.by_id:
+            self.problem(R_OBJECTS, f"object {hex_id(root)}",
+                         "the commit's root tree is not in the pack")
+            return
+        if self.otype[self.by_id[root]] != pack.OBJ_TREE:
+            self.problem(R_OBJECTS, f"object {hex_id(root)}", "the commit's root is not a tree")
+            return
+        # Per tree: (files, links, gitlinks, directories, bytes), computed once.
+        memo: dict[bytes, tuple[int, int, int, int, int]] = {}
+        visiting: set[bytes] = set()
+        stack: list[tuple[bytes, str, int]] = [(root, "", 0)]
+        trees = self.trees
+        while stack:
+            tid, path, state = stack.pop()
+            if state == 0:
+                if tid in memo:
+                    continue
+                if tid in visiting:
+                    self.problem(R_OBJECTS, f"tree {hex_id(tid)}", "tree contains itself")
+                    memo[tid] = (0, 0, 0, 0, 0)
+                    continue
+                visiting.add(tid)
+                reached.add(tid)
+                stack.append((tid, path, 1))
+                for mode, oid, name in trees.get(tid, ()):
+                    if mode == objects.MODE_DIR:
+                        t = self._typed(oid)
+                        if t == pack.OBJ_TREE:
+                            if oid not in memo:
+                                stack.append((oid, f"{path}{objects.decode_name(name)}/", 0))
+                        else:
+                            self._missing(oid, f"{path}{objects.decode_name(name)}/", "tree", t)
+                continue
+            visiting.discard(tid)
+            f = ln = g = d = nbytes = 0
+            for mode, oid, name in trees.get(tid, ()):
+                if mode == objects.MODE_DIR:
+                    sub = memo.get(oid)
+                    d += 1
+                    if sub is not None:
+                        f += sub[0]; ln += sub[1]; g += sub[2]; d += sub[3]; nbytes += sub[4]
+                elif mode == objects.MODE_GITLINK:
+                    g += 1
+                else:
+                    t = self._typed(oid)
+                    if t != pack.OBJ_BLOB:
+                        self._missing(oid, f"{path}{objects.decode_name(name)}", "blob", t)
+                        continue
+                    reached.add(oid)
+                    if mode == objects.MODE_LINK:
+                        ln += 1
+                    else:
+                        f += 1
+                    nbytes += self.blob_sizes.get(oid, 0)
+            memo[tid] = (f, ln, g, d, nbytes)
+        total = memo.get(root, (0, 0, 0, 0, 0))
+        counts.files, counts.links, counts.gitlinks, counts.directories, counts.bytes = total
+        if not self.report.problems:  # otherwise they are mere consequences
+            self._warn_unreachable(reached)
+
+    def _typed(self, oid: bytes) -> int | None:
+        pos = self.by_id.get(oid)
+        return None if pos is None else self.otype.get(pos)
+
+    def _missing(self, oid: bytes, path: str, want: str, got: int | None) -> None:
+        if got is None and self.damaged and self._idx_lists(oid):
+            return  # its entry is in the pack, damaged, and already reported
+        if got is None:
+            self.problem(R_OBJECTS, f"object {hex_id(oid)}",
+                         f"{path or '/'} is not in the pack")
+        else:
+            self.problem(R_OBJECTS, f"object {hex_id(oid)}",
+                         f"{path} should be a {want}, the pack has a {pack.TYPE_NAMES[got]}")
+
+    def _warn_unreachable(self, reached: set[bytes]) -> None:
+        self.check("unreachable")
+        for oid, pos in self.by_id.items():
+            if oid not in reached:
+                self.warning(R_OBJECTS, f"object {hex_id(oid)}",
+                             f"{pack.TYPE_NAMES[self.otype[pos]]} at offset {pos} is not "
+                             "reachable from the commit")
+

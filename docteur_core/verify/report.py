@@ -1,0 +1,120 @@
+"""What a verification found, and how it is said.
+
+`Report` is the result of `verify_image`: the commit, counts, the checks
+run, and every problem as (region, where, what). The region names are part
+of the interface: the command line prints them, `--json` carries them, and
+tests and scripts match on them, so they live here as constants and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import objects
+
+# Regions named in problem lines; tests match on them.
+R_IMAGE = "image"
+R_HEADER = "header"
+R_PADDING = "padding"
+R_PACK_HEADER = "PACK header"
+R_OBJ_HEADER = "object header"
+R_OBJ_DATA = "object data"
+R_DELTA_DATA = "delta data"
+R_PACK_TRAILER = "PACK trailer"
+R_IDX_HEADER = "IDX header"
+R_IDX_FANOUT = "IDX fanout"
+R_IDX_IDS = "IDX ids"
+R_IDX_CRCS = "IDX CRCs"
+R_IDX_OFFSETS = "IDX offsets"
+R_IDX_CHECKSUMS = "IDX checksums"
+R_OBJECTS = "objects"
+# Beyond these, problems of one region are counted, not listed: a wrecked
+# image must still give a readable report.
+MAX_PROBLEMS_PER_REGION = 50
+MAX_WARNINGS = 50
+
+Problem = tuple[str, str, str]  # (region, where, what)
+
+
+@dataclass
+class Counts:
+    objects: int = 0  # entries in the pack
+    commits: int = 0
+    trees: int = 0
+    blobs: int = 0
+    tags: int = 0
+    deltas: int = 0
+    files: int = 0  # regular and executable files reachable from the root
+    links: int = 0  # symbolic links
+    gitlinks: int = 0  # submodule commits (not in the image by design)
+    directories: int = 0  # below the root
+    bytes: int = 0  # content of the files and links, as listed by the trees
+
+
+@dataclass
+class Report:
+    """What `verify_image` found. `ok` is true only when no problem was found."""
+
+    quick: bool = False
+    capacity: int = 0
+    commit: str | None = None
+    tree: str | None = None
+    author: objects.Signature | None = None
+    committer: objects.Signature | None = None
+    message: str | None = None
+    block_sizes: list[int] = field(default_factory=list)
+    counts: Counts = field(default_factory=Counts)
+    checks: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    suppressed: dict[str, int] = field(default_factory=dict)
+    hidden_warnings: int = 0
+    # How delta bases were found: LRU hits, misses, objects rebuilt from the device.
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.suppressed
+
+    def problem_lines(self) -> list[str]:
+        lines = [format_problem(p) for p in self.problems]
+        for region, n in self.suppressed.items():
+            lines.append(f"{region}: {n} more problems not shown")
+        return lines
+
+    def warning_lines(self) -> list[str]:
+        lines = [format_problem(p) for p in self.warnings]
+        if self.hidden_warnings:
+            lines.append(f"{R_OBJECTS}: {self.hidden_warnings} more warnings not shown")
+        return lines
+
+    def to_json(self) -> dict:
+        def sig(s: objects.Signature | None) -> dict | None:
+            if s is None:
+                return None
+            return {"name": s.name, "email": s.email, "time": s.time,
+                    "tz_minutes": s.tz_minutes}
+        return {
+            "ok": self.ok,
+            "quick": self.quick,
+            "commit": self.commit,
+            "author": sig(self.author),
+            "committer": sig(self.committer),
+            "root": self.tree,
+            "message": self.message,
+            "size": self.capacity,
+            "block_sizes": self.block_sizes,
+            "counts": dict(self.counts.__dict__),
+            "checks": list(self.checks),
+            "problems": [{"region": r, "where": w, "what": t} for r, w, t in self.problems]
+            + [{"region": r, "where": "", "what": f"{n} more problems not shown"}
+               for r, n in self.suppressed.items()],
+            "warnings": [{"region": r, "where": w, "what": t} for r, w, t in self.warnings],
+        }
+
+
+def format_problem(p: Problem) -> str:
+    region, where, what = p
+    return f"{region}: {what}, {where}" if where else f"{region}: {what}"
+

@@ -1,0 +1,354 @@
+"""The full check's one sequential pass over the pack.
+
+Every entry header is parsed, every zlib stream inflated to exactly its
+declared size, each entry's CRC-32 computed over the bytes as they pass,
+every object rebuilt (deltas on their base, see bases.py) and hashed, and
+trees and the commit parsed for the walk (see reach.py). A damaged entry
+is reported and the scan resumes at the next entry start the IDX gives,
+so one run tells everything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+import zlib
+
+from .. import idx as idxmod
+from .. import layout, objects, pack
+from ..errors import DamagedImage
+from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
+from .state import (MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
+                    STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset, hex_id)
+from .stream import Stream
+
+
+class Scan(State):
+    """The full check's pass over every entry, and the diagnosis of damaged ones."""
+
+    def _scan_pack(self) -> None:
+        self.check("pack-entries")
+        self.check("zlib-streams")
+        self.check("deltas")
+        self.check("object-ids")
+        if self.idx_bytes is not None:
+            self._idx_offsets_for_resync()
+        start = layout.PACK_OFFSET + layout.PACK_HEADER_SIZE
+        if self.trailer_at is not None and not self.trailer_guessed:
+            limit = self.trailer_at
+            by_count = False
+        else:
+            limit = self.idx_offset if self.idx is not None else self.capacity
+            limit = min(limit, self.capacity) - layout.SHA1_SIZE
+            by_count = True
+        if self.entry_offsets:
+            self._plan_bases(limit)
+        s = Stream(self.device, layout.PACK_OFFSET, limit, None if by_count else limit)
+        count = self.pack_count or 0
+        pos = start
+        n = 0
+        complete = True
+        hdr_max = pack.MAX_ENTRY_HEADER
+        pending = self.pending_ref
+        while True:
+            if by_count:
+                if n >= count:
+                    break
+            elif pos >= limit:
+                break
+            if pos >= limit:
+                self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET + 8),
+                             f"PACK header announces {count} objects, the pack ends after {n}")
+                complete = False
+                break
+            s.cover(pos, hdr_max)
+            try:
+                end = self._entry(s, pos, limit, pending)
+            except DamagedImage as exc:
+                end = None
+                self._entry_damage(pos, exc)
+            n += 1
+            if end is None:
+                nxt = self._next_start(pos)
+                if nxt is None or nxt >= limit:
+                    complete = False
+                    break
+                end = nxt
+            pos = end
+        self.scan_complete = complete
+        if by_count and complete:
+            # Hash [28, pos) and take the trailer right after the last entry.
+            self.trailer_at = pos
+        if complete and not by_count and n != count:
+            self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET + 8),
+                         f"PACK header announces {count} objects, the pack holds {n}")
+        if not by_count and s.hash_from == limit:
+            self.pack_sha = s.hasher.digest()
+        self.report.counts.objects = n
+
+    def _idx_offsets_for_resync(self) -> None:
+        count = self.idx_count
+        data = self.idx_bytes
+        offs = []
+        o0 = idxmod.HEAD_SIZE + 24 * count
+        table = struct.unpack_from(f">{count}I", data, o0)
+        large_base = idxmod.HEAD_SIZE + 28 * count
+        nlarge = (len(data) - large_base - 40) // 8
+        for v in table:
+            if v & idxmod.LARGE_OFFSET_FLAG:
+                k = v & ~idxmod.LARGE_OFFSET_FLAG
+                if k < nlarge:
+                    offs.append(struct.unpack_from(">Q", data, large_base + 8 * k)[0]
+                                + layout.PACK_OFFSET)
+            else:
+                offs.append(v + layout.PACK_OFFSET)
+        offs.sort()
+        self.entry_offsets = offs
+
+    def _next_start(self, pos: int) -> int | None:
+        offs = self.entry_offsets
+        i = bisect.bisect_right(offs, pos)
+        return offs[i] if i < len(offs) else None
+
+    def _entry(self, s: Stream, pos: int, limit: int, pending: list[int]) -> int:
+        """Check the entry at `pos`; return the offset just after it."""
+        rel = pos - s.base
+        hdr = s.buf[rel:rel + min(pack.MAX_ENTRY_HEADER, limit - pos)]
+        try:
+            eh = pack.parse_entry_header(hdr, "")
+        except DamagedImage as exc:
+            raise EntryError(R_OBJ_HEADER, exc.what) from None
+        kind = eh.type
+        size = eh.size
+        hlen = eh.header_len
+        crc = zlib.crc32(hdr[:hlen])
+        zpos = pos + hlen
+        is_delta = kind >= pack.OBJ_OFS_DELTA
+        if kind != pack.OBJ_BLOB and size > MAX_HELD_OBJECT:
+            raise EntryError(R_OBJ_HEADER, f"{pack.TYPE_NAMES.get(kind, 'delta')} of {size} "
+                              f"bytes is over the limit of {MAX_HELD_OBJECT}")
+        stream_hash = None
+        if not is_delta and size > STREAM_THRESHOLD and kind == pack.OBJ_BLOB:
+            stream_hash = hashlib.sha1(f"blob {size}\0".encode())
+        d = zlib.decompressobj()
+        parts = []
+        have = 0
+        guess = size + (size >> 8) + 64
+        while True:
+            rel = zpos - s.base
+            avail = min(s.buf_end, limit) - zpos
+            if avail <= 0:
+                if zpos >= limit or not s.cover(zpos, 1) or min(s.buf_end, limit) <= zpos:
+                    raise EntryError(None, "zlib stream runs past the end of the pack")
+                continue
+            take = avail if avail < guess else guess
+            chunk = memoryview(s.buf)[rel:rel + take]
+            try:
+                out = d.decompress(chunk, size - have + 1)
+            except zlib.error as exc:
+                raise EntryError(None, f"bad zlib stream ({exc})") from None
+            have += len(out)
+            if have > size:
+                raise EntryError(None, f"inflates to more than the declared {size} bytes")
+            if stream_hash is not None:
+                stream_hash.update(out)
+            else:
+                parts.append(out)
+            if d.eof:
+                used = take - len(d.unused_data)
+                crc = zlib.crc32(chunk[:used], crc)
+                zpos += used
+                break
+            crc = zlib.crc32(chunk, crc)
+            zpos += take
+            guess = max(guess, 1 << 16)
+        if have != size:
+            raise EntryError(None, f"inflates to {have} bytes, {size} declared")
+        self.info[pos] = (kind, hlen, zpos - pos - hlen, size,
+                          (pos - eh.base_distance) if kind == pack.OBJ_OFS_DELTA else eh.base_id)
+        self.crc[pos] = crc
+        self.starts.append(pos)
+        if stream_hash is not None:
+            self._finish(pos, kind, None, stream_hash.digest(), size)
+            return zpos
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not is_delta:
+            self._finish(pos, kind, data)
+            return zpos
+        self.report.counts.deltas += 1
+        if kind == pack.OBJ_OFS_DELTA:
+            base = pos - eh.base_distance
+            if base not in self.info:
+                self.damaged.add(pos)
+                if base in self.damaged:
+                    self._cascade(pos, base)
+                else:
+                    self.problem(R_OBJ_HEADER, at_offset(pos),
+                                 f"OFS_DELTA base at offset {base} is not the start of an "
+                                 "object before it")
+                return zpos
+        else:
+            base = self.by_id.get(eh.base_id)
+            if base is None:
+                pending.append(pos)  # its base may come later: resolved after the scan
+                return zpos
+        self._apply(pos, base, data)
+        return zpos
+
+    def _apply(self, pos: int, base: int, delta: bytes) -> None:
+        """Rebuild the delta at `pos` on the object at `base`, then finish it."""
+        depth = self.depth.get(base, 0) + 1
+        if depth > MAX_DELTA_DEPTH:
+            self.damaged.add(pos)
+            self.problem(R_OBJ_HEADER, at_offset(pos),
+                         f"delta chain deeper than {MAX_DELTA_DEPTH}")
+            return
+        try:
+            hit = self.cache.get(base)
+            if hit is not None:
+                self.cache.move_to_end(base)
+                btype, bdata = hit
+            else:
+                btype, bdata = self._object_at(base)
+        except Unresolvable:
+            self.damaged.add(pos)
+            self._cascade(pos, base)
+            return
+        except DamagedImage as exc:
+            self.damaged.add(pos)
+            self.problem(R_OBJ_HEADER, at_offset(pos), f"cannot rebuild its base: {exc.what}")
+            return
+        if self.planned:
+            self._used(base)
+        try:
+            data = pack.apply_delta(bdata, delta, "", MAX_HELD_OBJECT)
+        except DamagedImage as exc:
+            # The zlib stream checked out (adler-32), so the delta is as written:
+            # the header's base reference (or the base) is what is wrong.
+            self.damaged.add(pos)
+            self.problem(R_OBJ_HEADER, at_offset(pos), f"delta does not apply to its base at "
+                         f"offset {base}: {exc.what}")
+            return
+        self.depth[pos] = depth
+        self._finish(pos, btype, data)
+
+    def _cascade(self, pos: int, base: int) -> None:
+        self.problem(R_OBJECTS, at_offset(pos),
+                     f"delta cannot be rebuilt: its base at offset {base} is damaged")
+
+    def _finish(self, pos: int, kind: int, data: bytes | None,
+                oid: bytes | None = None, size: int | None = None) -> None:
+        """A whole object is known: hash it, index it, keep what later checks need."""
+        counts = self.report.counts
+        if oid is None:
+            size = len(data)
+            h = hashlib.sha1(OBJ_HEADER[kind] % size)
+            h.update(data)
+            oid = h.digest()
+        self.oid[pos] = oid
+        self.otype[pos] = kind
+        previous = self.by_id.get(oid)
+        if previous is not None:
+            self.warning(R_OBJECTS, at_offset(pos),
+                         f"object {hex_id(oid)} is also at offset {previous}")
+        else:
+            self.by_id[oid] = pos
+        if kind == pack.OBJ_BLOB:
+            counts.blobs += 1
+            self.blob_sizes[oid] = size
+        elif kind == pack.OBJ_TREE:
+            counts.trees += 1
+            try:
+                self.trees[oid] = objects.parse_tree_raw(data, f"tree {hex_id(oid)}")
+            except DamagedImage as exc:
+                self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
+                             f"malformed tree: {exc.what}")
+                self.trees[oid] = []
+        elif kind == pack.OBJ_COMMIT:
+            counts.commits += 1
+            if oid == self.commit_id:
+                self.commit_data = data
+        else:
+            counts.tags += 1
+        if data is not None and (not self.planned or pos in self.uses_at or self.uses_of
+                                 or pos in self.remaining):
+            self._keep(pos, oid, kind, data)
+
+    def _resolve_pending(self) -> None:
+        """REF_DELTA entries whose base came later in the pack (or never)."""
+        pending = self.pending_ref
+        while pending:
+            progress = []
+            for pos in pending:
+                base = self.by_id.get(self.info[pos][4])
+                if base is not None:
+                    progress.append(pos)
+                    try:
+                        delta = self._inflate_entry(pos)
+                    except DamagedImage as exc:
+                        self.damaged.add(pos)
+                        self.problem(R_OBJ_HEADER, at_offset(pos), exc.what)
+                        continue
+                    self._apply(pos, base, delta)
+            if not progress:
+                break
+            done = set(progress)
+            pending = [p for p in pending if p not in done]
+        for pos in pending:
+            self.damaged.add(pos)
+            self.problem(R_OBJ_HEADER, at_offset(pos),
+                         f"REF_DELTA base {hex_id(self.info[pos][4])} is not in the pack")
+
+    # -- blaming a damaged entry -----------------------------------------
+
+    def _entry_damage(self, pos: int, exc: DamagedImage) -> None:
+        self.damaged.add(pos)
+        region = exc.region if isinstance(exc, EntryError) else None
+        what = exc.what
+        if region is None:
+            region = self._blame(pos)
+        self.problem(region, at_offset(pos), what)
+
+    def _blame(self, pos: int) -> str:
+        """Header or data? Look for a complete zlib stream filling the entry.
+
+        The IDX tells where the next entry starts. If some zlib stream that
+        starts within the first bytes of the entry inflates cleanly and ends
+        exactly there, the compressed data is intact (zlib's adler-32 vouches
+        for it) and the header (its length, size or type) is what is wrong.
+        """
+        raw_hdr = self.reader.pread(pos, pack.MAX_ENTRY_HEADER)
+        try:
+            eh = pack.parse_entry_header(raw_hdr, at_offset(pos))
+        except DamagedImage:
+            return R_OBJ_HEADER
+        data_region = R_DELTA_DATA if eh.type >= pack.OBJ_OFS_DELTA else R_OBJ_DATA
+        self.blames += 1
+        if self.blames > MAX_PROBLEMS_PER_REGION:
+            return data_region  # a wreck: do not spend more time on diagnosis
+        end = self._next_start(pos)
+        if end is None:
+            end = self.trailer_at
+        if end is None or end - pos > (16 << 20):
+            return data_region
+        raw = self._read(pos, end - pos)
+        for s in range(1, min(len(raw) - 2, pack.MAX_ENTRY_HEADER + 1)):
+            cmf, flg = raw[s], raw[s + 1]
+            if cmf & 0x0F != 8 or ((cmf << 8) | flg) % 31:
+                continue
+            d = zlib.decompressobj()
+            try:
+                budget = 64 << 20
+                chunk = memoryview(raw)[s:]
+                while True:
+                    out = d.decompress(chunk, 1 << 20)
+                    budget -= len(out)
+                    chunk = d.unconsumed_tail
+                    if d.eof or not chunk or budget < 0:
+                        break
+            except zlib.error:
+                continue
+            if d.eof and not d.unused_data:
+                return R_OBJ_HEADER
+        return data_region

@@ -1,0 +1,155 @@
+"""What every part of the check shares: limits, the state, the reporting.
+
+The check is one pass over the image split by concern into the modules of
+this package (layout, IDX, scan, delta bases, reachability...). Each of
+them adds methods to one object, so they all see the same state: what the
+scan learnt about each entry is what the IDX is compared with, and what
+the tree walk follows. `State` declares that state in one place, with what
+each field holds, and the one way of recording a problem.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .. import idx as idxmod
+from .. import objects, pack
+from ..block import BlockDevice, ByteReader
+from ..errors import DamagedImage
+from .report import MAX_PROBLEMS_PER_REGION, MAX_WARNINGS, Report
+from .stream import READ_CHUNK
+
+MAX_DELTA_DEPTH = 10_000  # git never writes chains deeper than 4095
+# Objects git would not deltify (core.bigFileThreshold is 512 MiB): a delta,
+# a delta base or a tree larger than this is reported rather than loaded.
+MAX_HELD_OBJECT = 512 << 20
+# Base objects larger than this are hashed while they inflate, not kept.
+STREAM_THRESHOLD = 16 << 20
+DEFAULT_CACHE_BYTES = 64 << 20
+# "<type> <size>\0", what git hashes before an object's content.
+OBJ_HEADER = {k: f"{name} %d\0".encode() for k, name in pack.TYPE_NAMES.items()}
+
+
+class Stop(Exception):
+    """Nothing more can be checked (e.g. not an image at all)."""
+
+
+class Unresolvable(Exception):
+    """An object cannot be rebuilt because something it depends on is damaged."""
+
+
+class EntryError(DamagedImage):
+    """A damaged entry; `region` is None when header-or-data must be found out."""
+
+    def __init__(self, region: str | None, what: str) -> None:
+        super().__init__(what)
+        self.region = region
+
+
+def hex_id(raw: bytes) -> str:
+    """An object id as problem lines and git show it."""
+    return raw.hex()
+
+
+def at_offset(offset: int) -> str:
+    """The `where` of a problem found at an absolute image offset."""
+    return f"offset {offset}"
+
+
+class State:
+    """The facts the checks establish and share, grouped by who fills them in.
+
+    Offsets are absolute image offsets (the PACK starts at 28). The mixins
+    of this package (locate, scan, bases, idxcheck, reach...) read and
+    write these fields; `Verifier` puts them together.
+    """
+
+    def __init__(self, device: BlockDevice, quick: bool, cache_bytes: int) -> None:
+        self.device = device
+        self.reader = ByteReader(device)
+        self.capacity = device.capacity
+        self.report = Report(quick=quick, capacity=self.capacity)
+        self.quick = quick
+        self.cache_bytes = cache_bytes
+        self.per_region: dict[str, int] = {}  # problems per region, listed or not
+        # The header and the regions (layoutcheck.py, locate.py).
+        self.commit_id: bytes | None = None
+        self.header_idx_offset: int | None = None  # as the header says, even if wrong
+        self.idx_offset: int | None = None  # where the IDX really is, once found
+        self.idx: idxmod.Idx | None = None
+        self.idx_bytes: bytes | None = None  # the whole IDX, read once
+        self.idx_end: int | None = None
+        self.idx_count: int | None = None
+        self.pack_count: int | None = None
+        self.pack_ok = False  # the PACK header looked like a PACK header
+        self.trailer_at: int | None = None  # absolute offset of the pack trailer
+        self.trailer_guessed = False  # found by its position, not by the IDX's copy
+        # Checksums (checksums.py, or the scan as it reads).
+        self.pack_sha: bytes | None = None
+        self.pack_intact = False  # the pack's bytes hash to its trailer
+        # The scan (scan.py). Per pack entry: (kind, header_len, comp_len, size,
+        # base) where base is an absolute offset (OFS_DELTA), a raw id
+        # (REF_DELTA) or None.
+        self.info: dict[int, tuple[int, int, int, int, int | bytes | None]] = {}
+        self.starts: list[int] = []  # entries parsed, in pack order
+        self.entry_offsets: list[int] = []  # from the IDX, sorted: where to resync
+        self.crc: dict[int, int] = {}
+        self.oid: dict[int, bytes] = {}  # offset -> computed id
+        self.otype: dict[int, int] = {}  # offset -> object type once rebuilt
+        self.by_id: dict[bytes, int] = {}
+        self.depth: dict[int, int] = {}  # offset -> delta chain depth
+        self.damaged: set[int] = set()  # entries already reported
+        self.pending_ref: list[int] = []  # REF_DELTAs whose base was not seen yet
+        self.scan_complete = False
+        self.blames = 0  # damaged entries diagnosed so far (bounded work)
+        # What the walk needs (reach.py).
+        self.trees: dict[bytes, list[objects.RawTreeEntry]] = {}
+        self.blob_sizes: dict[bytes, int] = {}
+        self.commit_data: bytes | None = None
+        # Delta bases (bases.py): the LRU, and from the header pass how many
+        # deltas use each entry (by offset, by id) and, for cached bases, how
+        # many uses remain.
+        self.cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self.cached = 0
+        self.stats = {"cache_hits": 0, "cache_misses": 0, "rebuilt": 0, "peak_cached_bytes": 0}
+        self.planned = False
+        self.uses_at: dict[int, int] = {}
+        self.uses_of: dict[bytes, int] = {}
+        self.remaining: dict[int, int] = {}
+
+    # -- reporting -------------------------------------------------------
+
+    def problem(self, region: str, where: str, what: str) -> None:
+        """Record a problem; past MAX_PROBLEMS_PER_REGION in a region, only count it."""
+        r = self.report
+        n = self.per_region.get(region, 0)
+        self.per_region[region] = n + 1
+        if n >= MAX_PROBLEMS_PER_REGION:
+            r.suppressed[region] = r.suppressed.get(region, 0) + 1
+            return
+        r.problems.append((region, where, what))
+
+    def warning(self, region: str, where: str, what: str) -> None:
+        r = self.report
+        if len(r.warnings) >= MAX_WARNINGS:
+            r.hidden_warnings += 1
+        else:
+            r.warnings.append((region, where, what))
+
+    def check(self, name: str) -> None:
+        if name not in self.report.checks:
+            self.report.checks.append(name)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length), in pieces of at most READ_CHUNK."""
+        if length <= READ_CHUNK:
+            return self.reader.pread(offset, length)
+        parts = []
+        pos, end = offset, min(offset + length, self.capacity)
+        while pos < end:
+            part = self.reader.pread(pos, min(READ_CHUNK, end - pos))
+            if not part:
+                break
+            parts.append(part)
+            pos += len(part)
+        return b"".join(parts)

@@ -1,0 +1,156 @@
+"""Hand-made packs, IDXs and images, for tests that need a precise lie.
+
+git will not write a pack with a size lie, a delta cycle, an IDX listing
+an id the object does not hash to, or a fanout that decreases; the reader
+and verify tests need exactly those, one at a time. This is the one small
+writer they share: entries are encoded here (with the builder's own
+`entry_header` and `encode_idx_v2`, which import nothing beyond the
+standard library and docteur_core), every field can be overridden, and the
+image is laid out with the real `layout` rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+
+from docteur_core import layout
+from docteur_core.build.packwriter import encode_idx_v2, entry_header
+from docteur_core.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
+                               object_id)
+
+TYPES = {"commit": OBJ_COMMIT, "tree": OBJ_TREE, "blob": OBJ_BLOB}
+
+
+def varint(n: int) -> bytes:
+    """A size in a delta's header: 7 bits a byte, least significant first."""
+    out = bytearray()
+    while True:
+        c = n & 0x7F
+        n >>= 7
+        out.append(c | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def ofs_distance(distance: int) -> bytes:
+    """An OFS_DELTA's distance back to its base, in git's offset encoding."""
+    out = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        out.insert(0, 0x80 | (distance & 0x7F))
+        distance >>= 7
+    return bytes(out)
+
+
+def make_delta(base: bytes, target: bytes) -> bytes:
+    """Copy the whole base if it is a prefix of target, then insert the rest."""
+    out = bytearray(varint(len(base)) + varint(len(target)))
+    rest = target
+    if base and target.startswith(base) and len(base) < 0x10000:
+        out += bytes([0x80 | 0x10 | 0x20, len(base) & 255, len(base) >> 8])
+        rest = target[len(base):]
+    for i in range(0, len(rest), 127):
+        out.append(len(rest[i:i + 127]))
+        out += rest[i:i + 127]
+    return bytes(out)
+
+
+def pack_entry(kind: int, payload: bytes, size: int | None = None, extra: bytes = b"") -> bytes:
+    """One entry: header (declaring `size`, the payload's by default), `extra`
+    (an OFS distance or a REF base id), then the payload deflated."""
+    return (entry_header(kind, len(payload) if size is None else size) + extra
+            + zlib.compress(payload))
+
+
+def pack_file(entries: list[bytes], count: int | None = None) -> bytes:
+    """A whole pack: header announcing `count` (default: the entries), entries, trailer."""
+    body = b"PACK" + struct.pack(">II", 2, len(entries) if count is None else count)
+    body += b"".join(entries)
+    return body + hashlib.sha1(body).digest()
+
+
+def wrap_image(pack_bytes: bytes, idx_bytes: bytes, commit_id: bytes, block_size: int = 512,
+               idx_offset: int | None = None) -> bytearray:
+    """The docteur layout around a pack and its IDX; `idx_offset` overrides the header's."""
+    at, size = layout.image_layout(len(pack_bytes), len(idx_bytes), block_size)
+    image = bytearray(size)
+    image[:layout.HEADER_SIZE] = layout.encode_header(
+        commit_id, at if idx_offset is None else idx_offset)
+    image[layout.PACK_OFFSET:layout.PACK_OFFSET + len(pack_bytes)] = pack_bytes
+    image[at:at + len(idx_bytes)] = idx_bytes
+    return image
+
+
+def edit_fanout(idx_bytes: bytes, edit) -> bytes:
+    """The IDX with `edit(fanout)` applied to its fanout list, its own SHA-1 redone."""
+    fanout = list(struct.unpack_from(">256I", idx_bytes, layout.IDX_HEADER_SIZE))
+    edit(fanout)
+    body = (idx_bytes[:layout.IDX_HEADER_SIZE] + struct.pack(">256I", *fanout)
+            + idx_bytes[layout.IDX_HEADER_SIZE + 1024:-20])
+    return body + hashlib.sha1(body).digest()
+
+
+class Obj:
+    """One pack entry. `oid` is what the IDX lists (a lie if you like)."""
+
+    def __init__(self, typ: str, data: bytes, *, oid: bytes | None = None,
+                 ofs_base: "Obj | None" = None, ref_base: bytes | None = None,
+                 delta: bytes | None = None, size: int | None = None,
+                 raw_header: bytes | None = None, distance: int | None = None) -> None:
+        self.typ, self.data = typ, data
+        self.oid = oid or object_id(typ, data)
+        self.ofs_base, self.ref_base, self.delta = ofs_base, ref_base, delta
+        self.size, self.raw_header, self.distance = size, raw_header, distance
+        self.offset = 0  # relative to the PACK, set by build()
+
+    def entry(self) -> bytes:
+        if self.ofs_base is not None or self.ref_base is not None:
+            payload = self.delta
+            typ = OBJ_OFS_DELTA if self.ofs_base is not None else OBJ_REF_DELTA
+        else:
+            payload = self.data
+            typ = TYPES[self.typ]
+        head = self.raw_header or entry_header(typ, len(payload) if self.size is None
+                                               else self.size)
+        if self.ofs_base is not None:
+            head += ofs_distance(self.distance or self.offset - self.ofs_base.offset)
+        elif self.ref_base is not None:
+            head += self.ref_base
+        return head + zlib.compress(payload)
+
+
+def tree(*entries: tuple[str, str, bytes]) -> bytes:
+    """entries: (mode, name, raw id)."""
+    return b"".join(m.encode() + b" " + n.encode() + b"\0" + i for m, n, i in entries)
+
+
+def commit(tree_id: bytes, message: str = "hostile\n") -> bytes:
+    return (f"tree {tree_id.hex()}\nauthor A <a@example.com> 1600000000 +0000\n"
+            f"committer C <c@example.com> 1600000000 +0000\n\n{message}").encode()
+
+
+def build(objs: list[Obj], commit_id: bytes, block_size: int = 512,
+          fanout_edit=None, idx_offset: int | None = None) -> bytearray:
+    """A whole image; entries in the order given, IDX sorted by the oids given."""
+    body = bytearray(b"PACK" + struct.pack(">II", 2, len(objs)))
+    index = []
+    for o in objs:
+        o.offset = len(body)
+        e = o.entry()
+        index.append((o.oid, o.offset, zlib.crc32(e)))
+        body += e
+    body += hashlib.sha1(body).digest()
+    idx = encode_idx_v2(index, bytes(body[-20:]))
+    if fanout_edit:
+        idx = edit_fanout(idx, fanout_edit)
+    return wrap_image(bytes(body), idx, commit_id, block_size, idx_offset)
+
+
+def simple(files: dict[str, Obj], extra: list[Obj] = ()) -> tuple[list[Obj], bytes]:
+    """A root tree naming `files` (blobs), its commit, plus the blob entries."""
+    t = Obj("tree", tree(*[("100644", n, o.oid) for n, o in sorted(files.items())]))
+    c = Obj("commit", commit(t.oid))
+    return [c, t, *files.values(), *extra], c.oid
