@@ -78,10 +78,12 @@ def message_bytes(text: str | None) -> bytes:
 
 def commit_raw(tree_hex: str, author: bytes, when: When, message: bytes) -> bytes:
     """The body of a root commit, byte for byte as `git commit-tree` writes it."""
-    sign = "-" if when.offset < 0 else "+"
-    minutes = abs(when.offset) // 60
-    stamp = f"{when.seconds} {sign}{minutes // 60:02d}{minutes % 60:02d}".encode()
-    return (b"tree " + tree_hex.encode() + b"\n"
-            + b"author " + author + b" " + stamp + b"\n"
-            + b"committer " + author + b" " + stamp + b"\n"
-            + b"\n" + message)
+    from dulwich.objects import Commit
+
+    commit = Commit()
+    commit.tree = tree_hex.encode()
+    commit.author = commit.committer = author
+    commit.author_time = commit.commit_time = when.seconds
+    commit.author_timezone = commit.commit_timezone = when.offset
+    commit.message = message
+    return commit.as_raw_string()
