@@ -23,11 +23,11 @@ Standard library only: this runs inside a minimal guest.
 
 from __future__ import annotations
 
+import _thread
 import os
 import stat
-import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
 
 from .errors import DeviceError  # noqa: F401 (re-exported: it used to live here)
 
@@ -37,22 +37,37 @@ DEFAULT_BLOCK_SIZE = 512
 DEFAULT_CACHE_BYTES = 8 << 20
 
 
-@runtime_checkable
-class BlockDevice(Protocol):
+class BlockDevice(ABC):
     """What the reader needs from a disk.
 
     `read(offset, length)` requires `offset` and `length` to be multiples of
     `block_size` and returns `min(length, capacity - offset)` bytes (an empty
     result at or past the end). `capacity` is the size in bytes; it need not
     be a multiple of `block_size` (the last block is then short).
+
+    A protocol in spirit: any object with these members is a block device,
+    and `isinstance(x, BlockDevice)` holds for any class with `read` and
+    `close`, without inheriting. It is an ABC rather than a
+    `typing.Protocol` because importing `typing` would cost a guest's
+    start-up more than the whole reader (see the package docstring).
     """
 
     block_size: int
     capacity: int
 
+    @abstractmethod
     def read(self, offset: int, length: int) -> bytes: ...
 
+    @abstractmethod
     def close(self) -> None: ...
+
+    @classmethod
+    def __subclasshook__(cls, other: type) -> bool:
+        if cls is not BlockDevice:
+            return NotImplemented
+        if all(callable(getattr(other, name, None)) for name in ("read", "close")):
+            return True
+        return NotImplemented
 
 
 def check_block_size(block_size: int) -> int:
@@ -243,7 +258,7 @@ class SectorCache(_DeviceBase):
             bypass_blocks = max(1, min(max_blocks // 4, (64 << 10) // self.block_size))
         self.bypass_blocks = max(1, bypass_blocks)
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()  # threading.Lock, without importing threading
         self.device_reads = 0
         self.hits = 0
         self.misses = 0

@@ -15,8 +15,7 @@ reads only the sectors it touches: the IDX is never loaded whole.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import DamagedImage
 from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE
@@ -27,12 +26,14 @@ LARGE_OFFSET_FLAG = 0x80000000
 Pread = Callable[[int, int], bytes]
 
 
-@dataclass(frozen=True)
 class Idx:
     """Where each table of an IDX lives, given its absolute start `base`."""
 
-    base: int
-    fanout: tuple[int, ...]
+    __slots__ = ("base", "fanout")
+
+    def __init__(self, base: int, fanout: tuple[int, ...]) -> None:
+        self.base = base
+        self.fanout = fanout
 
     @property
     def count(self) -> int:

@@ -20,7 +20,6 @@ Everything here is pure: bytes in, values out.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from .errors import DamagedImage
 
@@ -59,10 +58,14 @@ def align_up(n: int, block_size: int) -> int:
     return -(-n // block_size) * block_size
 
 
-@dataclass(frozen=True)
 class Header:
-    commit_id: bytes  # raw, 20 bytes
-    idx_offset: int
+    """The image header: which commit, and where its IDX starts."""
+
+    __slots__ = ("commit_id", "idx_offset")
+
+    def __init__(self, commit_id: bytes, idx_offset: int) -> None:
+        self.commit_id = commit_id  # raw, 20 bytes
+        self.idx_offset = idx_offset
 
     @property
     def commit_hex(self) -> str:

@@ -8,8 +8,7 @@ the image damaged rather than being interpreted.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import sys
 
 from .errors import DamagedImage
 
@@ -32,11 +31,15 @@ def encode_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True)
 class TreeEntry:
-    name: str
-    mode: int
-    id: bytes  # raw, 20 bytes
+    """One entry of a tree, its name decoded (see `decode_name`)."""
+
+    __slots__ = ("name", "mode", "id")
+
+    def __init__(self, name: str, mode: int, id: bytes) -> None:
+        self.name = name
+        self.mode = mode
+        self.id = id  # raw, 20 bytes
 
     @property
     def is_dir(self) -> bool:
@@ -59,7 +62,31 @@ class TreeEntry:
 # spelling, a name without NUL or "/", a raw id. A tree made only of these,
 # with no "." or ".." and no name twice, needs no other check; anything else
 # goes through `_parse_tree_checked` for the precise verdict.
-_GIT_ENTRY = re.compile(rb"(100644|100755|100664|120000|40000|160000) ([^\0/]+)\0(.{20})", re.S)
+#
+# The pattern parses about twice as fast as the entry-by-entry parse, but
+# importing `re` costs a start-up about 3 ms on a host (30-50 times that in
+# an emulated guest): as much as the pattern saves on some 128 KiB of trees,
+# far more than a light-mode lookup parses. So the pattern is compiled on
+# first use, and `parse_tree` parses by hand until `re` is loaded anyway or
+# it has parsed `_BY_HAND_BYTES` that way (then a fast-mode index of a large
+# image is worth the import; a small one never pays it).
+_BY_HAND_BYTES = 128 << 10
+_parsed_by_hand = 0
+
+
+class _CompiledOnFirstUse:
+    """Stands for `_GIT_ENTRY` until the first match, then replaces itself."""
+
+    def finditer(self, data: bytes):
+        global _GIT_ENTRY
+        import re
+
+        _GIT_ENTRY = re.compile(rb"(100644|100755|100664|120000|40000|160000) ([^\0/]+)\0(.{20})",
+                                re.S)
+        return _GIT_ENTRY.finditer(data)
+
+
+_GIT_ENTRY = _CompiledOnFirstUse()
 
 RawTreeEntry = tuple[int, bytes, bytes]  # (mode, raw id, raw name)
 
@@ -122,20 +149,31 @@ def _parse_tree_checked(data: bytes, where: str) -> list[RawTreeEntry]:
 
 
 def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
-    """The entries of a tree, for the path API (see `parse_tree_raw`)."""
-    return [TreeEntry(decode_name(name), mode, oid)
-            for mode, oid, name in parse_tree_raw(data, where)]
+    """The entries of a tree, for the path API (see `parse_tree_raw`).
+
+    Both parsers give the same entries and the same verdicts; which one
+    runs only decides when `re` gets imported (see `_BY_HAND_BYTES`).
+    """
+    global _parsed_by_hand
+    if "re" in sys.modules or _parsed_by_hand > _BY_HAND_BYTES:
+        parse = parse_tree_raw
+    else:
+        _parsed_by_hand += len(data)
+        parse = _parse_tree_checked
+    return [TreeEntry(decode_name(name), mode, oid) for mode, oid, name in parse(data, where)]
 
 
-@dataclass(frozen=True)
 class Signature:
     """An author or committer line: `Name <email> epoch +hhmm`."""
 
-    name: str
-    email: str
-    time: int
-    tz_minutes: int
-    raw: str
+    __slots__ = ("name", "email", "time", "tz_minutes", "raw")
+
+    def __init__(self, name: str, email: str, time: int, tz_minutes: int, raw: str) -> None:
+        self.name = name
+        self.email = email
+        self.time = time
+        self.tz_minutes = tz_minutes
+        self.raw = raw
 
     @property
     def identity(self) -> str:
@@ -162,13 +200,18 @@ def parse_signature(raw: str, where: str) -> Signature:
     return Signature(name, email, time, tz, raw)
 
 
-@dataclass(frozen=True)
 class Commit:
-    tree: bytes  # raw id
-    parents: tuple[bytes, ...]
-    author: Signature
-    committer: Signature
-    message: str
+    """The fields of a commit object the reader uses."""
+
+    __slots__ = ("tree", "parents", "author", "committer", "message")
+
+    def __init__(self, tree: bytes, parents: tuple[bytes, ...], author: Signature,
+                 committer: Signature, message: str) -> None:
+        self.tree = tree  # raw id
+        self.parents = parents  # raw ids
+        self.author = author
+        self.committer = committer
+        self.message = message
 
 
 def _hex_id(value: str, where: str) -> bytes:

@@ -12,11 +12,9 @@ so the same code runs over a file, a sector cache or a byte string.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import DamagedImage
 from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
@@ -50,13 +48,18 @@ def parse_pack_header(data: bytes, where: str = "pack") -> int:
     return count
 
 
-@dataclass(frozen=True)
 class EntryHeader:
-    type: int
-    size: int  # inflated size: of the object, or of the delta data for deltas
-    header_len: int  # bytes from the entry's start to its zlib stream
-    base_distance: int | None = None  # OFS_DELTA: this entry's offset - base's
-    base_id: bytes | None = None  # REF_DELTA: raw id of the base
+    """What an entry's header says (see `parse_entry_header`)."""
+
+    __slots__ = ("type", "size", "header_len", "base_distance", "base_id")
+
+    def __init__(self, type: int, size: int, header_len: int,
+                 base_distance: int | None = None, base_id: bytes | None = None) -> None:
+        self.type = type
+        self.size = size  # inflated size: of the object, or of the delta data for deltas
+        self.header_len = header_len  # bytes from the entry's start to its zlib stream
+        self.base_distance = base_distance  # OFS_DELTA: this entry's offset - base's
+        self.base_id = base_id  # REF_DELTA: raw id of the base
 
 
 def parse_entry_header(buf: bytes, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE
@@ -293,6 +296,8 @@ def apply_delta(base: bytes, delta: bytes, where: str,
 
 def object_id(type_name: str, data: bytes) -> bytes:
     """The raw SHA-1 git gives an object of this type and content."""
+    import hashlib  # here: a guest that reads without verifying never loads OpenSSL
+
     h = hashlib.sha1(f"{type_name} {len(data)}\0".encode("ascii"))
     h.update(data)
     return h.digest()

@@ -22,14 +22,17 @@ Errors: NotFound, NotAFile, NotADirectory, DamagedImage (errors.py).
 
 from __future__ import annotations
 
-import datetime as _dt
-from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from collections import namedtuple
+from collections.abc import Iterator
 
 from . import objects as obj
 from .errors import DamagedImage, NotADirectory, NotAFile, NotFound
 from .pack import DEFAULT_MAX_OBJECT_SIZE
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for annotations only (see __init__)
+    from datetime import datetime
 
 VALUE = "value"
 DICTIONARY = "dictionary"
@@ -63,13 +66,16 @@ def kind_of(mode: int) -> str:
     return DICTIONARY if mode == obj.MODE_DIR else VALUE
 
 
-class Node(NamedTuple):
-    """What the image holds at a path (the root included)."""
+# Named tuples rather than dataclasses or `typing.NamedTuple`: importing
+# those costs a guest's start-up more than the whole reader (see __init__).
+class Node(namedtuple("Node", "path mode id offset", defaults=(None,))):
+    """What the image holds at a path (the root included).
 
-    path: str
-    mode: int
-    id: bytes  # raw object id
-    offset: int | None = None  # absolute pack offset, when known (fast mode)
+    `id` is the raw object id; `offset` the absolute pack offset, when known
+    (fast mode).
+    """
+
+    __slots__ = ()
 
     @property
     def kind(self) -> str:
@@ -80,32 +86,34 @@ class Node(NamedTuple):
         return self.path.rsplit("/", 1)[-1]
 
 
-@dataclass(frozen=True)
-class Stat:
-    path: str
-    kind: str  # "value" or "dictionary"
-    mode: int
-    size: int  # bytes of a file or link target; entries of a directory
-    id: str  # hex object id
+class Stat(namedtuple("Stat", "path kind mode size id")):
+    """What `Image.stat` says about a path.
+
+    `kind` is "value" or "dictionary"; `size` the bytes of a file or link
+    target, the entries of a directory; `id` the hex object id.
+    """
+
+    __slots__ = ()
 
     @property
     def is_link(self) -> bool:
         return self.mode == obj.MODE_LINK
 
 
-@dataclass(frozen=True)
-class CommitInfo:
-    id: str
-    tree: str
-    parents: tuple[str, ...]
-    author: str
-    committer: str
-    date: _dt.datetime  # the committer's date, in its own time zone
-    author_date: _dt.datetime
-    message: str
+class CommitInfo(namedtuple("CommitInfo",
+                            "id tree parents author committer date author_date message")):
+    """The commit an image holds (`Image.commit`).
+
+    Ids in hex; `author` and `committer` as `Name <email>`; `date` (the
+    committer's) and `author_date` as aware datetimes in their own zones.
+    """
+
+    __slots__ = ()
 
 
-def _datetime(sig: obj.Signature) -> _dt.datetime:
+def _datetime(sig: obj.Signature) -> datetime:
+    import datetime as _dt  # here: only `info` and `last_modified` need it
+
     tz = _dt.timezone(_dt.timedelta(minutes=sig.tz_minutes))
     try:
         return _dt.datetime.fromtimestamp(sig.time, tz)
@@ -371,7 +379,7 @@ class Image:
             return len(self._content(node))
         return self.store.object_size(node.id, node.offset)
 
-    def last_modified(self, path: str | bytes) -> _dt.datetime:
+    def last_modified(self, path: str | bytes) -> datetime:
         """The commit's date: an image holds one commit, every path shares it."""
         self._lookup(path)
         return _datetime(self._commit.committer)

@@ -9,9 +9,13 @@ load time, and `argparse` only reaches it as the parser `cli.py` passes in.
 from __future__ import annotations
 
 import sys
-from typing import BinaryIO, Callable
+from collections.abc import Callable
 
 from . import objects as obj
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for annotations only: `typing` costs a guest's start-up (see __init__)
+    from typing import BinaryIO
 
 _TYPES = {obj.MODE_DIR: "tree", obj.MODE_GITLINK: "commit", obj.MODE_LINK: "blob"}
 _KINDS = {obj.MODE_DIR: "directory", obj.MODE_GITLINK: "submodule", obj.MODE_LINK: "symlink",

@@ -36,7 +36,7 @@ import zlib
 from bisect import bisect_right
 from itertools import islice
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from . import idx as idxmod
 from . import layout
