@@ -401,7 +401,7 @@ def test_hostile_files_give_a_clear_error(images, tmp_path):
         assert result.stdout == "", name
         assert "Traceback" not in result.stderr, name
         assert hint in result.stderr, (name, result.stderr)
-        assert len(result.stderr.splitlines()) <= 12, (name, result.stderr)
+        assert 2 <= len(result.stderr.splitlines()) <= 6, (name, result.stderr)
     for spec, hint in [(tmp_path / "missing.img", "cannot open"), (tmp_path, "directory")]:
         result = docteur("verify", spec)
         assert result.returncode == 1 and hint in result.stderr
@@ -518,7 +518,7 @@ def test_64_bit_offsets_and_a_cold_cache(images, tmp_path):
     assert offsets[1] - offsets[0] > 4 * (len([r for r in regions if r[2] == "object header"]))
     report = verify_image(MemoryDevice(data), cache_bytes=0)
     assert report.ok, report.problem_lines()
-    assert report.stats["cache_misses"] > 0 and report.stats["rebuilt"] >= 0
+    assert report.stats["cache_misses"] > 0  # bases came back from the device, not a cache
     with FileDevice(image) as dev:
         normal = verify_image(dev)
     assert report.counts == normal.counts

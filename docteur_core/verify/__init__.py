@@ -23,6 +23,9 @@ How the full check works, and why it is fast:
    base, which comes from a bounded LRU of recently rebuilt objects or, on a
    miss, is rebuilt again from the device (git writes bases before their
    deltas, so the LRU nearly always hits). Trees and the commit are parsed.
+   An entry whose end the IDX gives (the next entry's start) is inflated in
+   one call and its CRC-32 taken in one more; anything unusual goes to the
+   careful path, which streams the entry and says precisely what is wrong.
 3. The IDX is compared with what the scan saw: sorted ids, fanout, every
    offset at an entry start, every CRC, every id equal to the SHA-1 of the
    object at its offset (the Merkle check), the same set of objects.

@@ -125,6 +125,11 @@ class Reach(State):
         visiting: set[bytes] = set()
         stack: list[tuple[bytes, str, int]] = [(root, "", 0)]
         trees = self.trees
+        # Type of an object by id (None if absent): `_typed`, inlined, as
+        # the walk asks it of every entry of every tree.
+        by_id, otype = self.by_id, self.otype
+        typed = lambda oid: otype.get(by_id.get(oid, -1))
+        blob_sizes = self.blob_sizes
         while stack:
             tid, path, state = stack.pop()
             if state == 0:
@@ -139,7 +144,7 @@ class Reach(State):
                 stack.append((tid, path, 1))
                 for mode, oid, name in trees.get(tid, ()):
                     if mode == objects.MODE_DIR:
-                        t = self._typed(oid)
+                        t = typed(oid)
                         if t == pack.OBJ_TREE:
                             if oid not in memo:
                                 stack.append((oid, f"{path}{objects.decode_name(name)}/", 0))
@@ -157,16 +162,17 @@ class Reach(State):
                 elif mode == objects.MODE_GITLINK:
                     g += 1
                 else:
-                    t = self._typed(oid)
-                    if t != pack.OBJ_BLOB:
-                        self._missing(oid, f"{path}{objects.decode_name(name)}", "blob", t)
+                    size = blob_sizes.get(oid)  # there exactly for the blobs of the pack
+                    if size is None:
+                        self._missing(oid, f"{path}{objects.decode_name(name)}", "blob",
+                                      typed(oid))
                         continue
                     reached.add(oid)
                     if mode == objects.MODE_LINK:
                         ln += 1
                     else:
                         f += 1
-                    nbytes += self.blob_sizes.get(oid, 0)
+                    nbytes += size
             memo[tid] = (f, ln, g, d, nbytes)
         total = memo.get(root, (0, 0, 0, 0, 0))
         counts.files, counts.links, counts.gitlinks, counts.directories, counts.bytes = total

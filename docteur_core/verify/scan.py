@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import struct
 import zlib
+from collections import Counter
 
 from .. import idx as idxmod
 from .. import layout, objects, pack
@@ -22,6 +23,10 @@ from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HE
 from .state import (MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
                     STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset, hex_id)
 from .stream import Stream
+
+# Entries up to this size (compressed) whose end the IDX gives are inflated
+# in one call (`_inflate_whole`); larger ones stream through the buffer.
+WHOLE_ENTRY = 1 << 20
 
 
 class Scan(State):
@@ -51,6 +56,8 @@ class Scan(State):
         complete = True
         hdr_max = pack.MAX_ENTRY_HEADER
         pending = self.pending_ref
+        offs = self.entry_offsets
+        k = 0  # offs[k] is the first entry start after pos: where this entry must end
         while True:
             if by_count:
                 if n >= count:
@@ -62,9 +69,17 @@ class Scan(State):
                              f"PACK header announces {count} objects, the pack ends after {n}")
                 complete = False
                 break
-            s.cover(pos, hdr_max)
+            while k < len(offs) and offs[k] <= pos:
+                k += 1
+            nxt = offs[k] if k < len(offs) else (None if by_count else limit)
+            # The whole entry when the IDX gives its end and it is not too
+            # large (see `_inflate_whole`), else its header.
+            if nxt is not None and hdr_max < nxt - pos <= WHOLE_ENTRY:
+                s.cover(pos, nxt - pos)
+            else:
+                s.cover(pos, hdr_max)
             try:
-                end = self._entry(s, pos, limit, pending)
+                end = self._entry(s, pos, limit, pending, nxt)
             except DamagedImage as exc:
                 end = None
                 self._entry_damage(pos, exc)
@@ -111,18 +126,20 @@ class Scan(State):
         i = bisect.bisect_right(offs, pos)
         return offs[i] if i < len(offs) else None
 
-    def _entry(self, s: Stream, pos: int, limit: int, pending: list[int]) -> int:
-        """Check the entry at `pos`; return the offset just after it."""
+    def _entry(self, s: Stream, pos: int, limit: int, pending: list[int],
+               nxt: int | None) -> int:
+        """Check the entry at `pos`; return the offset just after it.
+
+        `nxt` is where the IDX says the next entry starts (None if unknown).
+        """
         rel = pos - s.base
         hdr = s.buf[rel:rel + min(pack.MAX_ENTRY_HEADER, limit - pos)]
         try:
             eh = pack.parse_entry_header(hdr, "")
         except DamagedImage as exc:
             raise EntryError(R_OBJ_HEADER, exc.what) from None
-        kind = eh.type
-        size = eh.size
-        hlen = eh.header_len
-        crc = zlib.crc32(hdr[:hlen])
+        kind, size, hlen = eh.type, eh.size, eh.header_len
+        base_ref = eh.base_distance if kind == pack.OBJ_OFS_DELTA else eh.base_id
         zpos = pos + hlen
         is_delta = kind >= pack.OBJ_OFS_DELTA
         if kind != pack.OBJ_BLOB and size > MAX_HELD_OBJECT:
@@ -131,6 +148,73 @@ class Scan(State):
         stream_hash = None
         if not is_delta and size > STREAM_THRESHOLD and kind == pack.OBJ_BLOB:
             stream_hash = hashlib.sha1(f"blob {size}\0".encode())
+        data = None
+        if (stream_hash is None and nxt is not None and zpos < nxt <= limit
+                and nxt - pos <= WHOLE_ENTRY and s.buf_end >= nxt):
+            data = self._inflate_whole(s, pos, hlen, nxt, size)
+        if data is not None:
+            zpos = nxt
+        else:
+            data, zpos = self._inflate_stream(s, hdr[:hlen], zpos, limit, size, stream_hash)
+        self.info[pos] = (kind, hlen, zpos - pos - hlen, size,
+                          (pos - base_ref) if kind == pack.OBJ_OFS_DELTA else base_ref)
+        self.starts.append(pos)
+        if stream_hash is not None:
+            self._finish(pos, kind, None, stream_hash.digest(), size)
+            return zpos
+        if not is_delta:
+            self._finish(pos, kind, data)
+            return zpos
+        if kind == pack.OBJ_OFS_DELTA:
+            base = pos - base_ref
+            if base not in self.info:
+                self.damaged.add(pos)
+                if base in self.damaged:
+                    self._cascade(pos, base)
+                else:
+                    self.problem(R_OBJ_HEADER, at_offset(pos),
+                                 f"OFS_DELTA base at offset {base} is not the start of an "
+                                 "object before it")
+                return zpos
+        else:
+            base = self.by_id.get(base_ref)
+            if base is None:
+                pending.append(pos)  # its base may come later: resolved after the scan
+                return zpos
+        self._apply(pos, base, data)
+        return zpos
+
+    def _inflate_whole(self, s: Stream, pos: int, hlen: int, end: int, size: int
+                       ) -> bytes | None:
+        """The common case in a few C calls: an entry that ends where the next begins.
+
+        With the entry's end known from the IDX, the whole entry is in the
+        buffer: one inflate, one CRC-32. None when anything is off (the
+        stream is damaged, too long or too short, or does not end exactly
+        at `end`): `_inflate_stream` then finds out what and says so.
+        """
+        rel = pos - s.base
+        entry = memoryview(s.buf)[rel:rel + end - pos]
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(entry[hlen:], size + 1)
+        except zlib.error:
+            return None
+        if not d.eof or d.unused_data or len(data) != size:
+            return None
+        self.crc[pos] = zlib.crc32(entry)
+        return data
+
+    def _inflate_stream(self, s: Stream, hdr: bytes, zpos: int, limit: int, size: int,
+                        stream_hash) -> tuple[bytes | None, int]:
+        """Inflate the zlib stream at `zpos` as it comes, with the CRC-32 of the entry.
+
+        Returns the data (None when hashed as it inflates into `stream_hash`)
+        and the offset just after the stream. Raises EntryError with the
+        precise complaint on a damaged stream.
+        """
+        pos = zpos - len(hdr)
+        crc = zlib.crc32(hdr)
         d = zlib.decompressobj()
         parts = []
         have = 0
@@ -165,36 +249,10 @@ class Scan(State):
             guess = max(guess, 1 << 16)
         if have != size:
             raise EntryError(None, f"inflates to {have} bytes, {size} declared")
-        self.info[pos] = (kind, hlen, zpos - pos - hlen, size,
-                          (pos - eh.base_distance) if kind == pack.OBJ_OFS_DELTA else eh.base_id)
         self.crc[pos] = crc
-        self.starts.append(pos)
         if stream_hash is not None:
-            self._finish(pos, kind, None, stream_hash.digest(), size)
-            return zpos
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        if not is_delta:
-            self._finish(pos, kind, data)
-            return zpos
-        self.report.counts.deltas += 1
-        if kind == pack.OBJ_OFS_DELTA:
-            base = pos - eh.base_distance
-            if base not in self.info:
-                self.damaged.add(pos)
-                if base in self.damaged:
-                    self._cascade(pos, base)
-                else:
-                    self.problem(R_OBJ_HEADER, at_offset(pos),
-                                 f"OFS_DELTA base at offset {base} is not the start of an "
-                                 "object before it")
-                return zpos
-        else:
-            base = self.by_id.get(eh.base_id)
-            if base is None:
-                pending.append(pos)  # its base may come later: resolved after the scan
-                return zpos
-        self._apply(pos, base, data)
-        return zpos
+            return None, zpos
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), zpos
 
     def _apply(self, pos: int, base: int, delta: bytes) -> None:
         """Rebuild the delta at `pos` on the object at `base`, then finish it."""
@@ -239,8 +297,11 @@ class Scan(State):
 
     def _finish(self, pos: int, kind: int, data: bytes | None,
                 oid: bytes | None = None, size: int | None = None) -> None:
-        """A whole object is known: hash it, index it, keep what later checks need."""
-        counts = self.report.counts
+        """A whole object is known: hash it, index it, keep what later checks need.
+
+        Called once per object, so it does the least it can: the counts of
+        each type are taken from `otype` once the scan is over (`_count`).
+        """
         if oid is None:
             size = len(data)
             h = hashlib.sha1(OBJ_HEADER[kind] % size)
@@ -248,32 +309,34 @@ class Scan(State):
             oid = h.digest()
         self.oid[pos] = oid
         self.otype[pos] = kind
-        previous = self.by_id.get(oid)
-        if previous is not None:
+        previous = self.by_id.setdefault(oid, pos)
+        if previous != pos:
             self.warning(R_OBJECTS, at_offset(pos),
                          f"object {hex_id(oid)} is also at offset {previous}")
-        else:
-            self.by_id[oid] = pos
         if kind == pack.OBJ_BLOB:
-            counts.blobs += 1
             self.blob_sizes[oid] = size
         elif kind == pack.OBJ_TREE:
-            counts.trees += 1
             try:
                 self.trees[oid] = objects.parse_tree_raw(data, f"tree {hex_id(oid)}")
             except DamagedImage as exc:
                 self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
                              f"malformed tree: {exc.what}")
                 self.trees[oid] = []
-        elif kind == pack.OBJ_COMMIT:
-            counts.commits += 1
-            if oid == self.commit_id:
-                self.commit_data = data
-        else:
-            counts.tags += 1
+        elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
+            self.commit_data = data
         if data is not None and (not self.planned or pos in self.uses_at or self.uses_of
                                  or pos in self.remaining):
             self._keep(pos, oid, kind, data)
+
+    def _count(self) -> None:
+        """The report's counts of objects by type, once every object is rebuilt."""
+        counts = self.report.counts
+        kinds = Counter(self.otype.values())
+        counts.commits = kinds[pack.OBJ_COMMIT]
+        counts.trees = kinds[pack.OBJ_TREE]
+        counts.blobs = kinds[pack.OBJ_BLOB]
+        counts.tags = kinds[pack.OBJ_TAG]
+        counts.deltas = sum(1 for rec in self.info.values() if rec[0] >= pack.OBJ_OFS_DELTA)
 
     def _resolve_pending(self) -> None:
         """REF_DELTA entries whose base came later in the pack (or never)."""

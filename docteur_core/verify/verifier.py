@@ -38,6 +38,7 @@ class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach):
             else:
                 self._scan_pack()
                 self._resolve_pending()
+                self._count()
             self._find_lost_idx()
             self._check_trailer()
             self._check_idx()
