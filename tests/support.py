@@ -142,12 +142,14 @@ class NbdkitServer:
         self.stop()
 
 
-def git_reference_image(source: str | Path, image: str | Path, block_size: int = 512,
-                        message: str = "reference image\n", ofs_delta: bool = True) -> dict:
-    """Build an image of directory `source` with git alone (no empty dirs).
+def git_reference_pack(source: str | Path, message: str = "reference image\n",
+                       ofs_delta: bool = True, index_version: str = "2"
+                       ) -> tuple[str, str, bytes, bytes]:
+    """(commit, tree, pack, idx) of directory `source`, made by git alone.
 
-    `ofs_delta=False` makes git write REF_DELTA entries instead of OFS_DELTA.
-    Returns {"commit": hex, "tree": hex, "idx_offset": int}.
+    `ofs_delta=False` makes git write REF_DELTA entries instead of OFS_DELTA;
+    `index_version="2,N"` puts objects at offsets above N in the IDX's
+    64-bit table (as git does for packs over 2 GiB).
     """
     source = Path(source).resolve()
     with tempfile.TemporaryDirectory(prefix="refimg-") as tmp:
@@ -163,9 +165,19 @@ def git_reference_image(source: str | Path, image: str | Path, block_size: int =
         base = Path(tmp) / "pack"
         delta_flag = ["--delta-base-offset"] if ofs_delta else []
         git("pack-objects", "-q", *delta_flag, "--threads=1", "--window=250", "--depth=50",
-            str(base), input=objects, env=env)
+            f"--index-version={index_version}", str(base), input=objects, env=env)
         pack = next(Path(tmp).glob("pack-*.pack")).read_bytes()
         idx = next(Path(tmp).glob("pack-*.idx")).read_bytes()
+    return commit, tree, pack, idx
+
+
+def git_reference_image(source: str | Path, image: str | Path, block_size: int = 512,
+                        message: str = "reference image\n", ofs_delta: bool = True) -> dict:
+    """Build an image of directory `source` with git alone (no empty dirs).
+
+    Returns {"commit": hex, "tree": hex, "idx_offset": int}.
+    """
+    commit, tree, pack, idx = git_reference_pack(source, message, ofs_delta)
     idx_offset, size = layout.image_layout(len(pack), len(idx), block_size)
     data = bytearray(size)
     data[0:layout.HEADER_SIZE] = layout.encode_header(bytes.fromhex(commit), idx_offset)

@@ -21,7 +21,6 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from docteur_core.block import FileDevice
 from docteur_core.errors import DocteurError
 from docteur_core.reader import MODES, Image
 from docteur_core.verify import verify_image
-from tests.support import PLUGIN, REPO_ROOT, NbdkitServer, git
+from tests.support import PLUGIN, REPO_ROOT, NbdkitServer, git, git_reference_pack
 from tests.test_build_oracle import source_listing
 
 
@@ -54,20 +53,8 @@ def make_source(root: Path) -> Path:
 
 def pack_with_threshold(source: Path, threshold: int | None) -> tuple[str, bytes, bytes]:
     """(commit, pack, idx) of `source`, objects above `threshold` in the 64-bit table."""
-    with tempfile.TemporaryDirectory(prefix="large-") as tmp:
-        gitdir = Path(tmp) / "repo.git"
-        git("init", "-q", "--bare", str(gitdir))
-        env = {"GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(source),
-               "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        git("add", "-A", "--force", ".", cwd=source, env=env)
-        tree = git("write-tree", cwd=source, env=env).decode().strip()
-        commit = git("commit-tree", tree, "-m", "large offsets", env=env).decode().strip()
-        objects = git("rev-list", "--objects", "--no-walk", commit, env=env)
-        version = ["--index-version=2" + ("" if threshold is None else f",{threshold}")]
-        git("pack-objects", "-q", "--delta-base-offset", "--threads=1", "--window=50",
-            *version, str(Path(tmp) / "pack"), input=objects, env=env)
-        pack = next(Path(tmp).glob("pack-*.pack")).read_bytes()
-        idx = next(Path(tmp).glob("pack-*.idx")).read_bytes()
+    version = "2" if threshold is None else f"2,{threshold}"
+    commit, _, pack, idx = git_reference_pack(source, "large offsets", index_version=version)
     return commit, pack, idx
 
 

@@ -152,10 +152,11 @@ def test_concurrent_connections_read_random_ranges(served, built, data):
 
 
 def test_thread_model_key(built):
-    for model in ("parallel", "serialize_requests"):
+    for key, model in ((None, "serialize_requests"), ("parallel", "parallel"),
+                       ("serialize_requests", "serialize_requests")):
         proc = subprocess.run(
             ["nbdkit", "-v", "-U", "-", "--run", "true", "python", str(PLUGIN),
-             f"image={built[0]}", f"thread_model={model}"],
+             f"image={built[0]}", *([f"thread_model={key}"] if key else [])],
             capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert f"using thread model: {model}" in proc.stderr
