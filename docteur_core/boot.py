@@ -454,7 +454,8 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
     target_text = str(target)
     uri_drive = drive_option(parse_nbd_uri(target_text)) if "://" in target_text else None
     if uri_drive is None and not Path(target_text).is_file():
-        raise BootError(f"no such image: {target_text}")
+        what = "is a directory, not an image" if Path(target_text).is_dir() else "no such image file"
+        raise BootError(f"{target_text}: {what}")
     guest = prepare_guest(log, cache)
     if guest.built:
         log(f"built the guest (kernel {guest.kernel_version}) in {guest.seconds:.1f} s")

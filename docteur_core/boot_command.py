@@ -42,7 +42,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="QEMU accelerator (default: tcg; KVM fails on some hosts)")
     parser.add_argument("--memory", type=int, default=256, metavar="MB",
                         help="the guest's memory (default: %(default)s MB; outputs are held "
-                             "in it)")
+                             "in it; below about 128 MB the guest does not start)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the guest (default: %(default)s)")
     parser.add_argument("--raw", action="store_true",

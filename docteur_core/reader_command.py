@@ -83,7 +83,8 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
         else:
             files += 1
             out.write(line + b"\n")
-    out.write(_text(f"\n{dirs} directories, {files} files\n"))
+    plural = ("y" if dirs == 1 else "ies", "" if files == 1 else "s")
+    out.write(_text(f"\n{dirs} director{plural[0]}, {files} file{plural[1]}\n"))
     return 0
 
 
@@ -152,7 +153,7 @@ def _common(parser, verb: str) -> None:
                         "a path index first (pays off for many lookups)")
     parser.add_argument("--verify", action="store_true",
                         help="check the SHA-1 of every object read")
-    parser.add_argument("--block-size", type=_block_size, default=None,
+    parser.add_argument("--block-size", metavar="N", type=_block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
 
 
@@ -172,7 +173,7 @@ def _runner(verb: str):
 _HELP = {
     "ls": "List a directory of an image, one entry a line: MODE TYPE ID<TAB>NAME[/].",
     "cat": "Write a file of an image to stdout, byte for byte.",
-    "stat": "Show a path's kind, mode, size and object id.",
+    "stat": "Show a path's kind, mode, size (entries, for a directory) and object id.",
     "tree": "Draw the hierarchy of an image under a path.",
     "info": "Show an image's commit (id, tree, author, date, message) and layout.",
 }

@@ -26,9 +26,11 @@ verification failed).
 
 A directory is hashed exactly as `git add` + `git write-tree` would (modes
 100644/100755, symbolic links stored as links and never followed, hidden
-files included); empty folders are kept as empty trees; sockets, FIFOs and
-devices are skipped with a warning. It gets a synthetic commit whose date
-is --date, else $SOURCE_DATE_EPOCH, else now.
+files included); empty folders are kept as empty trees; a Git repository
+nested in a subfolder is stored as its files, its .git skipped with a warning
+(git would store a gitlink); sockets, FIFOs and devices are skipped with a
+warning. It gets a synthetic commit whose date is --date, else
+$SOURCE_DATE_EPOCH, else now.
 
 The image holds one commit and everything reachable from its tree, packed
 by `git pack-objects` (window 250, depth 50). Delta search runs on one
