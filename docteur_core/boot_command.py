@@ -29,6 +29,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "[PATH], info (see `docteur cat --help` and friends)")
 
 
+MIN_MEMORY_MB = 128  # below this the Debian kernel and python3 do not start
+
+
+def _memory(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB") from None
+    if value < MIN_MEMORY_MB:
+        raise argparse.ArgumentTypeError(
+            f"{value} MB is too little: the guest needs at least {MIN_MEMORY_MB} MB")
+    return value
+
+
+def _check_guest_command(segment: list[str]) -> None:
+    """Refuse a command the guest would refuse, before paying for a boot."""
+    from .boot import BootError
+    from .reader_command import VERBS
+
+    # Options are the guest's to judge (docteur_core/guest.py): skip them as
+    # it does, keep the positional words.
+    words: list[str] = []
+    rest = list(segment)
+    while rest:
+        word = rest.pop(0)
+        if word == "--":
+            words += rest
+            break
+        if word in ("--mode", "--block-size") and rest:
+            rest.pop(0)
+        elif not word.startswith("--") or word == "-":
+            words.append(word)
+    if not words or words[0] not in VERBS:
+        got = f"unknown verb {words[0]!r}" if words else "no verb"
+        raise BootError(f"{' '.join(segment) or 'empty command'}: {got} "
+                        f"(one of: {', '.join(VERBS)})")
+    verb, args = words[0], words[1:]
+    _, least, most, usage = VERBS[verb]
+    if not least <= len(args) <= most:
+        raise BootError(f"{' '.join(segment)}: usage: {verb} {usage}".rstrip())
+
+
 def _add_options(parser: argparse.ArgumentParser) -> None:
     from .boot import ACCELS, DEFAULT_TIMEOUT, MODES, SERVERS
 
@@ -40,7 +82,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                              "default) or nbdkit's file plugin (file)")
     parser.add_argument("--accel", choices=ACCELS, default="tcg",
                         help="QEMU accelerator (default: tcg; KVM fails on some hosts)")
-    parser.add_argument("--memory", type=int, default=256, metavar="MB",
+    parser.add_argument("--memory", type=_memory, default=256, metavar="MB",
                         help="the guest's memory (default: %(default)s MB; outputs are held "
                              "in it; below about 128 MB the guest does not start)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
@@ -84,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.command:
         raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
     segments = split_commands(args.command)
+    for segment in segments:
+        _check_guest_command(segment)
     commands = [reader_command(segment, args.mode) for segment in segments]
 
     def log(message: str) -> None:

@@ -159,14 +159,18 @@ def _common(parser, verb: str) -> None:
 
 def _runner(verb: str):
     def run(args) -> int:
+        from .errors import DamagedImage, DocteurError
         from .reader import Image
 
-        with Image.open(args.image, args.mode, verify=args.verify,
-                        block_size=args.block_size) as image:
-            rest = [args.path] if getattr(args, "path", None) else []
-            if verb in ("ls", "tree") and not rest:
-                rest = [""]
-            return run_verb(image, verb, rest, sys.stdout.buffer)
+        try:
+            with Image.open(args.image, args.mode, verify=args.verify,
+                            block_size=args.block_size) as image:
+                rest = [args.path] if getattr(args, "path", None) else []
+                if verb in ("ls", "tree") and not rest:
+                    rest = [""]
+                return run_verb(image, verb, rest, sys.stdout.buffer)
+        except DamagedImage as exc:  # name the image: the user may have several
+            raise DocteurError(f"{args.image}: {exc}") from None
     return run
 
 
