@@ -77,3 +77,28 @@ def test_stream_ending_early_or_late_is_found_either_way(monkeypatch):
     objs, cid = simple({"a": short, "b": Obj("blob", zlib.compress(b"y") * 3)})
     fast, slow = both_ways(bytes(build(objs, cid)), monkeypatch)
     assert fast == slow and fast[0]
+
+
+def test_one_damaged_fanout_entry_is_one_problem(tmp_path):
+    """A fanout entry flipped high used to be reported once per later entry."""
+    import struct
+
+    from docteur_core import layout
+    from docteur_core.block import MemoryDevice
+    from docteur_core.verify import verify_image
+
+    from .support import git_reference_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i}").write_text(f"file {i}\n")
+    info = git_reference_image(src, tmp_path / "a.img")
+    data = bytearray((tmp_path / "a.img").read_bytes())
+    at = info["idx_offset"] + layout.IDX_HEADER_SIZE + 4 * 100
+    struct.pack_into(">I", data, at, struct.unpack_from(">I", data, at)[0] | 0x00800000)
+    report = verify_image(MemoryDevice(bytes(data)))
+    fanout = [p for p in report.problems if p[0] == "IDX fanout"]
+    assert [p[2] for p in fanout] == [
+        "IDX fanout decreases at entry 101 (8388629 then 21)",
+        "IDX fanout entry 100 says 8388629, the ids say 21"], report.problem_lines()

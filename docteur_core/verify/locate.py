@@ -51,12 +51,14 @@ class Locate(State):
                 return  # nothing there looks like an IDX
         fanout = struct.unpack_from(">256I", head, layout.IDX_HEADER_SIZE)
         self.check("idx-fanout")
+        # Compare each entry with the one before it only: one damaged entry
+        # then makes one or two reports, not one for every entry after it.
         previous = 0
         for b, value in enumerate(fanout):
             if value < previous:
                 self.problem(R_IDX_FANOUT, at_offset(base + layout.IDX_HEADER_SIZE + 4 * b),
                              f"IDX fanout decreases at entry {b} ({previous} then {value})")
-            previous = max(previous, value)
+            previous = value
         self.idx_offset = base
         self.idx = idxmod.Idx(base, fanout)
         self.idx_count = fanout[255]
