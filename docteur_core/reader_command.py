@@ -22,8 +22,28 @@ _KINDS = {obj.MODE_DIR: "directory", obj.MODE_GITLINK: "submodule", obj.MODE_LIN
           obj.MODE_EXEC: "executable"}
 
 
+# C escapes git uses when it quotes a path (quote.c's sq_lookup).
+_ESCAPES = {0x07: b"\\a", 0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0B: b"\\v",
+            0x0C: b"\\f", 0x0D: b"\\r", 0x22: b'\\"', 0x5C: b"\\\\"}
+
+
 def _name(name: str) -> bytes:
-    return obj.encode_name(name)
+    """A name that stays on one line: as `git ls-tree` shows it with
+    core.quotePath=false (quoted, C escapes, when it holds a control
+    character, `"` or `\\`; every other byte, UTF-8 included, as it is)."""
+    raw = obj.encode_name(name)
+    if not any(c < 0x20 or c == 0x7F or c == 0x22 or c == 0x5C for c in raw):
+        return raw
+    out = bytearray(b'"')
+    for c in raw:
+        if c in _ESCAPES:
+            out += _ESCAPES[c]
+        elif c < 0x20 or c == 0x7F:
+            out += b"\\%03o" % c
+        else:
+            out.append(c)
+    out += b'"'
+    return bytes(out)
 
 
 def _text(s: str) -> bytes:
@@ -175,7 +195,9 @@ def _runner(verb: str):
 
 
 _HELP = {
-    "ls": "List a directory of an image, one entry a line: MODE TYPE ID<TAB>NAME[/].",
+    "ls": "List a directory of an image, one entry a line: MODE TYPE ID<TAB>NAME[/]\n\n"
+          "as `git ls-tree` prints it (core.quotePath=false): a name holding a control\n"
+          "character, '\"' or '\\' is quoted with C escapes, so each entry is one line.",
     "cat": "Write a file of an image to stdout, byte for byte.",
     "stat": "Show a path's kind, mode, size (entries, for a directory) and object id.",
     "tree": "Draw the hierarchy of an image under a path.",
