@@ -21,7 +21,6 @@ import argparse
 import glob
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from docteur_core import idx as idxmod  # noqa: E402
+from docteur_core import layout  # noqa: E402
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
@@ -49,21 +52,16 @@ def bench_docteur(corpus: Path, tmp: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     seconds = timed([sys.executable, "-m", "docteur_core", "make", "-q", "--date",
                      "2026-01-01T00:00:00Z", str(corpus), str(image)], env=env)
-    data = image.open("rb").read(28)
-    idx_offset = struct.unpack_from("<Q", data, 20)[0]
-    # The PACK's own size: the IDX's last 40 bytes hold the pack checksum,
-    # so find the pack end from the object count instead: ask git.
-    with image.open("rb") as f:
-        f.seek(idx_offset + 8 + 255 * 4)
-        count = struct.unpack(">I", f.read(4))[0]
-    idx_size = 8 + 1024 + count * 28 + 40  # without the 64-bit table (< 2 GiB)
-    with image.open("rb") as f:
-        f.seek(idx_offset + idx_size - 40)
-        checksum = f.read(20)
-        f.seek(max(28, idx_offset - 65536 - 20))
-        before = f.read(idx_offset - f.tell())
-    end = before.rfind(checksum)
-    pack_size = idx_offset - len(before) + end + 20 - 28
+    # The IDX ends with a copy of the pack's checksum; the pack ends with it.
+    data = image.read_bytes()
+    header = layout.parse_header(data, len(data))
+    ix = idxmod.parse_head(data[header.idx_offset:header.idx_offset + idxmod.HEAD_SIZE],
+                           header.idx_offset)
+    count = ix.count
+    checksum_at = ix.trailer_at(0)  # no 64-bit table below 2 GiB
+    checksum = data[checksum_at:checksum_at + 20]
+    lo = layout.pack_tail_start(header.idx_offset)
+    pack_size = lo + data[lo:header.idx_offset].rfind(checksum) + 20 - layout.PACK_OFFSET
     size = image.stat().st_size
     image.unlink()
     return {"seconds": seconds, "image": size, "pack": pack_size, "objects": count}

@@ -93,6 +93,31 @@ def parse_header(data: bytes, capacity: int | None = None) -> Header:
     return Header(commit_id, idx_offset)
 
 
+def pack_tail_start(idx_offset: int) -> int:
+    """Where to look for the pack's 20-byte trailer when only the IDX offset is known.
+
+    The block size is not stored, but the padding after the pack is at most
+    MAX_BLOCK_SIZE bytes: the trailer lies in that window before the IDX.
+    """
+    return max(PACK_OFFSET + PACK_HEADER_SIZE, idx_offset - MAX_BLOCK_SIZE - SHA1_SIZE)
+
+
+def fitting_block_sizes(pack_end: int, idx_offset: int, idx_end: int, size: int) -> list[int]:
+    """The block sizes an image of these region ends could have been built with.
+
+    The inverse of `image_layout`: the IDX offset and the image size are
+    multiples of the block size, and both paddings are 1..block_size bytes.
+    """
+    sizes = []
+    b = MIN_BLOCK_SIZE
+    while b <= MAX_BLOCK_SIZE:
+        if (idx_offset % b == 0 and size % b == 0 and 1 <= idx_offset - pack_end <= b
+                and 1 <= size - idx_end <= b):
+            sizes.append(b)
+        b *= 2
+    return sizes
+
+
 def image_layout(pack_size: int, idx_size: int, block_size: int) -> tuple[int, int]:
     """Return (idx_offset, image_size) for a pack and an idx of these sizes."""
     end_of_pack = PACK_OFFSET + pack_size

@@ -36,26 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print a JSON report (fields, counts, checks, problems)")
 
 
+_OCAML_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r",
+                  0x08: "\\b"}
+
+
 def ocaml_quoted(text: str) -> str:
     """`text` as OCaml's `Printf "%S"` prints it (String.escaped, in quotes)."""
     out = ['"']
     for b in text.encode("utf-8", "surrogateescape"):
-        if b == 0x22:
-            out.append('\\"')
-        elif b == 0x5C:
-            out.append("\\\\")
-        elif b == 0x0A:
-            out.append("\\n")
-        elif b == 0x09:
-            out.append("\\t")
-        elif b == 0x0D:
-            out.append("\\r")
-        elif b == 0x08:
-            out.append("\\b")
+        if b in _OCAML_ESCAPES:
+            out.append(_OCAML_ESCAPES[b])
         elif 0x20 <= b <= 0x7E:
             out.append(chr(b))
         else:
-            out.append(f"\\{b:03d}")
+            out.append(f"\\{b:03d}")  # decimal, as OCaml writes it
     out.append('"')
     return "".join(out)
 

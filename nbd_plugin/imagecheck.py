@@ -134,8 +134,7 @@ def check_pack_trailer(pread: Pread, idx_offset: int, pack_sha: bytes) -> int:
     The pack ends with its SHA-1, then 1..block_size zeros; the block size is
     not stored, so the checksum is looked for in the last block before the IDX.
     """
-    lo = max(layout.PACK_OFFSET + layout.PACK_HEADER_SIZE,
-             idx_offset - layout.MAX_BLOCK_SIZE - layout.SHA1_SIZE)
+    lo = layout.pack_tail_start(idx_offset)
     tail = _read(pread, lo, idx_offset - lo, "end of the PACK")
     at = tail.rfind(pack_sha)
     if at < 0:

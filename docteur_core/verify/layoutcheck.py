@@ -65,12 +65,7 @@ class LayoutChecks(State):
             return
         self.check("block-size")
         p = t + 20
-        sizes = []
-        b = layout.MIN_BLOCK_SIZE
-        while b <= layout.MAX_BLOCK_SIZE:
-            if i % b == 0 and cap % b == 0 and 1 <= i - p <= b and 1 <= cap - e <= b:
-                sizes.append(b)
-            b *= 2
+        sizes = layout.fitting_block_sizes(p, i, e, cap)
         self.report.block_sizes = sizes
         if sizes:
             return

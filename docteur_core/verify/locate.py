@@ -156,8 +156,7 @@ class Locate(State):
             return
         copy = self.idx_bytes[-40:-20]
         end = self.idx_offset
-        lo = max(layout.PACK_OFFSET + layout.PACK_HEADER_SIZE,
-                 end - layout.MAX_BLOCK_SIZE - layout.SHA1_SIZE)
+        lo = layout.pack_tail_start(end)
         window = self._read(lo, end - lo)
         at = window.rfind(copy)
         if at >= 0:
