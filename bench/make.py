@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from docteur_core import idx as idxmod  # noqa: E402
+from docteur_core.format import idx as idxmod  # noqa: E402
 from docteur_core import layout  # noqa: E402
 
 GIT_ENV = {

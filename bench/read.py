@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from docteur_core import idx as idxmod  # noqa: E402
+from docteur_core.format import idx as idxmod  # noqa: E402
 from docteur_core.reader import Image  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

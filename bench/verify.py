@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from docteur_core.block import FileDevice  # noqa: E402
+from docteur_core.blockdev.block import FileDevice  # noqa: E402
 from docteur_core.verify import verify_image  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "corpus"
@@ -112,7 +112,7 @@ def best(fn, repeat: int) -> tuple[float, object]:
 _RSS = """
 import sys
 sys.path.insert(0, {root!r})
-from docteur_core.block import FileDevice
+from docteur_core.blockdev.block import FileDevice
 from docteur_core.verify import verify_image
 if sys.argv[1] != "-":
     with FileDevice(sys.argv[1]) as dev:
@@ -153,7 +153,7 @@ def bench_image(image: Path, repeat: int, nbd: bool) -> dict:
                "cache": report.stats, "rss": peak_rss_mib(image)}
         if nbd:
             sys.path.insert(0, str(ROOT))
-            from docteur_core.device import open_device
+            from docteur_core.blockdev.device import open_device
             from tests.support import NbdkitServer
 
             with NbdkitServer("file", f"file={image}", unix=True) as server:

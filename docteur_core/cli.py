@@ -22,9 +22,10 @@ from .errors import DocteurError
 # Verb modules, in the order `--help` lists them.
 COMMAND_MODULES = [
     "docteur_core.build.command",
-    "docteur_core.reader_command",
-    "docteur_core.verify_command",
-    "docteur_core.boot_command",
+    "docteur_core.reader.commands",
+    "docteur_core.verify.command",
+    "docteur_core.serve.command",
+    "docteur_core.boot.command",
 ]
 
 

@@ -15,9 +15,9 @@ import hashlib
 import struct
 import zlib
 
-from docteur_core import layout
+from docteur_core.format import layout
 from docteur_core.build.packwriter import encode_idx_v2, entry_header
-from docteur_core.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
+from docteur_core.format.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
                                object_id)
 
 TYPES = {"commit": OBJ_COMMIT, "tree": OBJ_TREE, "blob": OBJ_BLOB}

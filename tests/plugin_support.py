@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from docteur_core import layout
+from docteur_core.format import layout
 from tests.support import PLUGIN, git
 
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -1,6 +1,6 @@
 """Plain, obviously correct decoders: the oracles of the tuned production ones.
 
-`docteur_core.pack.apply_delta` and `docteur_core.objects.parse_tree_raw`
+`docteur_core.format.pack.apply_delta` and `docteur_core.format.objects.parse_tree_raw`
 are tuned for speed (inline varints, unrolled copy instructions, caught
 IndexErrors, a regular-expression fast path). These are the same formats
 decoded the slow, literal way, one byte and one rule at a time, so that the

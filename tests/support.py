@@ -4,7 +4,7 @@
   TCP port on 127.0.0.1, waits until it accepts connections, and always
   kills it on exit.
 - `git_reference_image`: builds an image with nothing but the `git` program
-  and `docteur_core.layout`. It is an oracle independent of
+  and `docteur_core.format.layout`. It is an oracle independent of
   `docteur_core.build`, and lets reader/plugin/verify tests run on images
   that the builder did not make.
 """
@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from docteur_core import layout
+from docteur_core.format import layout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = REPO_ROOT / "nbd_plugin" / "docteur_plugin.py"
+PLUGIN = REPO_ROOT / "docteur_core" / "serve" / "plugin.py"
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",

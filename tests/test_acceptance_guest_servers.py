@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from docteur_core import boot
+from docteur_core.boot import runner as boot
 from docteur_core.build import make_image
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def images(tmp_path_factory) -> dict:
 def test_server_kinds_are_what_they_say(images):
     described = {}
     for kind in ("docteur", "file"):
-        with boot.Server(images["good"], kind) as server:
+        with boot.image_server(images["good"], kind) as server:
             info = json.loads(subprocess.run(["nbdinfo", "--json", server.uri], check=True,
                                              capture_output=True, text=True).stdout)
         export = info["exports"][0]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from docteur_core import objects as obj
+from docteur_core.format import objects as obj
 from docteur_core.build import make_image
 from docteur_core.reader import MODES, Image
 from tests.support import PLUGIN, NbdkitServer

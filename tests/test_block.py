@@ -7,10 +7,10 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from docteur_core.block import (
+from docteur_core.blockdev.block import (
     BlockDevice, ByteReader, DeviceError, FileDevice, MemoryDevice, SectorCache, read_bytes,
 )
-from docteur_core.device import is_nbd_uri, open_device
+from docteur_core.blockdev.device import is_nbd_uri, open_device
 from docteur_core.errors import DocteurError
 
 BLOCK_SIZES = st.sampled_from([1, 4, 16, 64, 512])

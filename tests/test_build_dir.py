@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docteur_core import layout
+from docteur_core.format import layout
 from docteur_core.build import make_image
 from tests.support import git
 from tests.test_build_oracle import (SITE, check_image, git_write_tree, image_listing,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core import layout
+from docteur_core.format import layout
 from tests.support import git, git_reference_image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SITE = REPO_ROOT / "examples" / "site"
+SITE = REPO_ROOT / "docteur_core" / "demo" / "site"
 
 
 @dataclass

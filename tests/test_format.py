@@ -10,8 +10,8 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from docteur_core import idx as idxmod
-from docteur_core import layout, objects, pack
+from docteur_core.format import idx as idxmod
+from docteur_core.format import layout, objects, pack
 from docteur_core.errors import DamagedImage
 
 from . import reference_git

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core import boot
+from docteur_core.boot import runner as boot
 from docteur_core.build import make_image
 from tests.support import REPO_ROOT, NbdkitServer, git_reference_image
 
@@ -60,7 +60,7 @@ RAW_DIGEST = ["-c", "import _sha256, sys; "
               "sys.stdout.write(_sha256.sha256(open('/dev/vda', 'rb').read()).hexdigest())"]
 # The entry point in a fresh interpreter, as a user would start it (the
 # guest's runner otherwise forks a preloaded one, see qemu/guest_run.py).
-FRESH = ["-u", "-m", "docteur_core.guest", "/dev/vda", "--mode", "fast", "cat", "README.txt"]
+FRESH = ["-u", "-m", "docteur_core.reader.guest", "/dev/vda", "--mode", "fast", "cat", "README.txt"]
 
 
 def reader_commands(mode: str) -> list[list[str]]:
@@ -157,7 +157,7 @@ def listing(root: Path, folder: str) -> list[bytes]:
 
 def host_run(image: Path, args: list[str]) -> subprocess.CompletedProcess:
     """The same guest entry point, run on the host on the image file."""
-    return subprocess.run([sys.executable, "-S", "-m", "docteur_core.guest", str(image), *args],
+    return subprocess.run([sys.executable, "-S", "-m", "docteur_core.reader.guest", str(image), *args],
                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
 
 

@@ -1,4 +1,4 @@
-"""The guest reader's start-up: what `python3 -S -m docteur_core.guest` imports.
+"""The guest reader's start-up: what `python3 -S -m docteur_core.reader.guest` imports.
 
 In an emulated guest every millisecond of imports on a host costs 30-50,
 so the reader path must not pull in the standard library's heavy modules
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from docteur_core import objects
+from docteur_core.format import objects
 from docteur_core.build import make_image
 from docteur_core.errors import DamagedImage
 from tests import reference_git
@@ -42,9 +42,9 @@ def image(tmp_path_factory) -> Path:
 
 
 def guest_imports(*args: str) -> tuple[set[str], bytes]:
-    """Modules a fresh `python3 -S -X importtime -m docteur_core.guest ARGS` imported."""
+    """Modules a fresh `python3 -S -X importtime -m docteur_core.reader.guest ARGS` imported."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "docteur_core.guest",
+    proc = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "docteur_core.reader.guest",
                            *args], env=env, cwd="/", capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     modules = set()
@@ -53,7 +53,7 @@ def guest_imports(*args: str) -> tuple[set[str], bytes]:
             name = line.rsplit("|", 1)[1].strip()
             if name != "imported package":
                 modules.add(name)
-    assert "docteur_core.reader" in modules  # the parse saw the real imports
+    assert "docteur_core.reader.image" in modules  # the parse saw the real imports
     return modules, proc.stdout
 
 

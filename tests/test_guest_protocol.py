@@ -1,9 +1,9 @@
 """The host/guest protocol of `docteur boot`, without booting anything.
 
 The commands go to the guest on the kernel command line (encoded by
-docteur_core.boot, decoded by qemu/guest_run.py) and the results come back
+docteur_core.boot.runner, decoded by qemu/guest_run.py) and the results come back
 on the serial console (printed by qemu/guest_run.py, parsed by
-docteur_core.boot). Both halves are real code from both sides.
+docteur_core.boot.runner). Both halves are real code from both sides.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import importlib.util
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from docteur_core import boot
+from docteur_core.boot import runner as boot
 from tests.support import REPO_ROOT
 
-_spec = importlib.util.spec_from_file_location("guest_run", REPO_ROOT / "qemu" / "guest_run.py")
+_spec = importlib.util.spec_from_file_location("guest_run", REPO_ROOT / "docteur_core" / "boot" / "initramfs" / "guest_run.py")
 guest_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(guest_run)
 
@@ -89,9 +89,9 @@ def test_a_guest_failure_is_reported_with_the_console():
 
 def test_reader_command_and_modes():
     assert boot.reader_command(["cat", "a"], "light") == [
-        "-m", "docteur_core.guest", "/dev/vda", "--mode", "light", "cat", "a"]
+        "-m", "docteur_core.reader.guest", "/dev/vda", "--mode", "light", "cat", "a"]
     assert boot.reader_command(["--mode", "fast", "ls"], "light") == [
-        "-m", "docteur_core.guest", "/dev/vda", "--mode", "fast", "ls"]
+        "-m", "docteur_core.reader.guest", "/dev/vda", "--mode", "fast", "ls"]
     assert boot.split_commands(["cat", "a", ";", "ls"]) == [["cat", "a"], ["ls"]]
     with pytest.raises(boot.BootError):
         boot.split_commands(["cat", "a", ";"])
@@ -117,11 +117,11 @@ def test_binary_output_is_shown_as_a_digest():
 
 
 def test_the_initramfs_writer_makes_archives_cpio_reads(tmp_path):
-    """qemu/build_guest.py writes the initramfs itself (no root needed for
+    """guest_image.py writes the initramfs itself (no root needed for
     device nodes); GNU cpio, an independent reader, must see the same tree."""
     import subprocess
 
-    build_guest = boot._load_build_guest()
+    from docteur_core.boot import guest_image as build_guest
     archive = tmp_path / "test.cpio"
     payload = bytes(range(256)) * 5 + b"odd"
     with open(archive, "wb") as f:

@@ -6,7 +6,7 @@ after it. Images larger than 2 GiB depend on the whole chain reading that
 table. git can be told to use it for any object above a threshold
 (`--index-version=2,<threshold>`), which gives images of a few kilobytes
 with the same structure as a 3 GiB one; they are assembled here from
-git's pack and idx with `docteur_core.layout`, as
+git's pack and idx with `docteur_core.format.layout`, as
 `tests.support.git_reference_image` does. The same image must then read
 back file for file with `docteur_core.reader.Image` (fast and light, from
 the file and through the nbdkit plugin) and pass `docteur verify`.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core import layout
-from docteur_core.block import FileDevice
+from docteur_core.format import layout
+from docteur_core.blockdev.block import FileDevice
 from docteur_core.errors import DocteurError
 from docteur_core.reader import MODES, Image
 from docteur_core.verify import verify_image

@@ -11,14 +11,14 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core.block import BlockDevice, ByteReader
-from docteur_core.device import open_device
+from docteur_core.blockdev.block import BlockDevice, ByteReader
+from docteur_core.blockdev.device import open_device
 from docteur_core.errors import DocteurError
-from docteur_core.nbd_client import (
+from docteur_core.blockdev.nbd_client import (
     AsyncNbdClient, NbdAddress, NbdConnectionError, NbdDevice, NbdTimeout, list_exports,
     parse_nbd_uri,
 )
-from docteur_core.nbd_protocol import (
+from docteur_core.blockdev.nbd_protocol import (
     NbdCommandError, NbdError, NbdExportNotFound, NbdProtocolError,
 )
 from tests.support import NbdkitServer, free_port

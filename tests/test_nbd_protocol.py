@@ -7,8 +7,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from docteur_core import nbd_protocol as P
-from docteur_core.nbd_protocol import (
+from docteur_core.blockdev import nbd_protocol as P
+from docteur_core.blockdev.nbd_protocol import (
     ClientHandshake, NbdCommandError, NbdError, NbdExportNotFound, NbdOptionError,
     NbdProtocolError, ReplyParser,
 )

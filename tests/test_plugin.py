@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core import layout
+from docteur_core.format import layout
 from docteur_core.build import make_image
-from nbd_plugin import imagecheck
+from docteur_core.blockdev.block import MemoryDevice
+from docteur_core.serve import imagecheck
 from tests.support import PLUGIN, NbdkitServer, git_reference_image
 from tests.plugin_support import (
     CONCURRENT_READS, HOLD_OPEN, LIST_EXPORTS, NBDSH, SYSTEM_PYTHON, WRITES, libnbd, make_source,
@@ -219,7 +220,7 @@ def test_dir_listing_shows_a_bad_image_as_refused(folder, tmp_path):
     commit, tree = expected["alpha"]
     assert set(listed) == {"alpha", "late"}
     assert listed["alpha"] == f"docteur image: commit {commit} tree {tree}"
-    assert listed["late"].startswith(f"refused: {images / 'late.img'}: damaged image: "
+    assert listed["late"].startswith(f"refused: {images / 'late.img'}: PACK header: "
                                      "bad PACK signature b'JUNK'")
 
 
@@ -284,7 +285,7 @@ def test_project_reader_reads_files_through_the_plugin(served, tree):
 def test_project_reader_opens_a_dir_export(folder):
     from docteur_core.reader import Image
     from docteur_core.verify import verify_image
-    from docteur_core.device import open_device
+    from docteur_core.blockdev.device import open_device
 
     out, expected = folder
     with NbdkitServer(PLUGIN, f"dir={out}", unix=True) as server:
@@ -299,6 +300,6 @@ def test_project_reader_opens_a_dir_export(folder):
 def test_imagecheck_agrees_with_the_builder(built):
     image, commit, tree = built
     data = image.read_bytes()
-    info = imagecheck.check_image(lambda o, n: data[o:o + n], len(data))
+    info = imagecheck.check_image(MemoryDevice(data))
     assert (info.commit_hex, info.tree_hex, info.size) == (commit, tree, len(data))
     assert info.block_size == 4096

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core import objects as obj
-from docteur_core.block import FileDevice, MemoryDevice
+from docteur_core.format import objects as obj
+from docteur_core.blockdev.block import FileDevice, MemoryDevice
 from docteur_core.build import make_image
 import hashlib
 
-from docteur_core.pack import object_id
+from docteur_core.format.pack import object_id
 from docteur_core.errors import DamagedImage, NotADirectory, NotAFile, NotFound
 from docteur_core.reader import Image, split_path
 
@@ -237,8 +237,8 @@ def many(tmp_path_factory):
 
 def test_light_mode_reads_little(many):
     """Light boot: the header, PACK header and IDX head; a lookup: a few sectors."""
-    from docteur_core.block import ByteReader
-    from docteur_core.store import Store
+    from docteur_core.blockdev.block import ByteReader
+    from docteur_core.reader.store import Store
 
     data = Path(many).read_bytes()
     dev = MemoryDevice(data, 512)
@@ -381,7 +381,7 @@ def test_guest_entry_point_bare_python(small, mode, tmp_path):
     only.mkdir()
     os.symlink(REPO_ROOT / "docteur_core", only / "docteur_core")
     env = {"PYTHONPATH": str(only), "PATH": os.environ.get("PATH", "/usr/bin")}
-    guest = ("-S", "-m", "docteur_core.guest", str(img), "--mode", mode)
+    guest = ("-S", "-m", "docteur_core.reader.guest", str(img), "--mode", mode)
     r = _run(*guest, "cat", "a/b/deep.txt", env=env, cwd=tmp_path)
     assert (r.returncode, r.stdout, r.stderr) == (0, b"deep\n", b"")
     r = _run(*guest, "ls", "a", env=env, cwd=tmp_path)
@@ -394,7 +394,7 @@ def test_guest_entry_point_bare_python(small, mode, tmp_path):
     assert r.returncode == 2 and b"unknown verb" in r.stderr
     # Nothing outside the standard library and docteur_core was imported.
     probe = ("import sys, runpy; sys.argv=['guest', %r, 'cat', 'ln'];"
-             "import docteur_core.guest as g; rc = g.main();"
+             "import docteur_core.reader.guest as g; rc = g.main();"
              "mods = {m.split('.')[0] for m in sys.modules};"
              "bad = [m for m in mods if m not in sys.stdlib_module_names "
              "and m not in ('docteur_core', '__main__')]; print(bad, file=sys.stderr)"
@@ -411,6 +411,6 @@ def test_reference_image_over_nbd_tcp(reference):
                 check_image(image, expect)
                 assert image.commit.id == info["commit"]
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        r = _run("-S", "-m", "docteur_core.guest", server.uri, "cat", "v7/pkg2/mod11.py",
+        r = _run("-S", "-m", "docteur_core.reader.guest", server.uri, "cat", "v7/pkg2/mod11.py",
                  env=env)
         assert r.returncode == 0 and r.stdout == expect["v7/pkg2/mod11.py"][1]

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from docteur_core.block import MemoryDevice
+from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.errors import DamagedImage
-from docteur_core.pack import object_id
+from docteur_core.format.pack import object_id
 from docteur_core.reader import Image
 
 from .forge import Obj, build, commit, make_delta, simple, tree

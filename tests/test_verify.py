@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core import pack
-from docteur_core.block import FileDevice, MemoryDevice
+from docteur_core.format import pack
+from docteur_core.blockdev.block import FileDevice, MemoryDevice
 from docteur_core.build import make_image
 from docteur_core.verify import verify_image
-from docteur_core.verify_command import ocaml_quoted
+from docteur_core.verify.command import ocaml_quoted
 
 from .forge import pack_entry, pack_file, varint, wrap_image
 from .support import REPO_ROOT, NbdkitServer, free_port, git, git_reference_image
@@ -565,7 +565,7 @@ def test_large_blob_is_streamed_and_rebuilt_as_a_base(tmp_path):
 @pytest.mark.parametrize("ofs_delta", [True, False])
 def test_quick_accepts_a_commit_stored_as_a_delta(tmp_path, ofs_delta):
     """git may deltify the commit itself; --quick must follow the chain as full does."""
-    from docteur_core.block import FileDevice
+    from docteur_core.blockdev.block import FileDevice
 
     from .plugin_support import delta_commit_image
 

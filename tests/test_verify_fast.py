@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from docteur_core.block import MemoryDevice
+from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.build import make_image
 from docteur_core.verify import scan, verify_image
 
@@ -83,8 +83,8 @@ def test_one_damaged_fanout_entry_is_one_problem(tmp_path):
     """A fanout entry flipped high used to be reported once per later entry."""
     import struct
 
-    from docteur_core import layout
-    from docteur_core.block import MemoryDevice
+    from docteur_core.format import layout
+    from docteur_core.blockdev.block import MemoryDevice
     from docteur_core.verify import verify_image
 
     from .support import git_reference_image

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import layout
+from ..format import layout
 from ..errors import BuildError
 
 __all__ = ["BuildResult", "make_image"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..layout import DEFAULT_BLOCK_SIZE
+from ..format.layout import DEFAULT_BLOCK_SIZE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Callable
 
-from .. import layout
+from ..format import layout
 from ..errors import BuildError
 
 CHUNK = 1 << 20

@@ -15,8 +15,8 @@ import struct
 import zlib
 from typing import BinaryIO
 
-from ..pack import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, TYPE_NAMES  # noqa: F401 (re-exported)
-from ..pack import object_id as _object_id
+from ..format.pack import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, TYPE_NAMES  # noqa: F401 (re-exported)
+from ..format.pack import object_id as _object_id
 
 # Fast compression: this pack lives for seconds and is re-read once.
 TEMP_ZLIB_LEVEL = 1

@@ -61,7 +61,7 @@ walk, unreachable objects).
 
 from __future__ import annotations
 
-from ..block import BlockDevice
+from ..blockdev.block import BlockDevice
 from .report import Counts, Problem, Report, format_problem
 from .state import DEFAULT_CACHE_BYTES, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, STREAM_THRESHOLD
 from .verifier import Verifier

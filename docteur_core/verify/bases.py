@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from .. import layout, pack
+from ..format import layout, pack
 from ..errors import DamagedImage
 from .state import MAX_DELTA_DEPTH, MAX_HELD_OBJECT, State, Unresolvable, at_offset
 from .stream import Stream

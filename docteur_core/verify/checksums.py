@@ -7,7 +7,7 @@ entries) it is computed here in one more sequential pass.
 
 from __future__ import annotations
 
-from .. import layout
+from ..format import layout
 from .report import R_IDX_CHECKSUMS, R_PACK_TRAILER
 from .state import State, at_offset, hex_id
 from .stream import sha1_of

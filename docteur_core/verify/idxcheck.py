@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from .. import idx as idxmod
-from .. import layout, pack
+from ..format import idx as idxmod
+from ..format import layout, pack
 from .report import (R_DELTA_DATA, R_IDX_CHECKSUMS, R_IDX_CRCS, R_IDX_FANOUT, R_IDX_HEADER,
                      R_IDX_IDS, R_IDX_OFFSETS, R_OBJ_DATA, R_OBJ_HEADER)
 from .state import State, at_offset, hex_id

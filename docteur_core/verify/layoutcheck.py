@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from .. import idx as idxmod
-from .. import layout
+from ..format import idx as idxmod
+from ..format import layout
 from .report import R_HEADER, R_IMAGE, R_PADDING
 from .state import READ_CHUNK, State, Stop, at_offset, hex_id
 
@@ -68,6 +68,7 @@ class LayoutChecks(State):
         sizes = layout.fitting_block_sizes(p, i, e, cap)
         self.report.block_sizes = sizes
         if sizes:
+            self.report.regions = (p, i, e)
             return
         if p > i:
             self.problem(R_HEADER, at_offset(20),

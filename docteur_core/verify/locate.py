@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from .. import idx as idxmod
-from .. import layout
+from ..format import idx as idxmod
+from ..format import layout
 from .report import R_HEADER, R_IDX_FANOUT, R_IDX_HEADER, R_IMAGE, R_PACK_HEADER
 from .state import State, at_offset
 

@@ -10,10 +10,10 @@ warnings.
 
 from __future__ import annotations
 
-from .. import idx as idxmod
-from .. import layout, objects, pack
+from ..format import idx as idxmod
+from ..format import layout, objects, pack
 from ..errors import DamagedImage
-from ..store import Store
+from ..reader.store import Store
 from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS
 from .state import State, at_offset, hex_id
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import objects
+from ..format import objects
 
 # Regions named in problem lines; tests match on them.
 R_IMAGE = "image"
@@ -64,6 +64,9 @@ class Report:
     committer: objects.Signature | None = None
     message: str | None = None
     block_sizes: list[int] = field(default_factory=list)
+    # (end of the pack, IDX offset, end of the IDX) once the layout checks out:
+    # what the plugin reports as data and zero extents.
+    regions: tuple[int, int, int] | None = None
     counts: Counts = field(default_factory=Counts)
     checks: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)

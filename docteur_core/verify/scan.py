@@ -16,8 +16,8 @@ import struct
 import zlib
 from collections import Counter
 
-from .. import idx as idxmod
-from .. import layout, objects, pack
+from ..format import idx as idxmod
+from ..format import layout, objects, pack
 from ..errors import DamagedImage
 from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
 from .state import (MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .. import idx as idxmod
-from .. import objects, pack
-from ..block import BlockDevice, ByteReader
+from ..format import idx as idxmod
+from ..format import objects, pack
+from ..blockdev.block import BlockDevice, ByteReader
 from ..errors import DamagedImage
 from .report import MAX_PROBLEMS_PER_REGION, MAX_WARNINGS, Report
 from .stream import READ_CHUNK

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ..block import BlockDevice
+from ..blockdev.block import BlockDevice
 
 READ_CHUNK = 1 << 20
 

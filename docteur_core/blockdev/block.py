@@ -29,7 +29,7 @@ import stat
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 
-from .errors import DeviceError  # noqa: F401 (re-exported: it used to live here)
+from ..errors import DeviceError  # noqa: F401 (re-exported: it used to live here)
 
 DEFAULT_BLOCK_SIZE = 512
 # 8 MiB of sectors by default: the IDX of a 100k-object image (≈2.8 MiB)

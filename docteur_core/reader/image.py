@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Iterator
 
-from . import objects as obj
-from .errors import DamagedImage, NotADirectory, NotAFile, NotFound
-from .pack import DEFAULT_MAX_OBJECT_SIZE
+from ..format import objects as obj
+from ..errors import DamagedImage, NotADirectory, NotAFile, NotFound
+from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
 TYPE_CHECKING = False
@@ -157,7 +157,7 @@ class Image:
         A device given by the caller stays the caller's to close; one this
         opens from a path or URI is closed by `close()`.
         """
-        from .block import ByteReader, SectorCache
+        from ..blockdev.block import ByteReader, SectorCache
 
         owned = isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
         if mode not in MODES:
@@ -165,7 +165,7 @@ class Image:
         if owned:
             import os
 
-            from .device import open_device
+            from ..blockdev.device import open_device
             device = open_device(os.fsdecode(source), block_size)
         else:
             device = source if isinstance(source, SectorCache) else SectorCache(source)

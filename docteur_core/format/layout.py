@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import DamagedImage
+from ..errors import DamagedImage
 
 COMMIT_ID_SIZE = 20
 HEADER_SIZE = 28

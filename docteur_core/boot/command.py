@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Boot a QEMU guest that reads files from an image (or an NBD export).
 
     The guest has no file system of its own: it runs `python3 -m
-    docteur_core.guest /dev/vda VERB ARGS` on the image, seen as a read-only
+    docteur_core.reader.guest /dev/vda VERB ARGS` on the image, seen as a read-only
     virtio disk served over NBD, and its output is shown here (binary output
     as its size and SHA-256 unless --raw). Several commands can share one boot
     when separated by a ';' word, e.g.
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         docteur boot site.img cat index.html ';' ls docs ';' --mode light ls
 
     The exit status is the first non-zero status of the guest's commands.
-    The kernel and the initramfs are built on first use (qemu/build_guest.py).
+    The kernel and the initramfs are built on first use (docteur_core/boot/guest_image.py).
     """
     parser.add_argument("target", metavar="IMAGE_OR_NBD_URI",
                         help="an image file (served with nbdkit for the boot) or an NBD URI")
@@ -45,8 +45,8 @@ def _memory(text: str) -> int:
 
 def _check_guest_command(segment: list[str]) -> None:
     """Refuse a command the guest would refuse, before paying for a boot."""
-    from .boot import BootError
-    from .reader_command import VERBS
+    from .runner import BootError
+    from ..reader.commands import VERBS
 
     # Options are the guest's to judge (docteur_core/guest.py): skip them as
     # it does, keep the positional words.
@@ -72,7 +72,7 @@ def _check_guest_command(segment: list[str]) -> None:
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
-    from .boot import ACCELS, DEFAULT_TIMEOUT, MODES, SERVERS
+    from .runner import ACCELS, DEFAULT_TIMEOUT, MODES, SERVERS
 
     parser.add_argument("--mode", choices=MODES, default="light",
                         help="the reader's mode in the guest: light (default) walks the "
@@ -120,7 +120,7 @@ def _interrupt(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .boot import BootError, boot, print_results, reader_command, split_commands
+    from .runner import BootError, boot, print_results, reader_command, split_commands
 
     _leading_options(args)
     if not args.command:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import DamagedImage
+from ..errors import DamagedImage
 
 MODE_FILE = 0o100644
 MODE_EXEC = 0o100755

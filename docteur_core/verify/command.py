@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .errors import DocteurError
+from ..errors import DocteurError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,8 @@ def render(report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .device import open_device
-    from .verify import verify_image
+    from ..blockdev.device import open_device
+    from . import verify_image
 
     device = open_device(args.image)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from . import objects as obj
+from ..format import objects as obj
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for annotations only: `typing` costs a guest's start-up (see __init__)
@@ -179,8 +179,8 @@ def _common(parser, verb: str) -> None:
 
 def _runner(verb: str):
     def run(args) -> int:
-        from .errors import DamagedImage, DocteurError
-        from .reader import Image
+        from ..errors import DamagedImage, DocteurError
+        from .image import Image
 
         try:
             with Image.open(args.image, args.mode, verify=args.verify,

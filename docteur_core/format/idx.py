@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from .errors import DamagedImage
+from ..errors import DamagedImage
 from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE
 
 HEAD_SIZE = IDX_HEADER_SIZE + FANOUT_SIZE

@@ -1,15 +1,15 @@
 """Boot a guest that reads files from an image over NBD.
 
-The host side of qemu/: serve the image with nbdkit (the project's plugin,
+The host side of the guest: serve the image with nbdkit (the project's plugin,
 or nbdkit's own file plugin to compare), boot `qemu-system-x86_64` with the
 export as a read-only virtio disk and the kernel and initramfs that
-qemu/build_guest.py makes, and read the results off the serial console.
+guest_image.py makes, and read the results off the serial console.
 
 One boot can run several commands (a boot costs seconds under TCG, a
 command a fraction of one). Each command is the argument list of a Python
-run inside the guest, normally `-m docteur_core.guest /dev/vda --mode M VERB
+run inside the guest, normally `-m docteur_core.reader.guest /dev/vda --mode M VERB
 ARGS`; the list travels on the kernel command line (`docteur.cmds=`), and
-each command's output comes back between markers (see qemu/guest_run.py),
+each command's output comes back between markers (see initramfs/guest_run.py),
 base64-encoded with its length and SHA-256, so that what this module
 returns is exactly the bytes the guest wrote, or an error.
 
@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import os
 import re
 import select
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import DocteurError
+from .. import children
+from ..errors import DocteurError
+from ..serve import nbdkit
+from ..serve.nbdkit import SERVERS, Listen, Server, ServeError  # noqa: F401 (SERVERS: for the CLI)
 
-REPO = Path(__file__).resolve().parent.parent
-QEMU_DIR = REPO / "qemu"
-PLUGIN = REPO / "nbd_plugin" / "docteur_plugin.py"
 GUEST_DEVICE = "/dev/vda"
 MODES = ("fast", "light")
-SERVERS = ("docteur", "file")
 ACCELS = ("tcg", "kvm")
 # x86's COMMAND_LINE_SIZE, less room for the fixed part.
 MAX_COMMAND_LINE = 2048
@@ -93,7 +89,7 @@ def _quiet(_: str) -> None:
 # --- commands and the console protocol (pure) ------------------------------
 
 def reader_command(args: Sequence[str], mode: str | None = None) -> list[str]:
-    """The Python arguments that run `docteur_core.guest` on the guest's disk.
+    """The Python arguments that run `docteur_core.reader.guest` on the guest's disk.
 
     `args` is what follows DEVICE on the guest entry point's command line
     (`[--mode M] VERB ARGS...`); `mode` is used unless `args` name one.
@@ -101,11 +97,11 @@ def reader_command(args: Sequence[str], mode: str | None = None) -> list[str]:
     args = list(args)
     if mode and not (args and args[0].startswith("--mode")):
         args = ["--mode", mode] + args
-    return ["-m", "docteur_core.guest", GUEST_DEVICE] + args
+    return ["-m", "docteur_core.reader.guest", GUEST_DEVICE] + args
 
 
 def encode_commands(commands: Sequence[Sequence[str]]) -> str:
-    """Commands as one kernel parameter value (qemu/guest_run.py decodes it).
+    """Commands as one kernel parameter value (initramfs/guest_run.py decodes it).
 
     Length-prefixed words (`N` and a newline, then for each word its length,
     a newline and its bytes),
@@ -238,160 +234,25 @@ def drive_option(options: dict[str, str]) -> str:
 
 # --- processes ----------------------------------------------------------------
 
-def _pdeathsig_setter() -> Callable[[], None] | None:
-    """A function that, run in a child, has it killed when the runner dies.
+def image_server(image: Path, kind: str = "docteur") -> Server:
+    """nbdkit serving `image` on a free loopback port, for the time of a boot.
 
-    Resolved in the parent: between fork and exec only the call is made.
+    No cache filter: a boot reads each sector once or twice, through the
+    guest's own page cache.
     """
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):  # not Linux: `finally` blocks remain
-        return None
-    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _start(cmd: list[str], **kwargs) -> subprocess.Popen:
-    try:
-        return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_pdeathsig_setter(),
-                                stdin=subprocess.DEVNULL, **kwargs)
-    except FileNotFoundError:
-        raise BootError(f"{cmd[0]} not found: install it (see .ci/setup)") from None
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    """Stop a process and its group: politely, then for sure."""
-    if proc is None:
-        return
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # the group may outlive its leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for stream in (proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """nbdkit serving one image read-only on 127.0.0.1 (a free port)."""
-
-    def __init__(self, image: Path, kind: str = "docteur", timeout: float = 60.0) -> None:
-        if kind not in SERVERS:
-            raise BootError(f"unknown server {kind!r} (one of {', '.join(SERVERS)})")
-        self.image = image
-        self.kind = kind
-        self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self._tmp: tempfile.TemporaryDirectory | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"nbd://127.0.0.1:{self.port}"
-
-    def _command(self, pidfile: Path) -> list[str]:
-        cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--readonly",
-               "--ipaddr", "127.0.0.1", "--port", str(self.port), "--pidfile", str(pidfile)]
-        image = os.path.abspath(self.image)  # nbdkit may change directory
-        if self.kind == "file":
-            return cmd + ["file", f"file={image}"]
-        if not PLUGIN.exists():
-            raise BootError(f"the docteur plugin is missing ({PLUGIN}); "
-                            "use --server file")
-        return cmd + ["python", str(PLUGIN), f"image={image}"]
-
-    def start(self) -> "Server":
-        """Start nbdkit and wait until it listens; on any failure, stop it."""
-        if not self.image.is_file():
-            raise BootError(f"no such image: {self.image}")
-        self._tmp = tempfile.TemporaryDirectory(prefix="docteur-boot-")
-        try:
-            for _attempt in range(5):  # another process may take the free port first
-                message = self._try_start()
-                if message is None:
-                    return self
-                if "Address already in use" not in message:
-                    raise BootError(f"nbdkit could not serve {self.image}: "
-                                    + (message.splitlines()[-1] if message else "no message"))
-            raise BootError("nbdkit found no free port")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _try_start(self) -> str | None:
-        """None once nbdkit listens, else what nbdkit said when it gave up."""
-        self.port = _free_port()
-        pidfile = Path(self._tmp.name) / f"nbdkit-{self.port}.pid"
-        command = self._command(pidfile)
-        with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
-            self.proc = _start(command, stdout=subprocess.DEVNULL, stderr=errors)
-            deadline = time.monotonic() + self.timeout
-            while time.monotonic() < deadline:
-                if pidfile.exists() and pidfile.stat().st_size:
-                    return None  # nbdkit writes its pidfile once it listens
-                if self.proc.poll() is not None:
-                    errors.seek(0)
-                    self.proc = None
-                    return errors.read().decode(errors="replace").strip()
-                time.sleep(0.02)
-        raise BootError(f"nbdkit did not start within {self.timeout:.0f} s")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-        if self._tmp:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> "Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _load_build_guest():
-    """qemu/build_guest.py, which is a script of the repository, not of the package."""
-    name = "docteur_qemu_build_guest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, QEMU_DIR / "build_guest.py")
-    if spec is None or not (QEMU_DIR / "build_guest.py").exists():
-        raise BootError(f"{QEMU_DIR / 'build_guest.py'} is missing: run from a clone "
-                        "of the repository (pip install -e .)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    if not Path(image).is_file():
+        raise BootError(f"no such image: {image}")
+    return Server(lambda listen, pidfile: nbdkit.command(
+        image, listen, server=kind, cache_size=None, exit_with_parent=True, pidfile=pidfile),
+        Listen(port=0))
 
 
 def prepare_guest(log: Log = _quiet, cache: Path | None = None):
-    """Kernel and initramfs (qemu/build_guest.py), built or taken from the cache."""
-    build_guest = _load_build_guest()
+    """Kernel and initramfs (guest_image.py), built or taken from the cache."""
+    from . import guest_image
     try:
-        return build_guest.prepare_guest(cache, log)
-    except build_guest.GuestBuildError as exc:
+        return guest_image.prepare_guest(cache, log)
+    except guest_image.GuestBuildError as exc:
         raise BootError(f"cannot build the guest: {exc}") from None
 
 
@@ -409,7 +270,8 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
     """Run QEMU until it exits; return its serial console and the time it took."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as errors:
-        proc = _start(cmd, stdout=subprocess.PIPE, stderr=errors)
+        proc = children.start(cmd, error=BootError, hint="install Debian's qemu-system-x86",
+                              stdout=subprocess.PIPE, stderr=errors)
         chunks: list[bytes] = []
         try:
             deadline = started + timeout
@@ -428,7 +290,7 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
         except subprocess.TimeoutExpired:
             raise BootError(f"QEMU did not exit within {timeout:.0f} s") from None
         finally:
-            _stop(proc)
+            children.stop(proc)
         console = b"".join(chunks).decode(errors="replace")
         if status != 0:
             errors.seek(0)
@@ -465,8 +327,11 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
             drive = uri_drive
             log(f"using the NBD export {target_text}")
         else:
-            nbd = Server(Path(target_text), server)
-            nbd.start()
+            nbd = image_server(Path(target_text), server)
+            try:
+                nbd.start()
+            except ServeError as exc:
+                raise BootError(f"nbdkit could not serve {target_text}: {exc}") from None
             drive = drive_option(parse_nbd_uri(nbd.uri))
             plugin = "the docteur plugin" if server == "docteur" else "nbdkit's file plugin"
             log(f"serving {target_text} with {plugin} on {nbd.uri}")
@@ -525,7 +390,7 @@ def print_results(result: BootResult, raw: bool = False, headers: bool = False,
     err = err or sys.stderr.buffer
     for item in result.results:
         if headers:
-            shown_args = " ".join(item.argv[3:] if item.argv[:2] == ["-m", "docteur_core.guest"]
+            shown_args = " ".join(item.argv[3:] if item.argv[:2] == ["-m", "docteur_core.reader.guest"]
                                   else item.argv)
             out.write(f"--- {shown_args} (status {item.status}, "
                       f"{item.seconds:.2f} s in the guest)\n".encode())

@@ -1,4 +1,4 @@
-"""The guest entry point: `python3 -m docteur_core.guest DEVICE [OPTIONS] VERB [PATH]`.
+"""The guest entry point: `python3 -m docteur_core.reader.guest DEVICE [OPTIONS] VERB [PATH]`.
 
 Runs on a bare interpreter (`python3 -S`, nothing but this package on
 PYTHONPATH), typically on `/dev/vda` inside a VM, or on an NBD URI. The
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = ("usage: python3 -m docteur_core.guest DEVICE [--mode fast|light] [--verify] "
+USAGE = ("usage: python3 -m docteur_core.reader.guest DEVICE [--mode fast|light] [--verify] "
          "[--block-size N] {ls [PATH] | cat PATH | stat PATH | tree [PATH] | info}")
 
 
@@ -25,7 +25,7 @@ def _usage(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .reader_command import VERBS
+    from .commands import VERBS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     if not lo <= len(args) <= hi:
         return _usage(f"{verb} takes {usage or 'no arguments'}")
 
-    from .errors import DocteurError
-    from .reader import Image
-    from .reader_command import run_verb
+    from ..errors import DocteurError
+    from .image import Image
+    from .commands import run_verb
 
     try:
         with Image.open(device, mode, verify=verify, block_size=block_size) as image:

@@ -38,10 +38,10 @@ from itertools import islice
 from collections import OrderedDict
 from collections.abc import Callable
 
-from . import idx as idxmod
-from . import layout
-from .errors import DamagedImage
-from .pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
+from ..format import idx as idxmod
+from ..format import layout
+from ..errors import DamagedImage
+from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
                    OBJ_REF_DELTA, TYPE_NAMES, apply_delta, delta_sizes, object_id,
                    parse_entry_header, parse_pack_header)
 

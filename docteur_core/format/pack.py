@@ -16,7 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from .errors import DamagedImage
+from ..errors import DamagedImage
 from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
 
 OBJ_COMMIT = 1

@@ -1,0 +1,7 @@
+"""The bytes of an image, as pure functions: no I/O below this folder.
+
+`layout` is the OCaml docteur's image header and padding rules; `pack`,
+`idx` and `objects` are the Git formats inside it (pack entries and deltas,
+`.idx` version 2, trees and commits). The reader, the builder, verify and
+the plugin all decode through these, so a format rule lives in one place.
+"""

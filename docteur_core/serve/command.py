@@ -1,0 +1,142 @@
+"""`docteur serve` and `docteur plugin-path`: an image over NBD, read-only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Serve an image (or a folder of *.img) over NBD, read-only, with nbdkit.
+
+    Runs `nbdkit python PLUGIN image=IMAGE` (the project's plugin, see
+    `docteur plugin-path`) with nbdkit's cache filter in front, so repeated
+    reads are served in C. The image is checked before any client connects
+    (--verify, as `docteur verify --quick` by default); a refused image, a
+    taken port or a missing nbdkit is one line and exit status 1.
+
+    Prints the NBD URI clients should use on stdout (nbd://127.0.0.1:10809/
+    by default: loopback only; --ip 0.0.0.0 for every address). Like nbdkit,
+    it then goes to the background (stop it with `kill $(cat PIDFILE)` or
+    the pid it prints); with --foreground it stays attached and Ctrl-C stops
+    it and everything it started.
+
+    Cache: up to --cache-size (256M) of the image's blocks, in a sparse file
+    in $TMPDIR (default /var/tmp), deleted when nbdkit exits. While cached,
+    the image is pinned: replacing the file (mv new.img disk.img) makes new
+    clients fail until a restart; with --no-cache a replacement is served to
+    new clients (and checked first). A folder is served without the cache.
+    """
+    from .nbdkit import DEFAULT_CACHE_SIZE, DEFAULT_IP, DEFAULT_PORT, VERIFY_LEVELS
+
+    parser.add_argument("target", metavar="IMAGE_OR_DIR",
+                        help="an image file, or a folder whose *.img files become exports "
+                             "named without .img")
+    where = parser.add_argument_group("where it listens")
+    where.add_argument("--ip", default=DEFAULT_IP, metavar="ADDR",
+                       help=f"address to bind (default {DEFAULT_IP}: this machine only; "
+                            "0.0.0.0 or :: for every address)")
+    where.add_argument("--port", type=_port, default=DEFAULT_PORT,
+                       help=f"TCP port (default {DEFAULT_PORT}, NBD's own)")
+    where.add_argument("--unix", metavar="SOCKET", type=Path,
+                       help="listen on this Unix socket instead of TCP")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground until Ctrl-C (default: background, "
+                             "as nbdkit does)")
+    parser.add_argument("--pidfile", type=Path, metavar="FILE",
+                        help="write nbdkit's pid there")
+    parser.add_argument("--verify", choices=VERIFY_LEVELS, default="quick",
+                        help="check before serving: quick (default; what `docteur verify "
+                             "--quick` checks), full (every object), none (the header)")
+    parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
+                        help=f"bound of nbdkit's read cache, e.g. 64M, 1G (default "
+                             f"{DEFAULT_CACHE_SIZE})")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="no cache filter: every read enters the Python plugin")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from .nbdkit import Listen, Server, ServeError, command, serve_in_background
+
+    target = Path(args.target)
+    if not target.exists():
+        raise ServeError(f"{target}: no such image or folder")
+    if args.unix is not None and args.unix.exists():
+        raise ServeError(f"{args.unix} already exists (another server's socket?)")
+    listen = Listen(args.ip, args.port, args.unix)
+    cache = None if args.no_cache else args.cache_size
+
+    def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
+        return command(target, listen, verify=args.verify, cache_size=cache,
+                       foreground=foreground, exit_with_parent=foreground, pidfile=pidfile)
+
+    if not args.foreground:
+        with tempfile.TemporaryDirectory(prefix="docteur-serve-") as tmp:
+            pidfile = args.pidfile or Path(tmp) / "nbdkit.pid"
+            pid = serve_in_background(argv(listen, pidfile, foreground=False), listen)
+        print(listen.uri, flush=True)
+        print(f"docteur serve: serving {target} at {listen.uri} (nbdkit pid {pid}; "
+              f"stop it with `kill {pid}`)", file=sys.stderr)
+        return 0
+
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = Server(argv, listen)
+    try:
+        server.start()
+        if args.pidfile is not None:
+            args.pidfile.write_text(f"{server.proc.pid}\n")
+        print(listen.uri, flush=True)
+        print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        status = server.wait()
+        raise ServeError(f"nbdkit exited with status {status}")
+    except KeyboardInterrupt:
+        print("docteur serve: stopped", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+        if args.pidfile is not None:
+            args.pidfile.unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def add_plugin_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """Print the path of the installed nbdkit plugin.
+
+    For a shell line that runs nbdkit yourself:
+
+        nbdkit python "$(docteur plugin-path)" image=disk.img
+
+    The plugin runs in nbdkit's embedded Python (the system's python3) and
+    loads the docteur_core it is part of, also from a virtual environment.
+    """
+
+
+def run_plugin_path(args: argparse.Namespace) -> int:
+    from .nbdkit import PLUGIN
+
+    print(PLUGIN)
+    return 0 if os.path.exists(PLUGIN) else 1
+
+
+COMMANDS = {"serve": (add_arguments, run),
+            "plugin-path": (add_plugin_path_arguments, run_plugin_path)}

@@ -1,0 +1,227 @@
+"""nbdkit with the docteur plugin: its command line (pure) and its process.
+
+`docteur serve` runs it for a user, `docteur boot` for the time of a boot.
+nbdkit does the NBD protocol and, with its `cache` filter in front of the
+plugin, serves repeated reads in C without entering Python at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import children
+from ..errors import DocteurError
+
+PLUGIN = Path(__file__).resolve().parent / "plugin.py"
+SERVERS = ("docteur", "file")
+VERIFY_LEVELS = ("quick", "full", "none")
+DEFAULT_IP = "127.0.0.1"
+DEFAULT_PORT = 10809
+# What nbdkit's cache filter may keep on disk (a sparse temporary file in
+# $TMPDIR, /var/tmp by default), least recently used blocks going first.
+DEFAULT_CACHE_SIZE = "256M"
+PACKAGES = "install Debian's nbdkit and nbdkit-plugin-python"
+
+
+class ServeError(DocteurError):
+    """nbdkit could not serve the image."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where nbdkit listens: a TCP address and port, or a Unix socket."""
+
+    ip: str = DEFAULT_IP
+    port: int = DEFAULT_PORT
+    unix: Path | None = None
+
+    @property
+    def uri(self) -> str:
+        """The NBD URI a client on this machine (or the network, for a
+        wildcard address) should use."""
+        if self.unix is not None:
+            return f"nbd+unix:///?socket={os.path.abspath(self.unix)}"
+        host = self.ip
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"nbd://{host}:{self.port}/"
+
+    def options(self) -> list[str]:
+        if self.unix is not None:
+            return ["--unix", os.path.abspath(self.unix)]
+        return ["--ipaddr", self.ip, "--port", str(self.port)]
+
+
+def command(target: str | Path, listen: Listen, *, server: str = "docteur",
+            verify: str = "quick", cache_size: str | None = DEFAULT_CACHE_SIZE,
+            foreground: bool = True, exit_with_parent: bool = False,
+            pidfile: str | Path | None = None) -> list[str]:
+    """The nbdkit command line that serves `target` (an image, or a folder of
+    `*.img` for the docteur plugin) read-only.
+
+    `cache_size` puts nbdkit's cache filter in front (`cache-on-read`), and
+    pins the plugin to the image it checked at start-up: the filter's cache
+    is shared by every connection, so a replaced image would be read through
+    blocks of the old one. A folder is never cached, its exports would share
+    one cache.
+    """
+    if server not in SERVERS:
+        raise ServeError(f"unknown server {server!r} (one of {', '.join(SERVERS)})")
+    if verify not in VERIFY_LEVELS:
+        raise ServeError(f"unknown verify level {verify!r} (one of {', '.join(VERIFY_LEVELS)})")
+    path = os.path.abspath(target)  # nbdkit changes directory when it goes to the background
+    folder = os.path.isdir(path)
+    argv = ["nbdkit", "--readonly", *listen.options()]
+    if foreground:
+        argv.append("--foreground")
+    if exit_with_parent:
+        argv.append("--exit-with-parent")
+    if pidfile is not None:
+        argv += ["--pidfile", os.path.abspath(pidfile)]
+    cached = cache_size is not None and not folder
+    if cached:
+        argv.append("--filter=cache")
+    if server == "file":
+        argv += ["file", f"{'dir' if folder else 'file'}={path}"]
+    else:
+        argv += ["python", str(PLUGIN), f"{'dir' if folder else 'image'}={path}",
+                 f"verify={verify}"]
+        if cached:
+            argv.append("pin=true")
+    if cached:
+        argv += ["cache-on-read=true", f"cache-max-size={cache_size}"]
+    return argv
+
+
+_PREFIX = re.compile(r"^nbdkit: (?:[\w.-]+(?:\[\d+\])?: )?(?:error: )?")
+_CALLBACK = re.compile(r"^.*?\.py: \w+: error: (?:\w+: )?")
+
+
+def reason(stderr: str, listen: Listen | None = None) -> str:
+    """nbdkit's last words, as one line a user can act on."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return "nbdkit exited without a message"
+    text = "\n".join(lines)
+    if "Address already in use" in text:
+        where = listen.unix if listen and listen.unix else \
+            (f"{listen.ip} port {listen.port}" if listen else "the address")
+        return f"{where} is already in use (another server listens there: choose --port or --unix)"
+    if "nbdkit-python-plugin" in text and ("cannot open" in text or "No such file" in text):
+        return f"nbdkit's Python plugin is missing: {PACKAGES}"
+    errors = [line for line in lines if "error" in line] or lines
+    line = _CALLBACK.sub("", _PREFIX.sub("", errors[-1]))
+    return line.strip()
+
+
+def check_installed() -> None:
+    if shutil.which("nbdkit") is None:
+        raise ServeError(f"nbdkit not found: {PACKAGES}")
+
+
+class Server:
+    """nbdkit in the foreground, tied to this process: started, waited for
+    until it listens, stopped (with everything it started) by `stop`.
+
+    A `Listen` with port 0 takes a free port (retried if another process
+    takes it first).
+    """
+
+    def __init__(self, argv_for, listen: Listen, timeout: float = 60.0) -> None:
+        """`argv_for(listen, pidfile)` gives the command line to run."""
+        self.argv_for = argv_for
+        self.listen = listen
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def uri(self) -> str:
+        return self.listen.uri
+
+    def start(self) -> "Server":
+        check_installed()
+        self._tmp = tempfile.TemporaryDirectory(prefix="docteur-nbdkit-")
+        pick_port = self.listen.unix is None and self.listen.port == 0
+        try:
+            for _attempt in range(5 if pick_port else 1):
+                if pick_port:
+                    self.listen = Listen(self.listen.ip, children.free_port(self.listen.ip))
+                message = self._try_start()
+                if message is None:
+                    return self
+                if not (pick_port and "Address already in use" in message):
+                    raise ServeError(reason(message, self.listen))
+            raise ServeError("nbdkit found no free port")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _try_start(self) -> str | None:
+        """None once nbdkit listens, else what nbdkit said when it gave up."""
+        pidfile = Path(self._tmp.name) / f"nbdkit-{time.monotonic_ns()}.pid"
+        with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
+            self.proc = children.start(self.argv_for(self.listen, pidfile), error=ServeError,
+                                       hint=PACKAGES, stdout=subprocess.DEVNULL, stderr=errors)
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                if pidfile.exists() and pidfile.stat().st_size:
+                    return None  # nbdkit writes its pidfile once it listens
+                if self.proc.poll() is not None:
+                    errors.seek(0)
+                    self.proc = None
+                    return errors.read().decode(errors="replace").strip()
+                time.sleep(0.02)
+        raise ServeError(f"nbdkit did not start within {self.timeout:.0f} s")
+
+    def wait(self) -> int:
+        return self.proc.wait() if self.proc else 0
+
+    def stop(self) -> None:
+        children.stop(self.proc)
+        self.proc = None
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_in_background(argv: list[str], listen: Listen, timeout: float = 120.0) -> int:
+    """Run nbdkit as a daemon (`argv` without --foreground, with --pidfile);
+    return its pid once it listens, or raise with nbdkit's reason.
+
+    nbdkit checks the image, binds, then forks: its first process exits 0
+    only when the server is ready.
+    """
+    check_installed()
+    pidfile = Path(argv[argv.index("--pidfile") + 1])
+    with tempfile.TemporaryFile() as errors:  # not a pipe: the daemon keeps it open
+        proc = children.start(argv, error=ServeError, hint=PACKAGES, tied=False,
+                              stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            children.stop(proc)
+            raise ServeError(f"nbdkit did not start within {timeout:.0f} s") from None
+        if status != 0:
+            errors.seek(0)
+            raise ServeError(reason(errors.read().decode(errors="replace"), listen))
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        raise ServeError(f"nbdkit started but wrote no pid to {pidfile}") from None

@@ -1,1 +1,0 @@
-"""The nbdkit plugin (docteur_plugin.py) and what it checks before serving (imagecheck.py)."""
