@@ -60,7 +60,7 @@ def bench_docteur(corpus: Path, tmp: Path) -> dict:
     count = ix.count
     checksum_at = ix.trailer_at(0)  # no 64-bit table below 2 GiB
     checksum = data[checksum_at:checksum_at + 20]
-    lo = layout.pack_tail_start(header.idx_offset)
+    lo = layout.pack_tail_start(header.idx_offset, len(data))
     pack_size = lo + data[lo:header.idx_offset].rfind(checksum) + 20 - layout.PACK_OFFSET
     size = image.stat().st_size
     image.unlink()

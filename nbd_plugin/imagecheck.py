@@ -55,7 +55,7 @@ class ImageInfo:
     size: int
     commit_hex: str
     tree_hex: str | None  # None when the image was not looked into (level none)
-    block_size: int  # largest power of two (512..65536) the layout is aligned to
+    block_size: int  # largest power of two (512..1 GiB) the layout is aligned to
     extents: Extents
 
     @property
@@ -80,7 +80,7 @@ def check_image(pread: Pread, size: int, level: str = "quick") -> ImageInfo:
     store = Store(pread, size, verify=True, max_object_size=MAX_COMMIT_SIZE)
     idx_end, pack_sha = check_idx_checksum(pread, store.idx, size)
     check_zeros(pread, idx_end, size, "padding after the IDX")
-    pack_end = check_pack_trailer(pread, store.idx.base, pack_sha)
+    pack_end = check_pack_trailer(pread, store.idx.base, pack_sha, size)
     tree = root_tree(store)
     return ImageInfo(size, header.commit_hex, tree.hex(), block_size,
                      zero_extents(size, pack_end, store.idx.base, idx_end))
@@ -103,10 +103,7 @@ def check_header(pread: Pread, size: int) -> layout.Header:
 
 def inferred_block_size(idx_offset: int, size: int) -> int:
     """The layout pads both the pack and the IDX to the build's block size."""
-    bs = layout.MAX_BLOCK_SIZE
-    while bs > layout.MIN_BLOCK_SIZE and (idx_offset % bs or size % bs):
-        bs //= 2
-    return bs
+    return layout.largest_block_size(idx_offset, size)
 
 
 def check_idx_checksum(pread: Pread, index: idxmod.Idx, size: int) -> tuple[int, bytes]:
@@ -128,22 +125,16 @@ def check_idx_checksum(pread: Pread, index: idxmod.Idx, size: int) -> tuple[int,
     return base + idx_size, data[-2 * layout.SHA1_SIZE:-layout.SHA1_SIZE]
 
 
-def check_pack_trailer(pread: Pread, idx_offset: int, pack_sha: bytes) -> int:
+def check_pack_trailer(pread: Pread, idx_offset: int, pack_sha: bytes, size: int) -> int:
     """Find the pack's trailing checksum (the IDX's copy) before the IDX; return the pack's end.
 
-    The pack ends with its SHA-1, then 1..block_size zeros; the block size is
-    not stored, so the checksum is looked for in the last block before the IDX.
+    The pack ends with its SHA-1, then 1..block_size zeros. The block size is
+    not stored; it divides the IDX offset and the image size, which bounds
+    the padding (`docteur_core.layout.locate_pack_trailer` holds the rule).
     """
-    lo = layout.pack_tail_start(idx_offset)
-    tail = _read(pread, lo, idx_offset - lo, "end of the PACK")
-    at = tail.rfind(pack_sha)
-    if at < 0:
-        raise DamagedImage("the PACK's trailing checksum does not match the IDX's copy "
-                           f"({pack_sha.hex()})", f"end of the PACK, before offset {idx_offset}")
-    pack_end = lo + at + layout.SHA1_SIZE
-    nz = _first_nonzero(tail[at + layout.SHA1_SIZE:])
-    if nz >= 0:
-        raise DamagedImage("the padding after the PACK is not zeros", f"offset {pack_end + nz}")
+    pack_end, why = layout.locate_pack_trailer(pread, idx_offset, size, pack_sha)
+    if pack_end is None:
+        raise DamagedImage(why, f"end of the PACK, before offset {idx_offset}")
     return pack_end
 
 

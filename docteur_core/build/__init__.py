@@ -68,8 +68,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     from .source import classify
 
     if not layout.valid_block_size(block_size):
-        raise BuildError(f"block size {block_size}: must be a power of two from "
-                         f"{layout.MIN_BLOCK_SIZE} to {layout.MAX_BLOCK_SIZE}")
+        raise BuildError(f"block size {block_size}: must be {layout.block_size_rule()}")
     image = check_output(os.fspath(output))
     src = classify(os.fspath(source))
     warn = warn or _stderr_warning

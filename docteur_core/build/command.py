@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..layout import DEFAULT_BLOCK_SIZE
+from ..layout import DEFAULT_BLOCK_SIZE, block_size_rule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +54,8 @@ IMAGE, and an existing IMAGE untouched.
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")
     parser.add_argument("--block-size", metavar="N", type=int, default=DEFAULT_BLOCK_SIZE,
-                        help="block size the image is padded to: a power of two from 512 "
-                             f"to 65536 (default {DEFAULT_BLOCK_SIZE})")
+                        help=f"block size the image is padded to: {block_size_rule()} "
+                             f"(default {DEFAULT_BLOCK_SIZE})")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings")
 
