@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from docteur_core import layout  # noqa: E402
+from docteur_core.format import layout  # noqa: E402
 
 MIB = 1 << 20
 CHUNK = 8 * MIB

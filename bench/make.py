@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from docteur_core.format import idx as idxmod  # noqa: E402
-from docteur_core import layout  # noqa: E402
+from docteur_core.format import layout  # noqa: E402
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
@@ -60,7 +60,7 @@ def bench_docteur(corpus: Path, tmp: Path) -> dict:
     count = ix.count
     checksum_at = ix.trailer_at(0)  # no 64-bit table below 2 GiB
     checksum = data[checksum_at:checksum_at + 20]
-    lo = layout.pack_tail_start(header.idx_offset)
+    lo = layout.pack_tail_start(header.idx_offset, len(data))
     pack_size = lo + data[lo:header.idx_offset].rfind(checksum) + 20 - layout.PACK_OFFSET
     size = image.stat().st_size
     image.unlink()

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from docteur_core.format import layout  # noqa: E402
 from docteur_core.blockdev.block import FileDevice  # noqa: E402
 from docteur_core.verify import verify_image  # noqa: E402
 
@@ -87,10 +88,12 @@ def cut_pack(image: Path, out: Path) -> Path:
         large = sum(1 for b in offsets[0::4] if b & 0x80)
         idx = main + f.read(8 * large + 40)
         copy = idx[-40:-20]
-        lo = max(0, idx_offset - 65536 - 40)
-        f.seek(lo)
-        window = f.read(idx_offset - lo)
-        trailer = lo + window.rfind(copy)
+        size = os.fstat(f.fileno()).st_size
+        pack_end, why = layout.locate_pack_trailer(lambda o, n: os.pread(f.fileno(), n, o),
+                                                   idx_offset, size, copy)
+        if pack_end is None:
+            raise SystemExit(f"{image}: {why}")
+        trailer = pack_end - 20
         f.seek(28)
         body = f.read(trailer + 20 - 28)
     (out / "pack-x.pack").write_bytes(body)

@@ -145,8 +145,9 @@ def test_branch_on_a_directory(out):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--block-size", "1000"], "block size 1000: must be a power of two from 512 to 65536"),
-    (["--block-size", "131072"], "block size 131072: must be a power of two from 512 to 65536"),
+    (["--block-size", "1000"], "block size 1000: must be a power of two from 512 to 1073741824 (1 GiB)"),
+    (["--block-size", "2147483648"],
+     "block size 2147483648: must be a power of two from 512 to 1073741824 (1 GiB)"),
     (["--date", "yesterday"], "date 'yesterday': expected RFC 3339, e.g. 2026-01-01T00:00:00Z "
                               "or 2026-01-01T12:00:00+02:00"),
     (["--date", "2026-01-01T00:00:00"], "date '2026-01-01T00:00:00': expected RFC 3339, e.g. "

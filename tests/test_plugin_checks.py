@@ -219,8 +219,8 @@ def test_extents_in_covers_the_request(offset, count, first_only):
 def test_inferred_block_size_divides_offset_and_size(idx_offset, blocks):
     size = idx_offset + blocks * 512
     bs = imagecheck.inferred_block_size(idx_offset, size)
-    assert 512 <= bs <= 65536 and idx_offset % bs == 0 and size % bs == 0
-    if bs < 65536:
+    assert 512 <= bs <= layout.MAX_BLOCK_SIZE and idx_offset % bs == 0 and size % bs == 0
+    if bs < layout.MAX_BLOCK_SIZE:
         assert idx_offset % (2 * bs) or size % (2 * bs)
 
 

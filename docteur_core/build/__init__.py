@@ -39,6 +39,8 @@ class BuildResult:
     objects: int  # objects in the PACK
     image: str = ""  # absolute path of the image written
     kind: str = ""  # "directory", "repository" or "remote"
+    source_commit: str = ""  # the repository's commit (differs from `commit` when
+    # --compat ocaml rewrote the tree); a directory's: `commit`
 
 
 def _stderr_warning(text: str) -> None:
@@ -50,14 +52,22 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                author: str | None = None, message: str | None = None,
                block_size: int = layout.DEFAULT_BLOCK_SIZE,
                progress: Callable[[str], None] | None = None,
-               warn: Callable[[str], None] | None = None) -> BuildResult:
+               warn: Callable[[str], None] | None = None,
+               compat: str | None = None) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
     `warn` receives warnings (skipped special files); default: stderr.
     `date`, `author` and `message` only apply to directory sources: a
     repository's commit is used as it is.
+    `compat="ocaml"`: an image the OCaml docteur reads completely (see
+    `compat`): files as 100644, links as their targets' content, no
+    submodules, no empty emails, a directory's commit as the OCaml builder
+    makes it; `BuildResult.source_commit` is the repository's commit when
+    the image's had to be rewritten. Without it, one warning names what the
+    OCaml docteur's fast reader will not see.
     """
+    from . import compat as compat_mod
     from . import identity
     from .gitrun import GitRepo, pack_objects, run_git
     from .image import check_output, write_image
@@ -68,18 +78,34 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     from .source import classify
 
     if not layout.valid_block_size(block_size):
-        raise BuildError(f"block size {block_size}: must be a power of two from "
-                         f"{layout.MIN_BLOCK_SIZE} to {layout.MAX_BLOCK_SIZE}")
+        raise BuildError(f"block size {block_size}: must be {layout.block_size_rule()}")
+    if compat is not None and compat not in compat_mod.COMPAT_CHOICES:
+        raise BuildError(f"compat {compat!r}: the only choice is "
+                         f"{', '.join(compat_mod.COMPAT_CHOICES)}")
+    ocaml = compat == "ocaml"
     image = check_output(os.fspath(output))
     src = classify(os.fspath(source))
     warn = warn or _stderr_warning
+    if author is not None:
+        identity.parse_author(author)  # an empty email is refused whatever the source
     if src.kind == "directory":
         if branch is not None:
             raise BuildError(f"{src.display}: --branch needs a Git repository, "
                              "and this is a plain directory")
-        author_b = identity.parse_author(author)
-        when = identity.parse_date(date) if date is not None else identity.default_date(os.environ)
-        message_b = identity.message_bytes(message)
+        if ocaml:
+            # As the OCaml builder: its author, no message, now with the local offset.
+            author_b = identity.parse_author(author or compat_mod.OCAML_AUTHOR)
+            if date is not None:
+                when = identity.parse_date(date)
+            elif (os.environ.get("SOURCE_DATE_EPOCH") or "").strip():
+                when = identity.default_date(os.environ)
+            else:
+                when = compat_mod.local_now()
+            message_b = None if message is None else identity.message_bytes(message)
+        else:
+            author_b = identity.parse_author(author)
+            when = identity.parse_date(date) if date is not None else identity.default_date(os.environ)
+            message_b = identity.message_bytes(message)
     if shutil.which("git") is None:
         raise BuildError("the git program is needed but was not found on PATH")
 
@@ -89,14 +115,20 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             run_git(None, "init", "-q", "--bare", "--object-format=sha1", git_dir)
             writer = PlainPackWriter(os.path.join(git_dir, "objects", "pack", "pack-snapshot"))
             try:
-                tree = Snapshot(src.location, writer, warn, progress).run()
-                raw = identity.commit_raw(tree, author_b, when, message_b)
+                snapshot = Snapshot(src.location, writer, warn, progress, compat=compat)
+                tree = snapshot.run()
+                if ocaml:
+                    raw = compat_mod.commit_raw(tree, author_b, when, message_b)
+                else:
+                    raw = identity.commit_raw(tree, author_b, when, message_b)
                 commit = writer.add(OBJ_COMMIT, raw).hex()
                 writer.finish()
             except BaseException:
                 writer.abort()
                 raise
             repo = GitRepo(git_dir)
+            unreadable = compat_mod.Unreadable(snapshot.executables, snapshot.links)
+            source_commit = commit
         else:
             if src.kind == "remote":
                 git_dir = os.path.join(tmp, "fetched.git")
@@ -106,6 +138,22 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             repo = open_repository(git_dir, src.display, os.path.join(tmp, "scratch-objects"))
             resolved = resolve(repo, ref, src.display)
             commit, tree = resolved.commit, resolved.tree
+            source_commit = commit
+            raw_commit = run_git(repo, "cat-file", "commit", commit)
+            roles = compat_mod.empty_email_roles(raw_commit)
+            if roles and ocaml:
+                raise BuildError(f"{src.display}: "
+                                 + compat_mod.empty_email_text(commit, roles)
+                                 + "; --compat ocaml refuses it")
+            if roles:
+                warn(compat_mod.empty_email_text(commit, roles))
+            unreadable = compat_mod.Unreadable()
+            if ocaml:
+                commit, tree = _rewrite_for_ocaml(repo, commit, raw_commit, src.display, tmp)
+            else:
+                unreadable = compat_mod.count_unreadable(repo, commit)
+        if not ocaml and unreadable.warning():
+            warn(unreadable.warning())
         pack_path = pack_objects(repo, commit, os.path.join(tmp, "image"), progress)
         idx_path = pack_path[:-len(".pack")] + ".idx"
         with open(idx_path, "rb") as f:
@@ -113,4 +161,28 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             objects = int.from_bytes(f.read(4), "big")
         size = write_image(image, bytes.fromhex(commit), pack_path, idx_path, block_size, progress)
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
-                       kind=src.kind)
+                       kind=src.kind, source_commit=source_commit)
+
+
+def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,
+                       tmp: str) -> tuple[str, str]:
+    """--compat ocaml on a repository: (commit, tree) of the image, rewritten if need be."""
+    from . import compat as compat_mod
+    from .gitrun import run_git
+    from .packwriter import OBJ_COMMIT, PlainPackWriter
+
+    pack_dir = os.path.join(repo.object_dir, "pack")
+    writer = PlainPackWriter(os.path.join(pack_dir, "pack-compat"))
+    try:
+        rewriter = compat_mod.TreeRewriter(repo, commit, display, writer.add)
+        if not rewriter.needed():
+            writer.abort()
+            tree = run_git(repo, "rev-parse", f"{commit}^{{tree}}").decode().strip()
+            return commit, tree
+        tree = rewriter.tree()
+        new = writer.add(OBJ_COMMIT, compat_mod.replace_tree(raw_commit, tree)).hex()
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return new, tree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..format.layout import DEFAULT_BLOCK_SIZE
+from ..format.layout import DEFAULT_BLOCK_SIZE, block_size_rule
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,21 @@ thread (--threads=1): git's threaded search splits work by timing and is
 not deterministic, so this is what makes the same source, options and date
 give a byte-identical image.
 
+With --compat ocaml the image is one the OCaml docteur reads completely in
+both its modes (its fast reader and its list see 100644 files only, a
+submodule makes its light reader fail, an empty email makes a commit
+unreadable to it): files are stored as 100644, symbolic links as the
+content of what they name inside SOURCE (a file, or a copy of a folder;
+refused when the target leaves SOURCE, is missing, or contains the link),
+submodules and empty emails are refused. A directory's commit is made as
+the OCaml builder makes it: author and committer "Dr. Greenthumb
+<noreply@cypress.hill>" (or --author), no message (or --message), dated
+--date, else $SOURCE_DATE_EPOCH, else now with the local UTC offset. A
+repository whose tree needs rewriting gets a new commit: its own with the
+tree replaced (same parents, author, committer, dates and message; a
+signature dropped). Without --compat ocaml, one warning says how many
+entries the OCaml fast reader will not see.
+
 IMAGE is written atomically: a failed or interrupted build leaves no
 IMAGE, and an existing IMAGE untouched.
 """
@@ -54,8 +69,16 @@ IMAGE, and an existing IMAGE untouched.
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")
     parser.add_argument("--block-size", metavar="N", type=int, default=DEFAULT_BLOCK_SIZE,
-                        help="block size the image is padded to: a power of two from 512 "
-                             f"to 65536 (default {DEFAULT_BLOCK_SIZE})")
+                        help=f"block size the image is padded to: {block_size_rule()} "
+                             f"(default {DEFAULT_BLOCK_SIZE})")
+    parser.add_argument("--compat", choices=("ocaml",), default=None,
+                        help="ocaml: an image the OCaml docteur reads completely, in both its "
+                             "modes: files stored as 100644, symbolic links as the content of "
+                             "their target (refused when it leaves SOURCE), submodules and empty "
+                             "emails refused, a directory's commit made as the OCaml builder "
+                             "makes it (author Dr. Greenthumb <noreply@cypress.hill>, no "
+                             "message); a repository's commit gets the rewritten tree when one "
+                             "is needed (see the README)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings")
 
@@ -98,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
                             author=args.author, message=args.message,
-                            block_size=args.block_size, progress=progress)
+                            block_size=args.block_size, progress=progress,
+                            compat=args.compat)
     finally:
         if progress is not None:
             progress.close()
@@ -106,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     if not args.quiet:
         print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
-              f"commit {result.commit}, tree {result.tree}")
+              f"commit {result.commit}, tree {result.tree}"
+              + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
+                 if result.source_commit != result.commit else ""))
     return 0
 
 

@@ -34,6 +34,9 @@ def parse_author(text: str | None) -> bytes:
         raise BuildError(f"author {text!r}: expected 'Name <email>'")
     if "\0" in text:
         raise BuildError(f"author {text!r}: contains a NUL byte")
+    if not m.group(2).strip():
+        raise BuildError(f"author {text!r}: the email is empty, and the OCaml docteur cannot "
+                         "read a commit with an empty email")
     return f"{m.group(1).strip()} <{m.group(2).strip()}>".encode("utf-8")
 
 

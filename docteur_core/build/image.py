@@ -44,6 +44,14 @@ def _copy(src: str, dst, size: int, progress: Callable[[int], None] | None) -> N
                 progress(len(chunk))
 
 
+def _zeros(dst, n: int) -> None:
+    """n zero bytes, written in pieces: a padding block may be up to 1 GiB."""
+    zeros = bytes(min(n, CHUNK))
+    while n:
+        dst.write(zeros[:min(n, CHUNK)])
+        n -= min(n, CHUNK)
+
+
 def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_size: int,
                 progress: Callable[[str], None] | None = None) -> int:
     """Assemble the image at `image`; return its size."""
@@ -66,9 +74,9 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
         with os.fdopen(fd, "wb") as out:
             out.write(layout.encode_header(commit, idx_offset))
             _copy(pack_path, out, pack_size, advance if progress else None)
-            out.write(bytes(idx_offset - layout.PACK_OFFSET - pack_size))
+            _zeros(out, idx_offset - layout.PACK_OFFSET - pack_size)
             _copy(idx_path, out, idx_size, advance if progress else None)
-            out.write(bytes(size - idx_offset - idx_size))
+            _zeros(out, size - idx_offset - idx_size)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, image)

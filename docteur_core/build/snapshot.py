@@ -40,8 +40,15 @@ class Snapshot:
 
     def __init__(self, root: str, writer: PlainPackWriter,
                  warn: Callable[[str], None],
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 compat: str | None = None) -> None:
         self.root = os.fsencode(root)
+        # compat "ocaml": as the OCaml builder (bin/gitify.ml) stores a folder:
+        # every file 100644, links followed (inside SOURCE only, no cycles).
+        self.compat = compat
+        self.real_root = os.path.realpath(self.root)
+        self.executables = 0  # 100755 and 120000 entries written, for the
+        self.links = 0  # warning about what the OCaml fast reader cannot see
         self.writer = writer
         self.warn = warn
         self.progress = progress
@@ -52,11 +59,18 @@ class Snapshot:
     def run(self) -> str:
         # Each frame: (directory path, its entries so far, its remaining children).
         stack = [(self.root, Tree(), self._children(self.root))]
+        reals = [self.real_root]  # compat: the real folders on the stack, to refuse cycles
         while True:
             path, tree, children = stack[-1]
             for name, st in children:
                 child = os.path.join(path, name)
                 if stat.S_ISDIR(st.st_mode):
+                    if self.compat:
+                        real = os.path.realpath(child)
+                        if real in reals:
+                            raise self._refuse(child, "leads to a folder that contains it "
+                                               "(a cycle)")
+                        reals.append(real)
                     stack.append((child, Tree(), self._children(child)))
                     break
                 entry = self._leaf(child, st)
@@ -64,6 +78,8 @@ class Snapshot:
                     tree.add(name, entry[0], entry[1])
             else:
                 stack.pop()
+                if self.compat:
+                    reals.pop()
                 sha = self.writer.add(OBJ_TREE, tree.as_raw_string()).hex().encode()
                 if not stack:
                     self._report(final=True)
@@ -80,18 +96,45 @@ class Snapshot:
             if name.lower() == b".git":
                 self.warn(f"{show(os.path.join(path, name))}: skipped (git does not store .git)")
                 continue
+            if self.compat and stat.S_ISLNK(st.st_mode):
+                st = self._follow(os.path.join(path, name))
             yield name, st
+
+    def _refuse(self, link: bytes, why: str) -> BuildError:
+        try:
+            target = show(os.readlink(link))
+        except OSError:
+            target = "?"
+        return BuildError(f"{show(link)}: symbolic link to {target} {why} "
+                          "(--compat ocaml stores a link as the content of its target)")
+
+    def _follow(self, link: bytes) -> os.stat_result:
+        """compat: what a link names, as the OCaml builder's `Unix.stat` sees it."""
+        try:
+            st = os.stat(link)
+        except FileNotFoundError:
+            raise self._refuse(link, "points to nothing") from None
+        except OSError as exc:
+            raise self._refuse(link, f"cannot be followed ({exc.strerror})") from None
+        real = os.path.realpath(link)
+        if real != self.real_root and not real.startswith(self.real_root.rstrip(b"/") + b"/"):
+            raise self._refuse(link, "leads outside SOURCE")
+        return st
 
     def _leaf(self, path: bytes, st: os.stat_result) -> tuple[int, bytes] | None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             sha = self._file(path, st)
-            return (0o100755 if mode & stat.S_IXUSR else 0o100644), sha
+            if mode & stat.S_IXUSR and not self.compat:
+                self.executables += 1
+                return 0o100755, sha
+            return 0o100644, sha
         if stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except OSError as exc:
                 raise BuildError(f"{show(path)}: cannot read link ({exc.strerror})") from None
+            self.links += 1
             return 0o120000, self.writer.add(OBJ_BLOB, target).hex().encode()
         kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
                 else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "special file")

@@ -28,7 +28,13 @@ HEADER_SIZE = 28
 PACK_OFFSET = HEADER_SIZE
 DEFAULT_BLOCK_SIZE = 512
 MIN_BLOCK_SIZE = 512
-MAX_BLOCK_SIZE = 65536
+# The OCaml docteur writes and reads any power of two (its writer pads with
+# `block_size - n mod block_size` zeros, its readers only need the IDX offset
+# aligned to the device's sector): measured with its writer (ocmake), its
+# verify and its three readers from 512 B to 1 GiB. Above 1 GiB its writer
+# needs over 3 GiB of memory per block, and a single block of padding is
+# already absurd, so 1 GiB is where this project stops.
+MAX_BLOCK_SIZE = 1 << 30
 
 PACK_SIGNATURE = b"PACK"
 PACK_VERSION = 2
@@ -41,8 +47,13 @@ SHA1_SIZE = 20
 
 
 def valid_block_size(n: int) -> bool:
-    """A block size is a power of two between 512 and 65536."""
-    return MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n & (n - 1) == 0
+    """A block size is a power of two from MIN_BLOCK_SIZE (512) to MAX_BLOCK_SIZE (1 GiB)."""
+    return isinstance(n, int) and MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n & (n - 1) == 0
+
+
+def block_size_rule() -> str:
+    """The rule, as messages and help texts state it."""
+    return f"a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} ({MAX_BLOCK_SIZE >> 30} GiB)"
 
 
 def padding(n: int, block_size: int) -> int:
@@ -93,13 +104,81 @@ def parse_header(data: bytes, capacity: int | None = None) -> Header:
     return Header(commit_id, idx_offset)
 
 
-def pack_tail_start(idx_offset: int) -> int:
-    """Where to look for the pack's 20-byte trailer when only the IDX offset is known.
+def largest_block_size(idx_offset: int, size: int) -> int:
+    """The largest block size an image with this IDX offset and size can have been built with.
 
-    The block size is not stored, but the padding after the pack is at most
-    MAX_BLOCK_SIZE bytes: the trailer lies in that window before the IDX.
+    The block size is not stored, but the IDX offset and the image size are
+    both multiples of it: it is at most the largest power of two (up to
+    MAX_BLOCK_SIZE) that divides both. MIN_BLOCK_SIZE when none does.
     """
-    return max(PACK_OFFSET + PACK_HEADER_SIZE, idx_offset - MAX_BLOCK_SIZE - SHA1_SIZE)
+    bs = MIN_BLOCK_SIZE
+    while bs < MAX_BLOCK_SIZE and idx_offset % (2 * bs) == 0 and size % (2 * bs) == 0:
+        bs *= 2
+    return bs
+
+
+def pack_tail_start(idx_offset: int, size: int) -> int:
+    """Where the pack's 20-byte trailer can start at the earliest, given the IDX offset.
+
+    The padding after the pack is 1..block_size zeros, and the block size is
+    at most `largest_block_size(idx_offset, size)`: the trailer lies in that
+    window before the IDX (never before the PACK header's end).
+    """
+    return max(PACK_OFFSET + PACK_HEADER_SIZE,
+               idx_offset - largest_block_size(idx_offset, size) - SHA1_SIZE)
+
+
+def last_nonzero(pread, lo: int, hi: int) -> int | None:
+    """The offset of the last non-zero byte in [lo, hi), or None: reads backwards.
+
+    `pread(offset, length) -> bytes`. Reads grow from 4 KiB to 1 MiB, so a
+    pack trailer a few bytes before the IDX costs one small read and a block
+    of padding of any size costs memory for 1 MiB only.
+    """
+    end = hi
+    step = 4096
+    while end > lo:
+        start = max(lo, end - step)
+        chunk = bytes(pread(start, end - start))
+        stripped = chunk.rstrip(b"\0")
+        if stripped:
+            return start + len(stripped) - 1
+        if len(chunk) < end - start:  # short read: the device ends here
+            return None
+        end = start
+        step = min(step * 2, 1 << 20)
+    return None
+
+
+def locate_pack_trailer(pread, idx_offset: int, size: int, pack_sha: bytes) -> tuple[int | None, str]:
+    """Find the pack's trailer (`pack_sha`, the IDX's copy) before the IDX.
+
+    Returns (pack_end, "") when the trailer ends right before the zero
+    padding, else (None, why): the one reason that names what is wrong
+    (a padding longer than any block size that fits, padding that is not
+    zeros, or a trailer that does not match). Reads only the padding and a
+    few bytes before it, whatever the block size.
+    """
+    lo = pack_tail_start(idx_offset, size)
+    largest = largest_block_size(idx_offset, size)
+    z = last_nonzero(pread, lo, idx_offset)
+    if z is None:
+        return None, (f"no PACK trailer before the IDX at offset {idx_offset}: the "
+                      f"{idx_offset - lo} bytes before it are zeros, more than the padding of "
+                      f"the largest block size this IDX offset and image size allow ({largest}); "
+                      f"block sizes above {MAX_BLOCK_SIZE} are not supported")
+    trailing = len(pack_sha) - len(pack_sha.rstrip(b"\0"))
+    pack_end = z + 1 + trailing
+    if pack_end < idx_offset and bytes(pread(pack_end - SHA1_SIZE, SHA1_SIZE)) == pack_sha:
+        return pack_end, ""
+    # The bytes just before the padding are not the trailer: is the trailer
+    # further back, followed by non-zero bytes in the padding?
+    window = bytes(pread(lo, z + 1 - lo)) if z + 1 - lo <= (8 << 20) else b""
+    at = window.rfind(pack_sha)
+    if at >= 0:
+        return None, f"the padding after the PACK is not zeros (offset {lo + at + SHA1_SIZE})"
+    return None, (f"the PACK's trailing checksum does not match the IDX's copy "
+                  f"({pack_sha.hex()})")
 
 
 def fitting_block_sizes(pack_end: int, idx_offset: int, idx_end: int, size: int) -> list[int]:
@@ -110,7 +189,7 @@ def fitting_block_sizes(pack_end: int, idx_offset: int, idx_end: int, size: int)
     """
     sizes = []
     b = MIN_BLOCK_SIZE
-    while b <= MAX_BLOCK_SIZE:
+    while b <= largest_block_size(idx_offset, size):
         if (idx_offset % b == 0 and size % b == 0 and 1 <= idx_offset - pack_end <= b
                 and 1 <= size - idx_end <= b):
             sizes.append(b)

@@ -99,10 +99,7 @@ def check_header(pread: Pread, size: int) -> layout.Header:
 
 def inferred_block_size(idx_offset: int, size: int) -> int:
     """The layout pads both the pack and the IDX to the build's block size."""
-    bs = layout.MAX_BLOCK_SIZE
-    while bs > layout.MIN_BLOCK_SIZE and (idx_offset % bs or size % bs):
-        bs //= 2
-    return bs
+    return layout.largest_block_size(idx_offset, size)
 
 
 def zero_extents(size: int, pack_end: int, idx_offset: int, idx_end: int) -> Extents:

@@ -353,7 +353,8 @@ def export_description(h):
 
 
 def block_size(h):
-    return (512, max(PREFERRED_MIN, h.info.block_size), MAX_REQUEST)
+    # NBD's preferred block size may not exceed its maximum (32 MiB here).
+    return (512, min(MAX_REQUEST, max(PREFERRED_MIN, h.info.block_size)), MAX_REQUEST)
 
 
 def can_multi_conn(h):

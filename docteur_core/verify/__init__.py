@@ -36,7 +36,7 @@ How the full check works, and why it is fast:
    builder's padding rule for some block size.
 
 The block size is not stored in an image. An image is consistent with block
-size B (a power of two from 512 to 65536) when the IDX offset and the image
+size B (a power of two from 512 to 1 GiB, `layout.valid_block_size`) when the IDX offset and the image
 size are multiples of B, and the padding after the pack and after the IDX
 are each 1..B bytes (the OCaml builder always pads with `B - n % B` bytes,
 a whole block when `n` is already aligned). Several B can fit the same

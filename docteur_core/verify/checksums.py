@@ -19,8 +19,8 @@ class Checksums(State):
     def _hash_pack(self) -> None:
         """Quick mode: SHA-1 of [28, trailer) in one sequential pass."""
         if self.trailer_at is None:
-            self.problem(R_PACK_TRAILER, "", "cannot find the end of the pack "
-                         "(the IDX is missing or damaged), so its checksum was not checked")
+            self.problem(R_PACK_TRAILER, "", self.trailer_why or "cannot find the end of the "
+                         "pack (the IDX is missing or damaged), so its checksum was not checked")
             return
         self.pack_sha = sha1_of(self.device, layout.PACK_OFFSET, self.trailer_at)
 
@@ -30,8 +30,8 @@ class Checksums(State):
         t = self.trailer_at
         if t is None:
             if not self.quick:
-                self.problem(R_PACK_TRAILER, "", "cannot find the end of the pack, "
-                             "so its checksum was not checked")
+                self.problem(R_PACK_TRAILER, "", self.trailer_why or "cannot find the end of "
+                             "the pack, so its checksum was not checked")
             return
         if self.pack_sha is None:
             self.pack_sha = sha1_of(self.device, layout.PACK_OFFSET, t)

@@ -60,7 +60,7 @@ class LayoutChecks(State):
         if t is not None and i is not None and t + 20 <= i:
             self._zero(t + 20, i)
         if e is not None:
-            self._zero(e, min(cap, e + 2 * layout.MAX_BLOCK_SIZE))
+            self._zero(e, cap)
         if t is None or i is None or e is None or self.idx is None:
             return
         self.check("block-size")
@@ -73,7 +73,7 @@ class LayoutChecks(State):
         if p > i:
             self.problem(R_HEADER, at_offset(20),
                          f"IDX offset {i} is inside the pack (ends at {p})")
-        elif not 1 <= i - p <= layout.MAX_BLOCK_SIZE or i % layout.MIN_BLOCK_SIZE:
+        elif not 1 <= i - p <= layout.largest_block_size(i, cap) or i % layout.MIN_BLOCK_SIZE:
             self.problem(R_HEADER, at_offset(20), f"IDX offset {i} does not follow the pack "
                          f"(ending at {p}) by the padding of any block size")
         else:

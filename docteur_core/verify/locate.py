@@ -120,9 +120,10 @@ class Locate(State):
                 continue
             data = self.idx_bytes
             own_ok = hashlib.sha1(memoryview(data)[:-20]).digest() == data[-20:]
-            lo = max(0, self.idx_offset - layout.MAX_BLOCK_SIZE - layout.SHA1_SIZE)
-            copy_found = self._read(lo, self.idx_offset - lo).rfind(data[-40:-20]) >= 0
-            fits = 1 <= self.capacity - self.idx_end <= layout.MAX_BLOCK_SIZE
+            copy_found = layout.locate_pack_trailer(
+                self._read, self.idx_offset, self.capacity, data[-40:-20])[0] is not None
+            largest = layout.largest_block_size(self.idx_offset, self.capacity)
+            fits = 1 <= self.capacity - self.idx_end <= largest
             score = (own_ok, copy_found, fits, n == n_idx)
             if best is None or score > best[0]:
                 best = (score, n)
@@ -156,22 +157,29 @@ class Locate(State):
             return
         copy = self.idx_bytes[-40:-20]
         end = self.idx_offset
-        lo = layout.pack_tail_start(end)
-        window = self._read(lo, end - lo)
-        at = window.rfind(copy)
-        if at >= 0:
-            self.trailer_at = lo + at
+        pack_end, why = layout.locate_pack_trailer(self._read, end, self.capacity, copy)
+        if pack_end is not None:
+            self.trailer_at = pack_end - layout.SHA1_SIZE
+            return
+        self.trailer_why = why
+        # Not right before the padding. Bounded by the block size: the pack
+        # ends at most one block before the IDX.
+        lo = layout.pack_tail_start(end, self.capacity)
+        last = layout.last_nonzero(self._read, lo, end)
+        if last is None:
+            return
+        start = max(lo, last + 1 - (8 << 20))
+        at = self._read(start, last + 1 - start).rfind(copy)
+        if at >= 0:  # the trailer is intact, the padding after it is not zeros
+            self.trailer_at = start + at
             return
         # The trailer or the copy is damaged: the trailer ends at the last
         # non-zero byte before the padding (unless its own last bytes are zero,
         # which the copy tells).
-        stripped = window.rstrip(b"\0")
-        if not stripped:
-            return
         zeros = len(copy) - len(copy.rstrip(b"\0"))
-        cand = lo + len(stripped) + zeros - layout.SHA1_SIZE
+        cand = last + 1 + zeros - layout.SHA1_SIZE
         if cand + layout.SHA1_SIZE > end:
-            cand = lo + len(stripped) - layout.SHA1_SIZE
+            cand = last + 1 - layout.SHA1_SIZE
         if cand >= layout.PACK_OFFSET + layout.PACK_HEADER_SIZE:
             self.trailer_at = cand
             self.trailer_guessed = True
@@ -184,6 +192,8 @@ class Locate(State):
         b = layout.MIN_BLOCK_SIZE
         while b <= layout.MAX_BLOCK_SIZE:
             cand = pack_end + layout.padding(pack_end, b)
+            if cand + idxmod.HEAD_SIZE > self.capacity:
+                break
             if cand + idxmod.HEAD_SIZE <= self.capacity:
                 self._load_idx(cand, quiet=True)
                 if self.idx is not None:

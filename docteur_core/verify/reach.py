@@ -101,6 +101,11 @@ class Reach(State):
         r.author = commit.author
         r.committer = commit.committer
         r.message = commit.message
+        for role, who in (("author", commit.author), ("committer", commit.committer)):
+            if not who.email:  # the OCaml docteur's identity parser wants 1+ bytes there
+                self.warning(R_OBJECTS, f"commit {hex_id(cid)}",
+                             f"its {role}'s email is empty: the OCaml docteur cannot read this "
+                             "commit (\"Malformed Git commit object\")")
         if self.quick or not self.scan_complete:
             return  # what the tree reaches cannot be judged on a pack read in part
         self._walk(cid, commit)

@@ -84,6 +84,7 @@ class State:
         self.pack_ok = False  # the PACK header looked like a PACK header
         self.trailer_at: int | None = None  # absolute offset of the pack trailer
         self.trailer_guessed = False  # found by its position, not by the IDX's copy
+        self.trailer_why = ""  # why it is not where the layout puts it (layout.py's words)
         # Checksums (checksums.py, or the scan as it reads).
         self.pack_sha: bytes | None = None
         self.pack_intact = False  # the pack's bytes hash to its trailer
