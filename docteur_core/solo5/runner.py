@@ -50,8 +50,9 @@ def is_uri(target: str | Path) -> bool:
 # --- the console ----------------------------------------------------------------
 
 def parse_console(console: bytes) -> tuple[dict[str, bytes], bytes]:
-    """The guest's streams ({"out", "err", "log"}) and what is left (the tender's)."""
-    streams = {"out": b"", "err": b"", "log": b""}
+    """The guest's streams ("out", "err", "log": those it wrote, even empty)
+    and what is left (the tender's own messages)."""
+    streams: dict[str, bytes] = {}
     rest: list[bytes] = []
     pos = 0
     while (m := _FRAME.search(console, pos)) is not None:
@@ -66,7 +67,7 @@ def parse_console(console: bytes) -> tuple[dict[str, bytes], bytes]:
         if hashlib.sha256(payload).hexdigest().encode() != closing.group(1):
             raise Solo5Error(f"the guest's {stream.decode()} output ({length} bytes) "
                              "was damaged on the way: its SHA-256 differs")
-        streams[stream.decode()] += payload
+        streams[stream.decode()] = streams.get(stream.decode(), b"") + payload
         pos = closing.end()
     rest.append(console[pos:])
     return streams, b"".join(rest)
@@ -119,14 +120,14 @@ def run_tender_logged(cmd: list[str], timeout: float) -> tuple[RunResult, str]:
         err.seek(0)
         console, errors = out.read(), err.read()
     streams, rest = parse_console(console)
-    if not streams["out"] and not streams["err"]:
+    if "out" not in streams and "err" not in streams:
         raise Solo5Error(f"{Path(cmd[0]).name} exited with status {status} before the "
                          f"guest answered: {_last_line(errors, rest)}")
-    if status != 0 and not streams["err"]:
+    if status != 0 and "err" not in streams:
         raise Solo5Error(f"the unikernel stopped with status {status}: "
                          f"{_last_line(rest, errors)}")
-    return (RunResult(status, streams["out"], streams["err"]),
-            streams["log"].decode(errors="replace").strip())
+    return (RunResult(status, streams.get("out", b""), streams.get("err", b"")),
+            streams.get("log", b"").decode(errors="replace").strip())
 
 
 # --- NBD exports as files ---------------------------------------------------------
@@ -208,32 +209,55 @@ def block_file(target: str | Path, serve: str | None = None,
 
 # --- choosing a tender --------------------------------------------------------------
 
-def hvt_works(tenders: dict, unikernels: dict, timeout: float = 20.0) -> bool:
-    """Whether solo5-hvt runs the guest here (it needs a usable /dev/kvm).
+HVT_PROBE_BUDGET = 2.0   # seconds; spt reads the probe's file in ~0.01 s
 
-    The probe boots the guest once on 512 zero bytes: it answers with a
-    framed error (no image there), which proves the VM ran. Asked once per
-    process and tender.
+
+def _probe_image(folder: Path) -> tuple[Path, bytes]:
+    """A small real image (one 64 KiB file) and the file's bytes."""
+    from ..build import make_image
+    data = bytes(range(256)) * 256
+    source = folder / "source"
+    source.mkdir()
+    (source / "probe.bin").write_bytes(data)
+    make_image(source, folder / "probe.img", date="2000-01-01T00:00:00Z")
+    return folder / "probe.img", data
+
+
+def hvt_works(tenders: dict, unikernels: dict, progress: Progress = _quiet) -> bool:
+    """Whether solo5-hvt runs the guest here, correctly and at a usable speed.
+
+    It needs a usable /dev/kvm; some hosts have one that runs guests, but
+    emulated a thousand times slower (a nested or software KVM), so the
+    probe reads a 64 KiB file from a small image and must get it right
+    within HVT_PROBE_BUDGET. Asked once per process and tender.
     """
     key = str(tenders["hvt"])
-    if key not in _hvt_works:
-        with tempfile.NamedTemporaryFile(prefix="docteur-probe-", suffix=".img") as probe:
-            probe.write(bytes(512))
-            probe.flush()
-            cmd = tender_command(tenders["hvt"], unikernels["hvt"], Path(probe.name),
-                                 "cat", "probe")
-            try:
-                _hvt_works[key] = run_tender(cmd, timeout).status == 1
-            except Solo5Error:
-                _hvt_works[key] = False
-    return _hvt_works[key]
+    if key in _hvt_works:
+        return _hvt_works[key]
+    with tempfile.TemporaryDirectory(prefix="docteur-probe-") as folder:
+        image, data = _probe_image(Path(folder))
+        cmd = tender_command(tenders["hvt"], unikernels["hvt"], image, "cat", "probe.bin")
+        started = time.monotonic()
+        try:
+            result = run_tender(cmd, HVT_PROBE_BUDGET)
+            works = result == (0, data, b"")
+            why = "it answered wrongly" if not works else ""
+        except Solo5Error as exc:
+            works, why = False, str(exc)
+    if not works:
+        progress(f"solo5-hvt does not run well here ({why}): using solo5-spt")
+    else:
+        progress(f"solo5-hvt works here ({time.monotonic() - started:.2f} s for the probe)")
+    _hvt_works[key] = works
+    return works
 
 
-def choose_tender(tender: str, tenders: dict, unikernels: dict) -> str:
+def choose_tender(tender: str, tenders: dict, unikernels: dict,
+                  progress: Progress = _quiet) -> str:
     if tender not in TENDER_CHOICES:
         raise Solo5Error(f"unknown tender {tender!r} (one of {', '.join(TENDER_CHOICES)})")
     if tender == "auto":
-        return "hvt" if hvt_works(tenders, unikernels) else "spt"
+        return "hvt" if hvt_works(tenders, unikernels, progress) else "spt"
     return tender
 
 
@@ -269,7 +293,7 @@ def run_many(image_or_uri: str | Path, commands: list[tuple[str, str]], tender: 
             raise Solo5Error(f"unknown verb {verb!r} for the Solo5 guest (one of "
                              f"{', '.join(VERBS)})")
     tenders, unikernels = build(cache_dir, solo5_source, progress)
-    chosen = choose_tender(tender, tenders, unikernels)
+    chosen = choose_tender(tender, tenders, unikernels, progress)
     results = []
     with block_file(image_or_uri, serve, progress) as image:
         for verb, path in commands:
