@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     _leading_options(args)
     if not args.command:
         raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
+    if args.no_server and not args.solo5:
+        raise BootError("--no-server goes with --solo5 (QEMU boots need a server)")
     if args.solo5:
         from .solo5 import command as solo5_command
         return _with_signals(lambda: solo5_command.run(args, _log(args)))
