@@ -91,6 +91,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="write the guest's output exactly, binary included")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="do not report the steps on stderr")
+    from .solo5.command import add_options as add_solo5_options
+    add_solo5_options(parser)
 
 
 def _leading_options(args: argparse.Namespace) -> None:
@@ -119,29 +121,42 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _log(args: argparse.Namespace):
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"docteur boot: {message}", file=sys.stderr, flush=True)
+    return log
+
+
+def _with_signals(work):
+    """Run work(); SIGTERM and SIGHUP stop QEMU and nbdkit as Ctrl-C does."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return work()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     from .runner import BootError, boot, print_results, reader_command, split_commands
 
     _leading_options(args)
     if not args.command:
         raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
+    if args.no_server and not args.solo5:
+        raise BootError("--no-server goes with --solo5 (QEMU boots need a server)")
+    if args.solo5:
+        from .solo5 import command as solo5_command
+        return _with_signals(lambda: solo5_command.run(args, _log(args)))
     segments = split_commands(args.command)
     for segment in segments:
         _check_guest_command(segment)
     commands = [reader_command(segment, args.mode) for segment in segments]
 
-    def log(message: str) -> None:
-        if not args.quiet:
-            print(f"docteur boot: {message}", file=sys.stderr, flush=True)
-
-    # SIGTERM and SIGHUP stop QEMU and nbdkit as Ctrl-C does.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        result = boot(args.target, commands, server=args.server, accel=args.accel,
-                      timeout=args.timeout, memory=args.memory, log=log)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    result = _with_signals(lambda: boot(
+        args.target, commands, server=args.server, accel=args.accel,
+        timeout=args.timeout, memory=args.memory, log=_log(args)))
     print_results(result, raw=args.raw, headers=len(commands) > 1)
     return result.status
 

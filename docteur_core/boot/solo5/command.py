@@ -1,0 +1,57 @@
+"""`docteur boot --solo5 spt|hvt|auto IMAGE cat|sha256 PATH [';' ...]`.
+
+Lives here rather than in boot_command.py, which only hands over to it:
+the Solo5 guest has its own verbs (cat, sha256), no reader modes and one
+guest run per command. An image file is served with the project's nbdkit
+plugin and attached with nbdfuse (the whole chain, as `docteur boot` serves
+it to QEMU); `--server file` uses nbdkit's file plugin, `--no-server` gives
+the file to the tender directly; an NBD URI goes through nbdfuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..runner import BootError, shown, split_commands
+from .runner import VERBS, is_uri, run_many
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options `docteur boot` gains (called from its _add_options)."""
+    parser.add_argument("--solo5", choices=("spt", "hvt", "auto"), default=None,
+                        help="run the Solo5 unikernel instead of QEMU, on solo5-spt, "
+                             "solo5-hvt (KVM) or auto (hvt if it works); verbs: cat PATH, "
+                             "sha256 PATH; built on first use (docteur_core/boot/solo5)")
+    parser.add_argument("--no-server", action="store_true",
+                        help="with --solo5: attach the image file to the tender directly "
+                             "(default: serve it with nbdkit and attach it with nbdfuse)")
+
+
+def _commands(words: list[str]) -> list[tuple[str, str]]:
+    commands = []
+    for segment in split_commands(words):
+        if len(segment) != 2 or segment[0] not in VERBS:
+            raise BootError(f"{' '.join(segment)}: the Solo5 guest runs "
+                            f"{' or '.join(v + ' PATH' for v in VERBS)}")
+        commands.append((segment[0], segment[1]))
+    return commands
+
+
+def run(args: argparse.Namespace, log) -> int:
+    """Run each command in the unikernel; print as `docteur boot` does."""
+    if args.mode != "light":
+        raise BootError("the Solo5 guest reads in light mode only (drop --mode)")
+    commands = _commands(args.command)
+    serve = None if args.no_server or is_uri(args.target) else args.server
+    results = run_many(args.target, commands, args.solo5, args.timeout,
+                       memory=args.memory, serve=serve, progress=log)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    for (verb, path), result in zip(commands, results):
+        if len(commands) > 1:
+            out.write(f"--- {verb} {path} (status {result.status})\n".encode())
+        out.write(result.stdout if args.raw else shown(result.stdout))
+        out.flush()
+        err.write(result.stderr)
+        err.flush()
+    return next((r.status for r in results if r.status), 0)

@@ -1,0 +1,314 @@
+"""The Solo5 guest (docteur_core/boot/solo5): real tenders, a real unikernel.
+
+Solo5 and the guest are built once per session into the cache
+($DOCTEUR_CACHE or ~/.cache/docteur), so later sessions only hash inputs.
+What the guest prints is compared with `docteur cat` on the host, byte for
+byte, for images made by make_image (block sizes 512 and 4096, deltas) and
+by git alone (REF_DELTA), read from a file, through the project's nbdkit
+plugin and nbdfuse, and from an NBD URI. A missing prerequisite (Solo5's
+source, libseccomp-dev, nbdfuse, ...) fails the tests with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docteur_core.boot import solo5
+from docteur_core.format import layout, pack
+from docteur_core.build import make_image
+from docteur_core.reader import Image
+from docteur_core.boot.solo5.runner import tender_command
+
+from .support import PLUGIN, REPO_ROOT, NbdkitServer, git_reference_image
+
+DATE = "2024-01-02T03:04:05Z"
+
+
+def docteur(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "docteur_core", *map(str, args)],
+                          capture_output=True, cwd=REPO_ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def built():
+    """Solo5's tenders and the guest, built (or found in the cache) once."""
+    return solo5.build()
+
+
+def _versions(seed: int, count: int) -> list[bytes]:
+    """`count` similar texts of ~60 KB: each a few edits away from the last,
+    so that git stores most of them as deltas (chains, not one level)."""
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghij ") for _ in range(7)) for _ in range(400)]
+    text = bytearray(b"\n".join(rnd.choice(words) for _ in range(7000)))
+    out = []
+    for _ in range(count):
+        for _ in range(20):
+            at = rnd.randrange(len(text))
+            text[at:at + 5] = rnd.choice(words)
+        out.append(bytes(text))
+    return out
+
+
+def make_tree(root: Path) -> Path:
+    """Text and binary files, nested paths, odd names, a link, similar files."""
+    rnd = random.Random(7)
+    (root / "docs" / "guide" / "deep").mkdir(parents=True)
+    (root / "bin").mkdir()
+    (root / "similar").mkdir()
+    (root / "a dir").mkdir()
+    (root / "README.txt").write_text("hello from docteur\n")
+    (root / "empty").write_bytes(b"")
+    (root / "docs" / "guide" / "intro.md").write_text("# Intro\n\n" + "text line\n" * 500)
+    (root / "docs" / "guide" / "deep" / "x.json").write_text('{"deep": true}\n')
+    (root / "bin" / "blob.bin").write_bytes(rnd.randbytes(150_000) + bytes(1000))
+    (root / "bin" / "tool.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(root / "bin" / "tool.sh", 0o755)
+    (root / "a dir" / "with space %41.txt").write_text("spaces and a percent sign\n")
+    (root / "ünïcödé.txt").write_text("non-ASCII name\n")
+    os.symlink("README.txt", root / "link")
+    for i, text in enumerate(_versions(3, 6)):
+        (root / "similar" / f"v{i}.txt").write_bytes(text)
+    return root
+
+
+def files_of(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() or p.is_symlink())
+
+
+def entry_types(image: Path) -> dict[int, int]:
+    """How many pack entries of each type the image holds (git's view of it)."""
+    data = image.read_bytes()
+    header = layout.parse_header(data, len(data))
+    pos, counts = 40, {}
+    for _ in range(pack.parse_pack_header(data[28:40])):
+        eh = pack.parse_entry_header(data[pos:pos + pack.MAX_ENTRY_HEADER], f"at {pos}")
+        _, used = pack.inflate_from(lambda off, n: data[off:off + n], pos + eh.header_len,
+                                    eh.size, header.idx_offset, f"at {pos}")
+        counts[eh.type] = counts.get(eh.type, 0) + 1
+        pos += eh.header_len + used
+    return counts
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("tree"))
+
+
+@pytest.fixture(scope="module", params=[512, 4096])
+def image(request, source, tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / f"site-{request.param}.img"
+    make_image(source, path, date=DATE, block_size=request.param)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(image, source):
+    """What `docteur cat` prints for every file of the image."""
+    out = {}
+    for name in files_of(source):
+        proc = docteur("cat", image, name)
+        assert proc.returncode == 0, proc.stderr
+        out[name] = proc.stdout
+    return out
+
+
+def check_all(results, expected):
+    for (name, want), got in zip(expected.items(), results):
+        assert got.status == 0, (name, got.stderr)
+        assert got.stderr == b""
+        assert hashlib.sha256(got.stdout).hexdigest() == hashlib.sha256(want).hexdigest(), name
+        assert got.stdout == want, name
+
+
+def test_the_image_holds_deltas(image):
+    assert entry_types(image).get(pack.OBJ_OFS_DELTA, 0) >= 3
+
+
+def test_cat_from_a_file_equals_docteur_cat(built, image, expected):
+    results = solo5.run_many(image, [("cat", n) for n in expected], "spt")
+    check_all(results, expected)
+
+
+def test_sha256_verb(built, image, expected):
+    results = solo5.run_many(image, [("sha256", n) for n in expected], "spt")
+    for (name, want), got in zip(expected.items(), results):
+        assert got.status == 0, (name, got.stderr)
+        assert got.stdout == f"sha256 {hashlib.sha256(want).hexdigest()}  {len(want)}\n".encode()
+
+
+def test_cat_through_the_plugin_and_nbdfuse(built, image, expected):
+    results = solo5.run_many(image, [("cat", n) for n in expected], "spt", serve="docteur")
+    check_all(results, expected)
+    assert not list(Path("/tmp").glob("docteur-nbdfuse-*/mnt/image"))
+
+
+def test_cat_from_an_nbd_uri(built, image, expected):
+    name = "similar/v5.txt"
+    with NbdkitServer(PLUGIN, f"image={image}", unix=True) as server:
+        status, out, err = solo5.run(server.uri, "cat", name)
+    assert (status, out, err) == (0, expected[name], b"")
+
+
+def test_device_block_size_4096(built, tmp_path, source):
+    """The tender's sector size (4096 here) is not the image's padding."""
+    img = tmp_path / "s.img"
+    make_image(source, img, date=DATE, block_size=4096)
+    status, out, _ = solo5.run(img, "cat", "similar/v3.txt", sector_size=4096)
+    assert status == 0
+    assert out == (source / "similar" / "v3.txt").read_bytes()
+
+
+def test_ref_delta_image_made_by_git(built, tmp_path, source):
+    img = tmp_path / "ref.img"
+    git_reference_image(source, img, ofs_delta=False)
+    assert entry_types(img).get(pack.OBJ_REF_DELTA, 0) >= 3
+    names = [n for n in files_of(source) if n.startswith("similar/")]
+    results = solo5.run_many(img, [("cat", n) for n in names])
+    check_all(results, {n: (source / n).read_bytes() for n in names})
+
+
+def test_auto_picks_a_tender_that_works(built, image, expected):
+    status, out, _ = solo5.run(image, "cat", "bin/blob.bin", tender="auto")
+    assert status == 0 and out == expected["bin/blob.bin"]
+
+
+def test_hvt_runs_the_guest_where_kvm_is(built, image, expected):
+    """hvt needs /dev/kvm; without it the tender's reason is the error."""
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        # A small file: on some hosts KVM is emulated and hvt is very slow.
+        assert solo5.run(image, "cat", "README.txt", tender="hvt") == \
+            (0, expected["README.txt"], b"")
+        assert solo5.run(image, "cat", "nope", tender="hvt") == \
+            (1, b"", b"error: /nope does not exist\n")
+    else:
+        with pytest.raises(solo5.Solo5Error, match="solo5-hvt exited with status"):
+            solo5.run(image, "cat", "README.txt", tender="hvt")
+
+
+@pytest.mark.parametrize("path, message", [
+    ("nope", "/nope does not exist"),
+    ("docs/guide/missing.md", "/docs/guide/missing.md does not exist"),
+    ("docs/guide", "/docs/guide is a directory"),
+    ("/", "/ is a directory"),
+    ("README.txt/x", "/README.txt is not a directory"),
+])
+def test_errors_are_one_line_and_a_status(built, image, path, message):
+    status, out, err = solo5.run(image, "cat", path)
+    assert (status, out, err) == (1, b"", f"error: {message}\n".encode())
+    host = docteur("cat", image, path)
+    assert host.returncode == 1
+    assert host.stderr.decode().strip().endswith(message)
+
+
+def test_object_too_big_for_the_memory(built, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(1).randbytes(5_000_000))
+    img = tmp_path / "big.img"
+    make_image(src, img, date=DATE)
+    status, out, err = solo5.run(img, "sha256", "big.bin", memory=4)
+    assert status == 1 and out == b""
+    assert err.startswith(b"error: object too big for the memory: ")
+    status, out, _ = solo5.run(img, "sha256", "big.bin")
+    digest = hashlib.sha256((src / "big.bin").read_bytes()).hexdigest()
+    assert (status, out) == (0, f"sha256 {digest}  5000000\n".encode())
+
+
+def test_damaged_images_are_reported(built, image, tmp_path):
+    data = bytearray(image.read_bytes())
+    bad = tmp_path / "bad-signature.img"
+    bad.write_bytes(bytes(data[:28]) + b"PACX" + bytes(data[32:]))
+    status, _, err = solo5.run(bad, "cat", "README.txt")
+    assert status == 1
+    assert err == b"error: damaged image: no PACK version 2 at offset 28\n"
+    # Zero the zlib data of the base the similar files are deltas of.
+    with Image.open(image, mode="fast") as reader:
+        at = min(node.offset for node in reader.entries("similar"))
+    broken = tmp_path / "zeroed.img"
+    data[at + 8:at + 72] = bytes(64)
+    broken.write_bytes(bytes(data))
+    results = solo5.run_many(broken, [("cat", f"similar/v{i}.txt") for i in range(6)])
+    for r in results:
+        assert r.status == 1 and r.stdout == b""
+        assert r.stderr.startswith(b"error: damaged image: the entry at pack offset ")
+        assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_timeout_unmounts_and_stops_everything(built, image):
+    before = set(Path("/tmp").glob("docteur-nbdfuse-*"))
+    with pytest.raises(solo5.Solo5Error, match="did not finish within"):
+        solo5.run(image, "cat", "README.txt", serve="docteur", timeout=0.0)
+    assert set(Path("/tmp").glob("docteur-nbdfuse-*")) == before
+
+
+def test_the_build_is_cached(built):
+    again = solo5.build()
+    assert again == built
+    assert all(p.is_file() for p in [*built.tenders.values(), *built.unikernels.values()])
+
+
+def test_concurrent_builds_share_one_result(built, tmp_path):
+    """Two fresh builds at once: one builds, the other waits and reuses it."""
+    zlib = solo5.cache_root() / "downloads" / "zlib_1.2.13.dfsg.orig.tar.bz2"
+    env = {**os.environ, "DOCTEUR_CACHE": str(tmp_path / "cache"),
+           "DOCTEUR_ZLIB_SOURCE": str(zlib)}
+    code = "from docteur_core.boot import solo5; print(solo5.build().unikernels['spt'])"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    assert outs[0][0] == outs[1][0]
+    entries = sorted(p.name for p in (tmp_path / "cache" / "solo5").iterdir())
+    assert entries == [".lock", Path(outs[0][0].decode().strip()).parent.name]
+
+
+def test_a_missing_solo5_source_is_one_clear_line(tmp_path):
+    with pytest.raises(solo5.Solo5Error) as info:
+        solo5.build(cache_dir=tmp_path, solo5_source=tmp_path / "nothing.tar.gz")
+    assert "solo5-0.9.3.tar.gz" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_paths_are_percent_encoded_on_the_command_line(built):
+    cmd = tender_command(Path("t"), Path("u"), Path("i"), "cat", "a dir/ü %.txt")
+    assert cmd[-3:] == ["--solo5:quiet", "cat", "a%20dir/%C3%BC%20%25.txt"]
+
+
+# --- the command line -------------------------------------------------------------
+
+def test_boot_solo5_prints_text_and_describes_binary(built, image, expected):
+    proc = docteur("boot", "--solo5", "spt", image, "cat", "docs/guide/intro.md")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected["docs/guide/intro.md"]
+    assert b"serving" in proc.stderr and b"nbdfuse" in proc.stderr
+    blob = expected["bin/blob.bin"]
+    proc = docteur("boot", "--solo5", "spt", "-q", image, "cat", "bin/blob.bin")
+    assert proc.returncode == 0
+    assert proc.stdout == (f"binary: {len(blob)} bytes, sha256 "
+                           f"{hashlib.sha256(blob).hexdigest()}\n").encode()
+    proc = docteur("boot", "--solo5", "spt", "--raw", "--no-server", image, "cat", "bin/blob.bin")
+    assert proc.returncode == 0 and proc.stdout == blob
+
+
+def test_boot_solo5_errors_and_statuses(built, image):
+    proc = docteur("boot", "--solo5", "spt", "-q", "--no-server", image,
+                   "sha256", "README.txt", ";", "cat", "nope")
+    assert proc.returncode == 1
+    digest = hashlib.sha256(b"hello from docteur\n").hexdigest()
+    assert proc.stdout.decode().splitlines() == [
+        "--- sha256 README.txt (status 0)", f"sha256 {digest}  19",
+        "--- cat nope (status 1)"]
+    assert proc.stderr == b"error: /nope does not exist\n"
+    proc = docteur("boot", "--solo5", "spt", image, "ls")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == [
+        "docteur boot: ls: the Solo5 guest runs cat PATH or sha256 PATH"]
