@@ -67,6 +67,10 @@ environment's other packages nor another installed docteur_core.
 import os
 import sys
 
+# nbdkit 1.32 defines __file__ only while it loads this file (and crashes if
+# a later callback such as dump_plugin raises), so it is read once, here.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
 
 def _load_own_package():
     """Import the docteur_core this file is part of (two folders up), alone.
@@ -78,7 +82,7 @@ def _load_own_package():
     """
     import importlib.util
 
-    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    here = _PACKAGE_DIR
     loaded = sys.modules.get("docteur_core")
     if loaded is not None and os.path.dirname(os.path.realpath(loaded.__file__)) == here:
         return
@@ -166,7 +170,7 @@ def dump_plugin():
     print(f"docteur_version={__version__}")
     print(f"docteur_keys={','.join(KEYS)}")
     print(f"docteur_magic_config_key={magic_config_key}")
-    print(f"docteur_package={os.path.dirname(os.path.dirname(os.path.realpath(__file__)))}")
+    print(f"docteur_package={_PACKAGE_DIR}")
 
 
 def _connection_level():
