@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     the pid it prints); with --foreground it stays attached and Ctrl-C stops
     it and everything it started.
 
-    Cache: up to --cache-size (256M) of the image's blocks, in a sparse file
-    in $TMPDIR (default /var/tmp), deleted when nbdkit exits. While cached,
+    Cache: up to --cache-size of the image's blocks (default auto: the
+    image's size, at most 1G), in a sparse file in $TMPDIR (default
+    /var/tmp), deleted when nbdkit exits. While cached,
     the image is pinned: replacing the file (mv new.img disk.img) makes new
     clients fail until a restart; with --no-cache a replacement is served to
     new clients (and checked first). A folder is served without the cache.
@@ -53,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check before serving: quick (default; what `docteur verify "
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
-                        help=f"bound of nbdkit's read cache, e.g. 64M, 1G (default "
-                             f"{DEFAULT_CACHE_SIZE})")
+                        help="bound of nbdkit's read cache on disk, e.g. 64M, 1G (default "
+                             f"{DEFAULT_CACHE_SIZE}: the image's size, at most 1G)")
     parser.add_argument("--no-cache", action="store_true",
                         help="no cache filter: every read enters the Python plugin")
 
@@ -73,6 +74,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _stale_socket(path: Path) -> bool:
+    """A socket nobody listens on: what nbdkit leaves behind when it is killed."""
+    import socket
+    import stat
+
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     from .nbdkit import Listen, Server, ServeError, command, serve_in_background
 
@@ -80,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if not target.exists():
         raise ServeError(f"{target}: no such image or folder")
     if args.unix is not None and args.unix.exists():
-        raise ServeError(f"{args.unix} already exists (another server's socket?)")
+        if not _stale_socket(args.unix):
+            raise ServeError(f"{args.unix} already exists (another server's socket?)")
+        args.unix.unlink()
     listen = Listen(args.ip, args.port, args.unix)
     cache = None if args.no_cache else args.cache_size
 
@@ -91,13 +111,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.foreground:
         with tempfile.TemporaryDirectory(prefix="docteur-serve-") as tmp:
             pidfile = args.pidfile or Path(tmp) / "nbdkit.pid"
+            pidfile.unlink(missing_ok=True)  # a stale one would be read as the new pid
             pid = serve_in_background(argv(listen, pidfile, foreground=False), listen)
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri} (nbdkit pid {pid}; "
               f"stop it with `kill {pid}`)", file=sys.stderr)
         return 0
 
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C, SIGTERM and SIGHUP stop nbdkit cleanly (SIGINT too when it
+    # arrives ignored, as for `docteur serve -f &` in a script).
+    previous = {sig: signal.signal(sig, _interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     server = Server(argv, listen)
     try:
         server.start()
@@ -115,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
         if args.pidfile is not None:
             args.pidfile.unlink(missing_ok=True)
+        if args.unix is not None and args.unix.is_socket():
+            # nbdkit (1.32) leaves its socket behind; it was absent at start.
+            args.unix.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
