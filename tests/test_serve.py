@@ -460,6 +460,8 @@ def test_a_replaced_image(images, tmp_path, cache):
         if cache:  # still refused, and the old client never saw the new image
             assert cat(uri, "README.txt").stdout == b""
         status, _, err = server.stop(signal.SIGTERM)
+        if cache:  # and the user running `docteur serve -f` was told why
+            assert f"{live}: {REPLACED}" in err
     finally:
         if holder is not None:
             holder.kill()

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
               file=sys.stderr, flush=True)
-        status = server.wait()
+        status = server.wait(log=sys.stderr.buffer)
         raise ServeError(f"nbdkit exited with status {status}")
     except KeyboardInterrupt:
         print("docteur serve: stopped", file=sys.stderr)

@@ -197,8 +197,24 @@ class Server:
                 time.sleep(0.02)
         raise ServeError(f"nbdkit did not start within {self.timeout:.0f} s")
 
-    def wait(self) -> int:
-        return self.proc.wait() if self.proc else 0
+    def wait(self, log=None) -> int:
+        """Until nbdkit exits; what it logs meanwhile (a refused client, a
+        replaced image) is copied to `log` (a binary stream) as it comes."""
+        if self.proc is None:
+            return 0
+        if log is None:
+            return self.proc.wait()
+        with open(Path(self._tmp.name) / "nbdkit.err", "rb") as errors:
+            errors.seek(0, os.SEEK_END)  # start-up messages were dealt with
+            while True:
+                status = self.proc.poll()
+                chunk = errors.read()
+                if chunk:
+                    log.write(chunk)
+                    log.flush()
+                if status is not None:
+                    return status
+                time.sleep(0.2)
 
     def stop(self) -> None:
         children.stop(self.proc)
