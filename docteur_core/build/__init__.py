@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,6 +73,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     from .packwriter import OBJ_COMMIT, PlainPackWriter
     from .remote import fetch
     from .repository import open_repository, resolve
+    from .scratch import scratch_dir
     from .snapshot import Snapshot
     from .source import classify
 
@@ -109,7 +109,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     if shutil.which("git") is None:
         raise BuildError("the git program is needed but was not found on PATH")
 
-    with tempfile.TemporaryDirectory(prefix="docteur-make-") as tmp:
+    with scratch_dir() as tmp:
         if src.kind == "directory":
             git_dir = os.path.join(tmp, "snapshot.git")
             run_git(None, "init", "-q", "--bare", "--object-format=sha1", git_dir)
