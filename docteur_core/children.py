@@ -1,8 +1,11 @@
-"""Child processes (nbdkit, QEMU, tenders) that never outlive docteur.
+"""Child processes (nbdkit, QEMU, tenders, git, ssh) that never outlive docteur.
 
 Each child is started in its own process group and gets PR_SET_PDEATHSIG,
 so that it dies with the docteur process that started it even when that
-one is killed; `stop` then ends the whole group, politely and then for sure.
+one is killed (SIGKILL included); `stop` then ends the whole group,
+politely and then for sure. PR_SET_PDEATHSIG fires when the *thread* that
+started the child ends, so start tied children from a thread that lives as
+long as they should (docteur starts them from its main thread).
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ def _pdeathsig_setter() -> Callable[[], None] | None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (ImportError, OSError, AttributeError):  # not Linux: `finally` blocks remain
         return None
-    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = os.getpid()
+
+    def tie() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # The parent may have died between fork and prctl: then nobody
+        # will send the signal, so go now.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return tie
 
 
 def start(cmd: list[str], *, error: type[DocteurError] = DocteurError, hint: str = "",
@@ -34,12 +46,13 @@ def start(cmd: list[str], *, error: type[DocteurError] = DocteurError, hint: str
     """Popen `cmd` in a new process group; tied to this process unless `tied` is false.
 
     A missing program is an `error` naming it (and `hint`, e.g. which Debian
-    package has it).
+    package has it). stdin is /dev/null unless given.
     """
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
     try:
         return subprocess.Popen(cmd, start_new_session=True,
                                 preexec_fn=_pdeathsig_setter() if tied else None,
-                                stdin=subprocess.DEVNULL, **kwargs)
+                                **kwargs)
     except FileNotFoundError:
         raise error(f"{cmd[0]} not found" + (f": {hint}" if hint else "")) from None
 

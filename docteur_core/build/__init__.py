@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
 from ..format import layout
+from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from ..errors import BuildError
 
 __all__ = ["BuildResult", "make_image"]
@@ -53,7 +53,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                block_size: int = layout.DEFAULT_BLOCK_SIZE,
                progress: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None,
-               compat: str | None = None) -> BuildResult:
+               compat: str | None = None,
+               max_object_size: int = DEFAULT_MAX_OBJECT_SIZE) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -66,14 +67,19 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     makes it; `BuildResult.source_commit` is the repository's commit when
     the image's had to be rewritten. Without it, one warning names what the
     OCaml docteur's fast reader will not see.
+    `max_object_size`: a source holding a bigger object is refused before
+    the delta search (a directory's, before anything is read). The default
+    is the readers' own limit, so the builder never makes an image they
+    refuse; only a smaller value makes sense.
     """
     from . import compat as compat_mod
     from . import identity
-    from .gitrun import GitRepo, pack_objects, run_git
+    from .gitrun import GitRepo, check_object_sizes, pack_objects, run_git
     from .image import check_output, write_image
     from .packwriter import OBJ_COMMIT, PlainPackWriter
     from .remote import fetch
     from .repository import open_repository, resolve
+    from .scratch import scratch_dir
     from .snapshot import Snapshot
     from .source import classify
 
@@ -108,15 +114,19 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             message_b = identity.message_bytes(message)
     if shutil.which("git") is None:
         raise BuildError("the git program is needed but was not found on PATH")
+    if src.kind == "directory":
+        # Everything is listed and checked (sizes, kinds) before any work.
+        snapshot = Snapshot(src.location, warn, progress, compat=compat,
+                            max_object_size=max_object_size)
+        snapshot.scan()
 
-    with tempfile.TemporaryDirectory(prefix="docteur-make-") as tmp:
+    with scratch_dir() as tmp:
         if src.kind == "directory":
             git_dir = os.path.join(tmp, "snapshot.git")
             run_git(None, "init", "-q", "--bare", "--object-format=sha1", git_dir)
             writer = PlainPackWriter(os.path.join(git_dir, "objects", "pack", "pack-snapshot"))
             try:
-                snapshot = Snapshot(src.location, writer, warn, progress, compat=compat)
-                tree = snapshot.run()
+                tree = snapshot.write(writer)
                 if ocaml:
                     raw = compat_mod.commit_raw(tree, author_b, when, message_b)
                 else:
@@ -139,6 +149,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             resolved = resolve(repo, ref, src.display)
             commit, tree = resolved.commit, resolved.tree
             source_commit = commit
+            # Before the commit is read: --compat ocaml's rewrite adds no bigger object.
+            check_object_sizes(repo, commit, max_object_size, src.display)
             raw_commit = run_git(repo, "cat-file", "commit", commit)
             roles = compat_mod.empty_email_roles(raw_commit)
             if roles and ocaml:

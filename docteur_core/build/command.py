@@ -54,7 +54,13 @@ signature dropped). Without --compat ocaml, one warning says how many
 entries the OCaml fast reader will not see.
 
 IMAGE is written atomically: a failed or interrupted build leaves no
-IMAGE, and an existing IMAGE untouched.
+IMAGE, and an existing IMAGE untouched. An existing IMAGE that is not a
+regular file (a device such as /dev/null, a FIFO, a socket, a folder, a
+symbolic link) is refused. A file bigger than the readers' object size
+limit (4 GiB) is refused before any work. A build killed with SIGKILL takes
+its git and ssh processes with it; its temporary files
+($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by the
+next build.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")

@@ -3,6 +3,10 @@
 Why git: its pack-objects is the only delta engine fast and good enough
 (dulwich's is ~200x slower and ~45 % bigger on the requests corpus).
 
+Every git process is started with `children.start`: its own process group
+and PR_SET_PDEATHSIG, so a killed build (even by SIGKILL) takes its git
+processes with it instead of leaving a `git pack-objects` running.
+
 Determinism: `--threads=1` (git's threaded delta search splits work by
 timing), `--no-reuse-object` (the output does not depend on how the source
 stores its objects), and every configuration key that changes the bytes
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import children
 from ..errors import BuildError
 
 WINDOW = 250
@@ -73,20 +79,35 @@ def last_line(stderr: bytes) -> str:
     return text.removeprefix("fatal: ").removeprefix("error: ")
 
 
+class _NoGit(BuildError):
+    pass
+
+
+def start_git(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start a git process tied to this one (it dies with the builder)."""
+    try:
+        return children.start(cmd, error=_NoGit, **kwargs)
+    except _NoGit:
+        raise BuildError("the git program is needed but was not found on PATH") from None
+
+
 def run_git(repo: GitRepo | None, *args: str, input: bytes | None = None) -> bytes:
     """Run a git plumbing command; stdout on success, else a BuildError.
 
     The BuildError's message is git's last stderr line; callers wrap it to
     name the thing that failed.
     """
+    proc = start_git(git_command(*args), env=git_env(repo),
+                     stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc = subprocess.run(git_command(*args), env=git_env(repo), input=input,
-                              capture_output=True)
-    except FileNotFoundError:
-        raise BuildError("the git program is needed but was not found on PATH") from None
+        out, err = proc.communicate(input)
+    except BaseException:
+        children.stop(proc)
+        raise
     if proc.returncode != 0:
-        raise BuildError(last_line(proc.stderr))
-    return proc.stdout
+        raise BuildError(last_line(err))
+    return out
 
 
 class _Drain(threading.Thread):
@@ -117,6 +138,44 @@ def _forward_progress(stream, progress: Callable[[str], None] | None) -> bytes:
     return tail
 
 
+def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> None:
+    """Refuse, before packing, a commit that holds an object over `limit` bytes.
+
+    `limit` is the readers' (`format.pack.DEFAULT_MAX_OBJECT_SIZE`): an
+    image they would refuse is not built. One `rev-list` walk with git's
+    blob-size filter (trees are never that big); the commit itself is
+    checked with `cat-file -s`. The culprit's path is looked up only when
+    there is one.
+    """
+    size = int(run_git(repo, "cat-file", "-s", commit))
+    if size > limit:
+        raise BuildError(f"{display}: commit {commit} is {size} bytes, over the object size "
+                         f"limit of {limit} bytes (the largest object docteur's readers accept)")
+    out = run_git(repo, "rev-list", "--objects", "--no-walk", f"--filter=blob:limit={limit + 1}",
+                  "--filter-print-omitted", commit)
+    omitted = [line[1:41].decode() for line in out.splitlines() if line.startswith(b"~")]
+    if not omitted:
+        return
+    blob = omitted[0]
+    size = int(run_git(repo, "cat-file", "-s", blob))
+    name = blob
+    for line in run_git(repo, "rev-list", "--objects", "--no-walk", commit).splitlines():
+        if line[:40].decode() == blob:
+            name = line[41:].decode("utf-8", "backslashreplace") or blob
+            break
+    raise BuildError(f"{display}: {name}: {size} bytes, over the object size limit of "
+                     f"{limit} bytes (the largest object docteur's readers accept)")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a git process's group and reap it; its pipes are left to their readers."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
 def pack_objects(repo: GitRepo, commit: str, base: str,
                  progress: Callable[[str], None] | None) -> str:
     """Pack `commit`, its tree and everything reachable into `base`-SHA.{pack,idx}.
@@ -128,17 +187,16 @@ def pack_objects(repo: GitRepo, commit: str, base: str,
     """
     env = git_env(repo)
     verbosity = "--progress" if progress is not None else "-q"
+    revlist = start_git(git_command("rev-list", "--objects", "--no-walk", commit),
+                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        revlist = subprocess.Popen(
-            git_command("rev-list", "--objects", "--no-walk", commit),
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise BuildError("the git program is needed but was not found on PATH") from None
-    try:
-        packer = subprocess.Popen(
+        packer = start_git(
             git_command("pack-objects", verbosity, "--delta-base-offset", "--no-reuse-object",
                         f"--window={WINDOW}", f"--depth={DEPTH}", "--threads=1", base),
             env=env, stdin=revlist.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except BaseException:
+        children.stop(revlist)
+        raise
     finally:
         revlist.stdout.close()
     out_drain = _Drain(packer.stdout)
@@ -151,8 +209,7 @@ def pack_objects(repo: GitRepo, commit: str, base: str,
         revlist.wait()
     except BaseException:
         for p in (packer, revlist):
-            p.kill()
-            p.wait()
+            _kill(p)
         raise
     finally:
         out_drain.join()

@@ -3,19 +3,60 @@
 The bytes go to a temporary file beside IMAGE, are flushed to disk, and the
 file is renamed over IMAGE only when complete; any failure or interrupt
 removes the temporary file, so IMAGE is either absent, the old one, or the
-complete new one.
+complete new one. A SIGKILL leaves the temporary file, which the next build
+sweeps (see `scratch`).
+
+IMAGE is only ever a regular file: an existing IMAGE that is anything else
+(a device node such as /dev/null, a FIFO, a socket, a folder, a symbolic
+link) is refused before any work, and checked again just before the
+rename, since renaming over a device node would replace the node itself.
+A symbolic link is refused rather than followed or replaced: writing
+through it would put the image wherever the link points, replacing it
+would silently turn the link into a file; the user names the path they
+mean.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
 from typing import Callable
 
 from ..format import layout
 from ..errors import BuildError
+from .scratch import image_temp
 
 CHUNK = 1 << 20
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def check_existing(image: str) -> None:
+    """Refuse an existing IMAGE that is not a regular file (one line saying what it is)."""
+    try:
+        st = os.lstat(image)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BuildError(f"{image}: cannot check the output ({exc.strerror})") from None
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(image)
+        except OSError:
+            target = "?"
+        raise BuildError(f"{image}: is a symbolic link (to {target}); docteur make writes "
+                         "regular files only: give the path to write, or remove the link")
+    if stat.S_ISDIR(mode):
+        raise BuildError(f"{image}: is a directory")
+    what = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise BuildError(f"{image}: is {what}; docteur make writes (and replaces) "
+                     "regular files only")
 
 
 def check_output(image: str) -> str:
@@ -24,8 +65,7 @@ def check_output(image: str) -> str:
     folder = os.path.dirname(image)
     if not os.path.isdir(folder):
         raise BuildError(f"{image}: output folder {folder} does not exist")
-    if os.path.isdir(image):
-        raise BuildError(f"{image}: is a directory")
+    check_existing(image)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise BuildError(f"{image}: output folder {folder} is not writable")
     return image
@@ -59,8 +99,10 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
     idx_size = os.path.getsize(idx_path)
     idx_offset, size = layout.image_layout(pack_size, idx_size, block_size)
     folder = os.path.dirname(image)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(image) + ".", suffix=".tmp",
-                               dir=folder)
+    try:
+        fd, tmp = image_temp(image)
+    except OSError as exc:
+        raise BuildError(f"{image}: cannot write ({exc.strerror or exc})") from None
     done = [0]
 
     def advance(n: int) -> None:
@@ -71,6 +113,7 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
         mask = os.umask(0)
         os.umask(mask)
         os.fchmod(fd, 0o666 & ~mask)
+        # The file stays open (and locked, so no sweep takes it) until renamed.
         with os.fdopen(fd, "wb") as out:
             out.write(layout.encode_header(commit, idx_offset))
             _copy(pack_path, out, pack_size, advance if progress else None)
@@ -79,7 +122,8 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
             _zeros(out, size - idx_offset - idx_size)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, image)
+            check_existing(image)  # it may have been swapped for a device meanwhile
+            os.replace(tmp, image)
     except BaseException as exc:
         try:
             os.unlink(tmp)

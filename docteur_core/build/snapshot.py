@@ -12,10 +12,28 @@ Names are bytes all the way (os.scandir on bytes paths), so names that are
 not valid UTF-8 keep their exact bytes. Tree entry order is git's (dulwich's
 `Tree` serialises it). The walk is iterative, so depth is bounded by
 PATH_MAX, not by Python's recursion limit.
+
+Two passes, because SOURCE may change (or be changed by someone hostile)
+while it is read:
+- `scan()` lists every folder and `lstat`s every entry, before anything is
+  read or written: a file over the reader's object size limit
+  (`format.pack.DEFAULT_MAX_OBJECT_SIZE`, one limit for both sides) is
+  refused here, so a build never makes an image its readers refuse;
+- `write()` reads the files. Each is opened `O_NOFOLLOW | O_NONBLOCK` and
+  its descriptor's `fstat` must be a regular file with the scan's identity
+  (st_dev, st_ino): a file swapped for a symbolic link (whose target may be
+  outside SOURCE), a FIFO (`O_NONBLOCK`: no wait for a writer), a device or
+  another file, through any of its parent folders too, stops the build with
+  one line instead of being read. Folders are opened the same way for the
+  scan. A file rewritten in place keeps its identity: its bytes are read as
+  they are then, and a size change during the read is an error.
+  With `--compat ocaml` links are followed (inside SOURCE, checked at the
+  scan), so there the identity check alone stands guard.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -24,6 +42,7 @@ from typing import Callable
 from dulwich.objects import Tree
 
 from ..errors import BuildError
+from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from .packwriter import OBJ_BLOB, OBJ_TREE, PlainPackWriter
 
 # Files up to this size are read in one call; larger ones are streamed.
@@ -36,69 +55,124 @@ def show(path: bytes) -> str:
 
 
 class Snapshot:
-    """Walk `root`, write every object into `writer`; `run()` returns the root tree id (hex)."""
+    """Walk `root`: `scan()`, then `write(writer)` every object; the root tree id (hex)."""
 
-    def __init__(self, root: str, writer: PlainPackWriter,
-                 warn: Callable[[str], None],
+    def __init__(self, root: str, warn: Callable[[str], None],
                  progress: Callable[[str], None] | None = None,
-                 compat: str | None = None) -> None:
+                 compat: str | None = None,
+                 max_object_size: int = DEFAULT_MAX_OBJECT_SIZE) -> None:
         self.root = os.fsencode(root)
         # compat "ocaml": as the OCaml builder (bin/gitify.ml) stores a folder:
         # every file 100644, links followed (inside SOURCE only, no cycles).
         self.compat = compat
+        self.max_object_size = max_object_size
         self.real_root = os.path.realpath(self.root)
         self.executables = 0  # 100755 and 120000 entries written, for the
         self.links = 0  # warning about what the OCaml fast reader cannot see
-        self.writer = writer
         self.warn = warn
         self.progress = progress
         self.files = 0
         self.bytes = 0
         self._last = 0.0
+        # folder path -> its entries (name, lstat, or stat through a link in compat)
+        self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
 
-    def run(self) -> str:
-        # Each frame: (directory path, its entries so far, its remaining children).
-        stack = [(self.root, Tree(), self._children(self.root))]
+    def run(self, writer: PlainPackWriter) -> str:
+        self.scan()
+        return self.write(writer)
+
+    # --- pass 1: the scan ----------------------------------------------------
+
+    def scan(self) -> None:
+        """List every folder and stat every entry; refuse what cannot be stored.
+
+        Nothing is read or written. Special files are skipped here (with
+        their warnings), so the listing holds folders, files and links.
+        """
+        listing: dict[bytes, list[tuple[bytes, os.stat_result]]] = {}
+        try:
+            root_st = os.stat(self.root)
+        except OSError as exc:
+            raise BuildError(f"{show(self.root)}: cannot read directory ({exc.strerror})") from None
+        # Each frame: (folder path, its remaining entries, the entries kept).
+        stack = [(self.root, self._children(self.root, root_st, follow=True), [])]
         reals = [self.real_root]  # compat: the real folders on the stack, to refuse cycles
-        while True:
-            path, tree, children = stack[-1]
+        entries = 0
+        while stack:
+            path, children, kept = stack[-1]
             for name, st in children:
+                mode = st.st_mode
                 child = os.path.join(path, name)
-                if stat.S_ISDIR(st.st_mode):
+                if stat.S_ISDIR(mode):
+                    kept.append((name, st))
                     if self.compat:
                         real = os.path.realpath(child)
                         if real in reals:
                             raise self._refuse(child, "leads to a folder that contains it "
                                                "(a cycle)")
                         reals.append(real)
-                    stack.append((child, Tree(), self._children(child)))
+                    stack.append((child, self._children(child, st, follow=False), []))
                     break
-                entry = self._leaf(child, st)
-                if entry is not None:
-                    tree.add(name, entry[0], entry[1])
+                if stat.S_ISREG(mode):
+                    self._check_size(child, st.st_size)
+                elif not stat.S_ISLNK(mode):
+                    kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
+                            else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                            else "special file")
+                    self.warn(f"{show(child)}: skipped ({kind})")
+                    continue
+                kept.append((name, st))
             else:
                 stack.pop()
                 if self.compat:
                     reals.pop()
-                sha = self.writer.add(OBJ_TREE, tree.as_raw_string()).hex().encode()
-                if not stack:
-                    self._report(final=True)
-                    return sha.decode()
-                stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, sha)
+                listing[path] = kept
+                entries += len(kept)
+                if self.progress is not None:
+                    now = time.monotonic()
+                    if now - self._last >= 0.1:
+                        self._last = now
+                        self.progress(f"Scanning files: {entries} entries")
+        self._listing = listing
+        self._last = 0.0
 
-    def _children(self, path: bytes):
+    def _check_size(self, path: bytes, size: int) -> None:
+        if size > self.max_object_size:
+            raise BuildError(f"{show(path)}: {size} bytes, over the object size limit of "
+                             f"{self.max_object_size} bytes (the largest object docteur's "
+                             "readers accept)")
+
+    def _children(self, path: bytes, st: os.stat_result, follow: bool):
+        """The entries of folder `path`, which the scan saw as `st`, sorted by name."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+        if not (follow or self.compat):
+            flags |= os.O_NOFOLLOW
         try:
-            with os.scandir(path) as it:
-                entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._changed(path, "is no longer a folder") from None
+            raise BuildError(f"{show(path)}: cannot read directory ({exc.strerror})") from None
+        try:
+            if not _same(os.fstat(fd), st):
+                raise self._changed(path, "was replaced by another folder")
+            with os.scandir(fd) as it:
+                entries = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in it]
         except OSError as exc:
             raise BuildError(f"{show(path)}: cannot read directory ({exc.strerror})") from None
-        for name, st in sorted(entries):
+        finally:
+            os.close(fd)
+        for name, child_st in sorted(entries):
             if name.lower() == b".git":
                 self.warn(f"{show(os.path.join(path, name))}: skipped (git does not store .git)")
                 continue
-            if self.compat and stat.S_ISLNK(st.st_mode):
-                st = self._follow(os.path.join(path, name))
-            yield name, st
+            if self.compat and stat.S_ISLNK(child_st.st_mode):
+                child_st = self._follow(os.path.join(path, name))
+            yield name, child_st
+
+    def _changed(self, path: bytes, what: str) -> BuildError:
+        return BuildError(f"{show(path)}: changed while the build read SOURCE ({what}); "
+                          "nothing was written")
 
     def _refuse(self, link: bytes, why: str) -> BuildError:
         try:
@@ -121,7 +195,36 @@ class Snapshot:
             raise self._refuse(link, "leads outside SOURCE")
         return st
 
-    def _leaf(self, path: bytes, st: os.stat_result) -> tuple[int, bytes] | None:
+    # --- pass 2: reading and hashing -----------------------------------------
+
+    def write(self, writer: PlainPackWriter) -> str:
+        """Write every object of the scanned tree into `writer`; the root tree id (hex)."""
+        if self._listing is None:
+            self.scan()
+        listing = self._listing
+        self.writer = writer
+        # Each frame: (directory path, its entries so far, its remaining children).
+        stack = [(self.root, Tree(), iter(listing[self.root]))]
+        while True:
+            path, tree, children = stack[-1]
+            for name, st in children:
+                child = os.path.join(path, name)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((child, Tree(), iter(listing[child])))
+                    break
+                mode, sha = self._leaf(child, st)
+                tree.add(name, mode, sha)
+            else:
+                stack.pop()
+                raw = tree.as_raw_string()
+                self._check_size(path + b"/", len(raw))
+                sha = writer.add(OBJ_TREE, raw).hex().encode()
+                if not stack:
+                    self._report(final=True)
+                    return sha.decode()
+                stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, sha)
+
+    def _leaf(self, path: bytes, st: os.stat_result) -> tuple[int, bytes]:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             sha = self._file(path, st)
@@ -129,27 +232,56 @@ class Snapshot:
                 self.executables += 1
                 return 0o100755, sha
             return 0o100644, sha
-        if stat.S_ISLNK(mode):
-            try:
-                target = os.readlink(path)
-            except OSError as exc:
-                raise BuildError(f"{show(path)}: cannot read link ({exc.strerror})") from None
-            self.links += 1
-            return 0o120000, self.writer.add(OBJ_BLOB, target).hex().encode()
-        kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
-                else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "special file")
-        self.warn(f"{show(path)}: skipped ({kind})")
-        return None
+        try:  # a link (the scan kept nothing else)
+            target = os.readlink(path)
+        except OSError as exc:
+            raise BuildError(f"{show(path)}: cannot read link ({exc.strerror})") from None
+        self.links += 1
+        return 0o120000, self.writer.add(OBJ_BLOB, target).hex().encode()
+
+    def _open(self, path: bytes, st: os.stat_result) -> int:
+        """Open the file the scan saw as `st`, or fail: never a link, a FIFO or another file."""
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        if not self.compat:
+            flags |= os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._changed(path, "it is now a symbolic link") from None
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise self._changed(path, "it is gone") from None
+            raise BuildError(f"{show(path)}: cannot read file ({exc.strerror})") from None
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode):
+                kind = ("a FIFO" if stat.S_ISFIFO(now.st_mode)
+                        else "a folder" if stat.S_ISDIR(now.st_mode)
+                        else "a socket" if stat.S_ISSOCK(now.st_mode)
+                        else "a device" if stat.S_ISCHR(now.st_mode) or stat.S_ISBLK(now.st_mode)
+                        else "not a regular file")
+                raise self._changed(path, f"it is now {kind}")
+            if not _same(now, st):
+                raise self._changed(path, "it was replaced by another file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _file(self, path: bytes, st: os.stat_result) -> bytes:
+        fd = self._open(path, st)
         try:
-            with open(path, "rb") as f:
-                if st.st_size <= WHOLE_READ_LIMIT:
-                    data = f.read()
+            with open(fd, "rb") as f:
+                size = os.fstat(fd).st_size
+                self._check_size(path, size)
+                if size <= WHOLE_READ_LIMIT:
+                    data = f.read(size + 1)
+                    if len(data) != size:
+                        raise BuildError(f"{show(path)}: file "
+                                         f"{'grew' if len(data) > size else 'shrank'} "
+                                         "while being read")
                     sha = self.writer.add(OBJ_BLOB, data)
-                    size = len(data)
                 else:
-                    size = os.fstat(f.fileno()).st_size
                     try:
                         sha = self.writer.add_blob_stream(f, size)
                     except ValueError as exc:
@@ -170,3 +302,8 @@ class Snapshot:
             self._last = now
             self.progress(f"Hashing files: {self.files} files, {self.bytes / 1e6:.1f} MB"
                           + (", done." if final else ""))
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file: device and inode (what a swap, a link or a rename changes)."""
+    return a.st_dev == b.st_dev and a.st_ino == b.st_ino

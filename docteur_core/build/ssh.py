@@ -22,6 +22,7 @@ import shlex
 import subprocess
 from typing import Mapping
 
+from .. import children
 from ..errors import BuildError
 
 CONNECT_TIMEOUT = 60
@@ -49,6 +50,10 @@ def ssh_argv(environ: Mapping[str, str], connect_timeout: int = CONNECT_TIMEOUT)
     if variant == "ssh" or (variant == "auto" and program == "ssh"):
         argv += batch_options(connect_timeout)
     return argv
+
+
+class _NoSSH(BuildError):
+    pass
 
 
 class BatchSSHVendor:
@@ -84,10 +89,12 @@ class BatchSSHVendor:
         if target.startswith("-"):
             raise BuildError(f"{target}: not a host name")
         try:
-            proc = subprocess.Popen(
-                [*args, target, command], bufsize=0, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        except FileNotFoundError:
+            # A new session (no terminal to prompt on), tied to the builder:
+            # a killed build does not leave ssh running.
+            proc = children.start(
+                [*args, target, command], error=_NoSSH, bufsize=0, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except _NoSSH:
             raise BuildError(f"the ssh program '{self.argv[0]}' was not found "
                              "(install openssh-client, or set GIT_SSH_COMMAND)") from None
         except OSError as exc:
