@@ -194,7 +194,12 @@ def tree_order_problem(entries: list[RawTreeEntry]) -> str | None:
     directory "a" before "a0"); `git fsck` calls anything else treeNotSorted,
     and a reader searching a tree could miss a name in one.
     """
+    import operator
+    from itertools import islice
+
     keys = [name + b"/" if mode == MODE_DIR else name for mode, _, name in entries]
+    if all(map(operator.lt, keys, islice(keys, 1, None))):
+        return None
     for i in range(1, len(keys)):
         if not keys[i - 1] < keys[i]:
             return (f"entries are not in git's order ({bytes(entries[i - 1][2])!r} "
