@@ -344,3 +344,129 @@ def test_info_with_a_zone_out_of_range(zone, shown, tmp_path):
         assert proc.returncode == 0, proc.stderr.decode()
         assert shown in proc.stdout.decode()
     assert docteur("verify", path).returncode == 0
+
+
+# -- 3. path explosion --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def explosion(tmp_path_factory) -> Path:
+    # 61 trees, each naming the one below twice: 2^60 paths in 6 KB.
+    f = Obj("blob", b"leaf\n")
+    level = Obj("tree", tree(("100644", "f", f.oid)))
+    objs = [f, level]
+    for _ in range(60):
+        level = Obj("tree", tree(("040000", "a", level.oid), ("040000", "b", level.oid)))
+        objs.append(level)
+    c = Obj("commit", commit(level.oid))
+    return write(tmp_path_factory.mktemp("paths"), build([c, *objs], c.oid))
+
+
+def test_path_explosion_light_tree_stops(explosion):
+    assert explosion.stat().st_size < 16 << 10
+    for proc in (docteur("tree", explosion), guest(explosion, "tree")):
+        one_clean_line(proc, "more than 1000000 paths", "max_paths")
+        assert proc.stdout == b""  # counted before the first line is drawn
+
+
+@pytest.mark.parametrize("reader", ["docteur", "guest"])
+def test_path_explosion_fast_open_is_refused(explosion, reader):
+    proc = (docteur("ls", "--mode", "fast", explosion) if reader == "docteur"
+            else guest(explosion, "--mode", "fast", "ls"))
+    one_clean_line(proc, "more than 1000000 paths", "max_paths")
+
+
+def test_path_explosion_verify_refuses_what_readers_refuse(explosion):
+    proc = docteur("verify", explosion)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert b"(max_paths), tree " in proc.stderr
+    report = verify_image(MemoryDevice(explosion.read_bytes(), 512))
+    assert [p[2] for p in report.problems] == [
+        f"the trees name {2 ** 61 + 2 ** 60 - 2} paths, more than the limit of 1000000 "
+        "(max_paths)"]
+
+
+def test_long_names_bound_the_walk_by_bytes(tmp_path):
+    # Few paths, each long: bounded by max_path_bytes, not only by count.
+    f = Obj("blob", b"leaf\n")
+    level = Obj("tree", tree(("100644", "f", f.oid)))
+    objs = [f, level]
+    for i in range(30):
+        level = Obj("tree", tree(("040000", "a" * 200, level.oid), ("040000", "b" * 200,
+                                                                       level.oid)))
+        objs.append(level)
+    c = Obj("commit", commit(level.oid))
+    data = bytes(build([c, *objs], c.oid))
+    with pytest.raises(LimitExceeded, match="max_path_bytes"):
+        Image.open(MemoryDevice(data, 512), "fast", max_path_bytes=10 << 20)
+
+
+@pytest.fixture(scope="module")
+def wide_tree(tmp_path_factory) -> Path:
+    f = Obj("blob", b"x\n")
+    t = Obj("tree", tree(*[("100644", f"f{i:06d}", f.oid) for i in range(50_000)]))
+    c = Obj("commit", commit(t.oid))
+    return write(tmp_path_factory.mktemp("wide"), build([c, t, f], c.oid))
+
+
+def test_a_wide_tree_is_counted_as_it_is_parsed(wide_tree):
+    for mode in ("light", "fast"):
+        one_clean_line(docteur("ls", "--mode", mode, "--max-paths", "1000", wide_tree),
+                       "tree names more than 1000 entries", "max_paths")
+    report = verify_image(MemoryDevice(wide_tree.read_bytes(), 512), max_paths=1000)
+    assert any("tree names more than 1000 entries" in p[2] for p in report.problems)
+    proc = docteur("verify", "--max-paths", "1000", wide_tree)
+    assert proc.returncode == 1 and b"more than 1000 entries" in proc.stderr
+    assert docteur("verify", wide_tree).returncode == 0
+    with Image.open(wide_tree, "fast") as image:
+        assert len(image) == 50_000
+
+
+# -- 4. verify is linear in the pack for chains of big objects -------------------------
+
+
+def test_verify_does_not_rebuild_a_chain_of_big_objects(tmp_path):
+    # Objects over a quarter of the cache each: before, every delta rebuilt
+    # the chain from its base (depth 60: 1,770 rebuilds); now none.
+    objs, last = chain_of_big_deltas(60, 300 << 10)
+    t = Obj("tree", tree(("100644", "f", last.oid)))
+    c = Obj("commit", commit(t.oid))
+    data = bytes(build([c, t, *objs], c.oid))
+    report = verify_image(MemoryDevice(data, 512), cache_bytes=1 << 20)
+    assert report.ok, report.problem_lines()
+    assert report.stats["rebuilt"] == 0
+    assert report.counts.deltas == 60
+
+
+# -- 8. git's tree order; JSON whatever the names ---------------------------------------
+
+
+@pytest.mark.parametrize("names,ok", [
+    ([("100644", "a.c"), ("040000", "a"), ("100644", "a0")], True),  # "a/" sorts after "a.c"
+    ([("040000", "a"), ("100644", "a.c")], False),
+    ([("100644", "b"), ("100644", "a")], False),
+])
+def test_verify_rejects_an_unsorted_tree(names, ok, tmp_path):
+    f = Obj("blob", b"x\n")
+    sub = Obj("tree", tree(("100644", "f", f.oid)))
+    t = Obj("tree", tree(*[(m, n, sub.oid if m == "040000" else f.oid) for m, n in names]))
+    c = Obj("commit", commit(t.oid))
+    path = write(tmp_path, build([c, t, sub, f], c.oid))
+    proc = docteur("verify", path)
+    if ok:
+        assert proc.returncode == 0, proc.stderr.decode()
+    else:
+        assert proc.returncode == 1
+        assert b"malformed tree: entries are not in git's order" in proc.stderr
+
+
+def test_verify_json_escapes_names_that_are_not_utf8(tmp_path):
+    f = Obj("blob", b"x\n")
+    raw_tree = b"100644 caf\xe9\0" + b"\x11" * 20  # a blob that is not in the pack
+    t = Obj("tree", raw_tree)
+    c = Obj("commit", commit(t.oid))
+    path = write(tmp_path, build([c, t, f], c.oid))
+    proc = docteur("verify", "--json", path)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout.decode("utf-8"))  # strict: valid UTF-8, valid JSON
+    assert any("caf\\xe9 is not in the pack" in p["what"] for p in report["problems"])

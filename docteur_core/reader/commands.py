@@ -82,6 +82,7 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
     """tree [PATH]: the hierarchy under PATH, drawn with ASCII."""
     path = args[0] if args else ""
     top = image.entries(path)  # raises NotADirectory for a file
+    image.count_paths(path)  # 2^60 paths are refused before the first line
     out.write(_text("/" + "/".join(p for p in path.split("/") if p)) + b"\n")
     dirs = files = 0
     # Bounded as a walk is (`max_paths`, `max_path_bytes`): a small image

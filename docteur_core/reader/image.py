@@ -318,6 +318,57 @@ class Image:
                 if e.is_dir:
                     stack.append(Node(prefix + e.name, e.mode, e.id, self._offset(e.id)))
 
+    def count_paths(self, path: str | bytes = "") -> tuple[int, int]:
+        """(paths, bytes of those paths) under a directory, refused past the limits.
+
+        Counted over the distinct trees, each parsed once, before a single
+        path is made: 61 trees each naming the one below twice name 2^60
+        paths, and are refused here in milliseconds rather than by a walk
+        that has already spent the memory (fast mode's index) or the time
+        (`tree`). Paths are counted relative to `path`.
+        """
+        top = self._lookup(path)
+        if top.mode != obj.MODE_DIR:
+            raise NotADirectory(f"/{top.path} is not a directory")
+        memo: dict[bytes, tuple[int, int]] = {}
+        on_path: set[bytes] = set()
+        stack: list[tuple[bytes, int | None, str, bool]] = [(top.id, top.offset, top.path,
+                                                              False)]
+        while stack:
+            tid, offset, where, done = stack.pop()
+            if done:
+                on_path.discard(tid)
+                entries, _ = self._tree(tid, offset)
+                n = len(entries)
+                b = 0
+                for e in entries:
+                    b += len(e.name)
+                    if e.is_dir:
+                        sn, sb = memo[e.id]
+                        n += sn
+                        b += sb + sn * (len(e.name) + 1)
+                if n > self.max_paths:
+                    raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
+                                        f"path /{where}", "max_paths")
+                if b > self.max_path_bytes:
+                    raise LimitExceeded(f"the trees' paths add up to more than "
+                                        f"{self.max_path_bytes} bytes", f"path /{where}",
+                                        "max_path_bytes")
+                memo[tid] = (n, b)
+                continue
+            if tid in memo:
+                continue
+            if tid in on_path:
+                raise DamagedImage(f"tree {tid.hex()} contains itself", f"path /{where}")
+            on_path.add(tid)
+            stack.append((tid, offset, where, True))
+            entries, _ = self._tree(tid, offset)
+            prefix = where + "/" if where else ""
+            for e in entries:
+                if e.is_dir and e.id not in memo:
+                    stack.append((e.id, self._offset(e.id), prefix + e.name, False))
+        return memo[top.id]
+
     def _offset(self, oid: bytes) -> int | None:
         by_id = self.store._by_id
         if by_id is None:
@@ -341,6 +392,8 @@ class Image:
     def _build_index_now(self) -> None:
         # Releases side by side share most subtrees: parse each tree once.
         self._trees_limit = 1 << 62
+        self._nodes = None
+        self.count_paths()  # refused before a path is made, if over the limits
         nodes: dict[str, Node] = {"": self.root}
         children: dict[str, list[obj.TreeEntry]] = {}
         by_id = self.store._by_id
