@@ -37,6 +37,20 @@ class DamagedImage(DocteurError):
         super().__init__(f"damaged image: {what}" + (f" (at {where})" if where else ""))
 
 
+class LimitExceeded(DamagedImage):
+    """The image asks for more memory, work or paths than a limit allows
+    (`format/limits.py`): refused before anything is spent. Raising the
+    limit (the keyword argument or option named in `limit`) may let a
+    genuine but huge image through; a hostile one stays refused."""
+
+    def __init__(self, what: str, where: str | None = None, limit: str = "") -> None:
+        self.limit = limit
+        super().__init__(what, where)
+        DocteurError.__init__(self, "image over a limit: " + what
+                              + (f" (at {where})" if where else "")
+                              + (f"; raise {limit} to allow it" if limit else ""))
+
+
 class DeviceError(DocteurError):
     """A block device cannot be opened or read (missing file, I/O error,
     lost NBD connection...)."""

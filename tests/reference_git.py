@@ -28,7 +28,7 @@ def _varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
 
 
 def apply_delta(base: bytes, delta: bytes, where: str,
-                max_size: int = 1 << 32) -> bytes:
+                max_size: int = 512 << 20) -> bytes:
     """Rebuild an object from its base and a git delta, checking every step."""
     src_size, pos = _varint(delta, 0, where)
     dst_size, pos = _varint(delta, pos, where)
@@ -36,7 +36,8 @@ def apply_delta(base: bytes, delta: bytes, where: str,
         raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
                            where)
     if dst_size > max_size:
-        raise DamagedImage(f"delta result of {dst_size} bytes is over the limit", where)
+        raise DamagedImage(f"delta result of {dst_size} bytes is over the limit of {max_size}",
+                           where)
     out = bytearray()
     n = len(delta)
     while pos < n:

@@ -36,7 +36,7 @@ from docteur_core.build.packwriter import OBJ_BLOB, PlainPackWriter, object_id
 from docteur_core.build.scratch import sweep
 from docteur_core.build.snapshot import Snapshot
 from docteur_core.errors import BuildError
-from docteur_core.format.pack import DEFAULT_MAX_OBJECT_SIZE
+from docteur_core.format.limits import MAX_FILE_SIZE
 from tests.support import REPO_ROOT, git
 
 DATE = "2026-01-01T00:00:00Z"
@@ -195,7 +195,7 @@ def test_file_grown_over_the_limit_after_the_scan(tree, tmp_path):
         f.write(b"x" * 200)
     message, _ = write_fails(snapshot, tmp_path)
     assert message == (f"{tree}/a.txt: 202 bytes, over the object size limit of 100 bytes "
-                       "(the largest object docteur's readers accept)")
+                       "(the largest file docteur stores)")
 
 
 def test_compat_link_retargeted_outside_after_the_scan(tree, tmp_path):
@@ -310,15 +310,14 @@ def test_file_over_the_readers_limit_refused_before_any_work(tmp_path):
     src.mkdir()
     (src / "small").write_bytes(b"small\n")
     with open(src / "huge", "wb") as f:
-        f.truncate(DEFAULT_MAX_OBJECT_SIZE + 1)
+        f.truncate(MAX_FILE_SIZE + 1)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     image = tmp_path / "disk.img"
     proc = make(str(src), str(image), env={"TMPDIR": str(scratch)})
     assert one_line_error(proc) == (
-        f"docteur make: {src}/huge: {DEFAULT_MAX_OBJECT_SIZE + 1} bytes, over the object size "
-        f"limit of {DEFAULT_MAX_OBJECT_SIZE} bytes (the largest object docteur's readers "
-        "accept)\n")
+        f"docteur make: {src}/huge: {MAX_FILE_SIZE + 1} bytes, over the object size "
+        f"limit of {MAX_FILE_SIZE} bytes (the largest file docteur stores)\n")
     assert list(scratch.iterdir()) == []  # not even a scratch folder: no work at all
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "tmp"]
 
@@ -333,7 +332,7 @@ def test_limit_boundary_for_a_directory(tmp_path):
     with pytest.raises(BuildError) as caught:
         make_image(src, tmp_path / "no.img", date=DATE, max_object_size=1000)
     assert str(caught.value) == (f"{src}/f: 1001 bytes, over the object size limit of 1000 "
-                                 "bytes (the largest object docteur's readers accept)")
+                                 "bytes (the largest file docteur stores)")
     assert not (tmp_path / "no.img").exists()
 
 
@@ -349,12 +348,12 @@ def test_limit_for_a_repository(tmp_path):
     with pytest.raises(BuildError) as caught:
         make_image(repo, tmp_path / "no.img", max_object_size=1000)
     assert str(caught.value) == (f"{repo}: sub/big.bin: 1001 bytes, over the object size limit "
-                                 "of 1000 bytes (the largest object docteur's readers accept)")
+                                 "of 1000 bytes (the largest file docteur stores)")
     with pytest.raises(BuildError) as caught:
         make_image(repo, tmp_path / "no.img", max_object_size=100)
     assert str(caught.value).startswith(f"{repo}: commit ")  # the commit itself is over 100
     assert str(caught.value).endswith(" bytes, over the object size limit of 100 bytes (the "
-                                      "largest object docteur's readers accept)")
+                                      "largest file docteur stores)")
     assert not (tmp_path / "no.img").exists()
 
 

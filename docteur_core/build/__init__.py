@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..format import layout
-from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
+from ..format.limits import MAX_FILE_SIZE
 from ..errors import BuildError
 
 __all__ = ["BuildResult", "make_image"]
@@ -54,7 +54,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                progress: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None,
                compat: str | None = None,
-               max_object_size: int = DEFAULT_MAX_OBJECT_SIZE) -> BuildResult:
+               max_object_size: int = MAX_FILE_SIZE) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).

@@ -56,8 +56,8 @@ entries the OCaml fast reader will not see.
 IMAGE is written atomically: a failed or interrupted build leaves no
 IMAGE, and an existing IMAGE untouched. An existing IMAGE that is not a
 regular file (a device such as /dev/null, a FIFO, a socket, a folder, a
-symbolic link) is refused. A file bigger than the readers' object size
-limit (4 GiB) is refused before any work. A build killed with SIGKILL takes
+symbolic link) is refused. A file bigger than 4 GiB (the largest file
+docteur stores; readers stream whole files) is refused before any work. A build killed with SIGKILL takes
 its git and ssh processes with it; its temporary files
 ($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by the
 next build.

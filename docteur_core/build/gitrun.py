@@ -141,8 +141,8 @@ def _forward_progress(stream, progress: Callable[[str], None] | None) -> bytes:
 def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> None:
     """Refuse, before packing, a commit that holds an object over `limit` bytes.
 
-    `limit` is the readers' (`format.pack.DEFAULT_MAX_OBJECT_SIZE`): an
-    image they would refuse is not built. One `rev-list` walk with git's
+    `limit` is `format.limits.MAX_FILE_SIZE`: an image its readers would
+    refuse is not built. One `rev-list` walk with git's
     blob-size filter (trees are never that big); the commit itself is
     checked with `cat-file -s`. The culprit's path is looked up only when
     there is one.
@@ -150,7 +150,7 @@ def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> 
     size = int(run_git(repo, "cat-file", "-s", commit))
     if size > limit:
         raise BuildError(f"{display}: commit {commit} is {size} bytes, over the object size "
-                         f"limit of {limit} bytes (the largest object docteur's readers accept)")
+                         f"limit of {limit} bytes (the largest file docteur stores)")
     out = run_git(repo, "rev-list", "--objects", "--no-walk", f"--filter=blob:limit={limit + 1}",
                   "--filter-print-omitted", commit)
     omitted = [line[1:41].decode() for line in out.splitlines() if line.startswith(b"~")]
@@ -164,7 +164,7 @@ def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> 
             name = line[41:].decode("utf-8", "backslashreplace") or blob
             break
     raise BuildError(f"{display}: {name}: {size} bytes, over the object size limit of "
-                     f"{limit} bytes (the largest object docteur's readers accept)")
+                     f"{limit} bytes (the largest file docteur stores)")
 
 
 def _kill(proc: subprocess.Popen) -> None:

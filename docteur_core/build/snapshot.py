@@ -16,9 +16,9 @@ PATH_MAX, not by Python's recursion limit.
 Two passes, because SOURCE may change (or be changed by someone hostile)
 while it is read:
 - `scan()` lists every folder and `lstat`s every entry, before anything is
-  read or written: a file over the reader's object size limit
-  (`format.pack.DEFAULT_MAX_OBJECT_SIZE`, one limit for both sides) is
-  refused here, so a build never makes an image its readers refuse;
+  read or written: a file over `format.limits.MAX_FILE_SIZE` (the readers
+  stream whole files up to any size; see there) is refused here, so a build
+  never makes an image its readers refuse;
 - `write()` reads the files. Each is opened `O_NOFOLLOW | O_NONBLOCK` and
   its descriptor's `fstat` must be a regular file with the scan's identity
   (st_dev, st_ino): a file swapped for a symbolic link (whose target may be
@@ -42,7 +42,7 @@ from typing import Callable
 from dulwich.objects import Tree
 
 from ..errors import BuildError
-from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
+from ..format.limits import MAX_FILE_SIZE
 from .packwriter import OBJ_BLOB, OBJ_TREE, PlainPackWriter
 
 # Files up to this size are read in one call; larger ones are streamed.
@@ -60,7 +60,7 @@ class Snapshot:
     def __init__(self, root: str, warn: Callable[[str], None],
                  progress: Callable[[str], None] | None = None,
                  compat: str | None = None,
-                 max_object_size: int = DEFAULT_MAX_OBJECT_SIZE) -> None:
+                 max_object_size: int = MAX_FILE_SIZE) -> None:
         self.root = os.fsencode(root)
         # compat "ocaml": as the OCaml builder (bin/gitify.ml) stores a folder:
         # every file 100644, links followed (inside SOURCE only, no cycles).
@@ -139,8 +139,7 @@ class Snapshot:
     def _check_size(self, path: bytes, size: int) -> None:
         if size > self.max_object_size:
             raise BuildError(f"{show(path)}: {size} bytes, over the object size limit of "
-                             f"{self.max_object_size} bytes (the largest object docteur's "
-                             "readers accept)")
+                             f"{self.max_object_size} bytes (the largest file docteur stores)")
 
     def _children(self, path: bytes, st: os.stat_result, follow: bool):
         """The entries of folder `path`, which the scan saw as `st`, sorted by name."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DamagedImage
+from ..errors import DamagedImage, LimitExceeded
 
 MODE_FILE = 0o100644
 MODE_EXEC = 0o100755
@@ -91,7 +91,18 @@ _GIT_ENTRY = _CompiledOnFirstUse()
 RawTreeEntry = tuple[int, bytes, bytes]  # (mode, raw id, raw name)
 
 
-def parse_tree_raw(data: bytes, where: str) -> list[RawTreeEntry]:
+def _too_many(max_entries: int, where: str) -> LimitExceeded:
+    return LimitExceeded(f"tree names more than {max_entries} entries", where, "max_paths")
+
+
+# The shortest entry: a 5-digit mode ("40000", any other is 6), a space, a
+# one-byte name, NUL, a 20-byte id. A tree of n bytes has at most n // 28
+# entries: only a tree that could exceed a limit needs counting as it goes.
+MIN_ENTRY = 28
+
+
+def parse_tree_raw(data: bytes, where: str, max_entries: int | None = None
+                   ) -> list[RawTreeEntry]:
     """Every entry of a tree as (mode, raw id, raw name), every guard applied.
 
     Whole-image verification parses every tree of the pack and keeps only
@@ -99,13 +110,19 @@ def parse_tree_raw(data: bytes, where: str) -> list[RawTreeEntry]:
     `TreeEntry`s from them. Trees as git writes them are matched by one
     regular expression (C speed); the rest is parsed entry by entry and
     either accepted in the same form or rejected with a precise error.
+    More than `max_entries` entries are refused (`LimitExceeded`) as they
+    are counted, before they are all built.
     """
     out = []
     pos = 0
     modes = _MODE_TEXTS
+    if max_entries is not None and len(data) // MIN_ENTRY <= max_entries:
+        max_entries = None  # cannot be exceeded: spare the count
     for m in _GIT_ENTRY.finditer(data):
         if m.start() != pos:
             break
+        if max_entries is not None and len(out) >= max_entries:
+            raise _too_many(max_entries, where)
         mode, name, oid = m.groups()
         out.append((modes[mode], oid, name))
         pos = m.end()
@@ -113,16 +130,21 @@ def parse_tree_raw(data: bytes, where: str) -> list[RawTreeEntry]:
         names = {e[2] for e in out}
         if len(names) == len(out) and b"." not in names and b".." not in names:
             return out
-    return _parse_tree_checked(data, where)
+    return _parse_tree_checked(data, where, max_entries)
 
 
-def _parse_tree_checked(data: bytes, where: str) -> list[RawTreeEntry]:
+def _parse_tree_checked(data: bytes, where: str, max_entries: int | None = None
+                        ) -> list[RawTreeEntry]:
     """The entry-by-entry parse: accepts any octal spelling of a known mode."""
     entries: list[RawTreeEntry] = []
     seen: set[bytes] = set()
     pos = 0
     n = len(data)
+    if max_entries is not None and n // MIN_ENTRY <= max_entries:
+        max_entries = None
     while pos < n:
+        if max_entries is not None and len(entries) >= max_entries:
+            raise _too_many(max_entries, where)
         sp = data.find(b" ", pos, pos + 8)
         if sp < 0:
             raise DamagedImage("tree entry without a mode", where)
@@ -148,7 +170,7 @@ def _parse_tree_checked(data: bytes, where: str) -> list[RawTreeEntry]:
     return entries
 
 
-def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
+def parse_tree(data: bytes, where: str, max_entries: int | None = None) -> list[TreeEntry]:
     """The entries of a tree, for the path API (see `parse_tree_raw`).
 
     Both parsers give the same entries and the same verdicts; which one
@@ -160,7 +182,29 @@ def parse_tree(data: bytes, where: str) -> list[TreeEntry]:
     else:
         _parsed_by_hand += len(data)
         parse = _parse_tree_checked
-    return [TreeEntry(decode_name(name), mode, oid) for mode, oid, name in parse(data, where)]
+    return [TreeEntry(decode_name(name), mode, oid)
+            for mode, oid, name in parse(data, where, max_entries)]
+
+
+def tree_order_problem(entries: list[RawTreeEntry]) -> str | None:
+    """Why a tree's entries are not in git's order, or None if they are.
+
+    git sorts a tree's entries by name as bytes, a subtree's name compared
+    as if it ended with "/" (so "a.c" comes before the directory "a" and the
+    directory "a" before "a0"); `git fsck` calls anything else treeNotSorted,
+    and a reader searching a tree could miss a name in one.
+    """
+    import operator
+    from itertools import islice
+
+    keys = [name + b"/" if mode == MODE_DIR else name for mode, _, name in entries]
+    if all(map(operator.lt, keys, islice(keys, 1, None))):
+        return None
+    for i in range(1, len(keys)):
+        if not keys[i - 1] < keys[i]:
+            return (f"entries are not in git's order ({bytes(entries[i - 1][2])!r} "
+                    f"before {bytes(entries[i][2])!r})")
+    return None
 
 
 class Signature:

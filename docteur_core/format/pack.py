@@ -16,8 +16,9 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from ..errors import DamagedImage
+from ..errors import DamagedImage, LimitExceeded
 from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
+from .limits import MAX_OBJECT_SIZE
 
 OBJ_COMMIT = 1
 OBJ_TREE = 2
@@ -31,7 +32,7 @@ BASE_TYPES = frozenset(TYPE_NAMES)
 # Type+size varint (at most 10 bytes for 64 bits) plus the larger of an
 # OFS_DELTA distance (at most 10 bytes) and a REF_DELTA id (20 bytes).
 MAX_ENTRY_HEADER = 32
-DEFAULT_MAX_OBJECT_SIZE = 1 << 32
+DEFAULT_MAX_OBJECT_SIZE = MAX_OBJECT_SIZE  # one limit for reader, verify, plugin
 
 Pread = Callable[[int, int], bytes]
 
@@ -62,9 +63,13 @@ class EntryHeader:
         self.base_id = base_id  # REF_DELTA: raw id of the base
 
 
-def parse_entry_header(buf: bytes, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE
+def parse_entry_header(buf: bytes, where: str, max_size: int | None = DEFAULT_MAX_OBJECT_SIZE
                        ) -> EntryHeader:
-    """Parse an entry header at the start of `buf` (pass MAX_ENTRY_HEADER bytes)."""
+    """Parse an entry header at the start of `buf` (pass MAX_ENTRY_HEADER bytes).
+
+    `max_size` None: no limit on the declared size (for entries that are
+    streamed, never held).
+    """
     n = len(buf)
     if n == 0:
         raise DamagedImage("entry header past the end of the pack", where)
@@ -82,8 +87,9 @@ def parse_entry_header(buf: bytes, where: str, max_size: int = DEFAULT_MAX_OBJEC
         shift += 7
     if typ not in BASE_TYPES and typ not in (OBJ_OFS_DELTA, OBJ_REF_DELTA):
         raise DamagedImage(f"invalid entry type {typ}", where)
-    if size > max_size:
-        raise DamagedImage(f"entry declares {size} bytes, over the limit of {max_size}", where)
+    if max_size is not None and size > max_size:
+        raise LimitExceeded(f"entry declares {size} bytes, over the limit of {max_size}", where,
+                            "max_object_size")
     if typ == OBJ_OFS_DELTA:
         if pos >= n:
             raise DamagedImage("truncated OFS_DELTA distance", where)
@@ -236,8 +242,9 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     if src_size != len(base):
         raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
                            where)
-    if dst_size > max_size:
-        raise DamagedImage(f"delta result of {dst_size} bytes is over the limit", where)
+    if dst_size > max_size:  # before a single byte of it is built
+        raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
+                            where, "max_object_size")
     parts = []
     append = parts.append
     bv = memoryview(base)

@@ -61,8 +61,8 @@ def verb_ls(image, args: list[str], out: BinaryIO) -> int:
 
 
 def verb_cat(image, args: list[str], out: BinaryIO) -> int:
-    """cat PATH: the file's bytes, exactly."""
-    out.write(image.get(args[0]))
+    """cat PATH: the file's bytes, exactly (a large file as it inflates)."""
+    image.stream(args[0], out.write)
     return 0
 
 
@@ -82,8 +82,12 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
     """tree [PATH]: the hierarchy under PATH, drawn with ASCII."""
     path = args[0] if args else ""
     top = image.entries(path)  # raises NotADirectory for a file
+    image.count_paths(path)  # 2^60 paths are refused before the first line
     out.write(_text("/" + "/".join(p for p in path.split("/") if p)) + b"\n")
     dirs = files = 0
+    # Bounded as a walk is (`max_paths`, `max_path_bytes`): a small image
+    # can name 2^60 paths, which would take forever to draw.
+    path_bytes = 0
     stack = [(top, 0, b"")]
     while stack:
         entries, i, prefix = stack.pop()
@@ -92,6 +96,13 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
         node = entries[i]
         last = i == len(entries) - 1
         stack.append((entries, i + 1, prefix))
+        path_bytes += len(node.path)
+        if dirs + files >= image.max_paths or path_bytes > image.max_path_bytes:
+            from ..errors import LimitExceeded
+
+            raise LimitExceeded(f"the trees name more than {image.max_paths} paths or "
+                                f"{image.max_path_bytes} bytes of paths", f"path /{node.path}",
+                                "max_paths")
         line = prefix + (b"`-- " if last else b"|-- ") + _name(node.name)
         if node.mode == obj.MODE_DIR:
             dirs += 1
@@ -108,14 +119,25 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
     return 0
 
 
+# `info` shows this much of a commit message at most.
+MAX_SHOWN_MESSAGE = 64 << 10
+
+
 def verb_info(image, args: list[str], out: BinaryIO) -> int:
     """info: the image's commit and layout."""
-    c = image.commit
+    from .image import zone_in_range
+
+    c = image.commit_info(0)
+    message, whole = image.commit_message(MAX_SHOWN_MESSAGE)
     store = image.store
+    date = c.date.isoformat()
+    committer = image._commit.committer
+    if not zone_in_range(committer):
+        date += f" (in UTC: the commit's zone {committer.raw.split()[-1][:40]} is out of range)"
     lines = [
         ("commit", c.id), ("tree", c.tree),
         ("author", c.author), ("committer", c.committer),
-        ("date", c.date.isoformat()),
+        ("date", date),
         ("objects", str(store.object_count)),
         ("idx offset", str(store.header.idx_offset)),
         ("capacity", str(store.capacity)),
@@ -124,8 +146,11 @@ def verb_info(image, args: list[str], out: BinaryIO) -> int:
     for key, value in lines:
         out.write(_text(f"{key}: {value}\n"))
     out.write(b"message:\n")
-    for line in c.message.rstrip("\n").split("\n"):
+    for line in message.rstrip("\n").split("\n"):
         out.write(_text(f"    {line}\n"))
+    if not whole:
+        out.write(_text(f"    [... cut after {MAX_SHOWN_MESSAGE} characters: the commit object "
+                        f"is {image.commit_size} bytes]\n"))
     return 0
 
 
@@ -175,6 +200,25 @@ def _common(parser, verb: str) -> None:
                         help="check the SHA-1 of every object read")
     parser.add_argument("--block-size", metavar="N", type=_block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
+    from ..format import limits
+
+    parser.add_argument("--max-object-size", metavar="BYTES", type=_count,
+                        default=limits.MAX_OBJECT_SIZE,
+                        help="the most bytes held for one object (default %(default)s)")
+    parser.add_argument("--max-lookup-bytes", metavar="BYTES", type=_count,
+                        default=limits.MAX_LOOKUP_BYTES,
+                        help="the most bytes built for one lookup, delta chain included "
+                        "(default %(default)s)")
+    parser.add_argument("--max-paths", metavar="N", type=_count, default=limits.MAX_PATHS,
+                        help="the most paths a walk may name (default %(default)s)")
+
+
+def _count(text: str) -> int:
+    from argparse import ArgumentTypeError
+
+    if not text.isdigit() or int(text) <= 0:
+        raise ArgumentTypeError(f"{text!r} is not a positive number")
+    return int(text)
 
 
 def _runner(verb: str):
@@ -184,8 +228,11 @@ def _runner(verb: str):
 
         try:
             with Image.open(args.image, args.mode, verify=args.verify,
-                            block_size=args.block_size) as image:
-                rest = [args.path] if getattr(args, "path", None) else []
+                            block_size=args.block_size, max_object_size=args.max_object_size,
+                            max_lookup_bytes=args.max_lookup_bytes,
+                            max_paths=args.max_paths) as image:
+                # An empty PATH is the root, not a missing argument.
+                rest = [args.path] if getattr(args, "path", None) is not None else []
                 if verb in ("ls", "tree") and not rest:
                     rest = [""]
                 return run_verb(image, verb, rest, sys.stdout.buffer)

@@ -23,10 +23,11 @@ Errors: NotFound, NotAFile, NotADirectory, DamagedImage (errors.py).
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..format import objects as obj
-from ..errors import DamagedImage, NotADirectory, NotAFile, NotFound
+from ..errors import DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotFound
+from ..format import limits
 from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:  # for annotations only (see __init__)
 VALUE = "value"
 DICTIONARY = "dictionary"
 MODES = ("fast", "light")
-DEFAULT_MAX_PATHS = 5_000_000
+DEFAULT_MAX_PATHS = limits.MAX_PATHS
+DEFAULT_MAX_PATH_BYTES = limits.MAX_PATH_BYTES
 # Light mode keeps recently parsed trees, bounded by their total entries.
 _PARSED_ENTRIES = 50_000
 
@@ -111,10 +113,20 @@ class CommitInfo(namedtuple("CommitInfo",
     __slots__ = ()
 
 
+def zone_in_range(sig: obj.Signature) -> bool:
+    """git writes any 4 digits after the sign (`+9999`); a zone is within a
+    day of UTC, and `datetime` can hold no other."""
+    return -24 * 60 < sig.tz_minutes < 24 * 60
+
+
 def _datetime(sig: obj.Signature) -> datetime:
+    """The signature's time in its zone; in UTC when the zone is out of
+    range (see `zone_in_range`: the instant stays right, the zone cannot be
+    shown as a datetime's)."""
     import datetime as _dt  # here: only `info` and `last_modified` need it
 
-    tz = _dt.timezone(_dt.timedelta(minutes=sig.tz_minutes))
+    minutes = sig.tz_minutes if zone_in_range(sig) else 0
+    tz = _dt.timezone(_dt.timedelta(minutes=minutes))
     try:
         return _dt.datetime.fromtimestamp(sig.time, tz)
     except (OverflowError, OSError, ValueError):
@@ -125,21 +137,28 @@ class Image:
     """A read-only view of one image. Open with `Image.open`; not thread-safe."""
 
     def __init__(self, store: Store, mode: str, *, device=None,
-                 max_paths: int = DEFAULT_MAX_PATHS) -> None:
+                 max_paths: int = DEFAULT_MAX_PATHS,
+                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.store = store
         self.mode = mode
         self.max_paths = max_paths
+        self.max_path_bytes = max_path_bytes
         self._device = device
         self._trees: dict[bytes, tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]] = {}
         self._trees_limit = _PARSED_ENTRIES
         self._trees_entries = 0
         if mode == "fast":
             store.load_index()
+        # Only the commit's header lines: its message is read when asked for.
         cid = store.commit_id
-        _, raw = store.read_object(cid, "commit")
-        self._commit = obj.parse_commit(raw, f"commit {cid.hex()}")
+        _, head, self.commit_size = store.read_head(cid, "commit", limits.MAX_COMMIT_HEADER)
+        if self.commit_size > len(head) and b"\n\n" not in head:
+            raise LimitExceeded(f"the commit's header lines are longer than "
+                                f"{limits.MAX_COMMIT_HEADER} bytes", f"commit {cid.hex()}")
+        self._commit = obj.parse_commit(head, f"commit {cid.hex()}")
+        self._commit_whole = self.commit_size == len(head)
         self.root = Node("", obj.MODE_DIR, self._commit.tree)
         self._nodes: dict[str, Node] | None = None
         self._children: dict[str, list[obj.TreeEntry]] | None = None
@@ -151,8 +170,15 @@ class Image:
              block_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
              max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
              max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
-             max_paths: int = DEFAULT_MAX_PATHS) -> "Image":
+             max_paths: int = DEFAULT_MAX_PATHS,
+             max_path_bytes: int = DEFAULT_MAX_PATH_BYTES,
+             max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES) -> "Image":
         """Open `source`: a path, an NBD URI, or a BlockDevice.
+
+        The limits (format/limits.py) bound what a hostile image can cost:
+        `max_object_size` the bytes held for one object, `max_lookup_bytes`
+        the bytes built for one lookup, `max_paths` and `max_path_bytes`
+        what one walk (fast mode's index included) may name.
 
         A device given by the caller stays the caller's to close; one this
         opens from a path or URI is closed by `close()`.
@@ -173,8 +199,9 @@ class Image:
             reader = ByteReader(device)
             store = Store(reader.pread, reader.capacity, verify=verify,
                           max_object_size=max_object_size, max_delta_depth=max_delta_depth,
-                          cache_bytes=cache_bytes)
-            return cls(store, mode, device=device if owned else None, max_paths=max_paths)
+                          cache_bytes=cache_bytes, max_lookup_bytes=max_lookup_bytes)
+            return cls(store, mode, device=device if owned else None, max_paths=max_paths,
+                       max_path_bytes=max_path_bytes)
         except BaseException:
             if owned:
                 device.close()
@@ -195,13 +222,42 @@ class Image:
 
     @property
     def commit(self) -> CommitInfo:
+        """The commit, its whole message (read now if it was not at open)."""
+        return self.commit_info()
+
+    def commit_info(self, max_message: int | None = None) -> CommitInfo:
+        """The commit; with `max_message`, no more of the object than its
+        header lines and that many characters of message are read (`info`)."""
         c = self._commit
         return CommitInfo(
             id=self.store.commit_id.hex(), tree=c.tree.hex(),
             parents=tuple(p.hex() for p in c.parents),
             author=c.author.identity, committer=c.committer.identity,
             date=_datetime(c.committer), author_date=_datetime(c.author),
-            message=c.message)
+            message=self.commit_message(max_message)[0])
+
+    def commit_message(self, limit: int | None = None) -> tuple[str, bool]:
+        """(the commit message, or its first `limit` characters; whether that
+        is all of it). Open read only the header lines of a large commit:
+        its message is read now, bounded by `limit` or `max_object_size`."""
+        message = self._commit.message
+        if not self._commit_whole:
+            cid = self.store.commit_id
+            if limit is None:
+                _, raw = self.store.read_object(cid, "commit")
+                whole = True
+            else:
+                # A character is at most 4 bytes of UTF-8.
+                _, raw, size = self.store.read_head(
+                    cid, "commit", limits.MAX_COMMIT_HEADER + 4 * limit + 4)
+                whole = len(raw) == size
+            message = obj.parse_commit(raw, f"commit {cid.hex()}").message
+            if not whole:
+                message = message[:limit]
+                return message, False
+        if limit is not None and len(message) > limit:
+            return message[:limit], False
+        return message, True
 
     # -- trees -------------------------------------------------------------
 
@@ -212,7 +268,8 @@ class Image:
             self._trees[tree_id] = parsed  # most recently used last
             return parsed
         _, raw = self.store.read_object(tree_id, "tree", offset)
-        entries = obj.parse_tree(raw, f"tree {tree_id.hex()}")
+        # No tree may name more than a whole walk may: counted as parsed.
+        entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
         parsed = (entries, {e.name: e for e in entries})
         if self._nodes is None:  # light mode, or fast mode's index build
             self._trees_entries += len(entries)
@@ -225,12 +282,15 @@ class Image:
         """Every directory under `top` (included), depth first, each with its entries.
 
         Iterative; a tree that contains itself (only a damaged image can say
-        so) and more than `max_paths` paths (a small image can name a
-        subtree millions of times) are reported as damage.
+        so) is reported as damage, more than `max_paths` paths or
+        `max_path_bytes` bytes of them (a small image can name a subtree
+        millions of times, under long names) as over a limit, each before
+        the paths are made.
         """
         on_path: set[bytes] = set()
         stack: list = [top]
         paths = 0
+        path_bytes = 0
         while stack:
             item = stack.pop()
             if isinstance(item, bytes):  # leaving that tree
@@ -242,8 +302,14 @@ class Image:
             entries, _ = self._tree(item.id, item.offset)
             paths += len(entries)
             if paths > self.max_paths:
-                raise DamagedImage(f"the trees name more than {self.max_paths} paths",
-                                   f"path /{item.path}")
+                raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
+                                    f"path /{item.path}", "max_paths")
+            path_bytes += (len(item.path) + 1) * len(entries) + sum(len(e.name)
+                                                                    for e in entries)
+            if path_bytes > self.max_path_bytes:
+                raise LimitExceeded(f"the trees' paths add up to more than "
+                                    f"{self.max_path_bytes} bytes", f"path /{item.path}",
+                                    "max_path_bytes")
             yield item, entries
             on_path.add(item.id)
             stack.append(item.id)
@@ -251,6 +317,57 @@ class Image:
             for e in reversed(entries):
                 if e.is_dir:
                     stack.append(Node(prefix + e.name, e.mode, e.id, self._offset(e.id)))
+
+    def count_paths(self, path: str | bytes = "") -> tuple[int, int]:
+        """(paths, bytes of those paths) under a directory, refused past the limits.
+
+        Counted over the distinct trees, each parsed once, before a single
+        path is made: 61 trees each naming the one below twice name 2^60
+        paths, and are refused here in milliseconds rather than by a walk
+        that has already spent the memory (fast mode's index) or the time
+        (`tree`). Paths are counted relative to `path`.
+        """
+        top = self._lookup(path)
+        if top.mode != obj.MODE_DIR:
+            raise NotADirectory(f"/{top.path} is not a directory")
+        memo: dict[bytes, tuple[int, int]] = {}
+        on_path: set[bytes] = set()
+        stack: list[tuple[bytes, int | None, str, bool]] = [(top.id, top.offset, top.path,
+                                                              False)]
+        while stack:
+            tid, offset, where, done = stack.pop()
+            if done:
+                on_path.discard(tid)
+                entries, _ = self._tree(tid, offset)
+                n = len(entries)
+                b = 0
+                for e in entries:
+                    b += len(e.name)
+                    if e.is_dir:
+                        sn, sb = memo[e.id]
+                        n += sn
+                        b += sb + sn * (len(e.name) + 1)
+                if n > self.max_paths:
+                    raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
+                                        f"path /{where}", "max_paths")
+                if b > self.max_path_bytes:
+                    raise LimitExceeded(f"the trees' paths add up to more than "
+                                        f"{self.max_path_bytes} bytes", f"path /{where}",
+                                        "max_path_bytes")
+                memo[tid] = (n, b)
+                continue
+            if tid in memo:
+                continue
+            if tid in on_path:
+                raise DamagedImage(f"tree {tid.hex()} contains itself", f"path /{where}")
+            on_path.add(tid)
+            stack.append((tid, offset, where, True))
+            entries, _ = self._tree(tid, offset)
+            prefix = where + "/" if where else ""
+            for e in entries:
+                if e.is_dir and e.id not in memo:
+                    stack.append((e.id, self._offset(e.id), prefix + e.name, False))
+        return memo[top.id]
 
     def _offset(self, oid: bytes) -> int | None:
         by_id = self.store._by_id
@@ -275,6 +392,8 @@ class Image:
     def _build_index_now(self) -> None:
         # Releases side by side share most subtrees: parse each tree once.
         self._trees_limit = 1 << 62
+        self._nodes = None
+        self.count_paths()  # refused before a path is made, if over the limits
         nodes: dict[str, Node] = {"": self.root}
         children: dict[str, list[obj.TreeEntry]] = {}
         by_id = self.store._by_id
@@ -348,6 +467,21 @@ class Image:
 
     def get(self, path: str | bytes) -> bytes:
         return self._content(self._lookup(path))
+
+    def stream(self, path: str | bytes, write: Callable[[bytes], object]) -> int:
+        """Write a file's bytes through `write`; return how many.
+
+        Unlike `get`, a large file stored whole is written as it inflates:
+        memory does not grow with its size and `max_object_size` does not
+        apply (see `Store.stream_object`: its damage is then reported after
+        some of it went out).
+        """
+        node = self._lookup(path)
+        if node.mode == obj.MODE_DIR:
+            raise NotAFile(f"/{node.path} is a directory")
+        if node.mode == obj.MODE_GITLINK:
+            raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
+        return self.store.stream_object(node.id, write, "blob", node.offset)
 
     def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:

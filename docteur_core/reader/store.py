@@ -11,8 +11,13 @@ the IDX.
 Every object is decoded defensively, because the image comes from outside
 the guest:
 - entry offsets must fall inside the pack (which ends before the IDX);
-- declared sizes are capped by `max_object_size` and by what the rest of
-  the pack could possibly inflate to (deflate cannot exceed ~1032:1);
+- declared sizes are capped by `max_object_size` (a delta's result size
+  too, before it is built) and by what the rest of the pack could possibly
+  inflate to (deflate cannot exceed ~1032:1); the bytes built to answer
+  one lookup (base, delta data and results of its chain) by
+  `max_lookup_bytes`; whole blobs larger than that are not held but
+  streamed (`stream_object`), and `object_size` and `read_head` read no
+  more than they need (see format/limits.py);
 - delta chains (OFS_DELTA and REF_DELTA, mixed, any depth up to
   `max_delta_depth`) are resolved iteratively, with cycle detection;
 - the IDX stores a CRC-32 of every packed entry: whenever the store knows
@@ -40,7 +45,8 @@ from collections.abc import Callable
 
 from ..format import idx as idxmod
 from ..format import layout
-from ..errors import DamagedImage
+from ..errors import DamagedImage, LimitExceeded
+from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
                    OBJ_REF_DELTA, TYPE_NAMES, apply_delta, delta_sizes, object_id,
                    parse_entry_header, parse_pack_header)
@@ -77,19 +83,31 @@ class _Where:
 _where = _Where
 
 
+def _declared_result(eh, buf: bytes) -> int:
+    """A delta's result size, if the first bytes read with its header hold
+    it (0 if not: the size is then checked once its data is inflated)."""
+    try:
+        head = zlib.decompressobj().decompress(memoryview(buf)[eh.header_len:], 20)
+        return delta_sizes(head, "")[1]
+    except (zlib.error, DamagedImage):
+        return 0
+
+
 class Store:
     """Objects of one image. Not thread-safe (one reader per thread)."""
 
     def __init__(self, pread: Pread, capacity: int, *, verify: bool = False,
                  max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
                  max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 max_lookup_bytes: int = MAX_LOOKUP_BYTES) -> None:
         self.pread = pread
         self.capacity = capacity
         self.verify = verify
         self.max_object_size = max_object_size
         self.max_delta_depth = max_delta_depth
         self.cache_bytes = cache_bytes
+        self.max_lookup_bytes = max_lookup_bytes
         self.header = layout.parse_header(self._exact(0, layout.HEADER_SIZE, "image header"),
                                           capacity)
         self.object_count = parse_pack_header(
@@ -234,55 +252,210 @@ class Store:
         return typ, data
 
     def object_size(self, oid: bytes, offset: int | None = None) -> int:
-        """The size of an object, from its entry header (no full inflate).
+        """The size of an object, from a header whose CRC-32 is checked.
 
-        For a delta that is the result size at the head of the delta data.
-        Not verified: callers wanting certainty read the object.
+        A size is an answer (`stat`): it comes from an entry whose bytes
+        the IDX's CRC-32 vouches for, or it is an error. The entry is
+        inflated as a stream into nothing (a delta's data keeping its first
+        bytes, where the result size is), so memory stays flat whatever
+        the size; without a CRC to check against, the object is read.
         """
+        crc = None
         if offset is None:
             found = self.locate(oid)
             if found is None:
                 raise DamagedImage(f"object {oid.hex()} is not in the image",
                                    f"IDX at offset {self.idx.base}")
-            offset = found[0]
-        cached = self._cache.get(offset)
+            offset, crc = found
+        elif self._crc_at is not None:
+            crc = self._crc_at.get(offset)
+        where = _where(offset, oid)
+        cached = self._cache_get(offset, crc, where)
         if cached is not None:
             return len(cached[1])
+        if crc is None:
+            return len(self.read_object(oid, offset=offset)[1])
         self._check_offset(offset, oid)
-        where = _where(offset, oid)
-        eh, _ = self._entry_header(offset, where)
+        eh, buf = self._entry_header(offset, where, None)
+        head = bytearray()
+
+        def keep_head(piece: bytes) -> None:
+            if len(head) < 20:
+                head.extend(piece[:20 - len(head)])
+
+        if eh.type not in BASE_TYPES and eh.size > self.max_object_size:
+            raise LimitExceeded(f"delta data of {eh.size} bytes is over the limit of "
+                                f"{self.max_object_size}", where, "max_object_size")
+        self._stream_entry(offset, eh, buf, crc, where, keep_head)
         if eh.type in BASE_TYPES:
             return eh.size
-        # The two sizes are in the first 20 inflated bytes, but a dynamic
-        # Huffman block header comes first and can take hundreds of bytes
-        # (never more than MAX_DELTA_HEAD_INPUT): feed until they are out.
-        pos = offset + eh.header_len
-        end = min(self.pack_end, pos + MAX_DELTA_HEAD_INPUT)
-        z = zlib.decompressobj()
-        head = b""
-        try:
-            while len(head) < 20 and not z.eof and pos < end:
-                chunk = self.pread(pos, min(256, end - pos))
-                if not chunk:
-                    break
-                pos += len(chunk)
-                head += z.decompress(chunk, 20 - len(head))
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-        _, size, _ = delta_sizes(head, where)
+        _, size, _ = delta_sizes(bytes(head), where)
         if size > self.max_object_size:
-            raise DamagedImage(f"delta result of {size} bytes is over the limit", where)
+            raise LimitExceeded(f"delta result of {size} bytes is over the limit of "
+                                f"{self.max_object_size}", where, "max_object_size")
         return size
 
-    def _entry_header(self, pos: int, where: str):
+    def _stream_entry(self, pos: int, eh, buf: bytes, crc: int | None, where,
+                      sink: Callable[[bytes], None], stop_after: int | None = None) -> int:
+        """Inflate an entry's data into `sink`, INFLATE_STEP bytes at a time.
+
+        Memory stays bounded whatever the entry declares or inflates to.
+        The declared size and the CRC-32 (when known) are checked at the
+        end, after `sink` has seen the bytes. With `stop_after`, stops once
+        that many bytes went out, checking nothing (a head is wanted).
+        Returns the entry's length in the pack (0 when stopped early).
+        """
+        size = eh.size
+        hl = eh.header_len
+        z = zlib.decompressobj()
+        running = zlib.crc32(memoryview(buf)[:hl])
+        data = memoryview(buf)[hl:]
+        at = pos + len(buf)
+        have = 0
+        try:
+            while True:
+                inp = data
+                while True:
+                    out = z.decompress(inp, INFLATE_STEP)
+                    have += len(out)
+                    if have > size:
+                        raise DamagedImage(f"inflates to more than the declared {size} bytes",
+                                           where)
+                    if out:
+                        sink(out)
+                    if stop_after is not None and have >= stop_after:
+                        return 0
+                    if z.eof:
+                        break
+                    inp = z.unconsumed_tail
+                    if not inp:
+                        break
+                if z.eof:
+                    used = len(data) - len(z.unused_data)
+                    running = zlib.crc32(data[:used], running)
+                    at = at - len(data) + used
+                    break
+                running = zlib.crc32(data, running)
+                want = min(INFLATE_STEP, self.pack_end - at)
+                if want <= 0:
+                    raise DamagedImage("zlib stream runs past the end of the pack", where)
+                more = self.pread(at, want)
+                if not more:
+                    raise DamagedImage("zlib stream is truncated", where)
+                at += len(more)
+                data = memoryview(more)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+        if have != size:
+            raise DamagedImage(f"inflates to {have} bytes, {size} declared", where)
+        if crc is not None and running != crc:
+            raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
+        self.objects_inflated += 1
+        return at - pos
+
+    def _whole_entry(self, oid: bytes, offset: int | None):
+        """(offset, crc, where, entry header, first bytes) of `oid`'s entry,
+        its declared size not limited: for callers that stream it."""
+        crc = None
+        if offset is None:
+            found = self.locate(oid)
+            if found is None:
+                raise DamagedImage(f"object {oid.hex()} is not in the image",
+                                   f"IDX at offset {self.idx.base}")
+            offset, crc = found
+        elif self._crc_at is not None:
+            crc = self._crc_at.get(offset)
+        self._check_offset(offset, oid)
+        where = _where(offset, oid)
+        eh, buf = self._entry_header(offset, where, None)
+        return offset, crc, where, eh, buf
+
+    def stream_object(self, oid: bytes, write: Callable[[bytes], object],
+                      expect: str | None = "blob", offset: int | None = None) -> int:
+        """Write the content of `oid` through `write`; return its size.
+
+        A blob stored whole and larger than STREAM_THRESHOLD is written as it
+        inflates (memory does not grow with its size, and `max_object_size`
+        does not apply: nothing is held); its CRC-32 (and SHA-1 with
+        `verify`) are checked at the end, so damage is then reported after
+        some bytes went out. Anything else is read (and checked) first,
+        then written: nothing goes out for a damaged object.
+        """
+        offset, crc, where, eh, buf = self._whole_entry(oid, offset)
+        if (eh.type not in BASE_TYPES or eh.size <= STREAM_THRESHOLD
+                or offset in self._cache):
+            _, data = self.read_object(oid, expect, offset)
+            write(data)
+            return len(data)
+        typ = TYPE_NAMES[eh.type]
+        if expect is not None and typ != expect:
+            raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected", where)
+        h = None
+        if self.verify:
+            import hashlib
+
+            h = hashlib.sha1(f"{typ} {eh.size}\0".encode("ascii"))
+
+        def sink(piece: bytes) -> None:
+            if h is not None:
+                h.update(piece)
+            write(piece)
+
+        self._stream_entry(offset, eh, buf, crc, where, sink)
+        if h is not None and h.digest() != oid:
+            raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
+                               f"{h.hexdigest()}", where)
+        return eh.size
+
+    def read_head(self, oid: bytes, expect: str | None, limit: int,
+                  offset: int | None = None) -> tuple[str, bytes, int]:
+        """(type, at most the first `limit` bytes, whole size) of an object.
+
+        For the commit at open: its header lines are all the reader needs,
+        and a message of hundreds of megabytes must not be inflated for
+        them. An object stored whole is inflated only up to `limit` (with
+        `verify`, to its end as a stream, hashed, keeping the head); a delta
+        is built, within the usual limits.
+        """
+        offset, crc, where, eh, buf = self._whole_entry(oid, offset)
+        if eh.type not in BASE_TYPES or eh.size <= limit or offset in self._cache:
+            typ, data = self.read_object(oid, expect, offset)
+            return typ, data[:limit], len(data)
+        typ = TYPE_NAMES[eh.type]
+        if expect is not None and typ != expect:
+            raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected", where)
+        head = bytearray()
+        h = None
+        if self.verify:
+            import hashlib
+
+            h = hashlib.sha1(f"{typ} {eh.size}\0".encode("ascii"))
+
+        def sink(piece: bytes) -> None:
+            if h is not None:
+                h.update(piece)
+            if len(head) < limit:
+                head.extend(piece[:limit - len(head)])
+
+        self._stream_entry(offset, eh, buf, crc, where, sink, None if h else limit)
+        if h is not None and h.digest() != oid:
+            raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
+                               f"{h.hexdigest()}", where)
+        return typ, bytes(head), eh.size
+
+    def _entry_header(self, pos: int, where: str, max_size: int | None = -1):
         """Parse the entry header at `pos`; return it with the bytes read.
+
+        Its declared size is limited by `max_object_size` unless `max_size`
+        says otherwise (None: not limited, for entries that are streamed).
 
         The read runs to the end of the next 512-byte boundary past the
         header, so a small object's whole zlib stream usually comes with it.
         """
         want = min(1024 - pos % 512, self.pack_end - pos)
         buf = self.pread(pos, want)
-        eh = parse_entry_header(buf[:MAX_ENTRY_HEADER], where, self.max_object_size)
+        eh = parse_entry_header(buf[:MAX_ENTRY_HEADER], where,
+                                self.max_object_size if max_size == -1 else max_size)
         room = self.pack_end - (pos + eh.header_len)
         if room <= 0:
             raise DamagedImage("entry has no data before the end of the pack", where)
@@ -398,6 +571,11 @@ class Store:
         self._cache.clear()
         self._cached_bytes = 0
 
+    def _too_much_work(self, work: int, depth: int, where) -> LimitExceeded:
+        return LimitExceeded(f"building this object (a chain of {depth} deltas) takes more "
+                             f"than {self.max_lookup_bytes} bytes of work", where,
+                             "max_lookup_bytes")
+
     def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None) -> tuple[str, bytes]:
         """Decode the entry at absolute offset `pos`, resolving its delta chain."""
         where = _where(pos, oid)
@@ -445,8 +623,27 @@ class Store:
                                        cur_where)
                 cur, cur_crc = found
                 cur_where = _where(cur, eh.base_id)
+        # Work per lookup: the bytes built, summed, checked before each step
+        # (a chain of 10,000 deltas of 16 MiB results would build 160 GB).
+        # The result sizes are read first from the bytes each entry's header
+        # came with, when they hold them (nearly always): a chain over the
+        # limit is refused before anything of it is built.
+        work = len(base)
+        limit = self.max_lookup_bytes
+        declared = work
+        for p, eh, buf, c, w in chain:
+            declared += eh.size + _declared_result(eh, buf)
+        if declared > limit:
+            raise self._too_much_work(declared, len(chain), where)
         for p, eh, buf, c, w in reversed(chain):
+            work += eh.size
+            if work > limit:
+                raise self._too_much_work(work, len(chain), where)
             delta, length = self._inflate_entry(p, eh, buf, c, w)
+            _, dst, _ = delta_sizes(delta, w)
+            work += dst
+            if work > limit:
+                raise self._too_much_work(work, len(chain), where)
             base = apply_delta(base, delta, w, self.max_object_size)
             self._cache_put(p, base_type, base, length, c is not None)
         return base_type, base

@@ -62,6 +62,7 @@ walk, unreachable objects).
 from __future__ import annotations
 
 from ..blockdev.block import BlockDevice
+from ..format import limits
 from .report import Counts, Problem, Report, format_problem
 from .state import DEFAULT_CACHE_BYTES, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, STREAM_THRESHOLD
 from .verifier import Verifier
@@ -71,12 +72,19 @@ __all__ = ["Counts", "Problem", "Report", "format_problem", "verify_image",
 
 
 def verify_image(device: BlockDevice, quick: bool = False, *,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> Report:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 max_object_size: int = MAX_HELD_OBJECT,
+                 max_paths: int = limits.MAX_PATHS,
+                 max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES) -> Report:
     """Check everything about the image on `device` (see the module docstring).
 
+    The limits are the reader's (format/limits.py): an object over
+    `max_object_size` that must be held, trees naming more than `max_paths`
+    paths, a delta base whose rebuild takes more than `max_lookup_bytes`
+    are problems, found before the memory or work is spent.
     Never raises for damage, only for I/O errors of the device itself
     (`DeviceError`).
     """
-    v = Verifier(device, quick, cache_bytes)
+    v = Verifier(device, quick, cache_bytes, max_object_size, max_paths, max_lookup_bytes)
     v.run()
     return v.report

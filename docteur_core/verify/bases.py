@@ -12,7 +12,7 @@ from __future__ import annotations
 import zlib
 
 from ..format import layout, pack
-from ..errors import DamagedImage
+from ..errors import DamagedImage, LimitExceeded
 from .state import MAX_DELTA_DEPTH, MAX_HELD_OBJECT, State, Unresolvable, at_offset
 from .stream import Stream
 
@@ -73,14 +73,15 @@ class Bases(State):
             self.remaining[base] = left - 1
             return
         del self.remaining[base]
+        if base == self.big_pos:
+            self.big_pos = self.big = None
         hit = self.cache.pop(base, None)
         if hit is not None:
             self.cached -= len(hit[1])
 
     def _keep(self, pos: int, oid: bytes | None, kind: int, data: bytes) -> None:
         """Cache an object the plan says deltas will need (any, without a plan)."""
-        if len(data) > self.cache_bytes // 4:
-            return
+        big = len(data) > self.cache_bytes // 4
         if self.planned:
             uses = self.remaining.get(pos)
             if uses is None:
@@ -90,6 +91,10 @@ class Bases(State):
                 if not uses:
                     return
                 self.remaining[pos] = uses
+        if big:
+            if self.cache_bytes:  # 0: no cache at all (tests of the cold path)
+                self.big_pos, self.big = pos, (kind, data)
+            return
         self._cache_put(pos, kind, data)
 
     def _cache_put(self, pos: int, kind: int, data: bytes) -> None:
@@ -123,18 +128,20 @@ class Bases(State):
         if hit is not None:
             self.cache.move_to_end(pos)
             return hit
+        if pos == self.big_pos:
+            return self.big
         self.stats["cache_misses"] += 1
         chain = []
         o = pos
         while True:
-            hit = self.cache.get(o)
+            hit = self.cache.get(o) or (self.big if o == self.big_pos else None)
             if hit is not None:
                 kind, data = hit
                 break
             if o in self.damaged or o not in self.info:
                 raise Unresolvable(o)
             rec = self.info[o]
-            if rec[3] > MAX_HELD_OBJECT:
+            if rec[3] > self.max_object_size:
                 raise DamagedImage(f"object of {rec[3]} bytes is too large to be a delta base",
                                    at_offset(o))
             if rec[0] < pack.OBJ_OFS_DELTA:
@@ -149,8 +156,15 @@ class Bases(State):
                 if base is None:
                     raise Unresolvable(o)
             o = base
+        # A miss rebuilds a chain: bounded as a reader's lookup is.
+        work = len(data)
         for o in reversed(chain):
             self.stats["rebuilt"] += 1
-            data = pack.apply_delta(data, self._inflate_entry(o), at_offset(o), MAX_HELD_OBJECT)
+            delta = self._inflate_entry(o)
+            work += len(delta) + pack.delta_sizes(delta, at_offset(o))[1]
+            if work > self.max_lookup_bytes:
+                raise LimitExceeded(f"rebuilding it takes more than {self.max_lookup_bytes} "
+                                    "bytes of work", at_offset(pos), "max_lookup_bytes")
+            data = pack.apply_delta(data, delta, at_offset(o), self.max_object_size)
             self._keep(o, self.oid.get(o), kind, data)
         return kind, data

@@ -34,6 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checksums (reads every byte once, no per-object work)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON report (fields, counts, checks, problems)")
+    from ..format import limits
+
+    parser.add_argument("--max-object-size", metavar="BYTES", type=int,
+                        default=limits.MAX_OBJECT_SIZE,
+                        help="the most bytes held for one object, as the reader's "
+                        "(default %(default)s)")
+    parser.add_argument("--max-paths", metavar="N", type=int, default=limits.MAX_PATHS,
+                        help="the most paths the trees may name (default %(default)s)")
+
+
+def json_safe(value):
+    """`value` with every string valid UTF-8: a name's bytes that are not
+    (kept as surrogates by `decode_name`) become `\\xNN` escapes, as Python
+    shows them, so the report is valid JSON whatever the tree names hold."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 _OCAML_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r",
@@ -74,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
 
     device = open_device(args.image)
     try:
-        report = verify_image(device, quick=args.quick)
+        report = verify_image(device, quick=args.quick, max_object_size=args.max_object_size,
+                              max_paths=args.max_paths)
     finally:
         device.close()
     out = sys.stdout
     if args.json:
-        json.dump(report.to_json(), out, indent=2, ensure_ascii=False)
+        json.dump(json_safe(report.to_json()), out, indent=2, ensure_ascii=False)
         out.write("\n")
     elif report.ok:
         out.write(render(report))

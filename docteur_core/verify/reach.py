@@ -181,6 +181,13 @@ class Reach(State):
             memo[tid] = (f, ln, g, d, nbytes)
         total = memo.get(root, (0, 0, 0, 0, 0))
         counts.files, counts.links, counts.gitlinks, counts.directories, counts.bytes = total
+        # Each tree was walked once, but the paths are counted in full: an
+        # image naming more than the readers will walk is refused here too.
+        paths = sum(total[:4])
+        if paths > self.max_paths:
+            self.problem(R_OBJECTS, f"tree {hex_id(root)}",
+                         f"the trees name {paths} paths, more than the limit of "
+                         f"{self.max_paths} (max_paths)")
         if not self.report.problems:  # otherwise they are mere consequences
             self._warn_unreachable(reached)
 

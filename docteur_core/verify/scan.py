@@ -18,6 +18,7 @@ from collections import Counter
 
 from ..format import idx as idxmod
 from ..format import layout, objects, pack
+from ..format.limits import INFLATE_STEP
 from ..errors import DamagedImage
 from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
 from .state import (MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
@@ -135,16 +136,17 @@ class Scan(State):
         rel = pos - s.base
         hdr = s.buf[rel:rel + min(pack.MAX_ENTRY_HEADER, limit - pos)]
         try:
-            eh = pack.parse_entry_header(hdr, "")
+            eh = pack.parse_entry_header(hdr, "", None)  # limited below, blobs aside
         except DamagedImage as exc:
             raise EntryError(R_OBJ_HEADER, exc.what) from None
         kind, size, hlen = eh.type, eh.size, eh.header_len
         base_ref = eh.base_distance if kind == pack.OBJ_OFS_DELTA else eh.base_id
         zpos = pos + hlen
         is_delta = kind >= pack.OBJ_OFS_DELTA
-        if kind != pack.OBJ_BLOB and size > MAX_HELD_OBJECT:
+        if kind != pack.OBJ_BLOB and size > self.max_object_size:
             raise EntryError(R_OBJ_HEADER, f"{pack.TYPE_NAMES.get(kind, 'delta')} of {size} "
-                              f"bytes is over the limit of {MAX_HELD_OBJECT}")
+                              f"bytes is over the limit of {self.max_object_size} "
+                              "(max_object_size)")
         stream_hash = None
         if not is_delta and size > STREAM_THRESHOLD and kind == pack.OBJ_BLOB:
             stream_hash = hashlib.sha1(f"blob {size}\0".encode())
@@ -228,17 +230,26 @@ class Scan(State):
                 continue
             take = avail if avail < guess else guess
             chunk = memoryview(s.buf)[rel:rel + take]
+            # Hashed as it inflates: INFLATE_STEP bytes out at a time, so a
+            # stream of zeros declaring gigabytes costs no memory.
+            step = INFLATE_STEP if stream_hash is not None else size - have + 1
+            inp = chunk
             try:
-                out = d.decompress(chunk, size - have + 1)
+                while True:
+                    out = d.decompress(inp, step)
+                    have += len(out)
+                    if have > size:
+                        raise EntryError(None,
+                                         f"inflates to more than the declared {size} bytes")
+                    if stream_hash is not None:
+                        stream_hash.update(out)
+                    else:
+                        parts.append(out)
+                    inp = d.unconsumed_tail
+                    if d.eof or not inp:
+                        break
             except zlib.error as exc:
                 raise EntryError(None, f"bad zlib stream ({exc})") from None
-            have += len(out)
-            if have > size:
-                raise EntryError(None, f"inflates to more than the declared {size} bytes")
-            if stream_hash is not None:
-                stream_hash.update(out)
-            else:
-                parts.append(out)
             if d.eof:
                 used = take - len(d.unused_data)
                 crc = zlib.crc32(chunk[:used], crc)
@@ -267,6 +278,8 @@ class Scan(State):
             if hit is not None:
                 self.cache.move_to_end(base)
                 btype, bdata = hit
+            elif base == self.big_pos:
+                btype, bdata = self.big
             else:
                 btype, bdata = self._object_at(base)
         except Unresolvable:
@@ -280,7 +293,7 @@ class Scan(State):
         if self.planned:
             self._used(base)
         try:
-            data = pack.apply_delta(bdata, delta, "", MAX_HELD_OBJECT)
+            data = pack.apply_delta(bdata, delta, "", self.max_object_size)
         except DamagedImage as exc:
             # The zlib stream checked out (adler-32), so the delta is as written:
             # the header's base reference (or the base) is what is wrong.
@@ -317,7 +330,12 @@ class Scan(State):
             self.blob_sizes[oid] = size
         elif kind == pack.OBJ_TREE:
             try:
-                self.trees[oid] = objects.parse_tree_raw(data, f"tree {hex_id(oid)}")
+                entries = objects.parse_tree_raw(data, f"tree {hex_id(oid)}", self.max_paths)
+                self.trees[oid] = entries
+                unsorted = objects.tree_order_problem(entries)
+                if unsorted:  # git fsck's treeNotSorted
+                    self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
+                                 f"malformed tree: {unsorted}")
             except DamagedImage as exc:
                 self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
                              f"malformed tree: {exc.what}")
@@ -383,7 +401,7 @@ class Scan(State):
         """
         raw_hdr = self.reader.pread(pos, pack.MAX_ENTRY_HEADER)
         try:
-            eh = pack.parse_entry_header(raw_hdr, at_offset(pos))
+            eh = pack.parse_entry_header(raw_hdr, at_offset(pos), None)
         except DamagedImage:
             return R_OBJ_HEADER
         data_region = R_DELTA_DATA if eh.type >= pack.OBJ_OFS_DELTA else R_OBJ_DATA

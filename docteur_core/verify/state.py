@@ -13,18 +13,19 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..format import idx as idxmod
-from ..format import objects, pack
+from ..format import limits, objects, pack
 from ..blockdev.block import BlockDevice, ByteReader
 from ..errors import DamagedImage
 from .report import MAX_PROBLEMS_PER_REGION, MAX_WARNINGS, Report
 from .stream import READ_CHUNK
 
 MAX_DELTA_DEPTH = 10_000  # git never writes chains deeper than 4095
-# Objects git would not deltify (core.bigFileThreshold is 512 MiB): a delta,
-# a delta base or a tree larger than this is reported rather than loaded.
-MAX_HELD_OBJECT = 512 << 20
+# The reader's limits, shared (format/limits.py): a delta, a delta base or a
+# tree larger than max_object_size is reported rather than loaded (git would
+# not deltify it: core.bigFileThreshold is 512 MiB too).
+MAX_HELD_OBJECT = limits.MAX_OBJECT_SIZE
 # Base objects larger than this are hashed while they inflate, not kept.
-STREAM_THRESHOLD = 16 << 20
+STREAM_THRESHOLD = limits.STREAM_THRESHOLD
 DEFAULT_CACHE_BYTES = 64 << 20
 # "<type> <size>\0", what git hashes before an object's content.
 OBJ_HEADER = {k: f"{name} %d\0".encode() for k, name in pack.TYPE_NAMES.items()}
@@ -64,13 +65,18 @@ class State:
     write these fields; `Verifier` puts them together.
     """
 
-    def __init__(self, device: BlockDevice, quick: bool, cache_bytes: int) -> None:
+    def __init__(self, device: BlockDevice, quick: bool, cache_bytes: int,
+                 max_object_size: int = MAX_HELD_OBJECT, max_paths: int = limits.MAX_PATHS,
+                 max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES) -> None:
         self.device = device
         self.reader = ByteReader(device)
         self.capacity = device.capacity
         self.report = Report(quick=quick, capacity=self.capacity)
         self.quick = quick
         self.cache_bytes = cache_bytes
+        self.max_object_size = max_object_size
+        self.max_paths = max_paths
+        self.max_lookup_bytes = max_lookup_bytes
         self.per_region: dict[str, int] = {}  # problems per region, listed or not
         # The header and the regions (layoutcheck.py, locate.py).
         self.commit_id: bytes | None = None
@@ -112,6 +118,12 @@ class State:
         # many uses remain.
         self.cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self.cached = 0
+        # One object too large for the LRU's share, kept beside it: the
+        # last link of a chain of big objects, which the next delta of the
+        # chain needs (without it each delta rebuilt the chain from its
+        # base: quadratic in the chain's length).
+        self.big_pos: int | None = None
+        self.big: tuple[int, bytes] | None = None
         self.stats = {"cache_hits": 0, "cache_misses": 0, "rebuilt": 0, "peak_cached_bytes": 0}
         self.planned = False
         self.uses_at: dict[int, int] = {}
