@@ -76,7 +76,7 @@ def test_server_kinds_are_what_they_say(images):
 
 
 def test_the_plugin_refuses_what_the_file_plugin_serves(images):
-    with pytest.raises(boot.BootError, match="nbdkit could not serve .*padding after the IDX"):
+    with pytest.raises(boot.BootError, match="nbdkit could not serve .*padding: padding is not zero"):
         boot.boot(images["odd"], [boot.reader_command(["ls"])], server="docteur", timeout=60)
     assert processes_naming(str(images["odd"])) == []
 
