@@ -52,7 +52,6 @@ Everything here is pure: bytes in, values out (the reader's side is
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 from collections import namedtuple
@@ -231,6 +230,8 @@ def encode(entries: list[Entry], *, commit: bytes, pack_checksum: bytes, tree: b
             height += 1
             if height > MAX_HEIGHT:  # pragma: no cover - 4 KiB nodes hold far more
                 raise ValueError("path index too deep")
+    import hashlib  # here: the reader (a guest) never encodes, and hashlib is heavy
+
     body_len = (len(nodes) + 1) * NODE_SIZE
     lead = -body_len % block_size
     digest = hashlib.sha256()
