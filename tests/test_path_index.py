@@ -122,13 +122,16 @@ def test_deterministic_encoding():
     assert _region_image(entries) == _region_image(list(reversed(entries)))
 
 
+_FLIP_ENTRIES = _entries(_many(4000))
+_FLIP_GOOD = _region_image(_FLIP_ENTRIES, 4096)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_flipped_bytes_are_errors_never_other_entries(data):
     """Any change to the region: a lookup gives the right entry, None only
     where the truth is None, or DamagedImage."""
-    entries = _entries(_many(4000))
-    good = _region_image(entries, 4096)
+    entries, good = _FLIP_ENTRIES, _FLIP_GOOD
     start = REGION_START
     bad = bytearray(good)
     for _ in range(data.draw(st.integers(1, 4))):
@@ -201,3 +204,288 @@ def test_hostile_indexes_with_good_checksums_are_refused():
 
     with pytest.raises(DamagedImage, match="bound to pack"):
         _open(_resealed(good, -1, other_pack))
+
+
+# --- real images ----------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from docteur_core.build import make_image  # noqa: E402
+from docteur_core.verify import verify_image  # noqa: E402
+from tests import ocaml_oracle as oc  # noqa: E402
+from tests.support import git  # noqa: E402
+from tests.test_build_oracle import check_image  # noqa: E402
+from tests.test_ocaml_oracle import DATE, SETTINGS, agree, materialise, same_verify, trees  # noqa: E402
+
+
+def _snapshot(image: Image) -> dict:
+    """Everything a reader says about every path: kind, mode, id, size, bytes, listing."""
+    out = {}
+    for node in image.walk():
+        st_ = image.stat(node.path)
+        item = [st_.kind, st_.mode, st_.id, st_.size]
+        if node.mode == MODE_DIR:
+            item.append(image.list(node.path))
+        elif node.mode != 0o160000:
+            item.append(hashlib.sha1(image.get(node.path)).hexdigest())
+            item.append(image.size(node.path))
+        out[node.path] = item
+    out[""] = image.list("")
+    return out
+
+
+def _git_listing(git_dir: Path, commit: str) -> dict:
+    out = git("ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit,
+              env={"GIT_DIR": str(git_dir)})
+    listing = {}
+    for rec in out.split(b"\0"):
+        if rec:
+            meta, path = rec.split(b"\t", 1)
+            mode, _, oid, size = meta.split()
+            listing[path.decode("utf-8", "surrogateescape")] = (
+                int(mode, 8), oid.decode(), None if size == b"-" else int(size))
+    return listing
+
+
+@SETTINGS
+@given(spec=trees)
+def test_lookups_listings_sizes_and_contents_equal_the_tree_walk_and_git(spec, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pix")
+    src = tmp / "src"
+    src.mkdir()
+    materialise(src, spec)
+    img = tmp / "out.img"
+    make_image(src, img, date=DATE, warn=lambda w: None)
+    data = img.read_bytes()
+    assert pix.has_magic(data[-pix.SUPER_SIZE:])
+    checked = check_image(img, tmp)  # git index-pack of the PACK gives the IDX region
+    truth = _git_listing(checked.git_dir, checked.commit)
+    with Image.open(str(img), mode="light", path_index=False) as walked:
+        expected = _snapshot(walked)
+    for mode in ("fast", "light"):
+        with Image.open(str(img), mode=mode) as image:
+            assert image.path_index is not None
+            assert not image.store.indexed  # no IDX load, no tree walk
+            assert _snapshot(image) == expected
+            assert len(image) == len(truth)
+            for path, (gmode, oid, size) in truth.items():
+                st_ = image.stat(path)
+                assert (st_.mode, st_.id) == (gmode, oid)
+                if size is not None:
+                    assert st_.size == size
+            assert image.exists("no/such") is None
+    assert verify_image(MemoryDevice(data)).ok
+    assert verify_image(MemoryDevice(data), quick=True).ok
+
+
+def _corpus(root: Path, n: int) -> None:
+    for i in range(n):
+        d = root / f"d{i % 7}" / f"e{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(f"file {i}\n" + "x" * (i % 50))
+    (root / "exe").write_text("#!/bin/sh\n")
+    (root / "exe").chmod(0o755)
+    (root / "link").symlink_to("exe")
+    (root / "empty").mkdir()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pixb")
+    src = tmp / "src"
+    src.mkdir()
+    _corpus(src, 1500)
+    img = tmp / "a.img"
+    make_image(src, img, date=DATE, warn=lambda w: None)
+    plain = tmp / "plain.img"
+    make_image(src, plain, date=DATE, warn=lambda w: None, path_index=False)
+    return img, plain, src
+
+
+def test_deterministic_and_optional(built, tmp_path):
+    img, plain, src = built
+    again = tmp_path / "again.img"
+    make_image(src, again, date=DATE, warn=lambda w: None)
+    assert again.read_bytes() == img.read_bytes()
+    data, without = img.read_bytes(), plain.read_bytes()
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    assert sup.height >= 1 and sup.paths == 1500 + 7 + 21 + 3
+    assert data[:sup.region_start] == without  # the OCaml layout, untouched
+    for path, expected in ((img, "yes, 1531 paths"), (plain, "no")):
+        proc = subprocess.run([os.fspath(Path(os.sys.executable).with_name("docteur")),
+                               "info", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert f"path index: {expected}" in proc.stdout
+    proc = subprocess.run([os.fspath(Path(os.sys.executable).with_name("docteur")), "make",
+                           "-q", "--no-path-index", "--date", DATE, str(src),
+                           str(tmp_path / "cli.img")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "cli.img").read_bytes() == without
+
+
+class CountingDevice:
+    """A memory device that counts reads (each is one device request)."""
+
+    block_size = 512
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.capacity, self.reads = data, len(data), 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return self.data[offset:offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
+    img, plain, _ = built
+    data = img.read_bytes()
+    dev = CountingDevice(data)
+    image = Image.open(dev, mode="fast")
+    opened = dev.reads
+    # header and PACK header, IDX head, super block, PACK trailer, the commit
+    assert opened <= 6, opened
+    height = image.path_index.sup.height
+    before = dev.reads
+    assert image.get("d3/e1/f0010.txt") == b"file 10\n" + b"x" * 10
+    assert image.path_index.nodes_read == height
+    # The index descent, then the object (one or two reads: header and stream).
+    assert dev.reads - before <= height + 2
+    plain_dev = CountingDevice(plain.read_bytes())
+    Image.open(plain_dev, mode="fast")
+    assert plain_dev.reads > opened  # the whole IDX and every tree
+
+
+def test_the_ocaml_docteur_reads_images_with_a_path_index(tmp_path):
+    """Its verify and its three readers take everything from the IDX offset to
+    the end of the device as the IDX: bytes after the IDX must not matter."""
+    oracle = oc.Oracle(oc.built())
+    src = tmp_path / "src"
+    src.mkdir()
+    _corpus(src, 300)
+    img = tmp_path / "a.img"
+    make_image(src, img, date=DATE, warn=lambda w: None)
+    assert pix.parse_super(img.read_bytes()[-pix.SUPER_SIZE:], img.stat().st_size).height
+    same_verify(oracle, img)
+    agree(oracle, img)
+    big = tmp_path / "b4096.img"
+    make_image(src, big, date=DATE, warn=lambda w: None, block_size=4096, compat="ocaml")
+    assert pix.has_magic(big.read_bytes()[-pix.SUPER_SIZE:])
+    same_verify(oracle, big)
+    agree(oracle, big, sector=4096)
+
+
+def test_every_flipped_byte_of_the_region_is_reported_as_path_index(built):
+    img, _, _ = built
+    data = img.read_bytes()
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    import random
+    rnd = random.Random(3)
+    offsets = rnd.sample(range(sup.region_start, len(data)), 40)
+    offsets += [sup.region_start, len(data) - 1, len(data) - pix.SUPER_SIZE + 20]
+    for off in offsets:
+        bad = bytearray(data)
+        bad[off] ^= rnd.choice([1, 0x80, 0xFF])
+        for quick in (False, True):
+            report = verify_image(MemoryDevice(bytes(bad)), quick=quick)
+            assert not report.ok, (off, quick)
+            assert {p[0] for p in report.problems} == {"path index"}, \
+                (off, quick, report.problem_lines())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_region_gives_the_tree_walks_bytes_or_an_error(built, data):
+    img, _, _ = built
+    good = img.read_bytes()
+    sup = pix.parse_super(good[-pix.SUPER_SIZE:], len(good))
+    bad = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(sup.region_start, len(good) - 1))
+        bad[at] = data.draw(st.integers(0, 255))
+    paths = data.draw(st.lists(st.sampled_from(
+        [f"d{i % 7}/e{i % 3}/f{i:04d}.txt" for i in range(0, 1500, 37)]
+        + ["exe", "link", "d1/e2", "empty", "nope", "d1/nope"]), min_size=1, max_size=8))
+    with Image.open(MemoryDevice(good), mode="light", path_index=False) as truth_image:
+        truth = {}
+        for p in paths:
+            try:
+                truth[p] = (truth_image.get(p) if truth_image.exists(p) == "value"
+                            else truth_image.list(p) if truth_image.exists(p) else None)
+            except DocteurError as exc:
+                truth[p] = type(exc)
+    mode = data.draw(st.sampled_from(["fast", "light"]))
+    try:
+        image = Image.open(MemoryDevice(bytes(bad)), mode=mode)
+    except DamagedImage:
+        return
+    for p in paths:
+        try:
+            kind = image.exists(p)
+            got = image.get(p) if kind == "value" else image.list(p) if kind else None
+        except DamagedImage:
+            continue
+        assert got == truth[p], p
+
+
+def _reseal_leaf(data: bytes, edit) -> bytes:
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    return _resealed(data, 0, edit) if sup.height else _resealed(data, -1, edit)
+
+
+def test_a_lying_size_or_another_images_index_is_an_error(built, tmp_path):
+    img, _, src = built
+    data = img.read_bytes()
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    first = Image.open(MemoryDevice(data)).path_index.listing(b"")[0]
+
+    # Another image's region, appended to this image's layout: refused.
+    other_src = tmp_path / "o"
+    other_src.mkdir()
+    (other_src / "x").write_text("x")
+    other = tmp_path / "o.img"
+    make_image(other_src, other, date=DATE)
+    o = other.read_bytes()
+    osup = pix.parse_super(o[-pix.SUPER_SIZE:], len(o))
+    with pytest.raises(DamagedImage, match="path index"):
+        Image.open(MemoryDevice(data[:sup.region_start] + o[osup.region_start:]))
+    # Its super block in place of this one's (same geometry otherwise): the binding says no.
+    with pytest.raises(DamagedImage, match="bound to commit"):
+        Image.open(MemoryDevice(_resealed(data, -1, lambda n: n.__setitem__(
+            slice(16, 36), o[-pix.SUPER_SIZE + 16:-pix.SUPER_SIZE + 36]))))
+
+    # A leaf whose first file's size lies (CRC recomputed): get and size refuse.
+    leaf = pix.NODE_HEAD.size if sup.height else pix.ROOT_AT + 2
+    number = 0 if sup.height else -1
+    d = bytearray(data)
+    at = (sup.nodes_start if sup.height else len(d) - pix.SUPER_SIZE) + leaf
+    # Find the first file entry of the first leaf and bump its size.
+    node_at = at - leaf
+    node = bytes(d[node_at:node_at + pix.NODE_SIZE])
+    count = struct.unpack_from("<H", node, 2 if sup.height else pix.ROOT_AT)[0]
+    pos, prev = leaf, b""
+    for _ in range(count):
+        shared, rest = struct.unpack_from("<HH", node, pos)
+        key = prev[:shared] + node[pos + 4:pos + 4 + rest]
+        fixed = pos + 4 + rest
+        mode = struct.unpack_from("<I", node, fixed)[0]
+        if mode == MODE_FILE:
+            break
+        pos, prev = fixed + pix.LEAF_FIXED.size, key
+    else:
+        raise AssertionError("no file in the first leaf")
+
+    def lie(n):
+        size = struct.unpack_from("<Q", n, fixed + 32)[0]
+        struct.pack_into("<Q", n, fixed + 32, size + 1)
+
+    liar = Image.open(MemoryDevice(_resealed(data, number, lie)), mode="fast")
+    path = pix.Entry(key, 0, b"", 0, 0).path.decode()
+    with pytest.raises(DamagedImage, match="path index says"):
+        liar.get(path)
+    with pytest.raises(DamagedImage, match="path index says"):
+        liar.size(path)
+    assert first is not None
