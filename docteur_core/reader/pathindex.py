@@ -48,6 +48,9 @@ class PathIndex:
         self.cache_nodes = cache_nodes
         self._cache: OrderedDict[int, tuple[list[bytes], list]] = OrderedDict()
         self.nodes_read = 0
+        # The leaf of the last lookup and the bounds its descent checked:
+        # lookups in path order (a walk, a directory's files) land in it.
+        self._last: tuple | None = None
 
     @classmethod
     def open(cls, pread: Pread, capacity: int, commit: bytes, *, pack_start: int,
@@ -121,6 +124,9 @@ class PathIndex:
 
     def _leaf_for(self, key: bytes) -> tuple[int, list[bytes], list[pix.Entry]]:
         """Descend from the root to the leaf whose range holds `key`."""
+        last = self._last
+        if last is not None and last[0] <= key and (last[1] is None or key < last[1]):
+            return last[2], last[3], last[4]
         sup = self.sup
         level = sup.height
         number, lo, hi = ROOT, b"", None
@@ -130,6 +136,7 @@ class PathIndex:
             else:
                 keys, entries = self._node(number, level, lo, hi)
             if level == 0:
+                self._last = (lo, hi, number, keys, entries)
                 return number, keys, entries
             i = bisect_right(keys, key) - 1
             if i < 0:  # key sorts before every key: only below b"", impossible
