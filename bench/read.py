@@ -118,16 +118,19 @@ def git_cat_all(repo: Path, ids: list[str]) -> int:
 
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
+def hwm():  # peak resident memory of this process (ru_maxrss carries the parent's over exec)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
 sys.path.insert(0, sys.argv[1])
 from docteur_core.reader import Image
 import docteur_core.blockdev.device, docteur_core.reader.pathindex  # imports: not the open's
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 t = time.perf_counter()
 image = Image.open(sys.argv[2], sys.argv[3], path_index=sys.argv[4] == "1")
 took = time.perf_counter() - t
 image.get(sys.argv[5])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm()
 print(took, (after - before) * 1024)
 """
 

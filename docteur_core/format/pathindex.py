@@ -250,19 +250,23 @@ def encode(entries: list[Entry], *, commit: bytes, pack_checksum: bytes, tree: b
 # -- decoding ---------------------------------------------------------------
 
 
+def valid_name(name: bytes) -> bool:
+    return bool(name) and b"/" not in name and b"\0" not in name and name not in (b".", b"..")
+
+
+def valid_parent(parent: bytes) -> bool:
+    """A normalised path: no empty, `.` or `..` component (b"" is the root)."""
+    return not parent or all(valid_name(p) for p in parent.split(b"/"))
+
+
 def valid_key(key: bytes) -> bool:
     """parent NUL name: a normalised parent path, a name without `/`."""
     parent, nul, name = key.partition(b"\0")
-    if not nul or not name or b"\0" in name or b"/" in name or name in (b".", b".."):
-        return False
-    if not parent:
-        return True
-    return not (parent.startswith(b"/") or parent.endswith(b"/") or b"//" in parent
-                or any(p in (b".", b"..") for p in parent.split(b"/")))
+    return bool(nul) and valid_name(name) and valid_parent(parent)
 
 
 def has_magic(last: bytes) -> bool:
-    """Whether the image's last bytes (at least 8 of the last 4096) start a super block."""
+    """Whether the image's last 4096 bytes start with a super block's magic."""
     return len(last) >= SUPER_SIZE and last[-SUPER_SIZE:-SUPER_SIZE + 8] == MAGIC
 
 
@@ -336,6 +340,7 @@ def decode_leaf(count: int, body: memoryview | bytes, lo: bytes, hi: bytes | Non
     unpack_prefix = PREFIX.unpack_from
     unpack_fixed = LEAF_FIXED.unpack_from
     fixed = LEAF_FIXED.size
+    last_parent = None
     for i in range(count):
         if pos + 4 > end:
             raise DamagedImage(f"entry {i} runs past the end of the node", where)
@@ -349,8 +354,11 @@ def decode_leaf(count: int, body: memoryview | bytes, lo: bytes, hi: bytes | Non
         pos += fixed
         if key <= prev and i or key < lo or (hi is not None and key >= hi):
             raise DamagedImage(f"entry {i} ({key!r}) is out of order", where)
-        if not valid_key(key):
+        parent, nul, name = key.partition(b"\0")
+        if not (nul and valid_name(name)
+                and (parent == last_parent or valid_parent(parent))):
             raise DamagedImage(f"entry {i} has a malformed key {key!r}", where)
+        last_parent = parent
         if mode not in MODES:
             raise DamagedImage(f"entry {i} ({key!r}) has an unknown mode {mode:o}", where)
         if mode == MODE_GITLINK:

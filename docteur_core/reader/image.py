@@ -316,14 +316,20 @@ class Image:
 
     def _indexed(self, path: str | bytes):
         """(Node, its path index entry) of `path`; the root has no entry."""
-        parts = split_path(path)
-        if not parts:
+        if isinstance(path, str):
+            joined = path.strip("/")
+            wrapped = "/" + joined + "/"
+            if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+                joined = join_path(split_path(joined))
+        else:
+            joined = join_path(split_path(path))
+        if not joined:
             return self.root, None
         find = self.path_index.find
-        joined = join_path(parts)
         e = find(pix.key_of(obj.encode_name(joined)))
         if e is None:
             # Name the first missing component, or the file in the middle.
+            parts = joined.split("/")
             for i in range(1, len(parts)):
                 above = find(pix.key_of(obj.encode_name(join_path(parts[:i]))))
                 if above is None:
@@ -332,6 +338,15 @@ class Image:
                     raise NotADirectory(f"/{join_path(parts[:i])} is not a directory")
             raise NotFound(f"/{joined} does not exist")
         return Node(joined, e.mode, e.id, e.offset or None), e
+
+    def _listing(self, node: Node) -> list:
+        """(name, path index entry) of a directory's entries, in git's order."""
+        found = self.path_index.listing(obj.encode_name(node.path))
+        # Key order is by name; git's puts a directory where name + "/" sorts.
+        if any(e.mode == obj.MODE_DIR for e in found):
+            found.sort(key=lambda e: e.key + b"/" if e.mode == obj.MODE_DIR else e.key)
+        cut = len(node.path.encode("utf-8", "surrogateescape")) + 1 if node.path else 1
+        return [(obj.decode_name(e.key[cut:]), e) for e in found]
 
     def _lookup(self, path: str | bytes) -> Node:
         if self.path_index is not None:
@@ -371,11 +386,7 @@ class Image:
         if node.mode != obj.MODE_DIR:
             raise NotADirectory(f"/{node.path} is not a directory")
         if self.path_index is not None:
-            # Key order is by name; git's puts a directory where name + "/" sorts.
-            found = self.path_index.listing(obj.encode_name(node.path))
-            found.sort(key=lambda e: e.key + b"/" if e.mode == obj.MODE_DIR else e.key)
-            return [obj.TreeEntry(obj.decode_name(e.key.partition(b"\0")[2]), e.mode, e.id)
-                    for e in found]
+            return [obj.TreeEntry(name, e.mode, e.id) for name, e in self._listing(node)]
         if self._children is not None:
             return self._children[node.path]
         return self._tree(node.id)[0]
@@ -474,10 +485,10 @@ class Image:
                 d = stack.pop()
                 prefix = d.path + "/" if d.path else ""
                 subdirs = []
-                for e in self._entries(d):
-                    node = Node(prefix + e.name, e.mode, e.id)
+                for name, e in self._listing(d):
+                    node = Node(prefix + name, e.mode, e.id, e.offset or None)
                     yield node
-                    if e.is_dir:
+                    if e.mode == obj.MODE_DIR:
                         subdirs.append(node)
                 stack.extend(reversed(subdirs))
             return
