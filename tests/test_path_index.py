@@ -489,3 +489,22 @@ def test_a_lying_size_or_another_images_index_is_an_error(built, tmp_path):
     with pytest.raises(DamagedImage, match="path index says"):
         liar.size(path)
     assert first is not None
+
+
+def test_the_plugins_check_covers_the_region(built):
+    """The plugin's quick check (verify --quick) refuses a damaged super block or node."""
+    from docteur_core.serve import imagecheck
+
+    img, _, _ = built
+    data = img.read_bytes()
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    info = imagecheck.check_image(MemoryDevice(data))
+    assert info.extents[-1] == (sup.nodes_start, len(data), imagecheck.EXTENT_DATA)
+    for a, b, t in info.extents:
+        if t:
+            assert data[a:b] == bytes(b - a)
+    for at in (len(data) - pix.SUPER_SIZE + 40, sup.nodes_start + 100):
+        bad = bytearray(data)
+        bad[at] ^= 0x20
+        with pytest.raises(imagecheck.ImageRejected, match="path index"):
+            imagecheck.check_image(MemoryDevice(bytes(bad)))
