@@ -262,8 +262,12 @@ def test_lookups_listings_sizes_and_contents_equal_the_tree_walk_and_git(spec, t
     truth = _git_listing(checked.git_dir, checked.commit)
     with Image.open(str(img), mode="light", path_index=False) as walked:
         expected = _snapshot(walked)
+    with Image.open(str(img), mode="fast", path_index=False) as walked:
+        dirs = [""] + [n.path for n in walked.walk() if n.mode == MODE_DIR]
+        listed = {d: walked.entries(d) for d in dirs}
     for mode in ("fast", "light"):
         with Image.open(str(img), mode=mode) as image:
+            assert {d: image.entries(d) for d in dirs} == listed  # offsets included
             assert image.path_index is not None
             assert not image.store.indexed  # no IDX load, no tree walk
             assert _snapshot(image) == expected

@@ -430,6 +430,11 @@ class Image:
         """A directory's entries with their modes and ids."""
         node = self._lookup(path)
         prefix = node.path + "/" if node.path else ""
+        if self.path_index is not None:
+            if node.mode != obj.MODE_DIR:
+                raise NotADirectory(f"/{node.path} is not a directory")
+            return [Node(prefix + name, e.mode, e.id, e.offset or None)
+                    for name, e in self._listing(node)]
         return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id))
                 for e in self._entries(node)]
 
