@@ -1,17 +1,20 @@
-"""Reader benchmark: boot time per mode, deep-path lookups, read-everything vs git.
+"""Reader benchmark: open time and memory, cold lookups, read-everything vs git.
 
-    python3 bench/read.py                       # requests corpus + a generated 100k-file tree
-    python3 bench/read.py --corpus requests --corpus /tmp/corpus-django --corpus gen:10000
+    python3 bench/read.py                       # requests + generated 10k and 100k files
+    python3 bench/read.py --corpus gen:10000 --corpus gen:100000 --corpus gen:1000000
 
-For each corpus an image is built with `make_image` (kept in --work), then,
-in the same run:
-- open (boot) time in fast and light modes (fast = IDX load + index build);
-- lookup latency of the deepest file path (resolve only, and resolve+read),
-  warm (repeated on one open image) in both modes;
-- time to read every file, in both modes, against `git cat-file --batch`
-  reading the same blobs from the same pack (the image's PACK and IDX,
-  copied into a bare repository), and the ratio.
-Numbers are medians of --repeat runs.
+For each corpus an image is built with `make_image` (path index included;
+kept in --work), then, in the same run, in fast and light modes, with the
+path index and without it (`path_index=False`: the IDX and the trees, as an
+image made by the OCaml docteur is read):
+- open time and peak memory growth, in a fresh interpreter each time,
+  against `git ls-tree -r` on the same pack;
+- cold lookups: device reads of one lookup on a freshly opened image
+  (requests that reach the device, below the sector cache);
+- time to read every file (open, walk, read) against `git cat-file --batch`
+  of the same blobs and `git cat-file --batch-all-objects --batch`, on the
+  image's PACK and IDX copied into a bare repository.
+Numbers are medians of --repeat runs; a markdown table ends the output.
 """
 
 from __future__ import annotations
@@ -114,83 +117,173 @@ def git_cat_all(repo: Path, ids: list[str]) -> int:
     return len(out)
 
 
-def bench(spec: str, work: Path, repeat: int) -> None:
+CHILD = r"""
+import sys, time
+def hwm():  # peak resident memory of this process (ru_maxrss carries the parent's over exec)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+sys.path.insert(0, sys.argv[1])
+from docteur_core.reader import Image
+import docteur_core.blockdev.device, docteur_core.reader.pathindex  # imports: not the open's
+before = hwm()
+t = time.perf_counter()
+image = Image.open(sys.argv[2], sys.argv[3], path_index=sys.argv[4] == "1")
+took = time.perf_counter() - t
+image.get(sys.argv[5])
+after = hwm()
+print(took, (after - before) * 1024)
+"""
+
+
+def open_in_child(img: Path, mode: str, index: bool, path: str) -> tuple[float, int]:
+    """(open seconds, peak memory growth in bytes) in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(HERE.parent), str(img), mode,
+                          "1" if index else "0", path], check=True, capture_output=True,
+                         text=True).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+class CountingDevice:
+    """Counts the requests that reach the device (below the sector cache)."""
+
+    def __init__(self, device) -> None:
+        self.device, self.reads = device, 0
+        self.block_size, self.capacity = device.block_size, device.capacity
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        return self.device.read(offset, length)
+
+    def close(self) -> None:
+        self.device.close()
+
+
+def cold_lookups(img: Path, mode: str, index: bool, paths: list[str]) -> tuple[float, int]:
+    """Mean and max device reads of one lookup on a freshly opened image."""
+    from docteur_core.blockdev.block import FileDevice
+
+    counts = []
+    for p in paths:
+        dev = CountingDevice(FileDevice(str(img)))
+        image = Image.open(dev, mode, path_index=index)
+        before = dev.reads
+        image.exists(p)
+        counts.append(dev.reads - before)
+        dev.close()
+    return statistics.mean(counts), max(counts)
+
+
+def bench(spec: str, work: Path, repeat: int) -> list[str]:
+    import random
+
     name, src = corpus_dir(spec, work)
     img = build(name, src, work)
     repo = git_repo_of(img, work)
+    with open(img, "rb") as f:
+        commit = f.read(20).hex()
     print(f"\n== {name}: {img.stat().st_size:,} byte image", flush=True)
-    with Image.open(img, "light") as image:
+    with Image.open(img, "fast") as image:
         files = list(image.files())
         objects = image.store.object_count
+        sup = image.path_index.sup
+    print(f"  {len(files):,} files, {objects:,} objects; path index: {sup.node_count} nodes, "
+          f"height {sup.height}")
     deepest = max(files, key=lambda n: (n.path.count("/"), n.path)).path
-    total = 0
-    print(f"  {len(files):,} files, {objects:,} objects; deepest path: {deepest}")
+    rows = []
 
+    t_ls, _ = timed(lambda: subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "-r",
+                                            commit], check=True, capture_output=True), repeat)
+    print(f"  git ls-tree -r: {t_ls * 1000:.1f} ms")
+    sample = [n.path for n in random.Random(1).sample(files, min(200, len(files)))]
     for mode in ("fast", "light"):
-        t, _ = timed(lambda: Image.open(img, mode).close(), repeat)
-        print(f"  open ({mode}): {t * 1000:.1f} ms")
-
-    for mode in ("fast", "light"):
-        with Image.open(img, mode) as image:
-            image.get(deepest)
-            n = 1000
-            t = time.perf_counter()
-            for _ in range(n):
-                image.exists(deepest)
-            resolve = (time.perf_counter() - t) / n
-            t = time.perf_counter()
-            for _ in range(n):
-                image.get(deepest)
-            get = (time.perf_counter() - t) / n
-        print(f"  deep lookup ({mode}, warm): resolve {resolve * 1e6:.1f} us, "
-              f"resolve+read {get * 1e6:.1f} us")
-        # Cold: a fresh image each time (light: nothing cached at all).
-        t, _ = timed(lambda: Image.open(img, mode).get(deepest), repeat)
-        print(f"  deep lookup ({mode}, cold, open included): {t * 1000:.2f} ms")
+        for index in (True, False):
+            opens = [open_in_child(img, mode, index, deepest) for _ in range(repeat)]
+            t = statistics.median(o[0] for o in opens)
+            mem = statistics.median(o[1] for o in opens)
+            mean, top = cold_lookups(img, mode, index, sample[:50 if index else 20])
+            label = f"{mode}{'' if index else ' (no index)'}"
+            line = (f"  open {label}: {t * 1000:.2f} ms ({t / t_ls:.3f}x ls-tree), peak memory "
+                    f"+{mem / 2**20:.1f} MiB; cold lookup: {mean:.1f} device reads "
+                    f"(max {top})")
+            print(line, flush=True)
+            rows.append((name, label, t * 1000, mem / 2**20, mean, top))
 
     ids = [n.id.hex() for n in files]
+    t_git, git_bytes = timed(lambda: git_cat_all(repo, ids), repeat)
 
-    def read_all(mode):
+    def git_all_objects():
+        return len(subprocess.run(["git", "--git-dir", str(repo), "cat-file",
+                                   "--batch-all-objects", "--batch"], check=True,
+                                  capture_output=True).stdout)
+
+    t_all, _ = timed(git_all_objects, repeat)
+    print(f"  git cat-file --batch (every file): {t_git * 1000:.1f} ms; "
+          f"--batch-all-objects --batch: {t_all * 1000:.1f} ms")
+
+    def read_all(mode, index):
         def run():
-            with Image.open(img, mode) as image:
+            with Image.open(img, mode, path_index=index) as image:
                 size = 0
                 for node in image.files():
                     size += len(image.get(node.path))
                 return size
         return run
 
-    def read_all_known(mode, image):
-        def run():
-            image.store.clear_cache()
-            size = 0
-            for node in files:
-                size += len(image.get(node.path))
-            return size
-        return run
-
-    t_git, git_bytes = timed(lambda: git_cat_all(repo, ids), repeat)
-    print(f"  git cat-file --batch, every file: {t_git * 1000:.1f} ms ({git_bytes:,} bytes out)")
-    # Each distinct blob once: decoding speed without the dedup our object
-    # cache gives (git writes every copy through its pipe).
-    unique = {}
-    for node in files:
-        unique.setdefault(node.id, node.path)
-    t_git_u, _ = timed(lambda: git_cat_all(repo, [i.hex() for i in unique]), repeat)
-    with Image.open(img, "fast") as image:
-        def run_unique():
-            image.store.clear_cache()
-            return sum(len(image.get(p)) for p in unique.values())
-        t_u, _ = timed(run_unique, repeat)
-    print(f"  {len(unique):,} distinct blobs: git {t_git_u * 1000:.1f} ms, fast reads "
-          f"{t_u * 1000:.1f} ms = {t_u / t_git_u:.2f}x git")
+    reads = []
     for mode in ("fast", "light"):
-        t, total = timed(read_all(mode), repeat)
-        print(f"  read every file ({mode}, open+walk+read): {t * 1000:.1f} ms "
-              f"({total:,} bytes) = {t / t_git:.2f}x git")
-        with Image.open(img, mode) as image:
-            t, _ = timed(read_all_known(mode, image), repeat)
-        print(f"  read every file ({mode}, reads only, cold object cache): "
-              f"{t * 1000:.1f} ms = {t / t_git:.2f}x git")
+        for index in (True, False):
+            t, total = timed(read_all(mode, index), repeat)
+            label = f"{mode}{'' if index else ' (no index)'}"
+            print(f"  read every file ({label}, open+walk+read): {t * 1000:.1f} ms "
+                  f"({total:,} bytes) = {t / t_git:.2f}x cat-file --batch, "
+                  f"{t / t_all:.2f}x --batch-all-objects", flush=True)
+            reads.append((label, t))
+    table = [f"| {name} | {label} | {t:.2f} ms | +{m:.1f} MiB | {mean:.1f} (max {top}) |"
+             for name, label, t, m, mean, top in rows]
+    table.append(f"| {name} | git ls-tree -r | {t_ls * 1000:.1f} ms | | |")
+    for label, t in reads:
+        table.append(f"| {name} | read all, {label} | {t * 1000:.0f} ms = "
+                     f"{t / t_all:.2f}x batch-all-objects, {t / t_git:.2f}x --batch | | |")
+    table.append(f"| {name} | git cat-file --batch-all-objects --batch | "
+                 f"{t_all * 1000:.0f} ms | | |")
+    return table
+
+
+def synthetic(n: int) -> list[str]:
+    """A path index of n generated paths, without building the image around it:
+    its height, its size, and the nodes read by cold lookups at 4 KiB."""
+    import random
+
+    from docteur_core.format import pathindex as pix
+    from docteur_core.reader.pathindex import PathIndex
+
+    t = time.perf_counter()
+    entries, dirs = [], set()
+    for i in range(n):
+        d = f"a{i // 10000:03d}/b{i // 100 % 100:02d}"
+        for parent in (d.split("/")[0], d):
+            if parent not in dirs:
+                dirs.add(parent)
+                entries.append(pix.Entry(pix.key_of(parent.encode()), 0o40000, bytes(20), 40, 0))
+        path = f"{d}/file{i:07d}.txt".encode()
+        entries.append(pix.Entry(pix.key_of(path), 0o100644, bytes(20), 40 + i % 1000, 20))
+    region = pix.encode(entries, commit=bytes(20), pack_checksum=bytes(20), tree=bytes(20),
+                        commit_offset=40, tree_offset=40, pack_end=2000, region_start=4096,
+                        root_count=0, block_size=4096)
+    built = time.perf_counter() - t
+    data = bytes(4096) + region
+    sup = pix.parse_super(data[-4096:], len(data))
+    reads = []
+    for e in random.Random(2).sample(entries, 200):
+        index = PathIndex(lambda o, k: data[o:o + k], len(data), sup, pack_start=40)
+        assert index.find(e.key) == e
+        reads.append(index.nodes_read)
+    line = (f"synthetic {len(entries):,} paths: region {len(region) / 2**20:.1f} MiB, "
+            f"{sup.node_count:,} nodes, height {sup.height} under the super block; cold "
+            f"lookup {statistics.mean(reads):.2f} node reads (max {max(reads)}); "
+            f"encoded in {built:.1f} s")
+    print("\n  " + line, flush=True)
+    return [f"| {line} | | | | |"]
 
 
 def main() -> int:
@@ -199,11 +292,19 @@ def main() -> int:
                    help="requests, gen:N, or a directory (repeatable)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "docteur-bench-read"))
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--synthetic", type=int, action="append", default=[],
+                   help="also encode a path index of N generated paths alone and count "
+                        "the reads of cold lookups (repeatable; e.g. 1000000)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for spec in args.corpus or ["requests", "gen:10000", "gen:100000"]:
-        bench(spec, work, args.repeat)
+    table = ["| corpus | what | time | memory | cold lookup, device reads |",
+             "|---|---|---|---|---|"]
+    for spec in args.corpus or ([] if args.synthetic else ["requests", "gen:10000", "gen:100000"]):
+        table += bench(spec, work, args.repeat)
+    for n in args.synthetic:
+        table += synthetic(n)
+    print("\n" + "\n".join(table))
     return 0
 
 

@@ -53,8 +53,11 @@ def images(tmp_path_factory) -> dict:
     good = base / "good.img"
     result = make_image(src, good, date="2026-01-01T00:00:00Z")
     data = bytearray(good.read_bytes())
-    assert data[-1] == 0
-    data[-1] = 0x5A  # the IDX's tail padding: only the plugin's start-up check cares
+    # The IDX's tail padding ends where the path index region starts.
+    end = int.from_bytes(data[len(data) - 4096 + 100:len(data) - 4096 + 108], "little")
+    assert data[len(data) - 4096:len(data) - 4088] == b"DOCTPIDX"
+    assert data[end - 1] == 0
+    data[end - 1] = 0x5A  # the IDX's tail padding: only the plugin's start-up check cares
     odd = base / "odd-padding.img"
     odd.write_bytes(bytes(data))
     yield {"good": good, "odd": odd, "commit": result.commit, "tree": result.tree, "base": base}

@@ -29,7 +29,7 @@ def small(tmp_path_factory):
     (tmp / "src").mkdir()
     (tmp / "src" / "f").write_text("some file\n" * 20)
     img = tmp / "a.img"
-    result = make_image(tmp / "src", img, date="2024-01-01T00:00:00Z")
+    result = make_image(tmp / "src", img, date="2024-01-01T00:00:00Z", path_index=False)
     data = img.read_bytes()
     header = layout.parse_header(data, len(data))
     idx = data[header.idx_offset:].rstrip(b"\0")
@@ -116,7 +116,7 @@ def test_make_and_verify_at_128_kib(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_text("f\n")
     make_image(tmp_path / "src", tmp_path / "a.img", block_size=131072)
-    assert (tmp_path / "a.img").stat().st_size == 2 * 131072
+    assert (tmp_path / "a.img").stat().st_size == 3 * 131072  # + the path index region
     proc = subprocess.run([sys.executable, "-m", "docteur_core", "verify", "--json",
                            str(tmp_path / "a.img")], capture_output=True, text=True,
                           cwd=REPO_ROOT)

@@ -57,9 +57,23 @@ def idx_length(data: bytes, idx_offset: int) -> int:
     return 8 + 1024 + count * 28 + large * 8 + 40
 
 
+def without_path_index(data: bytes, block_size: int = 512) -> bytes:
+    """The image up to its path index region (the OCaml layout), checking
+    that the region starts where the IDX padding ends and fills whole blocks."""
+    from docteur_core.format import pathindex as pix
+
+    if not pix.has_magic(data[-pix.SUPER_SIZE:]):
+        return data
+    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
+    assert (len(data) - sup.region_start) % block_size == 0
+    assert data[sup.region_start:sup.nodes_start] == bytes(sup.nodes_start - sup.region_start)
+    return data[:sup.region_start]
+
+
 def check_image(image: Path, workdir: Path, block_size: int = 512) -> Checked:
     data = image.read_bytes()
     assert len(data) % block_size == 0, "image size is not a multiple of the block size"
+    data = without_path_index(data, block_size)
     header = layout.parse_header(data, len(data))
     end = pack_end(data, header.idx_offset, block_size)
     assert header.idx_offset - end == layout.padding(end, block_size)

@@ -203,7 +203,12 @@ def stop(pid: int, seconds: float = 15.0) -> None:
     assert not alive(pid), f"nbdkit {pid} still runs {seconds} s after SIGTERM"
 
 
-def pid_from(pidfile: Path) -> int:
+def pid_from(pidfile: Path, patience: float = 60.0) -> int:
+    """The pid in `pidfile`: nbdkit's daemon writes it after its parent exits."""
+    deadline = time.monotonic() + patience
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, f"no pid in {pidfile}"
+        time.sleep(0.02)
     pid = int(pidfile.read_text().strip())
     assert alive(pid), f"pid {pid} from {pidfile} is not running"
     return pid

@@ -53,7 +53,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                block_size: int = layout.DEFAULT_BLOCK_SIZE,
                progress: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None,
-               compat: str | None = None,
+               compat: str | None = None, path_index: bool = True,
                max_object_size: int = MAX_FILE_SIZE) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
@@ -171,7 +171,15 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
         with open(idx_path, "rb") as f:
             f.seek(layout.IDX_HEADER_SIZE + 255 * 4)
             objects = int.from_bytes(f.read(4), "big")
-        size = write_image(image, bytes.fromhex(commit), pack_path, idx_path, block_size, progress)
+        tail = None
+        if path_index:
+            from .pathindex import build_region
+            _, region_start = layout.image_layout(os.path.getsize(pack_path),
+                                                  os.path.getsize(idx_path), block_size)
+            tail = build_region(repo, commit, tree, pack_path, idx_path, block_size,
+                                region_start)
+        size = write_image(image, bytes.fromhex(commit), pack_path, idx_path, block_size,
+                           progress, tail=tail)
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
                        kind=src.kind, source_commit=source_commit)
 

@@ -85,6 +85,11 @@ next build.
                              "makes it (author Dr. Greenthumb <noreply@cypress.hill>, no "
                              "message); a repository's commit gets the rewritten tree when one "
                              "is needed (see the README)")
+    parser.add_argument("--no-path-index", dest="path_index", action="store_false",
+                        help="leave out the path index region (after the IDX) that lets "
+                             "readers open the image in O(1) and look paths up without "
+                             "walking trees; the image is then the OCaml docteur's layout "
+                             "exactly")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings")
 
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
                             author=args.author, message=args.message,
                             block_size=args.block_size, progress=progress,
-                            compat=args.compat)
+                            compat=args.compat, path_index=args.path_index)
     finally:
         if progress is not None:
             progress.close()

@@ -93,11 +93,16 @@ def _zeros(dst, n: int) -> None:
 
 
 def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_size: int,
-                progress: Callable[[str], None] | None = None) -> int:
-    """Assemble the image at `image`; return its size."""
+                progress: Callable[[str], None] | None = None, tail: bytes | None = None) -> int:
+    """Assemble the image at `image`; return its size.
+
+    `tail` (the path index region) goes after the IDX's padding.
+    """
     pack_size = os.path.getsize(pack_path)
     idx_size = os.path.getsize(idx_path)
     idx_offset, size = layout.image_layout(pack_size, idx_size, block_size)
+    base_size = size
+    size += len(tail or b"")
     folder = os.path.dirname(image)
     try:
         fd, tmp = image_temp(image)
@@ -119,7 +124,9 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
             _copy(pack_path, out, pack_size, advance if progress else None)
             _zeros(out, idx_offset - layout.PACK_OFFSET - pack_size)
             _copy(idx_path, out, idx_size, advance if progress else None)
-            _zeros(out, size - idx_offset - idx_size)
+            _zeros(out, base_size - idx_offset - idx_size)
+            if tail:
+                out.write(tail)
             out.flush()
             os.fsync(out.fileno())
             check_existing(image)  # it may have been swapped for a device meanwhile

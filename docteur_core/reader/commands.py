@@ -123,6 +123,19 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
 MAX_SHOWN_MESSAGE = 64 << 10
 
 
+def _path_index_line(image) -> str:
+    index = image.path_index
+    if index is not None:
+        sup = index.sup
+        return (f"yes, {sup.paths} paths, {sup.node_count} nodes of 4096 bytes "
+                f"(+1 super block), region at offset {sup.region_start}")
+    from .pathindex import probe
+
+    if probe(image.store.pread, image.store.capacity) is not None:
+        return "yes, not used (--verify walks the trees)"
+    return "no"
+
+
 def verb_info(image, args: list[str], out: BinaryIO) -> int:
     """info: the image's commit and layout."""
     from .image import zone_in_range
@@ -142,6 +155,7 @@ def verb_info(image, args: list[str], out: BinaryIO) -> int:
         ("idx offset", str(store.header.idx_offset)),
         ("capacity", str(store.capacity)),
         ("mode", image.mode),
+        ("path index", _path_index_line(image)),
     ]
     for key, value in lines:
         out.write(_text(f"{key}: {value}\n"))

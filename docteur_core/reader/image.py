@@ -12,6 +12,14 @@ Two modes, as in the OCaml docteur:
   a path index (path -> mode, object id, pack offset); lookups then cost no
   tree walk and no IDX search.
 
+When the image carries a path index region (`docteur make` writes one;
+`format/pathindex.py`), both modes use it instead: `open` reads its super
+block (one read), a lookup descends its B-tree (a read per level, at most 3
+for a million paths), and a file is inflated straight from the pack offset
+it names; memory does not grow with the file count. Images without one (the
+OCaml docteur's, older ones) are read as above; so is any image opened with
+`verify=True`, because only the trees tie a path to the commit's id.
+
 Paths are `/`-separated, absolute or relative to the root; `.` and empty
 components are ignored and `..` stops at the root. Symbolic links are not
 followed: `get` on a link returns its target, as git stores it, and a link
@@ -28,6 +36,7 @@ from collections.abc import Callable, Iterator
 from ..format import objects as obj
 from ..errors import DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotFound
 from ..format import limits
+from ..format import pathindex as pix
 from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
@@ -138,7 +147,7 @@ class Image:
 
     def __init__(self, store: Store, mode: str, *, device=None,
                  max_paths: int = DEFAULT_MAX_PATHS,
-                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES) -> None:
+                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES, path_index=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.store = store
@@ -149,20 +158,27 @@ class Image:
         self._trees: dict[bytes, tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]] = {}
         self._trees_limit = _PARSED_ENTRIES
         self._trees_entries = 0
-        if mode == "fast":
+        self.path_index = path_index  # a reader.pathindex.PathIndex, or None
+        sup = None if path_index is None else path_index.sup
+        if mode == "fast" and sup is None:
             store.load_index()
         # Only the commit's header lines: its message is read when asked for.
         cid = store.commit_id
-        _, head, self.commit_size = store.read_head(cid, "commit", limits.MAX_COMMIT_HEADER)
+        _, head, self.commit_size = store.read_head(
+            cid, "commit", limits.MAX_COMMIT_HEADER, None if sup is None else sup.commit_offset)
         if self.commit_size > len(head) and b"\n\n" not in head:
             raise LimitExceeded(f"the commit's header lines are longer than "
                                 f"{limits.MAX_COMMIT_HEADER} bytes", f"commit {cid.hex()}")
         self._commit = obj.parse_commit(head, f"commit {cid.hex()}")
         self._commit_whole = self.commit_size == len(head)
-        self.root = Node("", obj.MODE_DIR, self._commit.tree)
+        if sup is not None and sup.tree != self._commit.tree:
+            raise DamagedImage(f"the path index is bound to tree {sup.tree.hex()}, the commit "
+                               f"names {self._commit.tree.hex()}", "path index super block")
+        self.root = Node("", obj.MODE_DIR, self._commit.tree,
+                         None if sup is None else sup.tree_offset)
         self._nodes: dict[str, Node] | None = None
         self._children: dict[str, list[obj.TreeEntry]] | None = None
-        if mode == "fast":
+        if mode == "fast" and sup is None:
             self._build_index()
 
     @classmethod
@@ -172,7 +188,8 @@ class Image:
              max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
              max_paths: int = DEFAULT_MAX_PATHS,
              max_path_bytes: int = DEFAULT_MAX_PATH_BYTES,
-             max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES) -> "Image":
+             max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES,
+             path_index: bool = True) -> "Image":
         """Open `source`: a path, an NBD URI, or a BlockDevice.
 
         The limits (format/limits.py) bound what a hostile image can cost:
@@ -181,7 +198,8 @@ class Image:
         what one walk (fast mode's index included) may name.
 
         A device given by the caller stays the caller's to close; one this
-        opens from a path or URI is closed by `close()`.
+        opens from a path or URI is closed by `close()`. `path_index=False`
+        ignores the image's path index (as `verify=True` does).
         """
         from ..blockdev.block import ByteReader, SectorCache
 
@@ -200,8 +218,14 @@ class Image:
             store = Store(reader.pread, reader.capacity, verify=verify,
                           max_object_size=max_object_size, max_delta_depth=max_delta_depth,
                           cache_bytes=cache_bytes, max_lookup_bytes=max_lookup_bytes)
+            index = None
+            if path_index and not verify:
+                from .pathindex import PathIndex
+                index = PathIndex.open(reader.pread, reader.capacity, store.commit_id,
+                                       pack_start=store.pack_start,
+                                       idx_offset=store.header.idx_offset)
             return cls(store, mode, device=device if owned else None, max_paths=max_paths,
-                       max_path_bytes=max_path_bytes)
+                       max_path_bytes=max_path_bytes, path_index=index)
         except BaseException:
             if owned:
                 device.close()
@@ -410,7 +434,43 @@ class Image:
         self._trees_entries = 0
         self._trees_limit = _PARSED_ENTRIES
 
+    def _indexed(self, path: str | bytes):
+        """(Node, its path index entry) of `path`; the root has no entry."""
+        if isinstance(path, str):
+            joined = path.strip("/")
+            wrapped = "/" + joined + "/"
+            if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
+                joined = join_path(split_path(joined))
+        else:
+            joined = join_path(split_path(path))
+        if not joined:
+            return self.root, None
+        find = self.path_index.find
+        e = find(pix.key_of(obj.encode_name(joined)))
+        if e is None:
+            # Name the first missing component, or the file in the middle.
+            parts = joined.split("/")
+            for i in range(1, len(parts)):
+                above = find(pix.key_of(obj.encode_name(join_path(parts[:i]))))
+                if above is None:
+                    raise NotFound(f"/{join_path(parts[:i])} does not exist")
+                if above.mode != obj.MODE_DIR:
+                    raise NotADirectory(f"/{join_path(parts[:i])} is not a directory")
+            raise NotFound(f"/{joined} does not exist")
+        return Node(joined, e.mode, e.id, e.offset or None), e
+
+    def _listing(self, node: Node) -> list:
+        """(name, path index entry) of a directory's entries, in git's order."""
+        found = self.path_index.listing(obj.encode_name(node.path))
+        # Key order is by name; git's puts a directory where name + "/" sorts.
+        if any(e.mode == obj.MODE_DIR for e in found):
+            found.sort(key=lambda e: e.key + b"/" if e.mode == obj.MODE_DIR else e.key)
+        cut = len(node.path.encode("utf-8", "surrogateescape")) + 1 if node.path else 1
+        return [(obj.decode_name(e.key[cut:]), e) for e in found]
+
     def _lookup(self, path: str | bytes) -> Node:
+        if self.path_index is not None:
+            return self._indexed(path)[0]
         if self._nodes is not None and isinstance(path, str):
             # A key of the index is a normalised path: a string equal to one
             # (slashes aside) needs no normalising.
@@ -445,6 +505,8 @@ class Image:
     def _entries(self, node: Node) -> list[obj.TreeEntry]:
         if node.mode != obj.MODE_DIR:
             raise NotADirectory(f"/{node.path} is not a directory")
+        if self.path_index is not None:
+            return [obj.TreeEntry(name, e.mode, e.id) for name, e in self._listing(node)]
         if self._children is not None:
             return self._children[node.path]
         return self._tree(node.id)[0]
@@ -466,6 +528,13 @@ class Image:
             return None
 
     def get(self, path: str | bytes) -> bytes:
+        if self.path_index is not None:
+            node, e = self._indexed(path)
+            data = self._content(node)
+            if len(data) != e.size:
+                raise DamagedImage(f"the path index says {e.size} bytes, the object holds "
+                                   f"{len(data)}", f"path /{node.path}")
+            return data
         return self._content(self._lookup(path))
 
     def stream(self, path: str | bytes, write: Callable[[bytes], object]) -> int:
@@ -496,6 +565,11 @@ class Image:
         """A directory's entries with their modes and ids."""
         node = self._lookup(path)
         prefix = node.path + "/" if node.path else ""
+        if self.path_index is not None:
+            if node.mode != obj.MODE_DIR:
+                raise NotADirectory(f"/{node.path} is not a directory")
+            return [Node(prefix + name, e.mode, e.id, e.offset or None)
+                    for name, e in self._listing(node)]
         return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id))
                 for e in self._entries(node)]
 
@@ -511,7 +585,13 @@ class Image:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
         if self.store.verify:
             return len(self._content(node))
-        return self.store.object_size(node.id, node.offset)
+        size = self.store.object_size(node.id, node.offset)
+        if self.path_index is not None:
+            e = self._indexed(path)[1]
+            if e.size != size:
+                raise DamagedImage(f"the path index says {e.size} bytes, the object's header "
+                                   f"{size}", f"path /{node.path}")
+        return size
 
     def last_modified(self, path: str | bytes) -> datetime:
         """The commit's date: an image holds one commit, every path shares it."""
@@ -539,6 +619,19 @@ class Image:
         top = self._lookup(path)
         if top.mode != obj.MODE_DIR:
             raise NotADirectory(f"/{top.path} is not a directory")
+        if self.path_index is not None:
+            stack = [top]
+            while stack:
+                d = stack.pop()
+                prefix = d.path + "/" if d.path else ""
+                subdirs = []
+                for name, e in self._listing(d):
+                    node = Node(prefix + name, e.mode, e.id, e.offset or None)
+                    yield node
+                    if e.mode == obj.MODE_DIR:
+                        subdirs.append(node)
+                stack.extend(reversed(subdirs))
+            return
         if self._children is not None:
             stack = [top.path]
             while stack:
@@ -569,4 +662,6 @@ class Image:
         """Paths in the image (fast mode; light mode walks the trees)."""
         if self._nodes is not None:
             return len(self._nodes) - 1
+        if self.path_index is not None:
+            return self.path_index.sup.paths
         return sum(1 for _ in self.walk())

@@ -79,7 +79,7 @@ def check_image(device: BlockDevice, level: str = "quick") -> ImageInfo:
         raise ImageRejected(report.problem_lines())
     pack_end, idx_offset, idx_end = report.regions
     return ImageInfo(size, report.commit, report.tree, max(report.block_sizes),
-                     zero_extents(size, pack_end, idx_offset, idx_end))
+                     zero_extents(size, pack_end, idx_offset, idx_end, report.path_index))
 
 
 def check_header(pread: Pread, size: int) -> layout.Header:
@@ -102,16 +102,24 @@ def inferred_block_size(idx_offset: int, size: int) -> int:
     return layout.largest_block_size(idx_offset, size)
 
 
-def zero_extents(size: int, pack_end: int, idx_offset: int, idx_end: int) -> Extents:
+def zero_extents(size: int, pack_end: int, idx_offset: int, idx_end: int,
+                 path_index: tuple[int, int] | None = None) -> Extents:
     """Data, zeros, data, zeros: the layout's regions as NBD extents.
 
     NBD wants extents in multiples of the minimum block size (512): the
     zeros that share a sector with the pack's or the IDX's end count as data.
+    A path index region (start, nodes start) adds its leading padding as
+    zeros and its nodes as data.
     """
     data_end = layout.align_up(pack_end, layout.MIN_BLOCK_SIZE)
     idx_data_end = layout.align_up(idx_end, layout.MIN_BLOCK_SIZE)
+    idx_pad_end = size if path_index is None else path_index[0]
     regions = [(0, data_end, EXTENT_DATA), (data_end, idx_offset, EXTENT_HOLE_ZERO),
-               (idx_offset, idx_data_end, EXTENT_DATA), (idx_data_end, size, EXTENT_HOLE_ZERO)]
+               (idx_offset, idx_data_end, EXTENT_DATA),
+               (idx_data_end, idx_pad_end, EXTENT_HOLE_ZERO)]
+    if path_index is not None:
+        regions += [(path_index[0], path_index[1], EXTENT_HOLE_ZERO),
+                    (path_index[1], size, EXTENT_DATA)]
     return tuple(r for r in regions if r[0] < r[1])
 
 

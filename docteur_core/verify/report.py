@@ -29,6 +29,7 @@ R_IDX_CRCS = "IDX CRCs"
 R_IDX_OFFSETS = "IDX offsets"
 R_IDX_CHECKSUMS = "IDX checksums"
 R_OBJECTS = "objects"
+R_PATH_INDEX = "path index"
 # Beyond these, problems of one region are counted, not listed: a wrecked
 # image must still give a readable report.
 MAX_PROBLEMS_PER_REGION = 50
@@ -67,6 +68,8 @@ class Report:
     # (end of the pack, IDX offset, end of the IDX) once the layout checks out:
     # what the plugin reports as data and zero extents.
     regions: tuple[int, int, int] | None = None
+    # (region start, nodes start) of the path index region, when the image has one.
+    path_index: tuple[int, int] | None = None
     counts: Counts = field(default_factory=Counts)
     checks: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -108,6 +111,8 @@ class Report:
             "message": self.message,
             "size": self.capacity,
             "block_sizes": self.block_sizes,
+            "path_index": None if self.path_index is None else
+            {"start": self.path_index[0], "nodes": self.path_index[1]},
             "counts": dict(self.counts.__dict__),
             "checks": list(self.checks),
             "problems": [{"region": r, "where": w, "what": t} for r, w, t in self.problems]

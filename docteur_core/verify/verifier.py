@@ -12,17 +12,19 @@ from .checksums import Checksums
 from .idxcheck import IdxCheck
 from .layoutcheck import LayoutChecks
 from .locate import Locate
+from .pathindexcheck import PathIndexCheck
 from .reach import Reach
 from .report import R_IMAGE
 from .scan import Scan
 from .state import Stop
 
 
-class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach):
+class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach, PathIndexCheck):
     """One verification of one image: `run()` once, then read `report`."""
 
     def run(self) -> None:
         try:
+            self._probe_path_index()  # the checks below then stop where it starts
             self._check_header()
             self._load_idx()
             self._check_pack_header()
@@ -44,6 +46,7 @@ class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach):
             self._check_idx()
             self._check_layout()
             self._check_commit()
+            self._check_path_index()
         except Stop:
             pass
         if self.quick:
