@@ -1155,6 +1155,8 @@ def operations(case: Case, image: str, rng: random.Random) -> list[dict]:
     ops += [
         {"kind": "cli", "argv": ["verify", image], "name": "verify", "check": "accept"},
         {"kind": "cli", "argv": ["verify", "--quick", image], "name": "verify --quick"},
+        {"kind": "cli", "argv": ["verify", "--json", image], "name": "verify --json",
+         "check": "json"},
         {"kind": "check", "level": "quick", "image": image, "name": "imagecheck quick"},
         {"kind": "check", "level": "full", "image": image, "name": "imagecheck full",
          "check": "accept"},
@@ -1245,6 +1247,13 @@ def runner_main(mem_mb: int) -> None:
         except Exception:  # noqa: BLE001
             pass
         sys.stdout, sys.stderr = real_out, real_err
+        if op.get("check") == "json" and out.n <= len(out.head):
+            try:
+                json.loads(bytes(out.head).decode("utf-8"))
+                res["json_ok"] = True
+            except ValueError as exc:
+                res["json_ok"] = False
+                res["json_error"] = str(exc)[:160]
         res.update(code=code, out_len=out.n, out_sha=out.h.hexdigest(),
                    out_head=out.head[:4096].decode("utf-8", "surrogateescape")
                    .encode("utf-8", "surrogateescape").decode("latin-1"),
@@ -1352,6 +1361,8 @@ def classify(op: dict, res: dict, case: Case) -> tuple[str, str]:
     if "Traceback" in err:
         return "traceback", err.strip().splitlines()[-1][:160]
     code = res.get("code")
+    if res.get("json_ok") is False:
+        return "wrong", "verify --json wrote invalid JSON: " + res.get("json_error", "")
     if code == 0:
         return judge_success(op, res, case)
     lines = [l for l in err.splitlines() if l.strip()]
