@@ -1459,13 +1459,15 @@ def _slug(s: str) -> str:
 
 
 def save_finding(root: Path, key: str, result: dict, row: dict, image: bytes, seed: str,
-                 number: int) -> Path:
+                 number: int, mem_mb: int = 1024, timeout: float = 20.0) -> Path:
     d = root / f"{number:03d}-{_slug(key)}"
     d.mkdir(parents=True, exist_ok=True)
     (d / "image.img").write_bytes(image)
     bad = [r for r in result["rows"] if r["outcome"] in FAILURES]
     lines = [f"finding: {key}", f"seed {seed} case {result['index']}: {result['desc']}",
-             f"path: {result['path']}", f"image: {len(image)} bytes", "", "failing operations:"]
+             f"path: {result['path']}", f"image: {len(image)} bytes",
+             f"limits: address space {mem_mb} MiB (prlimit --as={mem_mb << 20} CMD), "
+             f"timeout {timeout:g} s per operation", "", "failing operations:"]
     for r in bad:
         argv = [("IMAGE" if a.endswith("case.img") else a) for a in (r["argv"] or [])]
         if r["op"].startswith("guest"):
@@ -1478,7 +1480,8 @@ def save_finding(root: Path, key: str, result: dict, row: dict, image: bytes, se
             cmd = "docteur " + " ".join(map(_q, argv))
         lines.append(f"  {r['outcome']:9} {r['op']:22} {r['detail']}")
         lines.append(f"            $ {cmd}")
-    lines += ["", f"replay: python3 bench/fuzz.py --seed {seed} --replay {result['index']}"]
+    lines += ["", f"replay: python3 bench/fuzz.py --seed {seed} --replay {result['index']} "
+              f"--mem-mb {mem_mb} --timeout {timeout:g}"]
     (d / "README.txt").write_text("\n".join(lines) + "\n", errors="backslashreplace")
     return d
 
@@ -1566,7 +1569,8 @@ def main(argv=None) -> int:
                                                  "op": row["op"], "detail": row["detail"],
                                                  "argv": row["argv"]}
                             f["dir"] = str(save_finding(findings_dir, key, res, row,
-                                                        res["image"], args.seed, len(findings)))
+                                                        res["image"], args.seed, len(findings),
+                                                        args.mem_mb, args.timeout))
                         f["count"] += 1
                         f.setdefault("ops", set()).add(row["op"])
                         f.setdefault("mutations", set()).add(_family_label(res))
