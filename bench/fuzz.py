@@ -46,8 +46,9 @@ operation, so a hang or a death costs only a restart. Outcomes:
     crash       the runner died (signal, abort)
     noisy       exit 1 but not one line on stderr
 
-Everything is deterministic for a given `--seed` (case i uses seed:i),
-whatever `--jobs`. A reproducer of each distinct failure (entry point,
+Cases are deterministic for a given `--seed` and `--mem-mb` (case i uses
+seed:i; bombs are sized 0.3 to 1.6 times the cap), whatever `--jobs`;
+outcomes near the timeout can vary with the machine's load. A reproducer of each distinct failure (entry point,
 outcome, exception site) is saved under `--findings` with the commands to
 replay it.
 """
