@@ -565,7 +565,7 @@ def mut_entry_header(m: Model, rng: random.Random) -> Case:
                        "endless varint"])
     if what == "type":
         e.raw_header = None
-        e.kind = rng.choice([0, 1, 2, 3, 4, 5, 6, 7])
+        e.kind = rng.choice([k for k in range(8) if k != e.kind])
         if e.kind in (6, 7) and e.base is None:
             e.base = ("ofs_raw", ofs_encode(rng.randrange(1, 1 << 20))) if e.kind == 6 \
                 else ("ref", rng.choice(list(m.objects)))
@@ -1115,6 +1115,8 @@ def make_case(models: dict[str, Model], seed: str, index: int) -> Case:
     fns, weights = zip(*MUTATORS)
     fn = rng.choices(fns, weights)[0]
     case = fn(m, rng)
+    if case.image == m.data:  # a mutation that changed nothing damages nothing
+        case.damaged, case.desc = False, case.desc + " (no-op)"
     if case.path is None:
         case.path = rng.choice(sorted(m.files))
     case.base = m
