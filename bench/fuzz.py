@@ -1196,6 +1196,11 @@ def _where(tb) -> str:
 
 
 def runner_main(mem_mb: int) -> None:
+    try:  # die with the worker that drives us (Linux), whatever we are computing
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     if mem_mb:
         limit = mem_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -1409,6 +1414,7 @@ _STATE: dict = {}
 def _worker_init(bases: dict[str, bytes], seed: str, mem_mb: int, timeout: float,
                  tmpdir: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: (_STATE["runner"].stop(), os._exit(0)))
     _STATE["models"] = {k: Model(v) for k, v in bases.items()}
     SCALE[0] = mem_mb / 1024
     _STATE["seed"] = seed
@@ -1544,45 +1550,58 @@ def main(argv=None) -> int:
         errors = []
         done = 0
         slow = []
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         with ctx.Pool(args.jobs, _worker_init,
                       (bases, args.seed, args.mem_mb, args.timeout, tmp)) as pool:
-            def indices():
-                i = args.start
-                while (n_cases is None or i < args.start + n_cases) and \
-                        (seconds is None or time.monotonic() - t0 < seconds):
-                    yield i
-                    i += 1
-            for res in pool.imap_unordered(run_case, indices(), chunksize=1):
-                done += 1
-                if "error" in res:
-                    errors.append(res)
-                    continue
-                fam = res["desc"].split(":")[0] if res["family"] != "raw" else "raw " + res["desc"].split(" ")[0]
-                slow.append((res["secs"], res["index"], res["desc"]))
-                for row in res["rows"]:
-                    counts[row["outcome"]] += 1
-                    by_mut[_family_label(res)][row["outcome"]] += 1
-                    by_op[row["op"]][row["outcome"]] += 1
-                    if row["outcome"] in FAILURES:
-                        key = finding_key(res, row)
-                        f = findings.get(key)
-                        if f is None:
-                            f = findings[key] = {"key": key, "count": 0, "cases": [],
-                                                 "first": res["index"], "desc": res["desc"],
-                                                 "op": row["op"], "detail": row["detail"],
-                                                 "argv": row["argv"]}
-                            f["dir"] = str(save_finding(findings_dir, key, res, row,
-                                                        res["image"], args.seed, len(findings),
-                                                        args.mem_mb, args.timeout))
-                        f["count"] += 1
-                        f.setdefault("ops", set()).add(row["op"])
-                        f.setdefault("mutations", set()).add(_family_label(res))
-                        if len(f["cases"]) < 5 and res["index"] not in f["cases"]:
-                            f["cases"].append(res["index"])
-                if done % 200 == 0:
-                    print(f"[{time.monotonic() - t0:7.1f}s] {done} cases, "
-                          f"{sum(counts[o] for o in FAILURES)} failing operations, "
-                          f"{len(findings)} distinct", file=sys.stderr, flush=True)
+            # A window of cases in flight, so that a time budget stops on time
+            # and an interrupted run still prints what it saw.
+            pending = collections.deque()
+            nxt = args.start
+
+            def more() -> bool:
+                return (not stop and (n_cases is None or nxt < args.start + n_cases)
+                        and (seconds is None or time.monotonic() - t0 < seconds))
+            try:
+                while True:
+                    while len(pending) < 2 * args.jobs and more():
+                        pending.append(pool.apply_async(run_case, (nxt,)))
+                        nxt += 1
+                    if not pending:
+                        break
+                    res = pending.popleft().get()
+                    done += 1
+                    if "error" in res:
+                        errors.append(res)
+                        continue
+                    slow.append((res["secs"], res["index"], res["desc"]))
+                    for row in res["rows"]:
+                        counts[row["outcome"]] += 1
+                        by_mut[_family_label(res)][row["outcome"]] += 1
+                        by_op[row["op"]][row["outcome"]] += 1
+                        if row["outcome"] in FAILURES:
+                            key = finding_key(res, row)
+                            f = findings.get(key)
+                            if f is None:
+                                f = findings[key] = {"key": key, "count": 0, "cases": [],
+                                                     "first": res["index"], "desc": res["desc"],
+                                                     "op": row["op"], "detail": row["detail"],
+                                                     "argv": row["argv"]}
+                                f["dir"] = str(save_finding(findings_dir, key, res, row,
+                                                            res["image"], args.seed, len(findings),
+                                                            args.mem_mb, args.timeout))
+                            f["count"] += 1
+                            f.setdefault("ops", set()).add(row["op"])
+                            f.setdefault("mutations", set()).add(_family_label(res))
+                            if len(f["cases"]) < 5 and res["index"] not in f["cases"]:
+                                f["cases"].append(res["index"])
+                    if done % 200 == 0:
+                        print(f"[{time.monotonic() - t0:7.1f}s] {done} cases, "
+                              f"{sum(counts[o] for o in FAILURES)} failing operations, "
+                              f"{len(findings)} distinct", file=sys.stderr, flush=True)
+            except KeyboardInterrupt:
+                print("interrupted: the summary covers the cases finished", file=sys.stderr)
+            pool.terminate()
         elapsed = time.monotonic() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
