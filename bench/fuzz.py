@@ -1045,6 +1045,8 @@ def mut_commit(m: Model, rng: random.Random) -> Case:
                        "timezone", "timestamp", "extra header", "no message", "huge message",
                        "huge header", "non-utf8", "parents"])
 
+    lenient = []  # variants git itself accepts: not known damage
+
     def edit(lines, message):
         lines = list(lines)
         ai = next(i for i, l in enumerate(lines) if l.startswith(b"author "))
@@ -1052,6 +1054,8 @@ def mut_commit(m: Model, rng: random.Random) -> Case:
         if what == "tree line":
             lines[0] = rng.choice([b"tree zz", b"tree " + b"0" * 40, b"tree", b"tre " + lines[0][5:],
                                    b"tree " + lines[0][5:].upper(), b"tree " + lines[0][5:45] + b"00"])
+            if lines[0][5:].isupper():  # git's get_oid_hex reads upper-case hex too
+                lenient.append(1)
         elif what == "tree missing":
             del lines[0]
         elif what == "tree to blob":
@@ -1093,9 +1097,10 @@ def mut_commit(m: Model, rng: random.Random) -> Case:
         return lines, message
 
     image, objects = _object_image(m, root, commit_edit=edit)
-    dmg = True if what in ("tree line", "tree missing", "tree to blob") else None
+    dmg = True if what in ("tree line", "tree missing", "tree to blob") and not lenient else None
     path = rng.choice(sorted(m.files))
-    expect = None if dmg else _pristine_expect(m)
+    expect = None if dmg or lenient else _pristine_expect(m)
+    what += " (upper-case hex)" if lenient else ""
     return Case(image, "object", f"commit: {what}", damaged=dmg, expect=expect, path=path)
 
 
