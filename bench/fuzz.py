@@ -1629,12 +1629,12 @@ def _family_label(res: dict) -> str:
             if " in " in d else "raw " + d.split(" ")[0]
     d = re.sub(r" \(slot \d+\)", "", d)
     d = re.sub(r"\d+", "N", d)
-    return d[:40]
+    return d[:42]
 
 
 def report(done, elapsed, counts, by_mut, by_op, findings, errors, slow) -> None:
     cols = [o for o in OUTCOMES]
-    w = 26
+    w = 42
     print(f"\n{done} cases, {sum(counts.values())} operations in {elapsed:.1f}s "
           f"({done / max(elapsed, 1e-9):.1f} cases/s)\n")
     for title, table in (("mutation", by_mut), ("operation", by_op)):
