@@ -32,10 +32,14 @@ def _fuzz_module():
 
 
 def test_fuzz_small_budget_is_clean(tmp_path):
+    # The cap is above what the readers' limits let one lookup hold (an
+    # object of 512 MiB built on a base of as much: format/limits.py), and
+    # bombs follow the cap, so every bomb is over a limit: a MemoryError
+    # means a limit was not checked. The timeout is a hang guard.
     summary = tmp_path / "summary.json"
     proc = subprocess.run(
         [sys.executable, str(FUZZ), "--seed", SEED, "--budget", str(CASES),
-         "--mem-mb", "384", "--timeout", "10",
+         "--mem-mb", "2048", "--timeout", "60",
          "--workdir", str(tmp_path / "work"), "--findings", str(tmp_path / "findings"),
          "--json", str(summary)],
         capture_output=True, text=True, timeout=3600)

@@ -494,3 +494,30 @@ def test_a_file_over_the_object_limit_is_built_whole_and_streamed_by_every_reade
         read = run()
         assert read.returncode == 0, read.stderr
         assert len(read.stdout) == size and read.stdout.count(0) == size
+
+
+def test_verify_refuses_what_no_reader_would_build(tmp_path):
+    """A chain whose cold read costs more than max_lookup_bytes: the reader
+    refuses the file, and verify reports the object instead of building it."""
+    text = b"line of text\n" * 400
+    objs_chain = [Obj("blob", text)]
+    for i in range(1, 6):
+        target = text + b"more %d\n" % i * i
+        prev = objs_chain[-1]
+        objs_chain.append(Obj("blob", target, ofs_base=prev, delta=make_delta(prev.data, target)))
+    files = {f"f{i}.txt": o for i, o in enumerate(objs_chain)}
+    t = Obj("tree", tree(*[("100644", n, o.oid) for n, o in sorted(files.items())]))
+    c = Obj("commit", commit(t.oid))
+    image = tmp_path / "chain.img"
+    image.write_bytes(bytes(build([c, t, *objs_chain], c.oid)))
+    limit = 4 * len(text)  # the base and two links fit, the last links do not
+    from docteur_core.blockdev.block import FileDevice
+    with FileDevice(image) as device:
+        assert verify_image(device).ok
+        report = verify_image(device, max_lookup_bytes=limit)
+    assert not report.ok
+    assert any("max_lookup_bytes" in line for line in report.problem_lines())
+    refused = docteur("cat", "--max-lookup-bytes", limit, image, "f5.txt")
+    assert refused.returncode == 1 and b"max_lookup_bytes" in refused.stderr
+    read = docteur("cat", "--max-lookup-bytes", limit, image, "f1.txt")
+    assert read.returncode == 0 and read.stdout == objs_chain[1].data

@@ -37,6 +37,7 @@ from ..format import objects as obj
 from ..errors import DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotFound
 from ..format import limits
 from ..format import pathindex as pix
+from ..format.trail import Trail
 from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
@@ -356,10 +357,10 @@ class Image:
             raise NotADirectory(f"/{top.path} is not a directory")
         memo: dict[bytes, tuple[int, int]] = {}
         on_path: set[bytes] = set()
-        stack: list[tuple[bytes, int | None, str, bool]] = [(top.id, top.offset, top.path,
-                                                              False)]
+        trail = Trail(top.path)  # paths are spelled only for an error
+        stack: list[tuple[bytes, int | None, int, bool]] = [(top.id, top.offset, 0, False)]
         while stack:
-            tid, offset, where, done = stack.pop()
+            tid, offset, at, done = stack.pop()
             if done:
                 on_path.discard(tid)
                 entries, _ = self._tree(tid, offset)
@@ -373,24 +374,24 @@ class Image:
                         b += sb + sn * (len(e.name) + 1)
                 if n > self.max_paths:
                     raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
-                                        f"path /{where}", "max_paths")
+                                        f"path /{trail.path(at)}", "max_paths")
                 if b > self.max_path_bytes:
                     raise LimitExceeded(f"the trees' paths add up to more than "
-                                        f"{self.max_path_bytes} bytes", f"path /{where}",
+                                        f"{self.max_path_bytes} bytes", f"path /{trail.path(at)}",
                                         "max_path_bytes")
                 memo[tid] = (n, b)
                 continue
             if tid in memo:
                 continue
             if tid in on_path:
-                raise DamagedImage(f"tree {tid.hex()} contains itself", f"path /{where}")
+                raise DamagedImage(f"tree {tid.hex()} contains itself",
+                                   f"path /{trail.path(at)}")
             on_path.add(tid)
-            stack.append((tid, offset, where, True))
+            stack.append((tid, offset, at, True))
             entries, _ = self._tree(tid, offset)
-            prefix = where + "/" if where else ""
             for e in entries:
                 if e.is_dir and e.id not in memo:
-                    stack.append((e.id, self._offset(e.id), prefix + e.name, False))
+                    stack.append((e.id, self._offset(e.id), trail.child(at, e.name), False))
         return memo[top.id]
 
     def _offset(self, oid: bytes) -> int | None:

@@ -11,6 +11,7 @@ warnings.
 from __future__ import annotations
 
 from ..format import idx as idxmod
+from ..format.trail import Trail
 from ..format import layout, objects, pack
 from ..errors import DamagedImage
 from ..reader.store import Store
@@ -128,7 +129,8 @@ class Reach(State):
         # Per tree: (files, links, gitlinks, directories, bytes), computed once.
         memo: dict[bytes, tuple[int, int, int, int, int]] = {}
         visiting: set[bytes] = set()
-        stack: list[tuple[bytes, str, int]] = [(root, "", 0)]
+        trail = Trail()  # a directory's path is spelled only for a problem
+        stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
         trees = self.trees
         # Type of an object by id (None if absent): `_typed`, inlined, as
         # the walk asks it of every entry of every tree.
@@ -136,7 +138,7 @@ class Reach(State):
         typed = lambda oid: otype.get(by_id.get(oid, -1))
         blob_sizes = self.blob_sizes
         while stack:
-            tid, path, state = stack.pop()
+            tid, at, state = stack.pop()
             if state == 0:
                 if tid in memo:
                     continue
@@ -146,15 +148,15 @@ class Reach(State):
                     continue
                 visiting.add(tid)
                 reached.add(tid)
-                stack.append((tid, path, 1))
+                stack.append((tid, at, 1))
                 for mode, oid, name in trees.get(tid, ()):
                     if mode == objects.MODE_DIR:
                         t = typed(oid)
                         if t == pack.OBJ_TREE:
                             if oid not in memo:
-                                stack.append((oid, f"{path}{objects.decode_name(name)}/", 0))
+                                stack.append((oid, trail.child(at, objects.decode_name(name)), 0))
                         else:
-                            self._missing(oid, f"{path}{objects.decode_name(name)}/", "tree", t)
+                            self._missing(oid, _inside(trail, at, name) + "/", "tree", t)
                 continue
             visiting.discard(tid)
             f = ln = g = d = nbytes = 0
@@ -169,7 +171,7 @@ class Reach(State):
                 else:
                     size = blob_sizes.get(oid)  # there exactly for the blobs of the pack
                     if size is None:
-                        self._missing(oid, f"{path}{objects.decode_name(name)}", "blob",
+                        self._missing(oid, _inside(trail, at, name), "blob",
                                       typed(oid))
                         continue
                     reached.add(oid)
@@ -213,3 +215,9 @@ class Reach(State):
                              f"{pack.TYPE_NAMES[self.otype[pos]]} at offset {pos} is not "
                              "reachable from the commit")
 
+
+
+def _inside(trail: Trail, at: int, name: bytes) -> str:
+    """The path of entry `name` of the directory at `at`, as problems spell it."""
+    folder = trail.path(at)
+    return f"{folder}/{objects.decode_name(name)}" if folder else objects.decode_name(name)

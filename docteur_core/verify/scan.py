@@ -273,6 +273,24 @@ class Scan(State):
             self.problem(R_OBJ_HEADER, at_offset(pos),
                          f"delta chain deeper than {MAX_DELTA_DEPTH}")
             return
+        # What a reader would build to read this object cold, from the declared
+        # sizes: past the readers' work limit it is refused here as there,
+        # before anything is built (a chain of 1,000 deltas of 16 MiB objects
+        # would have verify build 16 GB that no reader would ever serve).
+        info = self.info.get(base)
+        base_work = self.work.get(base, info[3] if info is not None else 0)
+        try:
+            result = pack.delta_sizes(delta, "")[1]
+        except DamagedImage:
+            result = 0  # apply_delta says what is wrong below
+        work = base_work + len(delta) + result
+        self.work[pos] = work
+        if work > self.max_lookup_bytes:
+            self.damaged.add(pos)
+            self.problem(R_OBJECTS, at_offset(pos),
+                         f"reading it takes more than {self.max_lookup_bytes} bytes of work "
+                         f"(its delta chain builds {work}; max_lookup_bytes)")
+            return
         try:
             hit = self.cache.get(base)
             if hit is not None:
