@@ -536,3 +536,27 @@ def test_a_live_socket_is_not_taken(images, tmp_path, daemons):
     again = docteur("serve", "--unix", sock, image)
     assert again.returncode == 1 and "already exists" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_without_nbdkit_it_says_which_packages_to_install(images, tmp_path):
+    """A machine without nbdkit: PATH holding python but not nbdkit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    proc = subprocess.run([sys.executable, "-m", "docteur_core", "serve", images["one"]["image"]],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": str(bin_dir)})
+    assert proc.returncode == 1
+    assert proc.stderr == ("docteur serve: nbdkit not found: install Debian's nbdkit and "
+                           "nbdkit-plugin-python\n")
+
+
+def test_a_missing_python_plugin_names_its_package(tmp_path):
+    """What nbdkit says when its Python plugin's .so is absent (made real by
+    naming a plugin file that does not exist), as docteur serve words it."""
+    from docteur_core.serve.nbdkit import reason
+    said = subprocess.run(["nbdkit", "--run", "true", str(tmp_path / "nbdkit-python-plugin.so")],
+                          capture_output=True, text=True, timeout=60)
+    assert said.returncode != 0
+    assert reason(said.stderr) == ("nbdkit's Python plugin is missing: install Debian's nbdkit "
+                                   "and nbdkit-plugin-python")
