@@ -189,9 +189,11 @@ def test_background_prints_the_uri_and_serves(images, tmp_path, daemons):
     assert nbdkits_of(image) == [pid]
     argv = cmdline(pid)
     assert "--filter=cache" in argv and "cache-on-read=true" in argv
-    # the default bound is the image's own size in MiB (auto), so the cache never reclaims
-    expected_bound = f"cache-max-size={-(-image.stat().st_size // (1 << 20))}M"
-    assert expected_bound in argv and "pin=true" in argv and "--readonly" in argv
+    # auto: a small image bounds its cache itself (no cache-max-size, whose
+    # LRU bookkeeping costs), with 4 KiB cache blocks
+    assert not any(a.startswith("cache-max-size=") for a in argv)
+    assert "cache-min-block-size=4096" in argv
+    assert "pin=true" in argv and "--readonly" in argv
 
     got = cat(uri, "docs/guide.md")
     assert got.returncode == 0, got.stderr
@@ -501,12 +503,16 @@ def test_plugin_path_is_a_plugin_nbdkit_accepts():
     assert f"docteur_package={path.resolve().parents[1]}" in lines
 
 
-def test_auto_cache_size_is_the_image_size_up_to_1_gib():
-    from docteur_core.serve.nbdkit import auto_cache_size
-    assert auto_cache_size(5632) == "1M"
-    assert auto_cache_size(256 << 20) == "256M"
-    assert auto_cache_size((256 << 20) + 1) == "257M"
-    assert auto_cache_size(5 << 30) == "1024M"
+def test_auto_cache_size_bounds_only_images_over_1_gib(tmp_path):
+    from docteur_core.serve.nbdkit import Listen, auto_cache_size, command
+    assert auto_cache_size(5632) == ""
+    assert auto_cache_size(1 << 30) == ""
+    assert auto_cache_size((1 << 30) + 1) == "1024M"
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate((2 << 30))
+    assert "cache-max-size=1024M" in command(big, Listen())
+    assert "cache-max-size=64M" in command(big, Listen(), cache_size="64M")
 
 
 def test_a_stale_socket_left_by_a_killed_server_is_reused(images, tmp_path, daemons):

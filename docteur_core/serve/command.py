@@ -25,9 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     the pid it prints); with --foreground it stays attached and Ctrl-C stops
     it and everything it started.
 
-    Cache: up to --cache-size of the image's blocks (default auto: the
-    image's size, at most 1G), in a sparse file in $TMPDIR (default
-    /var/tmp), deleted when nbdkit exits. While cached,
+    Cache: the image's blocks as clients read them, in a sparse file in
+    $TMPDIR (default /var/tmp) deleted when nbdkit exits: at most the
+    image's size (--cache-size auto), or 1G for an image over 1G, or what
+    --cache-size says. While cached,
     the image is pinned: replacing the file (mv new.img disk.img) makes new
     clients fail until a restart; with --no-cache a replacement is served to
     new clients (and checked first). A folder is served without the cache.
@@ -55,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
                         help="bound of nbdkit's read cache on disk, e.g. 64M, 1G (default "
-                             f"{DEFAULT_CACHE_SIZE}: the image's size, at most 1G)")
+                             f"{DEFAULT_CACHE_SIZE}: the image's size, at most 1G; a bound "
+                             "below the image's size costs speed)")
     parser.add_argument("--no-cache", action="store_true",
                         help="no cache filter: every read enters the Python plugin")
 
