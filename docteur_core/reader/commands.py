@@ -50,13 +50,91 @@ def _text(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-def verb_ls(image, args: list[str], out: BinaryIO) -> int:
-    """ls [PATH]: one entry a line, `MODE TYPE ID<TAB>NAME` (directories end with /)."""
+def _json_text(s: str) -> str:
+    """A name as JSON can carry it: bytes that are not UTF-8 (kept as
+    surrogates by `decode_name`) become `\\xNN`, as `verify --json` does."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _json_out(doc: dict, out: BinaryIO) -> None:
+    import json  # host-side only: a guest's plain verbs never pay for it
+
+    out.write(json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
+
+
+def _blob_size(image, node) -> int:
+    if image.store.verify:  # only the content proves the size
+        return image.size(node.path)
+    return image.store.object_size(node.id, node.offset)
+
+
+def _entry_json(image, node, rel: str, sized: bool) -> dict:
+    e = {"path": _json_text(rel), "name": _json_text(node.name), "mode": f"{node.mode:06o}",
+         "type": _TYPES.get(node.mode, "blob"), "id": node.id.hex()}
+    raw = obj.encode_name(rel)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        e["path_hex"] = raw.hex()  # the exact bytes, for a name that is not UTF-8
+    if sized:
+        e["size"] = (None if node.mode in (obj.MODE_DIR, obj.MODE_GITLINK)
+                     else _blob_size(image, node))
+    return e
+
+
+def _recursive(image, path: str):
+    """(node, path relative to `path`) of every file, link and submodule under
+    `path`, in `git ls-tree -r`'s order (a directory's entries in place of
+    it), bounded as a walk is (`max_paths`, `max_path_bytes`)."""
+    top = image.entries(path)  # raises NotADirectory for a file
+    image.count_paths(path)  # 2^60 paths are refused before the first line
+    cut = len(image.stat(path).path.strip("/"))
+    cut = cut + 1 if cut else 0
+    seen = path_bytes = 0
+    stack = [(top, 0)]
+    while stack:
+        entries, i = stack.pop()
+        if i >= len(entries):
+            continue
+        node = entries[i]
+        stack.append((entries, i + 1))
+        seen += 1
+        path_bytes += len(node.path)
+        if seen > image.max_paths or path_bytes > image.max_path_bytes:
+            from ..errors import LimitExceeded
+
+            raise LimitExceeded(f"the trees name more than {image.max_paths} paths or "
+                                f"{image.max_path_bytes} bytes of paths", f"path /{node.path}",
+                                "max_paths")
+        if node.mode == obj.MODE_DIR:
+            stack.append((image.entries(node.path), 0))
+        else:
+            yield node, node.path[cut:]
+
+
+def verb_ls(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+    """ls [-r] [-l] [--json] [PATH]: one entry a line, `MODE TYPE ID<TAB>NAME`
+    (directories end with /); `-r` lists every file under PATH with its path
+    (as `git ls-tree -r`), `-l` adds the size column (as `git ls-tree -l`)."""
     path = args[0] if args else ""
-    for node in image.entries(path):
+    sized = "-l" in flags
+    if "-r" in flags:
+        listing = _recursive(image, path)
+    else:
+        listing = ((node, node.name) for node in image.entries(path))
+    if "--json" in flags:
+        entries = [_entry_json(image, node, rel, sized) for node, rel in listing]
+        _json_out({"path": _json_text(image.stat(path).path), "recursive": "-r" in flags,
+                   "entries": entries}, out)
+        return 0
+    for node, rel in listing:
         suffix = b"/" if node.mode == obj.MODE_DIR else b""
-        out.write(b"%06o %s %s\t%s%s\n" % (node.mode, _TYPES.get(node.mode, "blob").encode(),
-                                          node.id.hex().encode(), _name(node.name), suffix))
+        size = b""
+        if sized:  # git's `%7s` column: `-` for a tree or a submodule
+            size = b" %7s" % (b"-" if node.mode in (obj.MODE_DIR, obj.MODE_GITLINK)
+                              else b"%d" % _blob_size(image, node))
+        out.write(b"%06o %s %s%s\t%s%s\n" % (node.mode, _TYPES.get(node.mode, "blob").encode(),
+                                             node.id.hex().encode(), size, _name(rel), suffix))
     return 0
 
 
@@ -66,13 +144,18 @@ def verb_cat(image, args: list[str], out: BinaryIO) -> int:
     return 0
 
 
-def verb_stat(image, args: list[str], out: BinaryIO) -> int:
-    """stat PATH: kind, mode, size and object id, one `key: value` a line."""
+def verb_stat(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+    """stat [--json] PATH: kind, mode, size and object id, one `key: value` a line."""
     st = image.stat(args[0])
     lines = [("path", st.path), ("kind", _KINDS.get(st.mode, "file")),
              ("mode", f"{st.mode:06o}"), ("size", str(st.size)), ("id", st.id)]
     if st.is_link:
         lines.append(("target", image.readlink(args[0])))
+    if "--json" in flags:
+        doc = {key: _json_text(value) for key, value in lines}
+        doc["size"] = st.size
+        _json_out(doc, out)
+        return 0
     for key, value in lines:
         out.write(_text(f"{key}: {value}\n"))
     return 0
@@ -136,7 +219,20 @@ def _path_index_line(image) -> str:
     return "no"
 
 
-def verb_info(image, args: list[str], out: BinaryIO) -> int:
+def _path_index_json(image) -> dict | None:
+    index = image.path_index
+    if index is not None:
+        sup = index.sup
+        return {"used": True, "paths": sup.paths, "nodes": sup.node_count,
+                "region_offset": sup.region_start}
+    from .pathindex import probe
+
+    if probe(image.store.pread, image.store.capacity) is not None:
+        return {"used": False}
+    return None
+
+
+def verb_info(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
     """info: the image's commit and layout."""
     from .image import zone_in_range
 
@@ -157,6 +253,17 @@ def verb_info(image, args: list[str], out: BinaryIO) -> int:
         ("mode", image.mode),
         ("path index", _path_index_line(image)),
     ]
+    if "--json" in flags:
+        _json_out({
+            "commit": c.id, "tree": c.tree, "parents": list(c.parents),
+            "author": _json_text(c.author), "committer": _json_text(c.committer),
+            "date": c.date.isoformat(), "author_date": c.author_date.isoformat(),
+            "objects": store.object_count, "idx_offset": store.header.idx_offset,
+            "capacity": store.capacity, "mode": image.mode,
+            "path_index": _path_index_json(image),
+            "message": _json_text(message), "message_complete": whole,
+        }, out)
+        return 0
     for key, value in lines:
         out.write(_text(f"{key}: {value}\n"))
     out.write(b"message:\n")
@@ -178,9 +285,19 @@ VERBS: dict[str, tuple[Callable, int, int, str]] = {
 }
 
 
-def run_verb(image, verb: str, args: list[str], out: BinaryIO) -> int:
+# verb -> the flags it takes (the guest parses them by hand too)
+FLAGS: dict[str, frozenset] = {
+    "ls": frozenset({"-r", "-l", "--json"}),
+    "stat": frozenset({"--json"}),
+    "info": frozenset({"--json"}),
+}
+
+
+def run_verb(image, verb: str, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
     fn, _, _, _ = VERBS[verb]
     try:
+        if flags:
+            return fn(image, args, out, frozenset(flags))
         return fn(image, args, out)
     finally:
         out.flush()
@@ -207,6 +324,14 @@ def _common(parser, verb: str) -> None:
     if hi:
         parser.add_argument("path", metavar="PATH", nargs=None if lo else "?", default="",
                             help="a /-separated path in the image")
+    if verb == "ls":
+        parser.add_argument("-r", dest="recursive", action="store_true",
+                            help="list every file under PATH with its path, as git ls-tree -r")
+        parser.add_argument("-l", dest="long", action="store_true",
+                            help="add each file's size in bytes, as git ls-tree -l")
+    if verb in FLAGS and "--json" in FLAGS[verb]:
+        parser.add_argument("--json", action="store_true",
+                            help="one JSON document on stdout (fields in the README)")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default): walk the trees for each lookup; fast: build "
                         "a path index first (pays off for many lookups)")
@@ -249,7 +374,10 @@ def _runner(verb: str):
                 rest = [args.path] if getattr(args, "path", None) is not None else []
                 if verb in ("ls", "tree") and not rest:
                     rest = [""]
-                return run_verb(image, verb, rest, sys.stdout.buffer)
+                flags = {flag for flag, on in (("-r", getattr(args, "recursive", False)),
+                                               ("-l", getattr(args, "long", False)),
+                                               ("--json", getattr(args, "json", False))) if on}
+                return run_verb(image, verb, rest, sys.stdout.buffer, flags)
         except DamagedImage as exc:  # name the image: the user may have several
             raise DocteurError(f"{args.image}: {exc}") from None
     return run
@@ -258,7 +386,9 @@ def _runner(verb: str):
 _HELP = {
     "ls": "List a directory of an image, one entry a line: MODE TYPE ID<TAB>NAME[/]\n\n"
           "as `git ls-tree` prints it (core.quotePath=false): a name holding a control\n"
-          "character, '\"' or '\\' is quoted with C escapes, so each entry is one line.",
+          "character, '\"' or '\\' is quoted with C escapes, so each entry is one line.\n"
+          "-r lists every file below PATH with its path and -l adds sizes, exactly as\n"
+          "`git -c core.quotePath=false ls-tree -r -l` does.",
     "cat": "Write a file of an image to stdout, byte for byte.",
     "stat": "Show a path's kind, mode, size (entries, for a directory) and object id.",
     "tree": "Draw the hierarchy of an image under a path.",

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 
 USAGE = ("usage: python3 -m docteur_core.reader.guest DEVICE [--mode fast|light] [--verify] "
-         "[--block-size N] {ls [PATH] | cat PATH | stat PATH | tree [PATH] | info}")
+         "[--block-size N] {ls [-r] [-l] [--json] [PATH] | cat PATH | stat [--json] PATH | "
+         "tree [PATH] | info [--json]}")
 
 
 def _usage(message: str) -> int:
@@ -25,7 +26,7 @@ def _usage(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .commands import VERBS
+    from .commands import FLAGS, VERBS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     mode, verify, block_size = "light", False, None
     positional: list[str] = []
+    flags: set[str] = set()
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if a == "--verify":
             verify = True
+        elif a in ("-r", "-l", "--json"):
+            flags.add(a)
         elif a.startswith("--block-size"):
             value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
             i += 1 if "=" in a else 2
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     _, lo, hi, usage = VERBS[verb]
     if not lo <= len(args) <= hi:
         return _usage(f"{verb} takes {usage or 'no arguments'}")
+    if flags - FLAGS.get(verb, frozenset()):
+        return _usage(f"{verb} does not take {' '.join(sorted(flags - FLAGS.get(verb, frozenset())))}")
 
     from ..errors import DocteurError
     from .image import Image
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with Image.open(device, mode, verify=verify, block_size=block_size) as image:
-            return run_verb(image, verb, args, sys.stdout.buffer)
+            return run_verb(image, verb, args, sys.stdout.buffer, flags)
     except DocteurError as exc:
         sys.stdout.flush()
         sys.stderr.write(f"docteur {verb}: {exc}\n")
