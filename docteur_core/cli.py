@@ -23,6 +23,7 @@ from .errors import DocteurError
 COMMAND_MODULES = [
     "docteur_core.build.command",
     "docteur_core.reader.commands",
+    "docteur_core.reader.extract",
     "docteur_core.verify.command",
     "docteur_core.serve.command",
     "docteur_core.boot.command",
