@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-import struct
+import time
 import zlib
 from typing import Callable
 
@@ -228,6 +228,7 @@ def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path:
             digest.update(head)
             pos = len(head)
             saved = 0
+            shown = 0.0  # when the progress line was last rewritten
             for i, (e, stream) in enumerate(zip(entries, _results(
                     fd, entries, pool, iterations, workers, max_reencode))):
                 new_offset[e.offset] = pos
@@ -257,7 +258,9 @@ def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path:
                     saved += e.end - e.stream_at - len(stream)
                 idx_entries.append((e.sha, pos, crc))
                 pos += written
-                if progress is not None:
+                now = time.monotonic()
+                if progress is not None and (now - shown >= 0.1 or i + 1 == total):
+                    shown = now
                     progress(f"Compressing (zopfli, {iterations} iterations): "
                              f"{i + 1}/{total} entries, {saved:,} bytes saved")
             checksum = digest.digest()
