@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `docteur make` against git's own aggressive packing of the same content.
 
-usage: python3 bench/make.py CORPUS_DIR [--runs N]
+usage: python3 bench/make.py CORPUS_DIR [--runs N] [--levels default,max]
 
 In one run, on the same machine state:
 - docteur: `python3 -m docteur_core make` (a fresh process, so Python's
@@ -11,8 +11,11 @@ In one run, on the same machine state:
   with --threads=1, which is what docteur runs (for determinism);
 - squashfs: `mksquashfs -comp xz -b 1M` of the same folder, the usual
   read-only file-system image, for scale (skipped if mksquashfs is absent).
+Each --levels entry is one `docteur make --compress LEVEL` (default: both
+`default` and `max`, the zopfli re-encoding; `max` needs the zopfli package).
 Prints sizes, times and ratios. Goals: image's PACK <= 1.02 x git's pack,
-time <= 1.5 x git's add + commit + repack.
+time <= 1.5 x git's add + commit + repack (default level); <= 0.97 x git's
+pack at `max` (issue 15).
 """
 
 from __future__ import annotations
@@ -47,11 +50,12 @@ def timed(cmd: list[str], **kw) -> float:
     return time.perf_counter() - start
 
 
-def bench_docteur(corpus: Path, tmp: Path) -> dict:
+def bench_docteur(corpus: Path, tmp: Path, level: str = "default") -> dict:
     image = tmp / "corpus.img"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     seconds = timed([sys.executable, "-m", "docteur_core", "make", "-q", "--date",
-                     "2026-01-01T00:00:00Z", str(corpus), str(image)], env=env)
+                     "2026-01-01T00:00:00Z", "--compress", level, str(corpus), str(image)],
+                    env=env)
     # The IDX ends with a copy of the pack's checksum; the pack ends with it.
     data = image.read_bytes()
     header = layout.parse_header(data, len(data))
@@ -104,7 +108,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--runs", type=int, default=1, help="repeat and keep the fastest")
+    parser.add_argument("--levels", default="default,max",
+                        help="comma-separated --compress levels to build (default: default,max)")
     args = parser.parse_args()
+    levels = [lv for lv in args.levels.split(",") if lv]
+    if "default" not in levels:
+        levels.insert(0, "default")
     corpus = args.corpus.resolve()
     if not corpus.is_dir():
         parser.error(f"{corpus}: not a directory")
@@ -116,10 +125,12 @@ def main() -> int:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-make-") as tmp:
             tmp = Path(tmp)
-            for key, fn in (("git", lambda: bench_git(corpus, tmp, None)),
-                            ("git1", lambda: bench_git(corpus, tmp, 1)),
-                            ("docteur", lambda: bench_docteur(corpus, tmp)),
-                            ("squashfs", lambda: bench_squashfs(corpus, tmp))):
+            runs = [("git", lambda: bench_git(corpus, tmp, None)),
+                    ("git1", lambda: bench_git(corpus, tmp, 1))]
+            runs += [("docteur" if lv == "default" else f"docteur-{lv}",
+                      lambda lv=lv: bench_docteur(corpus, tmp, lv)) for lv in levels]
+            runs.append(("squashfs", lambda: bench_squashfs(corpus, tmp)))
+            for key, fn in runs:
                 r = fn()
                 if r is None:
                     continue
@@ -136,10 +147,19 @@ def main() -> int:
           f"image file {d['image'] / (g['pack'] + g['idx']):.4f} x git pack+idx, "
           f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.5), "
           f"{d['seconds'] / g1['seconds']:.2f} x git --threads=1")
-    if "squashfs" in best:
-        q = best["squashfs"]
+    q = best.get("squashfs")
+    if q:
         print(f"mksquashfs -comp xz -b 1M: {q['size']:,} B, {q['seconds']:.2f} s; "
               f"docteur image is {d['image'] / q['size']:.3f} x squashfs")
+    print("by --compress level (pack and image vs git's aggressive pack; time vs default):")
+    for lv in levels:
+        r = best["docteur" if lv == "default" else f"docteur-{lv}"]
+        line = (f"  {lv:8} pack {r['pack']:>12,} B = {r['pack'] / g['pack']:.4f} x git, "
+                f"image {r['image']:>12,} B, {r['seconds']:8.2f} s "
+                f"({r['seconds'] / d['seconds']:.1f} x default)")
+        if q:
+            line += f", image {r['image'] / q['size']:.3f} x squashfs-xz"
+        print(line)
     return 0
 
 

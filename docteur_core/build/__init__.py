@@ -54,7 +54,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                progress: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None,
                compat: str | None = None, path_index: bool = True,
-               max_object_size: int = MAX_FILE_SIZE) -> BuildResult:
+               max_object_size: int = MAX_FILE_SIZE, compress: str = "default",
+               zopfli_iterations: int | None = None) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -71,6 +72,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     the delta search (a directory's, before anything is read). The default
     is the readers' own limit, so the builder never makes an image they
     refuse; only a smaller value makes sense.
+    `compress="max"`: after the delta search, every entry's zlib stream is
+    re-encoded with zopfli (`zopfli_iterations`, default 15) where that is
+    shorter (see `recompress`); needs the `max` extra.
     """
     from . import compat as compat_mod
     from . import identity
@@ -89,6 +93,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
         raise BuildError(f"compat {compat!r}: the only choice is "
                          f"{', '.join(compat_mod.COMPAT_CHOICES)}")
     ocaml = compat == "ocaml"
+    from .recompress import DEFAULT_ITERATIONS, check_available
+    iterations = DEFAULT_ITERATIONS if zopfli_iterations is None else zopfli_iterations
+    check_available(compress, iterations)
     image = check_output(os.fspath(output))
     src = classify(os.fspath(source))
     warn = warn or _stderr_warning
@@ -168,6 +175,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             warn(unreadable.warning())
         pack_path = pack_objects(repo, commit, os.path.join(tmp, "image"), progress)
         idx_path = pack_path[:-len(".pack")] + ".idx"
+        if compress == "max":
+            from .recompress import recompress_pack
+            recompress_pack(pack_path, idx_path, iterations, progress)
         with open(idx_path, "rb") as f:
             f.seek(layout.IDX_HEADER_SIZE + 255 * 4)
             objects = int.from_bytes(f.read(4), "big")

@@ -90,6 +90,14 @@ next build.
                              "readers open the image in O(1) and look paths up without "
                              "walking trees; the image is then the OCaml docteur's layout "
                              "exactly")
+    parser.add_argument("--compress", choices=("default", "max"), default="default",
+                        help="default: git's zlib streams as pack-objects writes them; max: "
+                             "after git's delta search, re-encode every entry's zlib stream "
+                             "with zopfli where that is shorter (a few percent smaller, much "
+                             "slower; needs pip install 'docteur[max]')")
+    parser.add_argument("--zopfli-iterations", metavar="N", type=int, default=None,
+                        help="zopfli's iterations per entry with --compress max (default 15; "
+                             "fewer is faster and slightly bigger)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings")
 
@@ -133,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
                             author=args.author, message=args.message,
                             block_size=args.block_size, progress=progress,
-                            compat=args.compat, path_index=args.path_index)
+                            compat=args.compat, path_index=args.path_index,
+                            compress=args.compress,
+                            zopfli_iterations=args.zopfli_iterations)
     finally:
         if progress is not None:
             progress.close()
