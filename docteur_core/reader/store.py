@@ -225,6 +225,17 @@ class Store:
 
     # -- objects -----------------------------------------------------------
 
+    def _placed(self, oid: bytes, offset: int | None) -> tuple[int, int | None]:
+        """(pack offset, IDX CRC-32 or None) of `oid`: through the IDX, or the
+        offset a path index gave and the CRC fast mode holds for it."""
+        if offset is None:
+            found = self.locate(oid)
+            if found is None:
+                raise DamagedImage(f"object {oid.hex()} is not in the image",
+                                   f"IDX at offset {self.idx.base}")
+            return found
+        return offset, None if self._crc_at is None else self._crc_at.get(offset)
+
     def read_object(self, oid: bytes, expect: str | None = None,
                     offset: int | None = None) -> tuple[str, bytes]:
         """The (type name, content) of `oid`; DamagedImage if it is missing.
@@ -233,15 +244,7 @@ class Store:
         commit's `tree` line). `offset`, when known (fast mode's path
         index), skips the IDX lookup.
         """
-        crc = None
-        if offset is None:
-            found = self.locate(oid)
-            if found is None:
-                raise DamagedImage(f"object {oid.hex()} is not in the image",
-                                   f"IDX at offset {self.idx.base}")
-            offset, crc = found
-        elif self._crc_at is not None:
-            crc = self._crc_at.get(offset)
+        offset, crc = self._placed(oid, offset)
         typ, data = self._read_at(offset, crc, oid)
         if expect is not None and typ != expect:
             raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected",
@@ -260,15 +263,7 @@ class Store:
         bytes, where the result size is), so memory stays flat whatever
         the size; without a CRC to check against, the object is read.
         """
-        crc = None
-        if offset is None:
-            found = self.locate(oid)
-            if found is None:
-                raise DamagedImage(f"object {oid.hex()} is not in the image",
-                                   f"IDX at offset {self.idx.base}")
-            offset, crc = found
-        elif self._crc_at is not None:
-            crc = self._crc_at.get(offset)
+        offset, crc = self._placed(oid, offset)
         where = _where(offset, oid)
         cached = self._cache_get(offset, crc, where)
         if cached is not None:
@@ -356,15 +351,7 @@ class Store:
     def _whole_entry(self, oid: bytes, offset: int | None):
         """(offset, crc, where, entry header, first bytes) of `oid`'s entry,
         its declared size not limited: for callers that stream it."""
-        crc = None
-        if offset is None:
-            found = self.locate(oid)
-            if found is None:
-                raise DamagedImage(f"object {oid.hex()} is not in the image",
-                                   f"IDX at offset {self.idx.base}")
-            offset, crc = found
-        elif self._crc_at is not None:
-            crc = self._crc_at.get(offset)
+        offset, crc = self._placed(oid, offset)
         self._check_offset(offset, oid)
         where = _where(offset, oid)
         eh, buf = self._entry_header(offset, where, None)
