@@ -339,17 +339,28 @@ def _common(parser, verb: str) -> None:
                         help="check the SHA-1 of every object read")
     parser.add_argument("--block-size", metavar="N", type=_block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
+    add_limit_arguments(parser)
+
+
+# The reader's limits as options (format/limits.py): dest -> (metavar, help).
+LIMIT_OPTIONS = {
+    "max_object_size": ("BYTES", "the most bytes held for one object"),
+    "max_lookup_bytes": ("BYTES", "the most bytes built for one lookup, delta chain included"),
+    "max_paths": ("N", "the most paths a walk may name"),
+}
+
+
+def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
+    """--max-object-size, --max-lookup-bytes, --max-paths (those `names`
+    asks for), with the shared defaults: every command that reads an image
+    offers the same limits with the same words."""
     from ..format import limits
 
-    parser.add_argument("--max-object-size", metavar="BYTES", type=_count,
-                        default=limits.MAX_OBJECT_SIZE,
-                        help="the most bytes held for one object (default %(default)s)")
-    parser.add_argument("--max-lookup-bytes", metavar="BYTES", type=_count,
-                        default=limits.MAX_LOOKUP_BYTES,
-                        help="the most bytes built for one lookup, delta chain included "
-                        "(default %(default)s)")
-    parser.add_argument("--max-paths", metavar="N", type=_count, default=limits.MAX_PATHS,
-                        help="the most paths a walk may name (default %(default)s)")
+    for name in names:
+        metavar, text = LIMIT_OPTIONS[name]
+        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, type=_count,
+                            default=getattr(limits, name.upper()),
+                            help=f"{text} (default %(default)s)")
 
 
 def _count(text: str) -> int:

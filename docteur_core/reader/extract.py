@@ -178,11 +178,7 @@ def add_arguments(parser) -> None:
                         help="check the SHA-1 of every object read")
     parser.add_argument("--block-size", metavar="N", type=commands._block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
-    from ..format import limits
-
-    parser.add_argument("--max-paths", metavar="N", type=commands._count,
-                        default=limits.MAX_PATHS,
-                        help="the most paths a walk may name (default %(default)s)")
+    commands.add_limit_arguments(parser, ("max_paths",))
 
 
 def _terminal_progress(counts: Counts) -> None:

@@ -374,24 +374,7 @@ class Store:
             _, data = self.read_object(oid, expect, offset)
             write(data)
             return len(data)
-        typ = TYPE_NAMES[eh.type]
-        if expect is not None and typ != expect:
-            raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected", where)
-        h = None
-        if self.verify:
-            import hashlib
-
-            h = hashlib.sha1(f"{typ} {eh.size}\0".encode("ascii"))
-
-        def sink(piece: bytes) -> None:
-            if h is not None:
-                h.update(piece)
-            write(piece)
-
-        self._stream_entry(offset, eh, buf, crc, where, sink)
-        if h is not None and h.digest() != oid:
-            raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
-                               f"{h.hexdigest()}", where)
+        self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
         return eh.size
 
     def read_head(self, oid: bytes, expect: str | None, limit: int,
@@ -408,10 +391,24 @@ class Store:
         if eh.type not in BASE_TYPES or eh.size <= limit or offset in self._cache:
             typ, data = self.read_object(oid, expect, offset)
             return typ, data[:limit], len(data)
+        head = bytearray()
+
+        def keep(piece: bytes) -> None:
+            if len(head) < limit:
+                head.extend(piece[:limit - len(head)])
+
+        typ = self._stream_checked(oid, offset, crc, where, eh, buf, expect, keep, limit)
+        return typ, bytes(head), eh.size
+
+    def _stream_checked(self, oid: bytes, offset: int, crc, where, eh, buf,
+                        expect: str | None, consume: Callable[[bytes], object],
+                        stop: int | None = None) -> str:
+        """Inflate a whole entry through `consume`, checking its type and, with
+        `verify`, its SHA-1 (then all of it is inflated, else it may `stop`
+        after that many bytes). Returns its type name."""
         typ = TYPE_NAMES[eh.type]
         if expect is not None and typ != expect:
             raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected", where)
-        head = bytearray()
         h = None
         if self.verify:
             import hashlib
@@ -421,14 +418,13 @@ class Store:
         def sink(piece: bytes) -> None:
             if h is not None:
                 h.update(piece)
-            if len(head) < limit:
-                head.extend(piece[:limit - len(head)])
+            consume(piece)
 
-        self._stream_entry(offset, eh, buf, crc, where, sink, None if h else limit)
+        self._stream_entry(offset, eh, buf, crc, where, sink, None if h else stop)
         if h is not None and h.digest() != oid:
             raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
                                f"{h.hexdigest()}", where)
-        return typ, bytes(head), eh.size
+        return typ
 
     def _entry_header(self, pos: int, where: str, max_size: int | None = -1):
         """Parse the entry header at `pos`; return it with the bytes read.

@@ -34,14 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checksums (reads every byte once, no per-object work)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON report (fields, counts, checks, problems)")
-    from ..format import limits
+    from ..reader.commands import add_limit_arguments
 
-    parser.add_argument("--max-object-size", metavar="BYTES", type=int,
-                        default=limits.MAX_OBJECT_SIZE,
-                        help="the most bytes held for one object, as the reader's "
-                        "(default %(default)s)")
-    parser.add_argument("--max-paths", metavar="N", type=int, default=limits.MAX_PATHS,
-                        help="the most paths the trees may name (default %(default)s)")
+    add_limit_arguments(parser, ("max_object_size", "max_paths"))
 
 
 def json_safe(value):
