@@ -59,7 +59,10 @@ class ImageRejected(DamagedImage):
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
         more = f" (and {len(lines) - 1} more problems)" if len(lines) > 1 else ""
-        DocteurError.__init__(self, (lines[0] if lines else "verify failed") + more)
+        # verify's own words, without DamagedImage's "damaged image:" prefix;
+        # `what` and `where` as every DamagedImage has them.
+        self.what, self.where = (lines[0] if lines else "verify failed") + more, None
+        DocteurError.__init__(self, self.what)
 
 
 def check_image(device: BlockDevice, level: str = "quick") -> ImageInfo:
