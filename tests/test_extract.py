@@ -116,6 +116,24 @@ def test_extract_subtree_equals_git_archive_of_it(repo_image, tmp_path):
     assert (tmp_path / "out" / "c" / "deep").read_text() == "deep\n"
 
 
+@pytest.mark.parametrize("mode", ["light", "fast"])
+@pytest.mark.parametrize("path", ["run.sh", "a/b/tool", "a/big", "a/empty", "a/b/up",
+                                  "dangling", "a/module"])
+def test_extract_one_entry_equals_git_archive_of_it(repo_image, tmp_path, mode, path):
+    """A file, link or submodule at PATH lands in DEST under its own name,
+    as git archive writes it (modes, bytes, link target, mtime)."""
+    repo, image = repo_image
+    proc = _docteur("extract", "--mode", mode, image, path, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    _git_archive(repo, "HEAD", tmp_path / "ref", path)
+    name = os.fsencode(path.rsplit("/", 1)[-1])
+    want = _snapshot(tmp_path / "ref")[os.fsencode(path)]
+    assert _snapshot(tmp_path / "out") == {name: want}
+    if want[0] == "file":
+        assert (stat.S_IMODE(os.lstat(tmp_path / "out" / name.decode()).st_mode)
+                == (0o755 if want[1] else 0o644))
+
+
 def test_extract_keeps_empty_directories(tmp_path):
     """git archive cannot carry empty directories; the source itself is the oracle."""
     src = tmp_path / "src"
@@ -150,7 +168,8 @@ def test_extract_refuses_a_non_empty_dest_a_link_or_a_file(repo_image, tmp_path)
     os.symlink(dest, tmp_path / "via-link")
     _one_line_error(_docteur("extract", image, tmp_path / "via-link"), b"symbolic link")
     _one_line_error(_docteur("extract", image, dest / "mine"), b"not a directory")
-    _one_line_error(_docteur("extract", image, "run.sh", tmp_path / "x"), b"not a directory")
+    _one_line_error(_docteur("extract", image, "run.sh/x", tmp_path / "x"), b"not a directory")
+    assert not (tmp_path / "x").exists()
     assert os.listdir(dest) == ["mine"]
 
 

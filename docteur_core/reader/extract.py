@@ -74,6 +74,23 @@ def _clear(parent: int, name: bytes, want_dir: bool, shown: str) -> bool:
     return False
 
 
+def _top(image, path: str) -> list:
+    """What goes into DEST: a directory's entries, or a single file, link or
+    submodule at PATH written under its own name (as `unsquashfs -d DEST
+    IMAGE FILE` does)."""
+    from .image import NotADirectory
+
+    try:
+        top = image.entries(path)
+    except NotADirectory:
+        node = image._lookup(path)  # NotADirectory again for a file mid-path
+        if node.mode == obj.MODE_DIR:  # pragma: no cover - entries() would have worked
+            raise
+        return [node]
+    image.count_paths(path)  # refuse 2^60 paths before writing any
+    return top
+
+
 def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
             progress: Callable[[Counts], object] | None = None) -> Counts:
     """Write the tree at `path` of `image` into `dest`; return the counts.
@@ -84,8 +101,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
     commit's date. Walks in git's order, bounded as a walk is
     (`max_paths`, `max_path_bytes`); holds one descriptor per level.
     """
-    top = image.entries(path)  # NotADirectory for a file
-    image.count_paths(path)  # refuse 2^60 paths before writing any
+    top = _top(image, path)
     when = image.commit.date.timestamp()
     counts = Counts()
     store = image.store
@@ -156,6 +172,9 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
 def add_arguments(parser) -> None:
     """Write an image's tree (or the subtree at PATH) into a directory.
 
+    When PATH is a file or a link, DEST receives that one entry under its
+    own name.
+
     Files get git's modes (0755 executable, 0644 not), symbolic links are
     made as links with their targets as stored, empty directories are kept,
     every mtime is the commit's date. Nothing is written outside DEST: a
@@ -168,7 +187,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD URI")
     parser.add_argument("path", metavar="PATH", nargs="?", default="",
-                        help="a directory of the image (default: the root)")
+                        help="a directory of the image (default: the root), or a file, "
+                        "link or submodule, written into DEST under its own name")
     parser.add_argument("dest", metavar="DEST", help="the directory to write into")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing, non-empty DEST")
