@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from docteur_core.format import layout
 from docteur_core.build import make_image
 from tests.support import git
+from tests.treegen import materialise, trees_of
 from tests.test_build_oracle import (SITE, check_image, git_write_tree, image_listing,
                                      source_listing)
 
@@ -53,26 +54,7 @@ leaf = st.one_of(
     st.tuples(st.just("link"), targets),
     st.just(("dir", {})),  # empty directory
 )
-trees = st.recursive(
-    st.dictionaries(names, leaf, max_size=5),
-    lambda children: st.dictionaries(names, st.one_of(leaf, children.map(lambda d: ("dir", d))),
-                                     max_size=6),
-    max_leaves=25,
-)
-
-
-def materialise(root: bytes, spec: dict) -> None:
-    for name, node in spec.items():
-        path = os.path.join(root, name)
-        if node[0] == "file":
-            with open(path, "wb") as f:
-                f.write(node[1])
-            os.chmod(path, node[2])
-        elif node[0] == "link":
-            os.symlink(node[1], path)
-        else:
-            os.mkdir(path)
-            materialise(path, node[1])
+trees = trees_of(names, leaf, top=5, inner=6, max_leaves=25)
 
 
 def has_empty_dir(spec: dict) -> bool:

@@ -35,6 +35,7 @@ from docteur_core.build import make_image
 from docteur_core.errors import BuildError
 from docteur_core.reader import Image
 from tests import ocaml_oracle as oc
+from tests.treegen import materialise, trees_of
 from tests.support import GIT_ENV, PLUGIN, NbdkitServer, git
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,25 +104,7 @@ leaf = st.one_of(
     st.tuples(st.just("link"), st.sampled_from(["a", "../b", "x/y", "/etc/hostname", "é"])),
     st.just(("dir", {})),
 )
-trees = st.recursive(
-    st.dictionaries(names, leaf, max_size=4),
-    lambda children: st.dictionaries(names, st.one_of(leaf, children.map(lambda d: ("dir", d))),
-                                     max_size=5),
-    max_leaves=16,
-)
-
-
-def materialise(root: Path, spec: dict) -> None:
-    for name, node in spec.items():
-        path = root / name
-        if node[0] == "file":
-            path.write_bytes(node[1])
-            path.chmod(node[2])
-        elif node[0] == "link":
-            path.symlink_to(node[1])
-        else:
-            path.mkdir()
-            materialise(path, node[1])
+trees = trees_of(names, leaf, top=4, inner=5, max_leaves=16)
 
 
 def add_inner_links(root: Path) -> None:
