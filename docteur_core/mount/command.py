@@ -191,13 +191,25 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
 
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fs = ImageFS(image, os.getuid(), os.getgid())
-        ops = make_operations(mfusepy, fs, on_init, log)
+        up = []
+
+        def init() -> None:
+            up.append(True)
+            if on_init is not None:
+                on_init()
+
+        ops = make_operations(mfusepy, fs, init, log)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
                 mfusepy.FUSE(ops, mountpoint, **fuse_options(args.image))
             except RuntimeError as exc:
-                raise DocteurError(f"{mountpoint}: libfuse could not mount it ({exc})") from None
+                # libfuse's loop ended by SIGINT or SIGTERM also returns
+                # non-zero, after unmounting: only a mount that never came
+                # up is an error.
+                if not up:
+                    raise DocteurError(f"{mountpoint}: libfuse could not mount it "
+                                       f"({exc})") from None
     finally:
         image.close()
 

@@ -17,7 +17,8 @@ What a path looks like:
   is the same at every mount of the image and differs between two paths
   holding the same object (they are not hard links: st_nlink is 1);
 - a directory's size is its number of entries and its st_nlink 2 + its
-  subdirectories, as on ext4.
+  subdirectories, as on ext4 (0 and 1 if its tree is damaged: it still
+  stats, and listing it is EIO).
 
 Errors are `FsError(errno, message)`: a missing path is ENOENT, a file in the
 middle of a path ENOTDIR, any write EROFS, and damage found while answering
@@ -35,6 +36,8 @@ from collections import OrderedDict
 
 from ..errors import DamagedImage, DeviceError, DocteurError, NotADirectory, NotAFile, NotFound
 from ..format import objects as obj
+from ..format.limits import STREAM_THRESHOLD
+from ..format.pack import BASE_TYPES
 
 # Attributes of this many paths are kept (the kernel caches them too, but
 # forgets them under memory pressure; a size costs a header inflate).
@@ -113,22 +116,44 @@ class ImageFS:
 
     def _stat(self, key: str) -> dict:
         image = self.image
-        s = image.stat(key)
+        node = image._lookup(key)
         nlink = 1
-        size = s.size
-        if s.mode == obj.MODE_DIR:
-            nlink = 2 + sum(1 for n in image.entries(key) if n.mode in _DIRS)
-        elif s.mode == obj.MODE_GITLINK:
+        if node.mode == obj.MODE_DIR:
+            try:
+                entries = image.entries(key)
+            except DamagedImage:
+                # Still a directory (the root must stat for the mount to
+                # be usable at all); listing it reads as EIO.
+                size = 0
+            else:
+                size = len(entries)
+                nlink = 2 + sum(1 for n in entries if n.mode in _DIRS)
+        elif node.mode == obj.MODE_GITLINK:
             nlink, size = 2, 0
-        perm = PERMISSIONS.get(s.mode)
+        else:
+            size = self._size(node)
+        perm = PERMISSIONS.get(node.mode)
         if perm is None:  # the parser knows no other mode; kept safe anyway
-            raise DamagedImage(f"unknown mode {s.mode:o}", f"path /{key}")
+            raise DamagedImage(f"unknown mode {node.mode:o}", f"path /{key}")
         t = self.time_ns
         return {"st_mode": perm, "st_ino": inode_of(key), "st_nlink": nlink,
                 "st_size": size, "st_uid": self.uid, "st_gid": self.gid,
                 "st_atime": t, "st_mtime": t, "st_ctime": t,
                 "st_blocks": (size + 511) // 512 if perm & st.S_IFREG else 0,
                 "st_blksize": 4096}
+
+    def _size(self, node) -> int:
+        """A file's size. A large file stored whole (over STREAM_THRESHOLD)
+        has the size its entry header declares, without inflating it to
+        check the entry's CRC-32 (a `stat` of a 4 GiB file would inflate
+        4 GiB): the size is checked when a read reaches the end of the
+        stream, which reads as EIO if it lied. Anything else is sized by
+        `Store.object_size` through the IDX, whose CRC-32 vouches for it."""
+        store = self.image.store
+        _, _, _, eh, _ = store._whole_entry(node.id, node.offset)
+        if eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and not store.verify:
+            return eh.size
+        return store.object_size(node.id)
 
     def readdir(self, path: str) -> list[tuple[str, int, int]]:
         """(name, st_mode, st_ino) of a directory's entries (a submodule's:
