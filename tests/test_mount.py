@@ -383,6 +383,20 @@ def test_fusermount_u_unmounts_and_the_process_exits(site, tmp_path, mounts):
     assert not os.path.ismount(mnt)
 
 
+def test_umount_clears_the_mount_of_a_killed_process(site, tmp_path, mounts):
+    _, image = site
+    mnt = _empty_dir(tmp_path)
+    pid = mounts.mount(image, mnt)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid)
+    with pytest.raises(OSError) as info:
+        os.listdir(mnt)
+    assert info.value.errno == errno.ENOTCONN
+    done = docteur("umount", mnt)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(mnt) == []
+
+
 def test_a_mount_of_an_nbd_uri_served_by_docteur_serve(site, tmp_path, mounts):
     src, image = site
     port = free_port()

@@ -245,13 +245,18 @@ def _background(args, mountpoint: str) -> int:
 
             def ready() -> None:
                 nonlocal w
-                os.write(w, b"ok")
+                try:
+                    os.write(w, b"ok")
+                except OSError:  # the parent is gone: serve all the same
+                    pass
                 os.close(w)
                 w = -1
+                # A daemon's manners: no terminal, no folder kept busy.
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
                 os.close(null)
+                os.chdir("/")
 
             serve(args, mountpoint, ready)
             status = 0
@@ -305,10 +310,10 @@ def run_umount(args) -> int:
     import time
 
     path = args.mountpoint
-    if not os.path.isdir(path):
-        raise DocteurError(f"{path}: no such directory")
-    kind = _mount_type(path)
+    kind = _mount_type(path)  # a mount whose process died does not even stat
     if kind is None:
+        if not os.path.isdir(path):
+            raise DocteurError(f"{path}: no such directory")
         raise DocteurError(f"{path}: not a mount point")
     if kind != f"fuse.{SUBTYPE}":
         raise DocteurError(f"{path}: a {kind} mount, not docteur's: left alone")
