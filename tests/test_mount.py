@@ -28,17 +28,19 @@ from docteur_core.reader import Image
 
 from .forge import Obj, build, commit, tree
 from .support import free_port
+from .test_build_dir import DATE as DATE_GENERATED, materialise, trees
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
 DATE = "2024-01-02T03:04:05Z"
 DATE_SECONDS = 1704164645
+DATE_SECONDS_GENERATED = 1767225600  # test_build_dir.DATE
 # A deadline against hangs only: nothing is asserted about how long things take.
 PATIENCE = 60.0
 
 
 def docteur(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*DOCTEUR, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          errors="surrogateescape", timeout=timeout)
 
 
 def one_line(stderr: str) -> str:
@@ -154,6 +156,7 @@ def site(tmp_path_factory) -> tuple[Path, Path]:
     (src / "docs" / "deep").mkdir(parents=True)
     (src / "docs" / "a.txt").write_text("a\n")
     (src / "docs" / "deep" / "été.md").write_text("accents\n")
+    (src / os.fsdecode(b"not-utf8-\xff")).write_text("bytes\n")  # a name git keeps as bytes
     (src / "empty").mkdir()
     (src / "link").symlink_to("index.html")
     (src / "docs" / "up").symlink_to("../index.html")
@@ -183,10 +186,10 @@ def test_a_mount_reads_as_its_source(site, tmp_path, mounts, mode):
     assert alive(pid)
     # diff -r compares every file's bytes, every link's target, every name.
     done = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mnt)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, errors="surrogateescape")
     assert done.returncode == 0, done.stdout + done.stderr
     listing = lambda top: sorted(subprocess.run(  # noqa: E731
-        ["find", ".", "-printf", "%y %P\n"], cwd=top, capture_output=True, text=True,
+        ["find", ".", "-printf", "%y %P\n"], cwd=top, capture_output=True,
         check=True).stdout.splitlines())
     assert listing(mnt) == listing(src)
     assert subprocess.run(["cat", str(mnt / "docs" / "deep" / "été.md")], capture_output=True,
@@ -202,7 +205,7 @@ def test_a_mount_reads_as_its_source(site, tmp_path, mounts, mode):
     assert os.readlink(mnt / "escape") == "../../../../../etc/passwd"
     assert os.readlink(mnt / "docs" / "up") == "../index.html"
     ls = subprocess.run(["ls", "-l", str(mnt)], capture_output=True, text=True,
-                        check=True).stdout
+                        errors="surrogateescape", check=True).stdout
     assert "-r--r--r-- 1 " in ls and "-r-xr-xr-x 1 " in ls and "dr-xr-xr-x " in ls
     assert "link -> index.html" in ls
     stat_out = subprocess.run(["stat", "-c", "%A %s %Y", str(mnt / "run.sh")],
@@ -354,7 +357,8 @@ def test_without_the_binding_one_line_says_what_to_install(site, tmp_path):
     code = ("import sys; sys.modules['mfusepy'] = None\n"
             "from docteur_core.cli import main\n"
             f"sys.exit(main(['mount', {str(image)!r}, {str(_empty_dir(tmp_path))!r}]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          errors="surrogateescape")
     assert done.returncode == 1
     assert "pip install 'docteur[mount]'" in one_line(done.stderr)
 
@@ -408,7 +412,7 @@ def test_a_mount_of_an_nbd_uri_served_by_docteur_serve(site, tmp_path, mounts):
         mnt = _empty_dir(tmp_path)
         pid = mounts.mount(f"nbd://127.0.0.1:{port}/", mnt)
         done = subprocess.run(["diff", "-r", "--no-dereference", str(src), str(mnt)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, errors="surrogateescape")
         assert done.returncode == 0, done.stdout + done.stderr
         assert docteur("umount", mnt).returncode == 0
         assert wait_gone(pid)
@@ -485,3 +489,78 @@ def test_a_submodule_is_an_empty_directory(tmp_path, mounts):
     assert sorted(os.listdir(mnt)) == ["file", "vendor"]
     assert stat.S_ISDIR(os.stat(mnt / "vendor").st_mode)
     assert os.listdir(mnt / "vendor") == []
+
+
+# -- the mapping itself, without a mount ---------------------------------------------
+
+def _expected_mode(path: bytes) -> int:
+    s = os.lstat(path)
+    if stat.S_ISLNK(s.st_mode):
+        return 0o120777
+    if stat.S_ISDIR(s.st_mode):
+        return 0o40555
+    return 0o100555 if s.st_mode & 0o100 else 0o100444
+
+
+@settings(max_examples=int(os.environ.get("DOCTEUR_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=trees, mode=st.sampled_from(["light", "fast"]))
+def test_generated_trees_answer_as_their_source(spec, mode):
+    """Odd names (bytes that are not UTF-8 included), links anywhere,
+    empty directories: every path's stat, listing, link target and bytes
+    answer as the source directory's, with the modes the mount gives."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = tmp / "src"
+        src.mkdir()
+        materialise(os.fsencode(src), spec)
+        make_image(src, tmp / "out.img", date=DATE_GENERATED, warn=lambda w: None)
+        with Image.open(tmp / "out.img", mode) as image:
+            fs = ImageFS(image, 1000, 1000)
+            root = os.fsencode(src)
+            for top, dirs, files in os.walk(root):
+                rel = os.path.relpath(top, root)
+                at = "/" if rel == b"." else "/" + os.fsdecode(rel)
+                names = [n for n, _, _ in fs.readdir(at)]
+                assert names[:2] == [".", ".."]
+                assert sorted(names[2:]) == sorted(os.fsdecode(n) for n in dirs + files)
+                for name in dirs + files:
+                    path = os.path.join(top, name)
+                    key = at.rstrip("/") + "/" + os.fsdecode(name)
+                    attrs = fs.getattr(key)
+                    assert attrs["st_mode"] == _expected_mode(path), key
+                    assert attrs["st_mtime"] == DATE_SECONDS_GENERATED * 10**9
+                    assert (attrs["st_uid"], attrs["st_gid"]) == (1000, 1000)
+                    if os.path.islink(path):
+                        assert fs.readlink(key) == os.fsdecode(os.readlink(path))
+                        assert attrs["st_size"] == len(os.readlink(path))
+                    elif os.path.isfile(path):
+                        with open(path, "rb") as f:
+                            want = f.read()
+                        assert attrs["st_size"] == len(want)
+                        assert fs.read(key, len(want) + 10, 0) == want
+                        assert fs.read(key, 3, 1) == want[1:4]
+
+
+def test_the_mapping_answers_errnos(site):
+    from docteur_core.mount.fs import FsError
+
+    _, image = site
+    with Image.open(image) as img:
+        fs = ImageFS(img)
+        cases = [(lambda: fs.getattr("/missing"), errno.ENOENT),
+                 (lambda: fs.getattr("/index.html/x"), errno.ENOTDIR),
+                 (lambda: fs.readdir("/index.html"), errno.ENOTDIR),
+                 (lambda: fs.read("/docs", 10, 0), errno.EISDIR),
+                 (lambda: fs.readlink("/index.html"), errno.EINVAL),
+                 (lambda: fs.open("/index.html", os.O_RDWR), errno.EROFS),
+                 (lambda: fs.open("/docs", os.O_RDONLY), errno.EISDIR)]
+        for call, code in cases:
+            with pytest.raises(FsError) as info:
+                call()
+            assert info.value.errno == code
+        assert fs.read("/index.html", 100, 1000) == b""
+        assert fs.getattr("/docs")["st_nlink"] == 3  # ., .. and deep
+        assert fs.getattr("/")["st_ino"] == 1
