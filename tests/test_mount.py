@@ -564,3 +564,53 @@ def test_the_mapping_answers_errnos(site):
         assert fs.read("/index.html", 100, 1000) == b""
         assert fs.getattr("/docs")["st_nlink"] == 3  # ., .. and deep
         assert fs.getattr("/")["st_ino"] == 1
+
+
+# -- damage inside a large file stored whole ------------------------------------------
+
+def _large_whole_image(path: Path, data: bytes, declared: int | None = None) -> bytes:
+    """An image whose file `big` is one blob stored whole; returns its id."""
+    blob = Obj("blob", data, size=declared)
+    t = Obj("tree", tree(("100644", "big", blob.oid)))
+    c = Obj("commit", commit(t.oid))
+    path.write_bytes(bytes(build([c, t, blob], c.oid)))
+    return blob.oid
+
+
+def test_a_wrong_crc_in_the_idx_is_found_when_a_read_reaches_the_end(tmp_path):
+    from docteur_core.errors import DamagedImage
+    from docteur_core.format import layout
+
+    data = _big(3, STREAM_THRESHOLD + 100_000)
+    image = tmp_path / "crc.img"
+    oid = _large_whole_image(image, data)
+    raw = bytearray(image.read_bytes())
+    base = layout.parse_header(bytes(raw[:layout.HEADER_SIZE]), len(raw)).idx_offset
+    with Image.open(image, "light") as img:
+        ids = sorted(bytes.fromhex(x) for x in (img.commit.id, img.commit.tree, oid.hex()))
+    crc_at = base + 8 + 1024 + 20 * len(ids) + 4 * ids.index(oid)
+    raw[crc_at] ^= 0xFF
+    image.write_bytes(bytes(raw))
+    for mode in ("light", "fast"):
+        with Image.open(image, mode) as img:
+            fs = ImageFS(img)
+            assert fs.getattr("/big")["st_size"] == len(data)
+            assert fs.read("/big", 4096, 1000) == data[1000:5096]  # not at the end yet
+            with pytest.raises(DamagedImage, match="CRC-32"):
+                img.get_partial("big", len(data) - 10, 10)
+
+
+def test_a_size_that_lies_reads_as_eio_where_the_stream_ends(tmp_path):
+    from docteur_core.mount.fs import FsError
+
+    data = _big(4, STREAM_THRESHOLD + 100_000)
+    image = tmp_path / "lie.img"
+    _large_whole_image(image, data, declared=len(data) + 5000)
+    with Image.open(image, "light") as img:
+        fs = ImageFS(img)
+        assert fs.getattr("/big")["st_size"] == len(data) + 5000  # the header's word
+        assert fs.read("/big", 100, 0) == data[:100]
+        with pytest.raises(FsError) as info:
+            fs.read("/big", 100, len(data) + 100)
+        assert info.value.errno == errno.EIO
+        assert "inflates to" in str(info.value)
