@@ -344,6 +344,16 @@ def test_bad_mount_points_and_sources_are_one_line(site, tmp_path):
     assert os.listdir(mnt) == []
 
 
+def test_a_second_mount_on_a_mount_point_is_refused(site, tmp_path, mounts):
+    _, image = site
+    mnt = _empty_dir(tmp_path)
+    pid = mounts.mount(image, mnt)
+    done = docteur("mount", image, mnt)
+    assert done.returncode == 1
+    assert "not empty" in one_line(done.stderr)  # it shows the image's files
+    assert serving_pids(mnt) == [pid]
+
+
 def test_umount_leaves_other_mounts_alone(tmp_path):
     done = docteur("umount", tmp_path)
     assert done.returncode == 1 and "not a mount point" in one_line(done.stderr)

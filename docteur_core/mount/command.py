@@ -179,17 +179,23 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
     """Open the image and serve it at `mountpoint` until unmounted."""
     import warnings
 
+    import fcntl
+
     mfusepy = load_binding()
     from .fs import ImageFS
 
     image = _open_image(args)
+    lock = -1
     try:
         # Held on the directory under the mount: `docteur umount` takes it
         # to know this process has left.
-        lock = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        import fcntl
-
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            lock = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DocteurError(f"{mountpoint}: another docteur mount holds it") from None
+        except OSError as exc:
+            raise DocteurError(f"{mountpoint}: {exc.strerror}") from None
         fs = ImageFS(image, os.getuid(), os.getgid())
         up = []
 
@@ -211,6 +217,8 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
                     raise DocteurError(f"{mountpoint}: libfuse could not mount it "
                                        f"({exc})") from None
     finally:
+        if lock >= 0:
+            os.close(lock)
         image.close()
 
 

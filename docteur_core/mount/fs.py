@@ -34,7 +34,7 @@ import os
 import stat as st
 from collections import OrderedDict
 
-from ..errors import DamagedImage, DeviceError, DocteurError, NotADirectory, NotAFile, NotFound
+from ..errors import DamagedImage, DocteurError, NotADirectory, NotAFile, NotFound
 from ..format import objects as obj
 from ..format.limits import STREAM_THRESHOLD
 from ..format.pack import BASE_TYPES
@@ -46,6 +46,7 @@ PERMISSIONS = {obj.MODE_FILE: st.S_IFREG | 0o444, obj.MODE_EXEC: st.S_IFREG | 0o
                obj.MODE_LINK: st.S_IFLNK | 0o777, obj.MODE_DIR: st.S_IFDIR | 0o555,
                obj.MODE_GITLINK: st.S_IFDIR | 0o555}
 _DIRS = (obj.MODE_DIR, obj.MODE_GITLINK)
+_MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1
 # Opening for any of these is a write: refused before the kernel asks to write.
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -79,9 +80,11 @@ class ImageFS:
     def __init__(self, image, uid: int = 0, gid: int = 0) -> None:
         self.image = image
         self.uid, self.gid = uid, gid
-        c = image._commit.committer
-        # In nanoseconds: the binding's `use_ns` (float seconds lose digits).
-        self.time_ns = c.time * 1_000_000_000
+        # The committer's time as parsed (any integer git wrote: kept within
+        # what a timespec holds), in nanoseconds for the binding's `use_ns`.
+        seconds = image._commit.committer.time
+        seconds = max(-_MAX_SECONDS, min(_MAX_SECONDS, seconds))
+        self.time_ns = seconds * 1_000_000_000
         self._attrs: OrderedDict[str, dict] = OrderedDict()
 
     # -- lookups -----------------------------------------------------------
@@ -96,9 +99,9 @@ class ImageFS:
             raise FsError(errno.ENOTDIR, str(exc)) from None
         except NotAFile as exc:
             raise FsError(errno.EISDIR, str(exc)) from None
-        except (DamagedImage, DeviceError) as exc:
+        except DocteurError as exc:  # DamagedImage, LimitExceeded, DeviceError...
             raise FsError(errno.EIO, f"/{path}: {exc}") from None
-        except DocteurError as exc:
+        except OSError as exc:  # the device under the image
             raise FsError(errno.EIO, f"/{path}: {exc}") from None
 
     def getattr(self, path: str) -> dict:
