@@ -624,3 +624,30 @@ def test_a_size_that_lies_reads_as_eio_where_the_stream_ends(tmp_path):
             fs.read("/big", 100, len(data) + 100)
         assert info.value.errno == errno.EIO
         assert "inflates to" in str(info.value)
+
+
+def test_a_large_delta_encoded_file_is_built_once_for_many_reads(tmp_path):
+    """Over the store's per-object cache (32 MiB): reader/partial.py keeps
+    the last such object built, so reading it piece by piece builds it once."""
+    from .forge import varint
+
+    base = _big(6, 34 << 20)
+    target = base + b"tail"
+    delta = bytearray(varint(len(base)) + varint(len(target)))
+    step = 8 << 20
+    for at in range(0, len(base), step):  # copy ops: 4 offset bytes, 3 size bytes
+        n = min(step, len(base) - at)
+        delta += bytes([0x80 | 0x0F | 0x70]) + at.to_bytes(4, "little") + n.to_bytes(3, "little")
+    delta += bytes([4]) + b"tail"
+    b = Obj("blob", base)
+    d = Obj("blob", target, ofs_base=b, delta=bytes(delta))
+    t = Obj("tree", tree(("100644", "base", b.oid), ("100644", "new", d.oid)))
+    c = Obj("commit", commit(t.oid))
+    image = tmp_path / "delta.img"
+    image.write_bytes(bytes(build([c, t, b, d], c.oid)))
+    with Image.open(image, "light") as img:
+        assert img.get_partial("new", len(target) - 8, 100) == target[-8:]
+        built = img.store.objects_inflated
+        for off in range(0, len(target), 3 << 20):
+            assert img.get_partial("new", off, 4096) == target[off:off + 4096]
+        assert img.store.objects_inflated == built
