@@ -463,6 +463,25 @@ def test_hostile_names_are_refused(tmp_path, mounts, name):
     assert info.value.errno == errno.EIO
 
 
+def test_in_the_foreground_an_eio_says_why_on_stderr(tmp_path, mounts):
+    blob = Obj("blob", b"x\n")
+    inner = Obj("tree", tree(("100644", "x", blob.oid)))
+    image = tmp_path / "hostile.img"
+    _hostile_image(image, [("40000", "..", inner)])
+    mnt = _empty_dir(tmp_path)
+    proc = mounts.foreground(image, mnt, "--mode", "light")
+    for _ in range(2):  # said once
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.EIO
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 0
+    reasons = [line for line in err.splitlines() if "damaged image" in line]
+    assert len(reasons) == 1 and "illegal name" in reasons[0], err
+    assert "Traceback" not in err
+
+
 def test_hostile_links_are_shown_as_stored_and_never_followed_inside(tmp_path, mounts):
     outside = tmp_path / "outside.txt"
     outside.write_text("secret\n")
