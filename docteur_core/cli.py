@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "docteur_core.reader.extract",
     "docteur_core.verify.command",
     "docteur_core.serve.command",
+    "docteur_core.mount.command",
     "docteur_core.boot.command",
     "docteur_core.demo.command",
 ]

@@ -160,6 +160,7 @@ class Image:
         self._trees_limit = _PARSED_ENTRIES
         self._trees_entries = 0
         self.path_index = path_index  # a reader.pathindex.PathIndex, or None
+        self._partial = None  # a reader.partial.PartialReads, made by get_partial
         sup = None if path_index is None else path_index.sup
         if mode == "fast" and sup is None:
             store.load_index()
@@ -554,9 +555,21 @@ class Image:
         return self.store.stream_object(node.id, write, "blob", node.offset)
 
     def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the end). A large file stored
+        whole is inflated only as far as needed, from where the last read
+        of it stopped, never held (at any size); see reader/partial.py."""
         if offset < 0 or length < 0:
             raise ValueError(f"negative offset or length ({offset}, {length})")
-        return self.get(path)[offset:offset + length]
+        node = self._lookup(path)
+        if node.mode == obj.MODE_DIR:
+            raise NotAFile(f"/{node.path} is a directory")
+        if node.mode == obj.MODE_GITLINK:
+            raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
+        if self._partial is None:
+            from .partial import PartialReads  # only readers at offsets pay for it
+
+            self._partial = PartialReads(self.store)
+        return self._partial.read(node.id, node.offset, offset, length, lambda: self.get(path))
 
     def list(self, path: str | bytes = "") -> list[tuple[str, str]]:
         """(name, kind) of a directory's entries, in git's order."""

@@ -1,0 +1,186 @@
+"""Bytes at an offset of a file, without inflating all of it each time.
+
+`Image.get_partial` answers reads at any offset (a FUSE mount's `read`, a
+guest's range read). Git stores an object either whole (one zlib stream) or
+as a delta against another:
+
+- A file stored whole and larger than STREAM_THRESHOLD (16 MiB; every file
+  over 512 MiB is stored whole) is never held: a `Cursor` inflates its
+  stream as far as the read needs and stays there, so sequential reads
+  cost one inflate of the file in all. A read behind the cursor restarts
+  from the nearest checkpoint: a copy of the inflate state taken every
+  CHECKPOINT_EVERY bytes of output (at most MAX_CHECKPOINTS of them, each
+  about 50 KiB: zlib's window and the input block it was in), so a
+  random read inflates at most that much. The last CURSORS files read
+  keep theirs. zlib checks the stream as it goes; the entry's CRC-32 (the
+  IDX's) is checked when a cursor reaches the end of the stream (`docteur
+  verify` checks every byte).
+- Anything else is built whole, within the reader's limits
+  (`max_object_size`, `max_lookup_bytes`, format/limits.py), and sliced.
+  The store's LRU keeps objects up to half its size (32 MiB by default);
+  the last larger one built (a delta-encoded file up to `max_object_size`,
+  512 MiB) is kept here, so reading it in 128 KiB pieces builds it once.
+  Memory is then bounded by that limit.
+
+Standard library only, like the rest of the reader.
+"""
+
+from __future__ import annotations
+
+import zlib
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..errors import DamagedImage
+from ..format.limits import INFLATE_STEP, STREAM_THRESHOLD
+from ..format.pack import BASE_TYPES, TYPE_NAMES
+
+# Compressed bytes read per step by a cursor: a checkpoint holds one.
+INPUT_STEP = 16 << 10
+CHECKPOINT_EVERY = 4 << 20
+MAX_CHECKPOINTS = 128
+CURSORS = 4
+
+
+class Inflater:
+    """The resumable inflate of one entry stored whole, `INFLATE_STEP`
+    bytes of output at a time; `copy()` is a checkpoint."""
+
+    __slots__ = ("store", "size", "crc", "where", "z", "data", "tail", "at", "produced",
+                 "running", "done")
+
+    def __init__(self, store, pos: int, eh, buf: bytes, crc: int | None, where) -> None:
+        self.store, self.size, self.crc, self.where = store, eh.size, crc, where
+        self.z = zlib.decompressobj()
+        hl = eh.header_len
+        self.data = memoryview(buf)[hl:]
+        self.tail = self.data
+        self.at = pos + len(buf)
+        self.produced = 0
+        self.running = zlib.crc32(memoryview(buf)[:hl])
+        self.done = False
+
+    def copy(self) -> "Inflater":
+        other = Inflater.__new__(Inflater)
+        for name in Inflater.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.z = self.z.copy()
+        return other
+
+    def next_chunk(self) -> bytes:
+        """The next bytes of output; b"" once the stream has ended."""
+        z = self.z
+        try:
+            while not self.done:
+                if len(self.tail):
+                    out = z.decompress(self.tail, INFLATE_STEP)
+                    self.tail = z.unconsumed_tail
+                    self.produced += len(out)
+                    if self.produced > self.size:
+                        raise DamagedImage(f"inflates to more than the declared {self.size} "
+                                           "bytes", self.where)
+                    if z.eof:
+                        self._finish()
+                    if out:
+                        return out
+                    continue
+                # All of `data` went in: fetch the next block of the stream.
+                self.running = zlib.crc32(self.data, self.running)
+                want = min(INPUT_STEP, self.store.pack_end - self.at)
+                if want <= 0:
+                    raise DamagedImage("zlib stream runs past the end of the pack", self.where)
+                more = self.store.pread(self.at, want)
+                if not more:
+                    raise DamagedImage("zlib stream is truncated", self.where)
+                self.at += len(more)
+                self.data = self.tail = memoryview(more)
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", self.where) from None
+        return b""
+
+    def _finish(self) -> None:
+        used = len(self.data) - len(self.z.unused_data)
+        self.running = zlib.crc32(self.data[:used], self.running)
+        self.done = True
+        if self.produced != self.size:
+            raise DamagedImage(f"inflates to {self.produced} bytes, {self.size} declared",
+                               self.where)
+        if self.crc is not None and self.running != self.crc:
+            raise DamagedImage(f"entry CRC-32 {self.running:08x} is not the IDX's "
+                               f"{self.crc:08x}", self.where)
+
+
+class Cursor:
+    """Reads at any offset of one entry stored whole (see the module doc)."""
+
+    def __init__(self, start: Inflater) -> None:
+        self.size = start.size
+        self.every = max(CHECKPOINT_EVERY, -(-self.size // MAX_CHECKPOINTS))
+        self.checkpoints: list[tuple[int, Inflater]] = [(0, start.copy())]
+        self.inflater = start
+        self.pos = 0          # output offset of `chunk`
+        self.chunk = b""
+        self.inflated = 0     # bytes of output inflated, restarts included (measures)
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        # Behind the cursor, or a checkpoint nearer than the cursor: from there.
+        at, state = self.checkpoints[bisect_right(self.checkpoints, offset,
+                                                  key=lambda c: c[0]) - 1]
+        if offset < self.pos or at > self.pos + len(self.chunk):
+            self.inflater, self.pos, self.chunk = state.copy(), at, b""
+        parts = []
+        while True:
+            chunk_end = self.pos + len(self.chunk)
+            if offset < chunk_end:
+                parts.append(self.chunk[max(offset - self.pos, 0):end - self.pos])
+            if end <= chunk_end:
+                return b"".join(parts)
+            self.pos = chunk_end
+            self.chunk = self.inflater.next_chunk()
+            if not self.chunk:  # cannot be: the size was checked at the end
+                raise DamagedImage("zlib stream ends early", self.inflater.where)
+            self.inflated += len(self.chunk)
+            done = self.inflater.produced
+            if done - self.checkpoints[-1][0] >= self.every and done < self.size:
+                self.checkpoints.append((done, self.inflater.copy()))
+
+
+class PartialReads:
+    """Cursors of the last files stored whole that were read, and the last
+    large object built; one per `Image` (not thread-safe, like it)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.cursors: OrderedDict[bytes, Cursor] = OrderedDict()
+        self.big: tuple[bytes, bytes] | None = None
+
+    def read(self, oid: bytes, offset_hint: int | None, offset: int, length: int,
+             whole: Callable[[], bytes]) -> bytes:
+        """`length` bytes at `offset` of blob `oid`; `whole()` builds it
+        whole when it is not a large entry stored whole."""
+        cursor = self.cursors.get(oid)
+        if cursor is not None:
+            self.cursors.move_to_end(oid)
+            return cursor.read(offset, length)
+        big = self.big
+        if big is not None and big[0] == oid:
+            return big[1][offset:offset + length]
+        store = self.store
+        pos, crc, where, eh, buf = store._whole_entry(oid, offset_hint)
+        if (eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and not store.verify
+                and pos not in store._cache):
+            typ = TYPE_NAMES[eh.type]
+            if typ != "blob":
+                raise DamagedImage(f"object {oid.hex()} is a {typ}, a blob was expected", where)
+            cursor = self.cursors[oid] = Cursor(Inflater(store, pos, eh, buf, crc, where))
+            while len(self.cursors) > CURSORS:
+                self.cursors.popitem(last=False)
+            return cursor.read(offset, length)
+        data = whole()
+        if len(data) > store.cache_bytes // 2:  # the store does not keep it
+            self.big = (oid, data)
+        return data[offset:offset + length]
