@@ -258,3 +258,133 @@ def test_device_reads_match_the_file_for_any_aligned_span(origin):
             assert dev.read(off, n) == data[off:off + n]
     with pytest.raises(RemoteError, match="read after close"):
         dev.read(0, 512)
+
+
+# -- docteur serve URL: nbdkit's curl plugin and cache filter ----------------------
+
+
+class Served:
+    """`docteur serve -f --unix SOCK URL ...` for the time of a test."""
+
+    def __init__(self, url: str, sock: Path, *extra) -> None:
+        self.sock = sock
+        self.uri = f"nbd+unix:///?socket={sock}"
+        self.proc = subprocess.Popen([*DOCTEUR, "serve", "-f", "--unix", sock, *extra, url],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        # the URI on stdout means nbdkit listens
+        line = self.proc.stdout.readline().decode().strip()
+        if line != self.uri:
+            self.stop()
+            raise AssertionError(f"serve said {line!r}: {self.proc.stderr.read().decode()}")
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            _out, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            _out, err = self.proc.communicate()
+        return err.decode()
+
+
+def test_serve_url_copies_and_reads_as_the_local_image(origin, tmp_path):
+    import json
+
+    server, image = origin
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    served = Served(f"{server.url}/image.img", tmp_path / "s.sock", "--cache-dir", cache_dir,
+                    "--cache-size", "64M")
+    try:
+        copy = tmp_path / "copy.img"
+        done = subprocess.run(["nbdcopy", served.uri, copy], capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert copy.read_bytes() == image.read_bytes()
+        for args in (("ls", "-r", "@", "/"), ("cat", "@", "/random.bin"), ("info", "@")):
+            cut = args.index("@")
+            local = docteur(*args[:cut], image, *args[cut + 1:])
+            remote = docteur(*args[:cut], served.uri, *args[cut + 1:])
+            assert (remote.returncode, remote.stdout) == (0, local.stdout)
+        info = json.loads(subprocess.run(["nbdinfo", "--json", served.uri], capture_output=True,
+                                         check=True, timeout=60).stdout)
+        commit = json.loads(docteur("info", "--json", image).stdout)["commit"]
+        assert f"docteur image: commit {commit}" in info["exports"][0]["description"]
+        # nbdkit's cache file lives in --cache-dir (unlinked at once, held open)
+        pids = subprocess.run(["pgrep", "-P", str(served.proc.pid), "nbdkit"],
+                              capture_output=True, text=True).stdout.split()
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for pid in pids
+                for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert any(h.startswith(str(cache_dir)) for h in held), held
+    finally:
+        err = served.stop()
+    assert "Traceback" not in err
+    assert not served.sock.exists()
+
+
+def test_serve_url_check_reads_a_few_kib_not_the_image(origin, tmp_path):
+    server, image = origin
+    before = len(server.log_lines())
+    served = Served(f"{server.url}/image.img", tmp_path / "s.sock")
+    try:
+        checked = [sent for _s, sent, _r, _g in server.log_lines()[before:]]
+    finally:
+        served.stop()
+    assert sum(checked) < 64 << 10 < image.stat().st_size
+
+
+@pytest.mark.parametrize("where,words", [
+    ("/nothing.img", "no such object at the origin (HTTP 404)"),
+    ("/norange/image.img", "ignores range requests"),
+    ("/denied/image.img", "access denied (HTTP 403"),
+])
+def test_serve_url_refuses_in_one_line(origin, tmp_path, where, words):
+    server, _image = origin
+    proc = docteur("serve", "--unix", tmp_path / "s.sock", f"{server.url}{where}")
+    line = one_line(proc)
+    assert line.startswith("docteur serve: ") and words in line, line
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_serve_url_refuses_what_is_not_an_image(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "junk.img").write_bytes(os.urandom(8192))
+    with Nginx(root) as server:
+        line = one_line(docteur("serve", "--unix", tmp_path / "s.sock",
+                                f"{server.url}/junk.img"))
+    assert "damaged image" in line or "image" in line, line
+
+
+def test_serve_url_pins_the_checked_object(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    for seed in (1, 2):
+        src = make_source(tmp_path / f"src{seed}", seed=seed)
+        made = subprocess.run([*DOCTEUR, "make", src, root / f"v{seed}.img"], capture_output=True)
+        assert made.returncode == 0
+    shutil.copyfile(root / "v1.img", root / "current.img")
+    with Nginx(root) as server:
+        served = Served(f"{server.url}/current.img", tmp_path / "s.sock", "--no-cache")
+        try:
+            assert docteur("cat", served.uri, "/README.txt").stdout == \
+                b"docteur plugin test tree 1\n"
+            os.replace(root / "v2.img", root / "current.img")
+            st = (root / "current.img").stat()
+            os.utime(root / "current.img", (st.st_atime, st.st_mtime + 10))
+            got = docteur("cat", served.uri, "/README.txt")
+            assert got.returncode != 0 and got.stdout == b""
+        finally:
+            served.stop()
+        assert 412 in {s for s, _n, _r, _g in server.log_lines()}
+
+
+@pytest.mark.slow
+def test_boot_url_reads_a_file_in_a_guest(origin):
+    server, image = origin
+    proc = subprocess.run([*DOCTEUR, "boot", f"{server.url}/image.img", "cat",
+                           "/docs/deep/er/note.txt"], capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == b"seed 11\n"
+    assert any(r.startswith("GET /image.img") for _s, _n, r, _g in server.log_lines())
