@@ -13,7 +13,8 @@ Locations (all serve the same `root` folder):
     /denied/     403
     /loop/       a redirect to itself (a loop)
     /hop/NAME    a 302 to /NAME (one redirect, then ranges)
-The access log has one line per request: status, bytes sent, range.
+The access log has one line per request: status, bytes sent, request,
+range, user agent.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
-    log_format fleet '$status $body_bytes_sent "$request" "$http_range"';
+    log_format fleet '$status $body_bytes_sent "$request" "$http_range" "$http_user_agent"';
     access_log {prefix}/access.log fleet;
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
@@ -145,16 +146,22 @@ class Nginx:
             self._tmp.cleanup()
             self._tmp = None
 
-    def log_lines(self) -> list[tuple[int, int, str, str]]:
-        """(status, bytes sent, request line, Range header) per request so far."""
+    def log_records(self) -> list[tuple[int, int, str, str, str]]:
+        """(status, bytes sent, request line, Range header, User-Agent) per
+        request so far ("-" for an absent header)."""
+        import re
+
         out = []
         if not self.access_log.exists():
             return out
         for line in self.access_log.read_text().splitlines():
-            status, sent, rest = line.split(" ", 2)
-            request, _, rng = rest.rpartition(" ")
-            out.append((int(status), int(sent), request.strip('"'), rng.strip('"')))
+            m = re.fullmatch(r'(\d+) (\d+) "(.*)" "(.*)" "(.*)"', line)
+            out.append((int(m[1]), int(m[2]), m[3], m[4], m[5]))
         return out
+
+    def log_lines(self) -> list[tuple[int, int, str, str]]:
+        """(status, bytes sent, request line, Range header) per request so far."""
+        return [record[:4] for record in self.log_records()]
 
     def __enter__(self) -> "Nginx":
         return self.start()
