@@ -58,7 +58,16 @@ http {{
         location /loop/ {{ return 302 /loop/again; }}
         location ~ ^/hop/(.*)$ {{ return 302 /$1$is_args$args; }}
     }}
-}}
+{tls_server}}}
+"""
+
+TLS_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {prefix}/cert.pem;
+        ssl_certificate_key {prefix}/key.pem;
+        root {root};
+    }}
 """
 
 
@@ -71,8 +80,12 @@ def free_port() -> int:
 class Nginx:
     """nginx serving `root` on a free loopback port until `stop()`."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, tls: bool = False) -> None:
+        """`tls`: also serve https on `tls_port` with a self-signed
+        certificate for 127.0.0.1 (`cert`, for SSL_CERT_FILE)."""
         self.root = Path(root).resolve()
+        self.tls = tls
+        self.tls_port = 0
         self.proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.port = 0
@@ -82,6 +95,14 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def cert(self) -> Path:
+        return Path(self._tmp.name) / "cert.pem"
+
+    @property
     def access_log(self) -> Path:
         return Path(self._tmp.name) / "access.log"
 
@@ -89,14 +110,24 @@ class Nginx:
         self._tmp = tempfile.TemporaryDirectory(prefix="docteur-nginx-")
         prefix = Path(self._tmp.name)
         try:
+            if self.tls:
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                "-days", "2", "-subj", "/CN=127.0.0.1",
+                                "-addext", "subjectAltName=IP:127.0.0.1",
+                                "-keyout", str(prefix / "key.pem"),
+                                "-out", str(prefix / "cert.pem")],
+                               check=True, capture_output=True)
             for _attempt in range(5):
                 self.port = free_port()
+                self.tls_port = free_port() if self.tls else 0
+                tls_server = (TLS_SERVER.format(port=self.tls_port, prefix=prefix,
+                                                root=self.root) if self.tls else "")
                 conf = prefix / "nginx.conf"
                 # as root, nginx's workers would drop to `nobody`, who cannot read
                 # the test's temporary folders
                 user = "user root;\n" if os.geteuid() == 0 else ""
                 conf.write_text(CONFIG.format(prefix=prefix, port=self.port, root=self.root,
-                                              user=user))
+                                              user=user, tls_server=tls_server))
                 errors = open(prefix / "stderr", "w+b")
                 self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix)],
                                              stdin=subprocess.DEVNULL, stdout=errors,

@@ -388,3 +388,14 @@ def test_boot_url_reads_a_file_in_a_guest(origin):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout == b"seed 11\n"
     assert any(r.startswith("GET /image.img") for _s, _n, r, _g in server.log_lines())
+
+
+def test_https_reads_with_the_system_trust_and_refuses_an_unknown_certificate(origin, tmp_path):
+    _server, image = origin
+    with Nginx(image.parent, tls=True) as server:
+        url = f"{server.tls_url}/image.img"
+        local = docteur("ls", "-r", image, "/")
+        trusted = docteur("ls", "-r", url, "/", env={"SSL_CERT_FILE": str(server.cert)})
+        assert (trusted.returncode, trusted.stdout) == (0, local.stdout), trusted.stderr
+        line = one_line(docteur("ls", url, "/"))
+    assert line.startswith(f"docteur ls: {url}: TLS failed") and "certificate" in line, line
