@@ -399,3 +399,31 @@ def test_https_reads_with_the_system_trust_and_refuses_an_unknown_certificate(or
         assert (trusted.returncode, trusted.stdout) == (0, local.stdout), trusted.stderr
         line = one_line(docteur("ls", url, "/"))
     assert line.startswith(f"docteur ls: {url}: TLS failed") and "certificate" in line, line
+
+
+def test_the_curl_command_line_pins_describes_and_bounds_the_cache(tmp_path):
+    from docteur_core.blockdev.http_range import Validator
+    from docteur_core.serve.nbdkit import Listen
+    from docteur_core.serve.remote import RemoteImage, cache_env, curl_command, pin_header
+
+    image = RemoteImage("https://b.example/c.img?sig=a%2Bb", 2 << 30, "c" * 40, "d" * 40,
+                        pin_header(Validator('"e"')), 0, 0)
+    argv = curl_command(image, Listen(unix=tmp_path / "s"), cache_size="auto")
+    assert argv[:2] == ["nbdkit", "--readonly"]
+    assert argv.index("--filter=exportname") < argv.index("--filter=cache") < argv.index("curl")
+    assert "url=https://b.example/c.img?sig=a%2Bb" in argv
+    assert 'header=If-Match: "e"' in argv and "protocols=http,https" in argv
+    assert f"exportdesc=fixed:docteur image: commit {'c' * 40} tree {'d' * 40}" in argv
+    assert "cache-max-size=1024M" in argv  # auto: 1G for an image over 1G
+    assert "--filter=cache" not in curl_command(image, Listen(), cache_size=None)
+    assert pin_header(Validator(None, 'W/"x"', "Tue, 01 Dec 2026 10:00:00 GMT")) == \
+        "If-Unmodified-Since: Tue, 01 Dec 2026 10:00:00 GMT"
+    assert pin_header(Validator()) is None
+    assert cache_env(tmp_path)["TMPDIR"] == str(tmp_path) and cache_env(None) is None
+
+
+def test_serve_refuses_a_missing_cache_dir_in_one_line(origin, tmp_path):
+    server, _image = origin
+    line = one_line(docteur("serve", "--unix", tmp_path / "s.sock", "--cache-dir",
+                            tmp_path / "absent", f"{server.url}/image.img"))
+    assert "--cache-dir" in line and "no such folder" in line
