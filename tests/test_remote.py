@@ -236,10 +236,23 @@ def test_nothing_listening_is_one_line():
     assert f"cannot reach 127.0.0.1 port {port}" in line
 
 
-def test_bad_timeout_setting_is_one_line():
-    line = one_line(docteur("ls", "http://127.0.0.1:9/x.img", "/",
-                            env={"DOCTEUR_HTTP_CONNECT_TIMEOUT": "soon"}))
-    assert "DOCTEUR_HTTP_CONNECT_TIMEOUT" in line
+@pytest.mark.parametrize("name,value", [("DOCTEUR_HTTP_CONNECT_TIMEOUT", "soon"),
+                                        ("DOCTEUR_HTTP_READ_TIMEOUT", "-1"),
+                                        ("DOCTEUR_HTTP_CHUNK", "1000"),
+                                        ("DOCTEUR_HTTP_CHUNK", "64k")])
+def test_bad_settings_are_one_line(name, value):
+    line = one_line(docteur("ls", "http://127.0.0.1:9/x.img", "/", env={name: value}))
+    assert name in line
+
+
+def test_the_chunk_setting_bounds_what_a_miss_fetches(origin):
+    server, _image = origin
+    before = len(server.log_lines())
+    got = docteur("cat", f"{server.url}/image.img", "/README.txt",
+                  env={"DOCTEUR_HTTP_CHUNK": "4096"})
+    assert got.stdout == b"docteur plugin test tree 11\n"
+    sent = [n for _s, n, _r, _g in server.log_lines()[before:]]
+    assert sent and max(sent) <= 4096
 
 
 def test_device_reads_match_the_file_for_any_aligned_span(origin):

@@ -2,7 +2,7 @@
 
 `docteur ls https://bucket.example/COMMIT.img /` and `Image.open(url)` read
 only the bytes they need: each miss fetches at least `chunk` bytes (128 KiB
-by default; the bounded read-ahead) and keeps the last `keep_bytes` (4 MiB)
+by default, $DOCTEUR_HTTP_CHUNK; the bounded read-ahead) and keeps the last `keep_bytes` (4 MiB)
 of chunks, behind the usual sector cache. What a response means is decided
 in `http_range.py` (pure); this module only talks to the socket.
 
@@ -58,6 +58,23 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _env_chunk() -> int:
+    """$DOCTEUR_HTTP_CHUNK (bytes, a power of two from 512 to 16 MiB), else
+    DEFAULT_CHUNK: smaller wastes fewer bytes per miss, larger pays fewer
+    round trips to a distant origin."""
+    text = os.environ.get("DOCTEUR_HTTP_CHUNK")
+    if not text:
+        return DEFAULT_CHUNK
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 512 or value > 16 << 20 or value & (value - 1):
+        raise RemoteError(f"$DOCTEUR_HTTP_CHUNK={text!r} is not a power of two "
+                          "from 512 to 16777216")
+    return value
+
+
 class HttpDevice(_DeviceBase):
     """bytes of an object on an HTTP origin, fetched lazily by ranges.
 
@@ -68,13 +85,15 @@ class HttpDevice(_DeviceBase):
     """
 
     def __init__(self, url: str, block_size: int | None = None, *,
-                 chunk: int = DEFAULT_CHUNK, keep_bytes: int = DEFAULT_KEEP_BYTES,
+                 chunk: int | None = None, keep_bytes: int = DEFAULT_KEEP_BYTES,
                  connect_timeout: float | None = None,
                  read_timeout: float | None = None) -> None:
         self.url = url
         self._target: Target = parse_url(url)
         self.block_size = check_block_size(block_size if block_size is not None
                                            else DEFAULT_BLOCK_SIZE)
+        if chunk is None:
+            chunk = _env_chunk()
         self.chunk = max(check_block_size(chunk), self.block_size)
         self.max_chunks = max(2, keep_bytes // self.chunk)
         self.connect_timeout = connect_timeout or _env_seconds(

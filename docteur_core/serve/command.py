@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     filter keeps them in --cache-dir (bounded by --cache-size). The check
     before serving cannot hash the whole image without downloading it, so
     for a URL --verify quick reads only the header, the IDX's head and the
-    commit object (SHA-1 checked): a few KiB. --verify full downloads and
-    verifies everything once. The object's ETag (else Last-Modified) is
+    commit object (SHA-1 checked): a few KiB. --verify full runs `docteur
+    verify` over HTTP (about twice the image downloaded). The object's ETag (else Last-Modified) is
     pinned: nbdkit sends it with every request (If-Match), so an object
     replaced at the origin makes reads fail rather than mix two images.
     The export's description names the commit.
