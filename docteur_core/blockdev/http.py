@@ -1,7 +1,7 @@
 """An image on an HTTP(S) origin, read with range requests: a BlockDevice.
 
 `docteur ls https://bucket.example/COMMIT.img /` and `Image.open(url)` read
-only the bytes they need: each miss fetches at least `chunk` bytes (128 KiB
+only the bytes they need: each miss fetches at least `chunk` bytes (64 KiB
 by default, $DOCTEUR_HTTP_CHUNK; the bounded read-ahead) and keeps the last `keep_bytes` (4 MiB)
 of chunks, behind the usual sector cache. What a response means is decided
 in `http_range.py` (pure); this module only talks to the socket.
@@ -35,7 +35,7 @@ from .block import DEFAULT_BLOCK_SIZE, _DeviceBase, check_aligned, check_block_s
 from .http_range import (MAX_REDIRECTS, Partial, Redirect, RemoteError, Target, Validator,
                          fetch_span, judge, parse_url, request_headers)
 
-DEFAULT_CHUNK = 128 << 10
+DEFAULT_CHUNK = 64 << 10
 DEFAULT_KEEP_BYTES = 4 << 20
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
