@@ -152,7 +152,7 @@ def curl_command(image: RemoteImage, listen: Listen, *, cache_size: str | None =
     if cache_size is not None:
         argv.append("--filter=cache")
     argv += ["curl", f"url={image.url}", "protocols=http,https", f"timeout={timeout}",
-             f"user-agent=docteur-serve"]
+             "user-agent=docteur-serve"]
     if image.pin_header:
         argv.append(f"header={image.pin_header}")
     argv.append(f"exportdesc=fixed:{image.description}")
