@@ -1,8 +1,8 @@
 """Turn what a user typed (a path or an NBD URI) into a cached block device.
 
 The command line, the guest entry point and `verify` all accept either an
-image file / raw device or an `nbd://` / `nbd+unix://` URI; this is the one
-place that tells them apart. The NBD client (asyncio) is imported only when
+image file / raw device, an `nbd://` / `nbd+unix://` URI or an `http(s)://`
+URL (blockdev/http.py); this is the one place that tells them apart. The NBD client (asyncio) is imported only when
 an URI is given, so opening a file stays cheap in a minimal guest.
 """
 
@@ -23,12 +23,16 @@ def open_raw_device(spec: str, block_size: int | None = None) -> BlockDevice:
         from .nbd_client import NbdDevice
 
         return NbdDevice(spec, block_size=block_size)
+    if spec[:6].lower().startswith(("http:", "https:")):
+        from .http import HttpDevice
+
+        return HttpDevice(spec, block_size=block_size)
     return FileDevice(spec, block_size=block_size)
 
 
 def open_device(spec: str, block_size: int | None = None, *,
                 cache_blocks: int | None = None, readahead: int = 0) -> SectorCache:
-    """A path or an NBD URI, opened read-only, behind a sector cache.
+    """A path, an NBD URI or an http(s) URL, opened read-only, behind a sector cache.
 
     No readahead by default: `ByteReader` already turns sequential reads
     into growing windows, and random probes should cost one sector each.

@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     The exit status is the first non-zero status of the guest's commands.
     The kernel and the initramfs are built on first use (docteur_core/boot/guest_image.py).
     """
-    parser.add_argument("target", metavar="IMAGE_OR_NBD_URI",
-                        help="an image file (served with nbdkit for the boot) or an NBD URI")
+    parser.add_argument("target", metavar="IMAGE_OR_URI",
+                        help="an image file (served with nbdkit for the boot), an NBD URI, "
+                             "or an http(s):// URL (served by nbdkit's curl plugin)")
     _add_options(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="VERB [ARGS...]",
                         help="what the guest runs: cat PATH, ls [PATH], stat PATH, tree "

@@ -303,7 +303,8 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
 def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
          server: str = "docteur", accel: str = "tcg", timeout: float = DEFAULT_TIMEOUT,
          memory: int = 256, log: Log = _quiet, cache: Path | None = None) -> BootResult:
-    """Boot a guest on `target` (an image file or an NBD URI), run `commands`.
+    """Boot a guest on `target` (an image file, an NBD URI or an http(s) URL
+    served by nbdkit's curl plugin for the boot), run `commands`.
 
     Each command is the Python argument list to run in the guest (see
     `reader_command`). Serves an image with nbdkit (`server`: "docteur" for
@@ -314,8 +315,10 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
         raise BootError("nothing to run in the guest")
     append = kernel_append(commands)
     target_text = str(target)
-    uri_drive = drive_option(parse_nbd_uri(target_text)) if "://" in target_text else None
-    if uri_drive is None and not Path(target_text).is_file():
+    remote = target_text[:6].lower().startswith(("http:", "https:"))
+    uri_drive = (drive_option(parse_nbd_uri(target_text))
+                 if "://" in target_text and not remote else None)
+    if uri_drive is None and not remote and not Path(target_text).is_file():
         what = "is a directory, not an image" if Path(target_text).is_dir() else "no such image file"
         raise BootError(f"{target_text}: {what}")
     guest = prepare_guest(log, cache)
@@ -327,13 +330,18 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
             drive = uri_drive
             log(f"using the NBD export {target_text}")
         else:
-            nbd = image_server(Path(target_text), server)
+            if remote:  # nbdkit's curl plugin, the image checked by range reads first
+                from ..serve.remote import remote_server
+                nbd = remote_server(target_text)
+            else:
+                nbd = image_server(Path(target_text), server)
             try:
                 nbd.start()
             except ServeError as exc:
                 raise BootError(f"nbdkit could not serve {target_text}: {exc}") from None
             drive = drive_option(parse_nbd_uri(nbd.uri))
-            plugin = "the docteur plugin" if server == "docteur" else "nbdkit's file plugin"
+            plugin = ("nbdkit's curl plugin" if remote else
+                      "the docteur plugin" if server == "docteur" else "nbdkit's file plugin")
             log(f"serving {target_text} with {plugin} on {nbd.uri}")
         log(f"booting the guest ({accel}, {len(commands)} command"
             f"{'' if len(commands) == 1 else 's'})")

@@ -32,12 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     the image is pinned: replacing the file (mv new.img disk.img) makes new
     clients fail until a restart; with --no-cache a replacement is served to
     new clients (and checked first). A folder is served without the cache.
+
+    A URL (http:// or https://, presigned query strings kept as they are):
+    nbdkit's curl plugin fetches only the ranges clients read, its cache
+    filter keeps them in --cache-dir (bounded by --cache-size). The check
+    before serving cannot hash the whole image without downloading it, so
+    for a URL --verify quick reads only the header, the IDX's head and the
+    commit object (SHA-1 checked): a few KiB. --verify full runs `docteur
+    verify` over HTTP (about twice the image downloaded). The object's ETag (else Last-Modified) is
+    pinned: nbdkit sends it with every request (If-Match), so an object
+    replaced at the origin makes reads fail rather than mix two images.
+    The export's description names the commit.
     """
     from .nbdkit import DEFAULT_CACHE_SIZE, DEFAULT_IP, DEFAULT_PORT, VERIFY_LEVELS
 
-    parser.add_argument("target", metavar="IMAGE_OR_DIR",
-                        help="an image file, or a folder whose *.img files become exports "
-                             "named without .img")
+    parser.add_argument("target", metavar="IMAGE_OR_DIR_OR_URL",
+                        help="an image file, a folder whose *.img files become exports "
+                             "named without .img, or an http(s):// URL of an image (served "
+                             "lazily by nbdkit's curl plugin)")
     where = parser.add_argument_group("where it listens")
     where.add_argument("--ip", default=DEFAULT_IP, metavar="ADDR",
                        help=f"address to bind (default {DEFAULT_IP}: this machine only; "
@@ -59,7 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_CACHE_SIZE}: the image's size, at most 1G; a bound "
                              "below the image's size costs speed)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="no cache filter: every read enters the Python plugin")
+                        help="no cache filter: every read enters the Python plugin "
+                             "(for a URL: goes to the origin)")
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+                        help="folder of nbdkit's cache file (default $TMPDIR, else /var/tmp); "
+                             "one per server: the file is deleted when nbdkit exits")
 
 
 def _port(text: str) -> int:
@@ -96,25 +112,44 @@ def _stale_socket(path: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .nbdkit import Listen, Server, ServeError, command, serve_in_background
 
-    target = Path(args.target)
-    if not target.exists():
-        raise ServeError(f"{target}: no such image or folder")
+    from ..blockdev.http_range import is_http_url, shown
+    from .remote import cache_env, check_cache_dir
+
+    cache = None if args.no_cache else args.cache_size
+    env = cache_env(check_cache_dir(args.cache_dir))
+    if is_http_url(args.target):
+        from .remote import check_remote, curl_command
+
+        image = check_remote(args.target, args.verify)
+        target = shown(args.target)
+        print(f"docteur serve: {target}: commit {image.commit_hex}, {image.size} bytes "
+              f"(checked with {image.requests} range requests, {image.bytes_read} bytes)"
+              + ("" if image.pin_header else "; the origin gives no ETag or Last-Modified: "
+                 "a replaced object cannot be detected"), file=sys.stderr, flush=True)
+
+        def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
+            return curl_command(image, listen, cache_size=cache, foreground=foreground,
+                                exit_with_parent=foreground, pidfile=pidfile)
+    else:
+        target = Path(args.target)
+        if not target.exists():
+            raise ServeError(f"{target}: no such image or folder")
+
+        def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
+            return command(target, listen, verify=args.verify, cache_size=cache,
+                           foreground=foreground, exit_with_parent=foreground, pidfile=pidfile)
+
     if args.unix is not None and args.unix.exists():
         if not _stale_socket(args.unix):
             raise ServeError(f"{args.unix} already exists (another server's socket?)")
         args.unix.unlink()
     listen = Listen(args.ip, args.port, args.unix)
-    cache = None if args.no_cache else args.cache_size
-
-    def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
-        return command(target, listen, verify=args.verify, cache_size=cache,
-                       foreground=foreground, exit_with_parent=foreground, pidfile=pidfile)
 
     if not args.foreground:
         with tempfile.TemporaryDirectory(prefix="docteur-serve-") as tmp:
             pidfile = args.pidfile or Path(tmp) / "nbdkit.pid"
             pidfile.unlink(missing_ok=True)  # a stale one would be read as the new pid
-            pid = serve_in_background(argv(listen, pidfile, foreground=False), listen)
+            pid = serve_in_background(argv(listen, pidfile, foreground=False), listen, env=env)
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri} (nbdkit pid {pid}; "
               f"stop it with `kill {pid}`)", file=sys.stderr)
@@ -124,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     # arrives ignored, as for `docteur serve -f &` in a script).
     previous = {sig: signal.signal(sig, _interrupt)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    server = Server(argv, listen)
+    server = Server(argv, listen, env=env)
     try:
         server.start()
         if args.pidfile is not None:

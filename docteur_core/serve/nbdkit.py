@@ -155,9 +155,12 @@ class Server:
     takes it first).
     """
 
-    def __init__(self, argv_for, listen: Listen, timeout: float = 60.0) -> None:
-        """`argv_for(listen, pidfile)` gives the command line to run."""
+    def __init__(self, argv_for, listen: Listen, timeout: float = 60.0,
+                 env: dict[str, str] | None = None) -> None:
+        """`argv_for(listen, pidfile)` gives the command line to run; `env`
+        nbdkit's environment (None: this one's)."""
         self.argv_for = argv_for
+        self.env = env
         self.listen = listen
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
@@ -190,7 +193,8 @@ class Server:
         pidfile = Path(self._tmp.name) / f"nbdkit-{time.monotonic_ns()}.pid"
         with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
             self.proc = children.start(self.argv_for(self.listen, pidfile), error=ServeError,
-                                       hint=PACKAGES, stdout=subprocess.DEVNULL, stderr=errors)
+                                       hint=PACKAGES, stdout=subprocess.DEVNULL, stderr=errors,
+                                       env=self.env)
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
                 if pidfile.exists() and pidfile.stat().st_size:
@@ -235,7 +239,8 @@ class Server:
         self.stop()
 
 
-def serve_in_background(argv: list[str], listen: Listen, timeout: float = 120.0) -> int:
+def serve_in_background(argv: list[str], listen: Listen, timeout: float = 120.0,
+                        env: dict[str, str] | None = None) -> int:
     """Run nbdkit as a daemon (`argv` without --foreground, with --pidfile,
     which must not exist yet); return its pid once it listens, or raise with
     nbdkit's reason.
@@ -247,7 +252,7 @@ def serve_in_background(argv: list[str], listen: Listen, timeout: float = 120.0)
     pidfile = Path(argv[argv.index("--pidfile") + 1])
     with tempfile.TemporaryFile() as errors:  # not a pipe: the daemon keeps it open
         proc = children.start(argv, error=ServeError, hint=PACKAGES, tied=False,
-                              stdout=subprocess.DEVNULL, stderr=errors)
+                              stdout=subprocess.DEVNULL, stderr=errors, env=env)
         try:
             status = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
