@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..format.layout import DEFAULT_BLOCK_SIZE, block_size_rule
+from ..progress import TerminalProgress as _TerminalProgress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,25 +101,6 @@ next build.
                              "fewer is faster and slightly bigger)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings")
-
-
-class _TerminalProgress:
-    """One status line on a terminal, rewritten in place."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.width = 0
-
-    def __call__(self, text: str) -> None:
-        text = text[:200]
-        self.stream.write("\r" + text + " " * max(0, self.width - len(text)))
-        self.stream.flush()
-        self.width = len(text)
-
-    def close(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
