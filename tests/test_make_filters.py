@@ -176,9 +176,9 @@ def test_repository_source_is_a_usage_error(tmp_path, options):
         proc = docteur("make", *options, source, tmp_path / "out.img")
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.decode().splitlines()
-        assert len(lines) == 1 and "only for a directory source" in lines[0], lines
+        assert len(lines) == 1 and "to a directory source only" in lines[0], lines
         assert not (tmp_path / "out.img").exists()
-    with pytest.raises(BuildError, match="only for a directory source"):
+    with pytest.raises(BuildError, match="applies to a directory source only"):
         make_image(repo, tmp_path / "out.img", gitignore=True)
 
 

@@ -113,9 +113,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     rules = None
     if excludes or gitignore:
         if src.kind != "directory":
-            raise BuildError(f"{src.display}: {ignore_options(excludes, gitignore)} "
-                             "only for a directory source (a repository's commit is "
-                             "stored as it is)")
+            raise BuildError(f"{src.display}: {filters_refusal(excludes, gitignore)} "
+                             "(a repository's commit is stored as it is)")
         from .ignore import Rules, exclude_patterns
         rules = Rules.make(exclude_patterns(excludes), gitignore)
     if src.kind == "directory":
@@ -218,10 +217,11 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                        bytes_in=bytes_in, deltas=deltas)
 
 
-def ignore_options(excludes: Sequence[str | bytes], gitignore: bool) -> str:
-    """The filter options given, as the user wrote them, for messages."""
-    return " and ".join((["--exclude"] if excludes else []) + (["--gitignore"] if gitignore
-                                                                 else []))
+def filters_refusal(excludes: Sequence[str | bytes], gitignore: bool) -> str:
+    """Why the filter options given cannot apply to a repository, for messages."""
+    given = (["--exclude"] if excludes else []) + (["--gitignore"] if gitignore else [])
+    return (f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} "
+            "to a directory source only")
 
 
 def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,

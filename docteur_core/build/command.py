@@ -61,10 +61,15 @@ regular file (a device such as /dev/null, a FIFO, a socket, a folder, a
 symbolic link) is refused. A file bigger than 4 GiB (the largest file
 docteur stores; readers stream whole files) is refused before any work.
 When IMAGE lies inside SOURCE, it and its temporary file are silently left
-out (so `docteur make . site.img` twice gives the same image). A build killed with SIGKILL takes
-its git and ssh processes with it; its temporary files
-($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by the
-next build.
+out (so `docteur make . site.img` twice gives the same image). A build
+killed with SIGKILL takes its git and ssh processes with it; its temporary
+files ($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by
+the next build.
+
+With --gitignore, the directory's .gitignore files leave out what `git add`
+(without --force) would leave out; --exclude adds patterns of your own.
+A summary line ends every build on stderr (files and bytes in, image
+bytes out and the ratio, objects and deltas, time), unless --quiet.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
@@ -121,14 +126,14 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from . import ignore_options, make_image
+    from . import filters_refusal, make_image
     from .source import classify
 
     if args.exclude or args.gitignore:
         # A usage error, not a build failure: these options mean nothing for a commit.
         if classify(args.source).kind != "directory":
-            print(f"docteur make: {ignore_options(args.exclude, args.gitignore)} "
-                  "only for a directory source, and SOURCE is a Git repository", file=sys.stderr)
+            print(f"docteur make: {filters_refusal(args.exclude, args.gitignore)}, and "
+                  f"{args.source} is a Git repository", file=sys.stderr)
             return 2
         from .ignore import exclude_patterns
         try:

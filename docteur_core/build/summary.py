@@ -1,11 +1,11 @@
 """The line `docteur make` ends with: bytes in, bytes out, ratio, objects, deltas, time.
 
-    site.img: 1,104 files, 9.2 MB in -> 254 KB out (2.8%), 3,450 objects (2,901 deltas), 4.1 s
+    req.img: 1,104 files, 8.6 MB in -> 341 KB out (4.0%), 432 objects (291 deltas), 2.5 s
 
 As mksquashfs ends with its ratio: what the build did, readable at a
 glance. The counts come from what was built (the scan's files, the pack's
 entries), not from git's progress text, so `--compress max` and repository
-sources report the same way. Sizes are decimal (kB = 1000 B), like the
+sources report the same way. Sizes are decimal (1 KB = 1000 B), like the
 status lines.
 """
 
