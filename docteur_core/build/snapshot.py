@@ -5,6 +5,9 @@
 - directories: 040000; an empty one becomes the empty tree so it still lists
   (git itself cannot record it, so this is the one place we differ);
 - sockets, FIFOs and devices are skipped with a warning;
+- with `--exclude` / `--gitignore`, what `git add` would leave out is left
+  out (see `ignore`), and a folder emptied by that too; IMAGE and its
+  temporary files, when they lie inside SOURCE, are never packed;
 - an entry named `.git` (any case) is skipped with a warning: git refuses
   such paths, and a nested repository's working files are kept as files.
 
@@ -84,6 +87,7 @@ class Snapshot:
         self._last = 0.0
         # folder path -> its entries (name, lstat, or stat through a link in compat)
         self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
+        self._folders: dict[bytes, _Folder] = {}  # the scan's folders, until listed
 
     def run(self, writer: PlainPackWriter) -> str:
         self.scan()
@@ -102,8 +106,8 @@ class Snapshot:
             root_st = os.stat(self.root)
         except OSError as exc:
             raise BuildError(f"{show(self.root)}: cannot read directory ({exc.strerror})") from None
-        top = _Folder(self.root, b"", self.rules)
-        stack = [(top, self._children(top, root_st, follow=True))]
+        top = self._folders[self.root] = _Folder(self.root, b"", self.rules)
+        stack = [(top, self._children(self.root, root_st, follow=True))]
         reals = [self.real_root]  # compat: the real folders on the stack, to refuse cycles
         entries = 0
         while stack:
@@ -120,9 +124,9 @@ class Snapshot:
                             raise self._refuse(child, "leads to a folder that contains it "
                                                "(a cycle)")
                         reals.append(real)
-                    sub = _Folder(child, folder.rel + b"/" + name if folder.rel else name,
-                                  folder.rules)
-                    stack.append((sub, self._children(sub, st, follow=False)))
+                    sub = self._folders[child] = _Folder(
+                        child, folder.rel + b"/" + name if folder.rel else name, folder.rules)
+                    stack.append((sub, self._children(child, st, follow=False)))
                     break
                 if stat.S_ISREG(mode):
                     self._check_size(child, st.st_size)
@@ -159,10 +163,11 @@ class Snapshot:
             raise BuildError(f"{show(path)}: {size} bytes, over the object size limit of "
                              f"{self.max_object_size} bytes (the largest file docteur stores)")
 
-    def _children(self, folder: "_Folder", st: os.stat_result, follow: bool):
-        """The entries of `folder`, which the scan saw as `st`, sorted by name,
-        without those the filters leave out."""
-        path = folder.path
+    def _children(self, path: bytes, st: os.stat_result, follow: bool):
+        """The entries of folder `path`, which the scan saw as `st`, sorted by
+        name, without those the filters leave out (its `_Folder`, in
+        `_folders`, gets the folder's .gitignore rules)."""
+        folder = self._folders.pop(path)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
         if not (follow or self.compat):
             flags |= os.O_NOFOLLOW
