@@ -232,5 +232,7 @@ def test_cli_prints_a_summary(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "docteur_core", "make", "--date", DATE,
                            str(SITE), str(tmp_path / "c.img")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # not a terminal: no progress
+    # Not a terminal: no progress, only the summary line (tests/test_make_summary.py).
+    assert "\r" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"{tmp_path / 'c.img'}: ")
     assert "objects, commit " in proc.stdout

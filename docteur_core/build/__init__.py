@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..format import layout
 from ..format.limits import MAX_FILE_SIZE
@@ -41,6 +41,9 @@ class BuildResult:
     kind: str = ""  # "directory", "repository" or "remote"
     source_commit: str = ""  # the repository's commit (differs from `commit` when
     # --compat ocaml rewrote the tree); a directory's: `commit`
+    files: int = 0  # regular files in the tree (a path each, duplicates included)
+    bytes_in: int = 0  # their total size: what the image compresses
+    deltas: int = 0  # PACK entries stored as deltas (of `objects`)
 
 
 def _stderr_warning(text: str) -> None:
@@ -55,7 +58,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                warn: Callable[[str], None] | None = None,
                compat: str | None = None, path_index: bool = True,
                max_object_size: int = MAX_FILE_SIZE, compress: str = "default",
-               zopfli_iterations: int | None = None) -> BuildResult:
+               zopfli_iterations: int | None = None,
+               excludes: Sequence[str | bytes] = (), gitignore: bool = False) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -75,6 +79,11 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     `compress="max"`: after the delta search, every entry's zlib stream is
     re-encoded with zopfli (`zopfli_iterations`, default 15) where that is
     shorter (see `recompress`); needs the `max` extra.
+    `excludes` (gitignore patterns, ranked as .git/info/exclude) and
+    `gitignore=True` (honour the directory's .gitignore files) leave out
+    what `git add` would (see `ignore`); directory sources only.
+    OUTPUT, and its temporary file, are never packed when they lie inside a
+    directory source.
     """
     from . import compat as compat_mod
     from . import identity
@@ -101,6 +110,13 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     warn = warn or _stderr_warning
     if author is not None:
         identity.parse_author(author)  # an empty email is refused whatever the source
+    rules = None
+    if excludes or gitignore:
+        if src.kind != "directory":
+            raise BuildError(f"{src.display}: {filters_refusal(excludes, gitignore)} "
+                             "(a repository's commit is stored as it is)")
+        from .ignore import Rules, exclude_patterns
+        rules = Rules.make(exclude_patterns(excludes), gitignore)
     if src.kind == "directory":
         if branch is not None:
             raise BuildError(f"{src.display}: --branch needs a Git repository, "
@@ -124,7 +140,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     if src.kind == "directory":
         # Everything is listed and checked (sizes, kinds) before any work.
         snapshot = Snapshot(src.location, warn, progress, compat=compat,
-                            max_object_size=max_object_size)
+                            max_object_size=max_object_size, rules=rules, output=image)
         snapshot.scan()
 
     with scratch_dir() as tmp:
@@ -181,6 +197,12 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
         with open(idx_path, "rb") as f:
             f.seek(layout.IDX_HEADER_SIZE + 255 * 4)
             objects = int.from_bytes(f.read(4), "big")
+        from .summary import count_deltas, tree_files
+        deltas = count_deltas(pack_path, idx_path)
+        if src.kind == "directory":
+            files, bytes_in = snapshot.files, snapshot.bytes
+        else:
+            files, bytes_in = tree_files(repo, tree)
         tail = None
         if path_index:
             from .pathindex import build_region
@@ -191,7 +213,15 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
         size = write_image(image, bytes.fromhex(commit), pack_path, idx_path, block_size,
                            progress, tail=tail)
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
-                       kind=src.kind, source_commit=source_commit)
+                       kind=src.kind, source_commit=source_commit, files=files,
+                       bytes_in=bytes_in, deltas=deltas)
+
+
+def filters_refusal(excludes: Sequence[str | bytes], gitignore: bool) -> str:
+    """Why the filter options given cannot apply to a repository, for messages."""
+    given = (["--exclude"] if excludes else []) + (["--gitignore"] if gitignore else [])
+    return (f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} "
+            "to a directory source only")
 
 
 def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import BuildError
 from ..format.layout import DEFAULT_BLOCK_SIZE, block_size_rule
+from ..progress import TerminalProgress as _TerminalProgress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +59,17 @@ IMAGE is written atomically: a failed or interrupted build leaves no
 IMAGE, and an existing IMAGE untouched. An existing IMAGE that is not a
 regular file (a device such as /dev/null, a FIFO, a socket, a folder, a
 symbolic link) is refused. A file bigger than 4 GiB (the largest file
-docteur stores; readers stream whole files) is refused before any work. A build killed with SIGKILL takes
-its git and ssh processes with it; its temporary files
-($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by the
-next build.
+docteur stores; readers stream whole files) is refused before any work.
+When IMAGE lies inside SOURCE, it and its temporary file are silently left
+out (so `docteur make . site.img` twice gives the same image). A build
+killed with SIGKILL takes its git and ssh processes with it; its temporary
+files ($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by
+the next build.
+
+With --gitignore, the directory's .gitignore files leave out what `git add`
+(without --force) would leave out; --exclude adds patterns of your own.
+A summary line ends every build on stderr (files and bytes in, image
+bytes out and the ratio, objects and deltas, time), unless --quiet.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
@@ -98,33 +107,40 @@ next build.
     parser.add_argument("--zopfli-iterations", metavar="N", type=int, default=None,
                         help="zopfli's iterations per entry with --compress max (default 15; "
                              "fewer is faster and slightly bigger)")
+    parser.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
+                        help="leave out what matches PATTERN (gitignore syntax, matched from "
+                             "SOURCE's top, ranked as .git/info/exclude: a .gitignore's !PATTERN "
+                             "may bring a file back under --gitignore); repeatable; directory "
+                             "sources only")
+    parser.add_argument("--gitignore", action="store_true",
+                        help="honour the .gitignore files of a directory source as `git add` "
+                             "does without --force (nested files, !negation, dir/ and /anchored "
+                             "patterns; .gitignore files are stored unless ignored themselves); "
+                             "the user's core.excludesFile is not read. A folder left empty by "
+                             "--exclude/--gitignore is left out, as git does")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing but errors and warnings")
-
-
-class _TerminalProgress:
-    """One status line on a terminal, rewritten in place."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.width = 0
-
-    def __call__(self, text: str) -> None:
-        text = text[:200]
-        self.stream.write("\r" + text + " " * max(0, self.width - len(text)))
-        self.stream.flush()
-        self.width = len(text)
-
-    def close(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
+                        help="print nothing but errors and warnings (no summary line)")
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
+    import time
 
-    from . import make_image
+    from . import filters_refusal, make_image
+    from .source import classify
+
+    if args.exclude or args.gitignore:
+        # A usage error, not a build failure: these options mean nothing for a commit.
+        if classify(args.source).kind != "directory":
+            print(f"docteur make: {filters_refusal(args.exclude, args.gitignore)}, and "
+                  f"{args.source} is a Git repository", file=sys.stderr)
+            return 2
+        from .ignore import exclude_patterns
+        try:
+            exclude_patterns(args.exclude)
+        except BuildError as exc:
+            print(f"docteur make: {exc}", file=sys.stderr)
+            return 2
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
@@ -137,13 +153,15 @@ def run(args: argparse.Namespace) -> int:
     progress = None
     if not args.quiet and sys.stderr.isatty():
         progress = _TerminalProgress(sys.stderr)
+    started = time.monotonic()
     try:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
                             author=args.author, message=args.message,
                             block_size=args.block_size, progress=progress,
                             compat=args.compat, path_index=args.path_index,
                             compress=args.compress,
-                            zopfli_iterations=args.zopfli_iterations)
+                            zopfli_iterations=args.zopfli_iterations,
+                            excludes=args.exclude, gitignore=args.gitignore)
     finally:
         if progress is not None:
             progress.close()
@@ -154,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
               f"commit {result.commit}, tree {result.tree}"
               + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
                  if result.source_commit != result.commit else ""))
+        from .summary import summary_line
+        print(summary_line(args.image, result.files, result.bytes_in, result.size,
+                           result.objects, result.deltas, time.monotonic() - started),
+              file=sys.stderr)
     return 0
 
 

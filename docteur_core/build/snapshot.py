@@ -5,6 +5,9 @@
 - directories: 040000; an empty one becomes the empty tree so it still lists
   (git itself cannot record it, so this is the one place we differ);
 - sockets, FIFOs and devices are skipped with a warning;
+- with `--exclude` / `--gitignore`, what `git add` would leave out is left
+  out (see `ignore`), and a folder emptied by that too; IMAGE and its
+  temporary files, when they lie inside SOURCE, are never packed;
 - an entry named `.git` (any case) is skipped with a warning: git refuses
   such paths, and a nested repository's working files are kept as files.
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from typing import Callable
@@ -43,6 +47,7 @@ from dulwich.objects import Tree
 
 from ..errors import BuildError
 from ..format.limits import MAX_FILE_SIZE
+from .ignore import GITIGNORE, Rules, compile_patterns, gitignore_lines
 from .packwriter import OBJ_BLOB, OBJ_TREE, PlainPackWriter
 
 # Files up to this size are read in one call; larger ones are streamed.
@@ -60,8 +65,14 @@ class Snapshot:
     def __init__(self, root: str, warn: Callable[[str], None],
                  progress: Callable[[str], None] | None = None,
                  compat: str | None = None,
-                 max_object_size: int = MAX_FILE_SIZE) -> None:
+                 max_object_size: int = MAX_FILE_SIZE,
+                 rules: Rules | None = None, output: str | None = None) -> None:
         self.root = os.fsencode(root)
+        # --exclude / --gitignore (see `ignore`): what git add would leave out.
+        self.rules = rules or Rules()
+        # IMAGE and its temporary files, when they lie inside SOURCE: never
+        # packed into the image (see `_output_names`).
+        self._output = _output_names(output)
         # compat "ocaml": as the OCaml builder (bin/gitify.ml) stores a folder:
         # every file 100644, links followed (inside SOURCE only, no cycles).
         self.compat = compat
@@ -76,6 +87,7 @@ class Snapshot:
         self._last = 0.0
         # folder path -> its entries (name, lstat, or stat through a link in compat)
         self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
+        self._folders: dict[bytes, _Folder] = {}  # the scan's folders, until listed
 
     def run(self, writer: PlainPackWriter) -> str:
         self.scan()
@@ -94,12 +106,13 @@ class Snapshot:
             root_st = os.stat(self.root)
         except OSError as exc:
             raise BuildError(f"{show(self.root)}: cannot read directory ({exc.strerror})") from None
-        # Each frame: (folder path, its remaining entries, the entries kept).
-        stack = [(self.root, self._children(self.root, root_st, follow=True), [])]
+        top = self._folders[self.root] = _Folder(self.root, b"", self.rules)
+        stack = [(top, self._children(self.root, root_st, follow=True))]
         reals = [self.real_root]  # compat: the real folders on the stack, to refuse cycles
         entries = 0
         while stack:
-            path, children, kept = stack[-1]
+            folder, children = stack[-1]
+            path, kept = folder.path, folder.kept
             for name, st in children:
                 mode = st.st_mode
                 child = os.path.join(path, name)
@@ -111,7 +124,9 @@ class Snapshot:
                             raise self._refuse(child, "leads to a folder that contains it "
                                                "(a cycle)")
                         reals.append(real)
-                    stack.append((child, self._children(child, st, follow=False), []))
+                    sub = self._folders[child] = _Folder(
+                        child, folder.rel + b"/" + name if folder.rel else name, folder.rules)
+                    stack.append((sub, self._children(child, st, follow=False)))
                     break
                 if stat.S_ISREG(mode):
                     self._check_size(child, st.st_size)
@@ -126,6 +141,13 @@ class Snapshot:
                 stack.pop()
                 if self.compat:
                     reals.pop()
+                if stack and not kept and folder.filtered:
+                    # Emptied by the filters: git add would not record it either.
+                    # (A folder that was empty to begin with stays an empty tree.)
+                    parent = stack[-1][0]
+                    parent.kept.pop()
+                    parent.filtered = True
+                    continue
                 listing[path] = kept
                 entries += len(kept)
                 if self.progress is not None:
@@ -142,7 +164,10 @@ class Snapshot:
                              f"{self.max_object_size} bytes (the largest file docteur stores)")
 
     def _children(self, path: bytes, st: os.stat_result, follow: bool):
-        """The entries of folder `path`, which the scan saw as `st`, sorted by name."""
+        """The entries of folder `path`, which the scan saw as `st`, sorted by
+        name, without those the filters leave out (its `_Folder`, in
+        `_folders`, gets the folder's .gitignore rules)."""
+        folder = self._folders.pop(path)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
         if not (follow or self.compat):
             flags |= os.O_NOFOLLOW
@@ -153,21 +178,59 @@ class Snapshot:
                 raise self._changed(path, "is no longer a folder") from None
             raise BuildError(f"{show(path)}: cannot read directory ({exc.strerror})") from None
         try:
-            if not _same(os.fstat(fd), st):
+            here = os.fstat(fd)
+            if not _same(here, st):
                 raise self._changed(path, "was replaced by another folder")
             with os.scandir(fd) as it:
                 entries = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in it]
+            if folder.rules.gitignore and any(n == GITIGNORE for n, _ in entries):
+                folder.rules = folder.rules.enter(folder.rel, self._gitignore(fd, path))
         except OSError as exc:
             raise BuildError(f"{show(path)}: cannot read directory ({exc.strerror})") from None
         finally:
             os.close(fd)
+        output = self._output is not None and _same(here, self._output[0])
+        rules = folder.rules if folder.rules.active else None
         for name, child_st in sorted(entries):
             if name.lower() == b".git":
                 self.warn(f"{show(os.path.join(path, name))}: skipped (git does not store .git)")
                 continue
+            if output and (name == self._output[1] or self._output[2].fullmatch(name)):
+                continue  # the image being written, or its temporary file
+            if rules is not None and rules.excluded(folder.rel + b"/" + name if folder.rel
+                                                    else name, stat.S_ISDIR(child_st.st_mode)):
+                folder.filtered = True
+                continue
             if self.compat and stat.S_ISLNK(child_st.st_mode):
                 child_st = self._follow(os.path.join(path, name))
             yield name, child_st
+
+    def _gitignore(self, dir_fd: int, folder: bytes) -> list:
+        """The patterns of the `.gitignore` in the folder open as `dir_fd`, read
+        as git reads it: never through a symbolic link."""
+        where = show(os.path.join(folder, GITIGNORE))
+        try:
+            fd = os.open(GITIGNORE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.warn(f"{where}: not read, it is a symbolic link (as git, which stores it "
+                          "but does not follow it)")
+                return []
+            raise BuildError(f"{where}: cannot read file ({exc.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_object_size:
+                return []  # a folder named .gitignore; an oversized one is refused by the scan
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(self.max_object_size + 1)
+        finally:
+            os.close(fd)
+        patterns, malformed = compile_patterns(gitignore_lines(data))
+        for line in malformed:
+            self.warn(f"{where}: pattern {line.decode('utf-8', 'backslashreplace')!r} "
+                      "matches nothing (not a valid pattern; git skips it too)")
+        return patterns
 
     def _changed(self, path: bytes, what: str) -> BuildError:
         return BuildError(f"{show(path)}: changed while the build read SOURCE ({what}); "
@@ -306,3 +369,38 @@ class Snapshot:
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     """The same file: device and inode (what a swap, a link or a rename changes)."""
     return a.st_dev == b.st_dev and a.st_ino == b.st_ino
+
+
+class _Folder:
+    """A folder on the scan's stack: what it keeps, and the ignore rules in force there."""
+
+    __slots__ = ("path", "rel", "rules", "kept", "filtered")
+
+    def __init__(self, path: bytes, rel: bytes, rules: Rules) -> None:
+        self.path = path  # as opened
+        self.rel = rel  # relative to SOURCE, b"" for SOURCE itself
+        self.rules = rules  # updated with the folder's .gitignore when it is read
+        self.kept: list[tuple[bytes, os.stat_result]] = []
+        self.filtered = False  # something in it was left out by the filters
+
+
+def _output_names(output: str | None) -> tuple[os.stat_result, bytes, re.Pattern[bytes]] | None:
+    """(IMAGE's folder's stat, IMAGE's name, its temporary files' names), to
+    skip them wherever the scan meets that folder (by identity, so a path
+    spelled differently or reached through a link is still recognised).
+
+    Skipping them is silent and does not count as filtering: `make . x.img`
+    run twice gives the same image, whether x.img existed or not.
+    """
+    if output is None:
+        return None
+    folder, name = os.path.split(os.path.abspath(output))
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    name_b = os.fsencode(name)
+    # scratch.image_temp's names: .IMAGE.docteur-PID-XXXXXXXX.tmp
+    temp = re.compile(re.escape(b"." + name_b + b".docteur-") + rb"\d+-[A-Za-z0-9_]+\.tmp",
+                      re.DOTALL)
+    return st, name_b, temp

@@ -88,15 +88,49 @@ def render(report) -> str:
     return text
 
 
+class _Counting:
+    """The device, counting the bytes the checks read, for the status line.
+
+    Progress is measured where every check's work shows, at the block
+    interface, so the checks themselves need no hooks. The count is of bytes
+    read, not a position: a delta base rebuilt from the device counts again,
+    so it may pass the image's size and is shown without a percentage.
+    """
+
+    def __init__(self, device, progress) -> None:
+        from ..progress import Throttle
+
+        self.device = device
+        self.block_size = device.block_size
+        self.capacity = device.capacity
+        self.done = 0
+        self.show = Throttle(progress)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.device.read(offset, length)
+        self.done += len(data)
+        self.show(f"Verifying: {self.done / 1e6:.1f} MB read, image {self.capacity / 1e6:.1f} MB")
+        return data
+
+    def close(self) -> None:
+        self.device.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..blockdev.device import open_device
     from . import verify_image
 
+    from ..progress import for_stderr
+
     device = open_device(args.image)
+    progress = for_stderr(sys.stderr)
     try:
-        report = verify_image(device, quick=args.quick, max_object_size=args.max_object_size,
+        report = verify_image(device if progress is None else _Counting(device, progress),
+                              quick=args.quick, max_object_size=args.max_object_size,
                               max_paths=args.max_paths)
     finally:
+        if progress is not None:
+            progress.close()
         device.close()
     out = sys.stdout
     if args.json:

@@ -1,0 +1,153 @@
+"""The line `docteur make` ends with on stderr, and that its numbers are right.
+
+Files and bytes are checked against the source itself, the image size
+against the file, objects and deltas against `git verify-pack -v` of the
+PACK cut out of the image (git's own count, not ours).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from docteur_core.build.summary import human_bytes, summary_line
+from tests.support import git
+from tests.test_build_oracle import check_image
+
+DATE = "2026-01-01T00:00:00Z"
+
+LINE = re.compile(r"(?P<image>.+): (?P<files>[\d,]+) files?, (?P<bytes_in>[\d.]+ [KMGTP]?B) in "
+                  r"-> (?P<out>[\d.]+ [KMGTP]?B) out(?: \((?P<ratio>[\d.]+)%\))?, "
+                  r"(?P<objects>[\d,]+) objects? \((?P<deltas>[\d,]+) deltas?\), "
+                  r"(?P<seconds>[\d.]+) s")
+
+
+def make(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "docteur_core", "make", *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, cwd=cwd)
+
+
+def versions_tree(root: Path) -> tuple[int, int]:
+    """Releases of one growing file (so git finds deltas), a link, an executable;
+    (regular files, their bytes)."""
+    root.mkdir()
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(200))
+    total = files = 0
+    for v in range(12):
+        text += f"release {v} adds this line\n"
+        path = root / f"v{v:02}" / "notes.txt"
+        path.parent.mkdir()
+        path.write_text(text)
+        total += len(text)
+        files += 1
+    (root / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    os.symlink("v00/notes.txt", root / "latest")  # a link: not a file, not counted
+    return files + 1, total + len(b"#!/bin/sh\necho hi\n")
+
+
+def git_pack_counts(pack: bytes, workdir: Path) -> tuple[int, int]:
+    """(objects, deltas) as `git verify-pack -v` counts the pack."""
+    path = workdir / "cut.pack"
+    path.write_bytes(pack)
+    git("index-pack", "-o", str(path.with_suffix(".idx")), str(path))
+    out = git("verify-pack", "-v", str(path.with_suffix(".idx"))).decode()
+    objects = deltas = 0
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and re.fullmatch(r"[0-9a-f]{40}", fields[0]):
+            objects += 1
+            deltas += len(fields) == 7  # depth and base: a delta entry
+    assert f"non delta: {objects - deltas} object" in out
+    return objects, deltas
+
+
+def check_line(line: str, image: Path, files: int, bytes_in: int, workdir: Path) -> None:
+    m = LINE.fullmatch(line)
+    assert m, line
+    size = image.stat().st_size
+    objects, deltas = git_pack_counts(check_image(image, workdir).pack, workdir)
+    assert int(m["files"].replace(",", "")) == files
+    assert m["bytes_in"] == human_bytes(bytes_in)
+    assert m["out"] == human_bytes(size)
+    assert m["ratio"] == f"{100 * size / bytes_in:.1f}"
+    assert int(m["objects"].replace(",", "")) == objects
+    assert int(m["deltas"].replace(",", "")) == deltas
+    assert deltas > 0  # the source was made for git to find some
+    assert float(m["seconds"]) >= 0
+
+
+def test_directory_summary(tmp_path):
+    files, bytes_in = versions_tree(tmp_path / "src")
+    image = tmp_path / "out.img"
+    proc = make("--date", DATE, tmp_path / "src", image)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    # One line, after the warning about what the OCaml fast reader cannot see.
+    assert len(lines) == 2 and "warning" in lines[0], lines
+    assert lines[1].startswith(f"{image}: ")
+    check_line(lines[1], image, files, bytes_in, tmp_path)
+
+
+@pytest.mark.parametrize("compress", ["default", "max"])
+def test_repository_summary(tmp_path, compress):
+    repo = tmp_path / "repo"
+    files, bytes_in = versions_tree(repo)
+    git("init", "-q", str(repo))
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "versions", cwd=repo)
+    image = tmp_path / "out.img"
+    proc = make("--compress", compress, "--zopfli-iterations", "1", repo, image)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    check_line(lines[-1], image, files, bytes_in, tmp_path)
+
+
+def test_quiet_prints_nothing(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"a\n")
+    proc = make("-q", "--date", DATE, tmp_path / "src", tmp_path / "out.img")
+    assert proc.returncode == 0
+    assert (proc.stdout, proc.stderr) == (b"", b"")
+
+
+def test_empty_source_has_no_ratio(tmp_path):
+    (tmp_path / "src").mkdir()
+    proc = make("--date", DATE, tmp_path / "src", tmp_path / "out.img")
+    assert proc.returncode == 0
+    line = proc.stderr.decode().splitlines()[-1]
+    m = LINE.fullmatch(line)
+    assert m and m["files"] == "0" and m["bytes_in"] == "0 B" and m["ratio"] is None
+    assert m["objects"] == "2" and m["deltas"] == "0"  # the empty tree and the commit
+
+
+def test_the_documented_example():
+    assert summary_line("disk.img", 1104, 9_200_000, 254_000, 3450, 2901, 4.1) == (
+        "disk.img: 1,104 files, 9.2 MB in -> 254 KB out (2.8%), 3,450 objects "
+        "(2,901 deltas), 4.1 s")
+    assert summary_line("x.img", 1, 10, 512, 1, 1, 0.04) == (
+        "x.img: 1 file, 10 B in -> 512 B out (5120.0%), 1 object (1 delta), 0.0 s")
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"),
+                                     (9_949, "9.9 KB"), (9_950, "10 KB"), (254_000, "254 KB"),
+                                     (999_499, "999 KB"), (999_500, "1.0 MB"),
+                                     (9_200_000, "9.2 MB"), (2_200_000_000, "2.2 GB")])
+def test_human_bytes(n, text):
+    assert human_bytes(n) == text
+
+
+@given(st.integers(min_value=0, max_value=10**18))
+def test_human_bytes_is_within_rounding(n):
+    """At most 3 significant digits, and within 5% of the true value."""
+    number, unit = human_bytes(n).split()
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "PB": 1e15}[unit]
+    assert len(number.replace(".", "")) <= 3 or unit == "PB"
+    assert abs(float(number) * scale - n) <= 0.05 * n
