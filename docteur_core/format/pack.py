@@ -301,6 +301,126 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     return b"".join(parts)
 
 
+def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
+    """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
+
+    The same checks, in the same order and with the same words, as
+    `apply_delta`, without building anything: `check_delta` and
+    `write_delta` walk a delta twice with it (once to check and hash, once
+    to write), so a result is never held whole. Used for large results
+    only: a generator costs more per instruction than `apply_delta`'s loop.
+    """
+    n = len(delta)
+    total = 0
+    try:
+        while pos < n:
+            op = delta[pos]
+            pos += 1
+            if op & 0x80:
+                off = size = 0
+                if op & 0x01:
+                    off = delta[pos]
+                    pos += 1
+                if op & 0x02:
+                    off |= delta[pos] << 8
+                    pos += 1
+                if op & 0x04:
+                    off |= delta[pos] << 16
+                    pos += 1
+                if op & 0x08:
+                    off |= delta[pos] << 24
+                    pos += 1
+                if op & 0x10:
+                    size = delta[pos]
+                    pos += 1
+                if op & 0x20:
+                    size |= delta[pos] << 8
+                    pos += 1
+                if op & 0x40:
+                    size |= delta[pos] << 16
+                    pos += 1
+                if size == 0:
+                    size = 0x10000
+                if off + size > src_size:
+                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
+                                       f"of {src_size}", where)
+                yield True, off, size
+                total += size
+            elif op:
+                if pos + op > n:
+                    raise DamagedImage("truncated insert instruction in delta", where)
+                yield False, pos, op
+                pos += op
+                total += op
+            else:
+                raise DamagedImage("reserved delta instruction 0", where)
+            if total > dst_size:
+                raise DamagedImage("delta result larger than declared", where)
+    except IndexError:
+        raise DamagedImage("truncated copy instruction in delta", where) from None
+    if total != dst_size:
+        raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
+
+
+def _delta_start(base, delta, where: str, max_size: int) -> tuple[int, int]:
+    """(result size, position of the first instruction), header checked as in
+    `apply_delta`."""
+    src_size, dst_size, pos = delta_sizes(delta, where)
+    if src_size != len(base):
+        raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
+                           where)
+    if dst_size > max_size:
+        raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
+                            where, "max_object_size")
+    return dst_size, pos
+
+
+def check_delta(base, delta, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
+                update: Callable[[memoryview], object] | None = None) -> int:
+    """Check a delta against its base without building the result; return its size.
+
+    The first half of streaming a large delta result (`write_delta` is the
+    second): every instruction is checked (DamagedImage naming `where`, the
+    words of `apply_delta`) and, with `update` (a hash's), the result's
+    pieces are fed to it as views of base and delta, so an object can be
+    hashed, and refused, before a byte of it goes out, with no more memory
+    than its base and its delta.
+    """
+    dst_size, pos = _delta_start(base, delta, where, max_size)
+    if update is None:
+        for _ in _delta_ops(delta, pos, len(base), dst_size, where):
+            pass
+        return dst_size
+    bv, dv = memoryview(base), memoryview(delta)
+    for from_base, start, length in _delta_ops(delta, pos, len(base), dst_size, where):
+        update((bv if from_base else dv)[start:start + length])
+    return dst_size
+
+
+def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE, chunk: int = 1 << 20) -> int:
+    """Write a delta's result through `write` in bytes of about `chunk`; return its size.
+
+    Call `check_delta` first: a damaged delta is then refused before
+    anything is written (here it would be found part way). Only `chunk`
+    bytes (or one copy instruction, at most 16 MiB) are built at a time.
+    """
+    dst_size, pos = _delta_start(base, delta, where, max_size)
+    bv, dv = memoryview(base), memoryview(delta)
+    parts: list[memoryview] = []
+    have = 0
+    for from_base, start, length in _delta_ops(delta, pos, len(base), dst_size, where):
+        parts.append((bv if from_base else dv)[start:start + length])
+        have += length
+        if have >= chunk:
+            write(b"".join(parts))
+            parts = []
+            have = 0
+    if parts:
+        write(b"".join(parts))
+    return dst_size
+
+
 def object_id(type_name: str, data: bytes) -> bytes:
     """The raw SHA-1 git gives an object of this type and content."""
     import hashlib  # here: a guest that reads without verifying never loads OpenSSL
