@@ -696,11 +696,15 @@ class Store:
         # limit is refused before anything of it is built.
         work = len(base)
         limit = self.max_lookup_bytes
-        declared = work
-        for p, eh, buf, c, w in chain:
-            declared += eh.size + _declared_result(eh, buf)
-        if declared > limit:
-            raise self._too_much_work(declared, len(chain), where)
+        declared = work + sum(link[1].size for link in chain)
+        # Each result is at most max_object_size (apply_delta refuses more):
+        # a chain that could not pass the limit even so needs no peek at its
+        # result sizes (a zlib stream started per link, on every lookup).
+        if declared + len(chain) * self.max_object_size > limit:
+            for p, eh, buf, c, w in chain:
+                declared += _declared_result(eh, buf)
+            if declared > limit:
+                raise self._too_much_work(declared, len(chain), where)
         for p, eh, buf, c, w in reversed(chain):
             work += eh.size
             if work > limit:
