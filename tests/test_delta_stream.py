@@ -273,3 +273,61 @@ def test_large_delta_of_the_wrong_type_is_refused(big_image):
     with pytest.raises(DamagedImage, match="is a blob, a tree was expected"):
         image.store.stream_object(t_oid.oid, pieces.append, expect="tree")
     assert pieces == []
+
+
+# -- long deltas: applied into one preallocated buffer ---------------------------
+
+
+def applied_into(base: bytes, delta: bytes, where: str = "t") -> bytes:
+    """`apply_delta`'s route for deltas over LARGE_DELTA, on any delta."""
+    dst, pos = pack._delta_start(base, delta, where, 512 << 20)  # apply_delta's header checks
+    return bytes(pack._apply_into(base, delta, pos, len(base), dst, where))
+
+
+@given(deltas())
+@settings(max_examples=500, deadline=None)
+def test_apply_into_equals_the_reference(case):
+    base, delta = case
+    assert (outcome(lambda: applied_into(base, delta))
+            == outcome(lambda: reference_git.apply_delta(base, delta, "t")))
+
+
+@given(st.binary(max_size=300), st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_apply_into_equals_the_reference_on_garbage(base, delta):
+    framed = varint(len(base)) + delta
+    for d in (framed, framed[:1] + varint(len(delta)) + delta):
+        assert (outcome(lambda: applied_into(base, d))
+                == outcome(lambda: reference_git.apply_delta(base, d, "t")))
+
+
+@given(st.integers(0, 2**32), st.sampled_from([0, 1, -1]))
+@settings(max_examples=30, deadline=None)
+def test_long_deltas_through_apply_delta(seed, slack):
+    rnd = random.Random(seed)
+    # Thousands of small copies and inserts (a generated header's delta):
+    # longer than LARGE_DELTA, so apply_delta takes the buffer route.
+    base = bytes(rnd.getrandbits(8) for _ in range(3000))
+    ops, want = bytearray(), bytearray()
+    while len(ops) <= pack.LARGE_DELTA:
+        if rnd.random() < 0.6:
+            off, size = rnd.randrange(len(base)), rnd.randrange(1, 700)
+            size = min(size, len(base) - off)
+            ops += copy_op(off, size)
+            want += base[off:off + size]
+        else:
+            text = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 128)))
+            ops += insert_ops(text)
+            want += text
+    delta = varint(len(base)) + varint(len(want) + slack) + bytes(ops)
+    expect = outcome(lambda: reference_git.apply_delta(base, delta, "t"))
+    assert outcome(lambda: pack.apply_delta(base, delta, "t")) == expect
+    if slack == 0:
+        assert expect == ("ok", bytes(want))
+        built = pack.apply_delta(base, delta, "t", mutable=True)
+        assert type(built) is bytearray and built == want
+        assert type(pack.apply_delta(base, delta, "t")) is bytes
+    # Cut anywhere: the same verdict as the reference.
+    cut = delta[:rnd.randrange(len(delta))]
+    assert (outcome(lambda: pack.apply_delta(base, cut, "t"))
+            == outcome(lambda: reference_git.apply_delta(base, cut, "t")))

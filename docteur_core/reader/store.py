@@ -714,7 +714,7 @@ class Store:
             work += dst
             if work > limit:
                 raise self._too_much_work(work, len(chain), where)
-            base = apply_delta(base, delta, w, self.max_object_size)
+            base = apply_delta(base, delta, w, self.max_object_size, mutable=True)
             self._cache_put(p, base_type, base, length, c is not None)
         self._last_work, self._last_depth = work, len(chain)
         return base_type, base
