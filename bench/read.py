@@ -1,7 +1,9 @@
 """Reader benchmark: open time and memory, cold lookups, read-everything vs git.
 
-    python3 bench/read.py                       # requests + generated 10k and 100k files
+    python3 bench/read.py                       # requests + generated 10k and 100k files + 24 MiB delta
     python3 bench/read.py --corpus gen:10000 --corpus gen:100000 --corpus gen:1000000
+    python3 bench/read.py --big-delta 24        # one 24 MiB file stored as a delta vs git cat-file
+    python3 bench/read.py --read-all linux.img  # every file of an existing image vs git
 
 For each corpus an image is built with `make_image` (path index included;
 kept in --work), then, in the same run, in fast and light modes, with the
@@ -15,6 +17,16 @@ image made by the OCaml docteur is read):
   of the same blobs and `git cat-file --batch-all-objects --batch`, on the
   image's PACK and IDX copied into a bare repository.
 Numbers are medians of --repeat runs; a markdown table ends the output.
+The requests corpus comes from ../shared beside the checkout (or
+$DOCTEUR_SHARED); without it that corpus is skipped with a message.
+
+--big-delta: `docteur cat` of one large file stored as a delta (two
+versions of a generated text file in one tree) against `git cat-file
+blob`; --read-all: every file of an existing image (a Linux tree's takes
+12 minutes to build: build it once) against `git cat-file
+--batch-all-objects --batch`. Both run the commands in fresh processes and
+report the best wall time, CPU time and peak RSS of each (bench/measure.py),
+with the machine's load before and after.
 """
 
 from __future__ import annotations
@@ -34,8 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from docteur_core.format import idx as idxmod  # noqa: E402
 from docteur_core.reader import Image  # noqa: E402
 
+from measure import Measured, best, find_shared, load  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
+SHARED = find_shared(HERE.parent)  # ../shared beside the checkout, or $DOCTEUR_SHARED
+# `docteur` of this checkout, whichever is installed.
+DOCTEUR = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); "
+           "from docteur_core.cli import main; sys.exit(main())"]
 
 
 def generate(root: Path, n: int) -> None:
@@ -59,6 +76,9 @@ def corpus_dir(spec: str, work: Path) -> tuple[str, Path]:
             tmp.rename(d)
         return f"generated {n} files", d
     if spec == "requests":
+        if SHARED is None:
+            raise FileNotFoundError("the requests corpus needs ../shared/corpus beside this "
+                                    "checkout (or $DOCTEUR_SHARED): skipped")
         d = work / "requests"
         if not d.exists():
             subprocess.run(["bash", str(SHARED / "corpus" / "unpack.sh"), "requests", str(d)],
@@ -286,6 +306,119 @@ def synthetic(n: int) -> list[str]:
     return [f"| {line} | | | | |"]
 
 
+def big_text(size: int, seed: int) -> list[bytes]:
+    """Lines of generated text, about `size` bytes (a log, a data dump)."""
+    import random
+
+    rnd = random.Random(seed)
+    words = ["".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 10)))
+             for _ in range(5000)]
+    lines, total, i = [], 0, 0
+    while total < size:
+        line = (f"{i:08d} " + " ".join(rnd.choice(words) for _ in range(10)) + "\n").encode()
+        lines.append(line)
+        total += len(line)
+        i += 1
+    return lines
+
+
+def big_delta(mib: int, work: Path, repeat: int) -> list[str]:
+    """One file of `mib` MiB changed a little: two versions of it in one tree,
+    so git stores one of them as a delta on the other; `docteur cat` of the
+    delta one against `git cat-file blob`, time and peak memory, same run."""
+    import random
+
+    src = work / f"bigdelta{mib}"
+    if not src.exists():
+        tmp = work / f"bigdelta{mib}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        lines = big_text(mib << 20, mib)
+        (tmp / "v1.txt").write_bytes(b"".join(lines))
+        rnd = random.Random(mib + 1)
+        for _ in range(20):  # 20 lines changed here and there
+            j = rnd.randrange(len(lines))
+            lines[j] = b"changed " + lines[j]
+        (tmp / "v2.txt").write_bytes(b"".join(lines))
+        tmp.rename(src)
+    img = build(f"bigdelta{mib}", src, work)
+    repo = git_repo_of(img, work)
+    verify = subprocess.run(["git", "--git-dir", str(repo), "verify-pack", "-v",
+                             *map(str, (repo / "objects" / "pack").glob("*.idx"))],
+                            check=True, capture_output=True, text=True).stdout
+    # The blob stored as a delta: a verify-pack line with a depth and a base.
+    line = next(l for l in verify.splitlines() if " blob " in l and len(l.split()) == 7)
+    oid = line.split()[0]
+    with Image.open(img, "light") as image:
+        path = next(n.path for n in image.files() if n.id.hex() == oid)
+    print(f"\n== one {mib} MiB file stored as a delta ({path}, {oid[:12]}): "
+          f"{img.stat().st_size:,} byte image", flush=True)
+    git = best(["git", "--git-dir", str(repo), "cat-file", "blob", oid], repeat)
+    cat = best(DOCTEUR + ["cat", str(img), path], repeat)
+    want = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "blob", oid],
+                          check=True, capture_output=True).stdout
+    got = subprocess.run(DOCTEUR + ["cat", str(img), path], check=True,
+                         capture_output=True).stdout
+    assert got == want, "docteur cat and git cat-file disagree"
+    # The interpreter's start and imports, apart: what `docteur ls` of the
+    # image costs (open included) is what the cat costs beyond reading.
+    start = best(DOCTEUR + ["ls", str(img)], repeat)
+
+    def in_process():
+        with Image.open(img, "light") as image:
+            return image.stream(path, lambda piece: None)
+
+    t_in, _ = timed(in_process, repeat)
+    print(f"  git cat-file blob: {git}")
+    print(f"  docteur cat:       {cat} = {cat.ratio(git)}")
+    print(f"  docteur ls (start-up and open alone): {start}; the read itself, in process: "
+          f"{t_in:.3f} s")
+    return [f"| {mib} MiB file stored as a delta | docteur cat {cat.wall:.2f} s "
+            f"({cat.cpu:.2f} s CPU), {cat.rss_mib:.0f} MiB; in process {t_in:.2f} s | "
+            f"git cat-file blob {git.wall:.2f} s ({git.cpu:.2f} s CPU), {git.rss_mib:.0f} MiB "
+            f"| {cat.ratio(git)} |"]
+
+
+READ_ALL = r"""
+import sys, time
+sys.path.insert(0, sys.argv[4])
+from docteur_core.reader import Image
+t = time.perf_counter()
+with Image.open(sys.argv[1], sys.argv[2]) as image:
+    total = files = 0
+    for node in image.files():
+        total += image.stream(node.path, lambda piece: None) if sys.argv[3] == "stream"             else len(image.get(node.path))
+        files += 1
+    inflated = image.store.objects_inflated
+print(files, total, inflated, time.perf_counter() - t)
+"""
+
+
+def read_all(img: Path, repeat: int) -> list[str]:
+    """Read every file of an existing image (fast mode) in a fresh process,
+    against `git cat-file --batch-all-objects --batch` on its pack, same run."""
+    work = Path(tempfile.mkdtemp(prefix="read-all-"))
+    try:
+        repo = git_repo_of(img, work)
+        print(f"\n== read every file of {img} ({img.stat().st_size:,} bytes)", flush=True)
+        git = best(["git", "--git-dir", str(repo), "cat-file", "--batch-all-objects",
+                    "--batch"], repeat)
+        print(f"  git cat-file --batch-all-objects --batch: {git}", flush=True)
+        rows = []
+        for how in ("get", "stream"):
+            run = best([sys.executable, "-c", READ_ALL, str(img), "fast", how,
+                        str(HERE.parent)], repeat, keep_output=True)
+            files, total, inflated, _ = run.out.split()
+            print(f"  docteur, fast mode, Image.{how} of each of {int(files):,} files "
+                  f"({int(total):,} bytes, {int(inflated):,} entries inflated): {run} = "
+                  f"{run.ratio(git)}", flush=True)
+            rows.append(f"| read every file of {img.name} (fast, {how}) | {run} | "
+                        f"git --batch-all-objects {git} | {run.ratio(git)} |")
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", action="append",
@@ -295,16 +428,37 @@ def main() -> int:
     p.add_argument("--synthetic", type=int, action="append", default=[],
                    help="also encode a path index of N generated paths alone and count "
                         "the reads of cold lookups (repeatable; e.g. 1000000)")
+    p.add_argument("--big-delta", type=int, action="append", metavar="MIB",
+                   help="the single large delta file case, a file of MIB MiB (default: 24; "
+                        "0 to skip)")
+    p.add_argument("--read-all", action="append", default=[], metavar="IMAGE",
+                   help="read every file of an existing image (e.g. a Linux tree's) in a "
+                        "fresh process, against git cat-file --batch-all-objects (repeatable)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {load()}", flush=True)
     table = ["| corpus | what | time | memory | cold lookup, device reads |",
              "|---|---|---|---|---|"]
-    for spec in args.corpus or ([] if args.synthetic else ["requests", "gen:10000", "gen:100000"]):
-        table += bench(spec, work, args.repeat)
+    only = args.synthetic or args.read_all or args.big_delta
+    for spec in args.corpus or ([] if only else ["requests", "gen:10000", "gen:100000"]):
+        try:
+            table += bench(spec, work, args.repeat)
+        except FileNotFoundError as exc:
+            print(f"\n== {spec}: {exc}", flush=True)
     for n in args.synthetic:
         table += synthetic(n)
+    versus = ["| case | docteur | git | ratio |", "|---|---|---|---|"]
+    for mib in args.big_delta or ([] if args.corpus or args.synthetic or args.read_all
+                                  else [24]):
+        if mib:
+            versus += big_delta(mib, work, args.repeat)
+    for img in args.read_all:
+        versus += read_all(Path(img), args.repeat)
     print("\n" + "\n".join(table))
+    if len(versus) > 2:
+        print("\n" + "\n".join(versus))
+    print(f"machine after: {load()}")
     return 0
 
 

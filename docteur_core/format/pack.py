@@ -198,8 +198,14 @@ def delta_sizes(delta: bytes, where: str) -> tuple[int, int, int]:
     return src, dst, pos
 
 
+# Deltas longer than this are applied into one preallocated buffer
+# (`_apply_into`): their hundreds of thousands of small instructions made a
+# list of as many views (184 bytes each) that cost more than the copying.
+LARGE_DELTA = 16 << 10
+
+
 def apply_delta(base: bytes, delta: bytes, where: str,
-                max_size: int = DEFAULT_MAX_OBJECT_SIZE) -> bytes:
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE, mutable: bool = False) -> bytes:
     """Rebuild an object from its base and a git delta, checking every step.
 
     This is the one delta decoder of docteur, and reading every file of an
@@ -211,6 +217,10 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     IndexError it causes instead of being tested for byte by byte.
     tests/reference_git.py holds the plain loop this must agree with, on
     valid and on garbage deltas.
+
+    A delta longer than LARGE_DELTA is applied by `_apply_into` instead;
+    with `mutable` its result is then the bytearray it was built in (no
+    second copy), for callers that never hand it out as is.
     """
     # The two sizes, written out twice on purpose: a loop or a call to
     # `delta_sizes` costs ~12% on small deltas, the bulk of a pack.
@@ -245,6 +255,9 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     if dst_size > max_size:  # before a single byte of it is built
         raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
                             where, "max_object_size")
+    if len(delta) > LARGE_DELTA:
+        out = _apply_into(base, delta, pos, src_size, dst_size, where)
+        return out if mutable else bytes(out)
     parts = []
     append = parts.append
     bv = memoryview(base)
@@ -299,6 +312,190 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     if total != dst_size:
         raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
     return b"".join(parts)
+
+
+def _apply_into(base, delta, pos: int, src_size: int, dst_size: int, where: str) -> bytearray:
+    """`apply_delta`'s loop for long deltas: each instruction's bytes are
+    copied straight into a bytearray of the declared result size (small
+    copies from a bytes slice, large ones from a view: whichever costs
+    less). The same checks in the same order, with the same words."""
+    out = bytearray(dst_size)
+    bv = memoryview(base)
+    n = len(delta)
+    t = 0
+    try:
+        while pos < n:
+            op = delta[pos]
+            pos += 1
+            if op & 0x80:
+                off = size = 0
+                if op & 0x01:
+                    off = delta[pos]
+                    pos += 1
+                if op & 0x02:
+                    off |= delta[pos] << 8
+                    pos += 1
+                if op & 0x04:
+                    off |= delta[pos] << 16
+                    pos += 1
+                if op & 0x08:
+                    off |= delta[pos] << 24
+                    pos += 1
+                if op & 0x10:
+                    size = delta[pos]
+                    pos += 1
+                if op & 0x20:
+                    size |= delta[pos] << 8
+                    pos += 1
+                if op & 0x40:
+                    size |= delta[pos] << 16
+                    pos += 1
+                if size == 0:
+                    size = 0x10000
+                if off + size > src_size:
+                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
+                                       f"of {src_size}", where)
+                e = t + size
+                if e > dst_size:
+                    raise DamagedImage("delta result larger than declared", where)
+                out[t:e] = base[off:off + size] if size < 512 else bv[off:off + size]
+                t = e
+            elif op:
+                if pos + op > n:
+                    raise DamagedImage("truncated insert instruction in delta", where)
+                e = t + op
+                if e > dst_size:
+                    raise DamagedImage("delta result larger than declared", where)
+                out[t:e] = delta[pos:pos + op]
+                pos += op
+                t = e
+            else:
+                raise DamagedImage("reserved delta instruction 0", where)
+    except IndexError:
+        raise DamagedImage("truncated copy instruction in delta", where) from None
+    if t != dst_size:
+        raise DamagedImage(f"delta result is {t} bytes, {dst_size} declared", where)
+    return out
+
+
+def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
+    """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
+
+    The same checks, in the same order and with the same words, as
+    `apply_delta`, without building anything: `check_delta` and
+    `write_delta` walk a delta twice with it (once to check and hash, once
+    to write), so a result is never held whole. Used for large results
+    only: a generator costs more per instruction than `apply_delta`'s loop.
+    """
+    n = len(delta)
+    total = 0
+    try:
+        while pos < n:
+            op = delta[pos]
+            pos += 1
+            if op & 0x80:
+                off = size = 0
+                if op & 0x01:
+                    off = delta[pos]
+                    pos += 1
+                if op & 0x02:
+                    off |= delta[pos] << 8
+                    pos += 1
+                if op & 0x04:
+                    off |= delta[pos] << 16
+                    pos += 1
+                if op & 0x08:
+                    off |= delta[pos] << 24
+                    pos += 1
+                if op & 0x10:
+                    size = delta[pos]
+                    pos += 1
+                if op & 0x20:
+                    size |= delta[pos] << 8
+                    pos += 1
+                if op & 0x40:
+                    size |= delta[pos] << 16
+                    pos += 1
+                if size == 0:
+                    size = 0x10000
+                if off + size > src_size:
+                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
+                                       f"of {src_size}", where)
+                yield True, off, size
+                total += size
+            elif op:
+                if pos + op > n:
+                    raise DamagedImage("truncated insert instruction in delta", where)
+                yield False, pos, op
+                pos += op
+                total += op
+            else:
+                raise DamagedImage("reserved delta instruction 0", where)
+            if total > dst_size:
+                raise DamagedImage("delta result larger than declared", where)
+    except IndexError:
+        raise DamagedImage("truncated copy instruction in delta", where) from None
+    if total != dst_size:
+        raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
+
+
+def _delta_start(base, delta, where: str, max_size: int) -> tuple[int, int]:
+    """(result size, position of the first instruction), header checked as in
+    `apply_delta`."""
+    src_size, dst_size, pos = delta_sizes(delta, where)
+    if src_size != len(base):
+        raise DamagedImage(f"delta expects a base of {src_size} bytes, base has {len(base)}",
+                           where)
+    if dst_size > max_size:
+        raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
+                            where, "max_object_size")
+    return dst_size, pos
+
+
+def check_delta(base, delta, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
+                update: Callable[[memoryview], object] | None = None) -> int:
+    """Check a delta against its base without building the result; return its size.
+
+    The first half of streaming a large delta result (`write_delta` is the
+    second): every instruction is checked (DamagedImage naming `where`, the
+    words of `apply_delta`) and, with `update` (a hash's), the result's
+    pieces are fed to it as views of base and delta, so an object can be
+    hashed, and refused, before a byte of it goes out, with no more memory
+    than its base and its delta.
+    """
+    dst_size, pos = _delta_start(base, delta, where, max_size)
+    if update is None:
+        for _ in _delta_ops(delta, pos, len(base), dst_size, where):
+            pass
+        return dst_size
+    bv, dv = memoryview(base), memoryview(delta)
+    for from_base, start, length in _delta_ops(delta, pos, len(base), dst_size, where):
+        update((bv if from_base else dv)[start:start + length])
+    return dst_size
+
+
+def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE, chunk: int = 1 << 20) -> int:
+    """Write a delta's result through `write` in bytes of about `chunk`; return its size.
+
+    Call `check_delta` first: a damaged delta is then refused before
+    anything is written (here it would be found part way). Only `chunk`
+    bytes (or one copy instruction, at most 16 MiB) are built at a time.
+    """
+    dst_size, pos = _delta_start(base, delta, where, max_size)
+    bv, dv = memoryview(base), memoryview(delta)
+    parts: list[memoryview] = []
+    have = 0
+    for from_base, start, length in _delta_ops(delta, pos, len(base), dst_size, where):
+        parts.append((bv if from_base else dv)[start:start + length])
+        have += length
+        if have >= chunk:
+            write(b"".join(parts))
+            parts = []
+            have = 0
+    if parts:
+        write(b"".join(parts))
+    return dst_size
 
 
 def object_id(type_name: str, data: bytes) -> bytes:

@@ -48,8 +48,8 @@ from ..format import layout
 from ..errors import DamagedImage, LimitExceeded
 from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
-                   OBJ_REF_DELTA, TYPE_NAMES, apply_delta, delta_sizes, object_id,
-                   parse_entry_header, parse_pack_header)
+                   OBJ_REF_DELTA, TYPE_NAMES, apply_delta, check_delta, delta_sizes,
+                   object_id, parse_entry_header, parse_pack_header, write_delta)
 
 Pread = Callable[[int, int], bytes]
 
@@ -130,6 +130,10 @@ class Store:
         self._cache: OrderedDict[int, tuple[str, bytes, int, bool]] = OrderedDict()
         self._cached_bytes = 0
         self.objects_inflated = 0
+        # What the last `_read_at` built (bytes of work, deltas applied), for
+        # `_stream_delta`'s share of the max_lookup_bytes check.
+        self._last_work = 0
+        self._last_depth = 0
 
     @property
     def commit_id(self) -> bytes:
@@ -246,6 +250,8 @@ class Store:
         """
         offset, crc = self._placed(oid, offset)
         typ, data = self._read_at(offset, crc, oid)
+        if type(data) is bytearray:  # a large object inflated in place: not handed out
+            data = bytes(data)
         if expect is not None and typ != expect:
             raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected",
                                _where(offset, oid))
@@ -365,10 +371,16 @@ class Store:
         inflates (memory does not grow with its size, and `max_object_size`
         does not apply: nothing is held); its CRC-32 (and SHA-1 with
         `verify`) are checked at the end, so damage is then reported after
-        some bytes went out. Anything else is read (and checked) first,
-        then written: nothing goes out for a damaged object.
+        some bytes went out. A delta whose result is larger than that is
+        checked (and hashed) on its base first, then written piece by
+        piece (`_stream_delta`): the result is never held whole. Anything
+        else is read (and checked) first, then written: nothing goes out
+        for a damaged object.
         """
         offset, crc, where, eh, buf = self._whole_entry(oid, offset)
+        if (eh.type not in BASE_TYPES and offset not in self._cache
+                and _declared_result(eh, buf) > STREAM_THRESHOLD):
+            return self._stream_delta(oid, offset, crc, where, eh, buf, expect, write)
         if (eh.type not in BASE_TYPES or eh.size <= STREAM_THRESHOLD
                 or offset in self._cache):
             _, data = self.read_object(oid, expect, offset)
@@ -376,6 +388,65 @@ class Store:
             return len(data)
         self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
         return eh.size
+
+    def _stream_delta(self, oid: bytes, offset: int, crc: int | None, where, eh, buf,
+                      expect: str | None, write: Callable[[bytes], object]) -> int:
+        """Write a large delta's result without building it.
+
+        Reading a 24 MB file stored as a delta used to hold its base, the
+        delta, the pieces of the result and the result joined (and cache
+        it); here only the base (through the usual chain resolution and
+        cache) and the delta are held. Every check of `read_object` is
+        made, in the same words, before anything is written: the entry's
+        size limits and CRC-32, the work limit, the type, each delta
+        instruction and, with `verify`, the SHA-1.
+        """
+        if eh.size > self.max_object_size:
+            raise LimitExceeded(f"entry declares {eh.size} bytes, over the limit of "
+                                f"{self.max_object_size}", where, "max_object_size")
+        result = _declared_result(eh, buf)
+        if result > self.max_object_size:  # before its base is built
+            raise LimitExceeded(f"delta result of {result} bytes is over the limit of "
+                                f"{self.max_object_size}", where, "max_object_size")
+        declared = eh.size + result
+        if declared > self.max_lookup_bytes:
+            raise self._too_much_work(declared, 1, where)
+        if eh.type == OBJ_OFS_DELTA:
+            bpos = offset - eh.base_distance
+            if bpos < self.pack_start:
+                raise DamagedImage(f"OFS_DELTA base {eh.base_distance} bytes back is "
+                                   "before the start of the pack", where)
+            bid, bwhere = None, _Where(bpos, None, "delta base at ")
+            bcrc = None
+            if self._crc_at is not None:
+                bcrc = self._crc_at.get(bpos)
+                if bcrc is None:
+                    raise DamagedImage("delta base is not an entry the IDX lists", bwhere)
+        else:
+            found = self.locate(eh.base_id)
+            if found is None:
+                raise DamagedImage(f"REF_DELTA base {eh.base_id.hex()} is not in the image",
+                                   where)
+            (bpos, bcrc), bid = found, eh.base_id
+        if bpos == offset:
+            raise DamagedImage("delta chain loops back to an earlier entry", where)
+        typ, base = self._read_at(bpos, bcrc, bid)
+        work = self._last_work + declared
+        if work > self.max_lookup_bytes:
+            raise self._too_much_work(work, self._last_depth + 1, where)
+        if expect is not None and typ != expect:
+            raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected", where)
+        delta, _ = self._inflate_entry(offset, eh, buf, crc, where)
+        h = None
+        if self.verify:
+            import hashlib
+
+            h = hashlib.sha1(f"{typ} {delta_sizes(delta, where)[1]}\0".encode("ascii"))
+        check_delta(base, delta, where, self.max_object_size, None if h is None else h.update)
+        if h is not None and h.digest() != oid:
+            raise DamagedImage(f"SHA-1 mismatch: the content of {oid.hex()} hashes to "
+                               f"{h.hexdigest()}", where)
+        return write_delta(base, delta, write, where, self.max_object_size)
 
     def read_head(self, oid: bytes, expect: str | None, limit: int,
                   offset: int | None = None) -> tuple[str, bytes, int]:
@@ -471,55 +542,66 @@ class Store:
                         f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
             self.objects_inflated += 1
             return out, length
+        # A stream longer than what came with the header: inflated into one
+        # buffer of the declared size, at most INFLATE_STEP bytes out per
+        # call, the CRC-32 running over the input as it is read. Nothing is
+        # kept but the result (no list of pieces joined into a second copy,
+        # no compressed chunks): a 24 MB object costs 24 MB, not 59.
         z = zlib.decompressobj()
-        chunks = [buf]
+        whole = size > INFLATE_STEP
+        out_buf = bytearray(size) if whole else None
         parts = []
         have = 0
         at = pos + len(buf)
         chunk = memoryview(buf)[hl:]
+        running = zlib.crc32(memoryview(buf)[:hl])
         step = min(max(size + size // 1000 + 64, 4096), 1 << 20)
         try:
             while True:
-                # Never more than size + 1 bytes out, whatever the stream says.
-                out = z.decompress(chunk, size - have + 1)
-                have += len(out)
-                if have > size:
-                    raise DamagedImage(f"inflates to more than the declared {size} bytes",
-                                       where)
-                parts.append(out)
+                inp = chunk
+                while True:
+                    # Never more than size + 1 bytes out, whatever the stream says.
+                    out = z.decompress(inp, min(size - have + 1, INFLATE_STEP))
+                    n = len(out)
+                    if have + n > size:
+                        raise DamagedImage(f"inflates to more than the declared {size} bytes",
+                                           where)
+                    if whole:
+                        out_buf[have:have + n] = out
+                    else:
+                        parts.append(out)
+                    have += n
+                    inp = z.unconsumed_tail
+                    if z.eof or not inp:
+                        break
                 if z.eof:
+                    used = len(chunk) - len(z.unused_data)
+                    running = zlib.crc32(chunk[:used], running)
+                    at = at - len(chunk) + used
                     break
+                running = zlib.crc32(chunk, running)
                 want = min(step, self.pack_end - at)
                 if want <= 0:
                     raise DamagedImage("zlib stream runs past the end of the pack", where)
                 more = self.pread(at, want)
                 if not more:
                     raise DamagedImage("zlib stream is truncated", where)
-                chunks.append(more)
                 at += len(more)
-                chunk = more
+                chunk = memoryview(more)
                 step = min(step * 2, 1 << 22)
         except zlib.error as exc:
             raise DamagedImage(f"bad zlib stream ({exc})", where) from None
         if have != size:
             raise DamagedImage(f"inflates to {have} bytes, {size} declared", where)
-        length = at - pos - len(z.unused_data)
-        if crc is not None:
-            if len(chunks) == 1:
-                running = zlib.crc32(memoryview(buf)[:length])
-            else:
-                running = 0
-                left = length
-                for c in chunks:
-                    running = zlib.crc32(memoryview(c)[:left], running)
-                    left -= len(c)
-                    if left <= 0:
-                        break
-            if running != crc:
-                raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}",
-                                   where)
+        length = at - pos
+        if crc is not None and running != crc:
+            raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
         self.objects_inflated += 1
-        return parts[0] if len(parts) == 1 else b"".join(parts), length
+        # Large results stay the buffer, which only `read_object` copies to
+        # hand out (a delta base or a streamed object is never copied).
+        if whole:
+            return out_buf, length
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), length
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
         data = self.pread(pos, length)
@@ -564,6 +646,7 @@ class Store:
         where = _where(pos, oid)
         hit = self._cache_get(pos, crc, where)
         if hit is not None:
+            self._last_work, self._last_depth = len(hit[1]), 0
             return hit
         crc_at = self._crc_at
         chain = []  # (offset, entry header, crc) of the deltas, outermost first
@@ -613,11 +696,15 @@ class Store:
         # limit is refused before anything of it is built.
         work = len(base)
         limit = self.max_lookup_bytes
-        declared = work
-        for p, eh, buf, c, w in chain:
-            declared += eh.size + _declared_result(eh, buf)
-        if declared > limit:
-            raise self._too_much_work(declared, len(chain), where)
+        declared = work + sum(link[1].size for link in chain)
+        # Each result is at most max_object_size (apply_delta refuses more):
+        # a chain that could not pass the limit even so needs no peek at its
+        # result sizes (a zlib stream started per link, on every lookup).
+        if declared + len(chain) * self.max_object_size > limit:
+            for p, eh, buf, c, w in chain:
+                declared += _declared_result(eh, buf)
+            if declared > limit:
+                raise self._too_much_work(declared, len(chain), where)
         for p, eh, buf, c, w in reversed(chain):
             work += eh.size
             if work > limit:
@@ -627,6 +714,7 @@ class Store:
             work += dst
             if work > limit:
                 raise self._too_much_work(work, len(chain), where)
-            base = apply_delta(base, delta, w, self.max_object_size)
+            base = apply_delta(base, delta, w, self.max_object_size, mutable=True)
             self._cache_put(p, base_type, base, length, c is not None)
+        self._last_work, self._last_depth = work, len(chain)
         return base_type, base

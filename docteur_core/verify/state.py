@@ -104,10 +104,10 @@ class State:
         self.oid: dict[int, bytes] = {}  # offset -> computed id
         self.otype: dict[int, int] = {}  # offset -> object type once rebuilt
         self.by_id: dict[bytes, int] = {}
-        self.depth: dict[int, int] = {}  # offset -> delta chain depth
-        # offset -> bytes a reader builds to read the object cold (its base's,
-        # plus the delta and its result): what max_lookup_bytes bounds.
-        self.work: dict[int, int] = {}
+        # offset of a rebuilt delta -> (its chain's depth, the bytes a reader
+        # builds to read it cold: its base's, plus the delta and its result,
+        # what max_lookup_bytes bounds). Objects stored whole are not listed.
+        self.chains: dict[int, tuple[int, int]] = {}
         self.damaged: set[int] = set()  # entries already reported
         self.pending_ref: list[int] = []  # REF_DELTAs whose base was not seen yet
         self.scan_complete = False
