@@ -85,7 +85,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=_memory, default=256, metavar="MB",
                         help="the guest's memory (default: %(default)s MB; outputs are held "
                              "in it; below about 128 MB the guest does not start)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    from .. import options
+
+    parser.add_argument("--timeout", type=options.seconds, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the guest (default: %(default)s)")
     parser.add_argument("--raw", action="store_true",
                         help="write the guest's output exactly, binary included")
