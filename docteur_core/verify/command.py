@@ -88,12 +88,26 @@ def render(report) -> str:
     return text
 
 
+def _check_is_image(spec: str, device) -> None:
+    """A file that is no image at all is one line naming it, as for every
+    other command (not a report of damage)."""
+    from ..blockdev.block import ByteReader
+    from ..errors import NotAnImage
+    from ..format import layout
+
+    try:
+        layout.check_is_image(ByteReader(device).pread, device.capacity)
+    except NotAnImage as exc:
+        raise DocteurError(f"{spec}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..blockdev.device import open_device
     from . import verify_image
 
     device = open_device(args.image)
     try:
+        _check_is_image(args.image, device)
         report = verify_image(device, quick=args.quick, max_object_size=args.max_object_size,
                               max_paths=args.max_paths)
     finally:
