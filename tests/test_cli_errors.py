@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import struct
@@ -96,7 +97,12 @@ def test_every_command_says_not_a_docteur_image(files, tmp_path, capfd, verb, ki
     status = cli.main([verb.split()[0], *map(str, args)])
     assert status == (2 if verb.startswith("diff") else 1)
     out, err = capfd.readouterr()
-    assert out == ""
+    if verb == "verify --json":  # the report still comes, with the one problem
+        doc = json.loads(out)
+        assert doc["ok"] is False and [p["region"] for p in doc["problems"]] == ["image"]
+        assert doc["problems"][0]["what"].startswith("not a docteur image (")
+    else:
+        assert out == ""
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith(f"docteur {verb.split()[0]}: ")
@@ -233,8 +239,6 @@ def test_the_usage_error_comes_before_any_work(tmp_path):
 # -- --date -----------------------------------------------------------------------
 
 def _commit_of(image: Path) -> dict:
-    import json
-
     proc = docteur("info", "--json", image)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

@@ -191,4 +191,7 @@ def json_doc(old: str, new: str, changes: list[Change],
         except UnicodeDecodeError:
             e["path_hex"] = c.path.hex()  # the exact bytes, as `ls --json` gives them
         out.append(e)
-    return {"old": old, "new": new, "equal": not changes, "changes": out}
+    def arg(text: str) -> str:  # an argument that is not UTF-8 (surrogates) as `\xNN`
+        return _json_text(text.encode("utf-8", "surrogateescape"))
+
+    return {"old": arg(old), "new": arg(new), "equal": not changes, "changes": out}
