@@ -307,3 +307,12 @@ def test_stat_text_pads_like_git():
                    " longer/name | 12345 -> 12345\n"
                    " 2 paths changed (1 added, 1 modified), 12345 bytes -> 12350 bytes\n")
     assert diffmod.stat_text([], [], _name) == b""
+
+
+def test_a_repository_without_commits_is_trouble(history, tmp_path):
+    _, images = history
+    empty = tmp_path / "empty-repo"
+    git("init", "-q", str(empty))
+    proc = docteur("diff", images["c1"], empty)
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert proc.stderr.decode() == f"docteur diff: {empty}: the repository has no commit at HEAD\n"

@@ -95,11 +95,12 @@ class _Hasher:
 class TreeSide:
     """Trees by id: a directory hashed like `make`, or a repository's commit."""
 
-    def __init__(self, spec: str, root: bytes, read_tree, size) -> None:
+    def __init__(self, spec: str, root: bytes, read_tree, size, close=None) -> None:
         self.spec = spec
         self.root = (root, root)
         self._read_tree = read_tree
         self._size = size
+        self._close = close
 
     def list(self, handle) -> list[diffmod.Entry]:
         tree_id = handle if isinstance(handle, bytes) else handle[0]
@@ -110,7 +111,8 @@ class TreeSide:
         return None if mode == obj.MODE_GITLINK else self._size(oid)
 
     def close(self) -> None:
-        pass
+        if self._close is not None:
+            self._close()
 
 
 def directory_side(spec: str, warn) -> TreeSide:
@@ -123,7 +125,7 @@ def directory_side(spec: str, warn) -> TreeSide:
                     lambda bid: hasher.sizes.get(bid))
 
 
-def repository_side(spec: str, git_dir: str) -> TreeSide:
+def repository_side(spec: str) -> TreeSide:
     """HEAD's tree (tags peeled), read with dulwich as `make` reads it."""
     from dulwich.errors import NotGitRepository
     from dulwich.objects import Commit, Tag
@@ -134,15 +136,21 @@ def repository_side(spec: str, git_dir: str) -> TreeSide:
         target = repo[b"HEAD"]
         while isinstance(target, Tag):
             target = repo[target.object[1]]
-    except (NotGitRepository, KeyError, OSError) as exc:
+    except KeyError:
+        raise DocteurError(f"{spec}: the repository has no commit at HEAD") from None
+    except (NotGitRepository, OSError) as exc:
         raise DocteurError(f"{spec}: cannot read the repository's HEAD ({exc})") from None
     if not isinstance(target, Commit):
         raise DocteurError(f"{spec}: HEAD is not a commit")
     store = repo.object_store
 
     def read_tree(tid: bytes):
-        return obj.parse_tree_raw(store[tid.hex().encode()].as_raw_string(),
-                                  f"tree {tid.hex()}")
+        try:
+            raw = store[tid.hex().encode()].as_raw_string()
+        except KeyError:  # a shallow or broken repository
+            raise DocteurError(f"{spec}: tree {tid.hex()} is missing from the "
+                               "repository") from None
+        return obj.parse_tree_raw(raw, f"tree {tid.hex()}")
 
     def size(bid: bytes) -> int | None:
         try:
@@ -150,7 +158,7 @@ def repository_side(spec: str, git_dir: str) -> TreeSide:
         except KeyError:
             return None
 
-    return TreeSide(spec, bytes.fromhex(target.tree.decode()), read_tree, size)
+    return TreeSide(spec, bytes.fromhex(target.tree.decode()), read_tree, size, repo.close)
 
 
 def open_side(spec: str, args, warn) -> Any:
@@ -161,7 +169,7 @@ def open_side(spec: str, args, warn) -> Any:
 
         src = classify(spec)
         if src.kind == "repository":
-            return repository_side(spec, src.git_dir)
+            return repository_side(spec)
         return directory_side(spec, warn)
     from .image import Image
 
