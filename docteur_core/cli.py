@@ -6,7 +6,11 @@ A command module exposes `COMMANDS`, a dict from verb to a pair
 (dulwich, asyncio clients) inside `run`, so that `docteur --help` stays fast.
 
 Every user error is a `DocteurError`: it is printed as one line on stderr
-and the exit status is 1. Ctrl-C exits with 130, without a traceback.
+and the exit status is 1 (or the verb's `run.error_status`: `diff` uses 2,
+as diff(1) does). A usage mistake, a bad option value included, is
+argparse's: the verb's usage line, exit status 2; option values are checked
+by the shared `options.py` types so each kind is refused in the same words
+by every verb. Ctrl-C exits with 130, without a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ COMMAND_MODULES = [
     "docteur_core.build.command",
     "docteur_core.reader.commands",
     "docteur_core.reader.extract",
+    "docteur_core.reader.diffcommand",
     "docteur_core.verify.command",
     "docteur_core.serve.command",
     "docteur_core.mount.command",
@@ -70,11 +75,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    run = runners[args.verb]
     try:
-        return runners[args.verb](args) or 0
+        return run(args) or 0
     except DocteurError as exc:
         print(f"docteur {args.verb}: {exc}", file=sys.stderr)
-        return 1
+        # 1, or the verb's own status for trouble (diff: 2, as diff(1),
+        # since its 1 means "different").
+        return getattr(run, "error_status", 1)
     except KeyboardInterrupt:
         print(f"docteur {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -37,6 +37,17 @@ class DamagedImage(DocteurError):
         super().__init__(f"damaged image: {what}" + (f" (at {where})" if where else ""))
 
 
+class NotAnImage(DamagedImage):
+    """The bytes are not a docteur image at all (a text, a tar, random
+    bytes, an empty file), as opposed to an image with damage in it: the
+    rule is `format.layout.not_an_image`. A DamagedImage still, so every
+    handler of damage handles it; only the words differ."""
+
+    def __init__(self, what: str, where: str | None = None) -> None:
+        super().__init__(what, where)
+        DocteurError.__init__(self, f"not a docteur image ({what})")
+
+
 class LimitExceeded(DamagedImage):
     """The image asks for more memory, work or paths than a limit allows
     (`format/limits.py`): refused before anything is spent. Raising the

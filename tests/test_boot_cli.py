@@ -50,5 +50,5 @@ def test_reader_errors_name_the_image(tmp_path):
     bogus.write_bytes(b"not an image at all" * 100)
     proc = docteur("ls", bogus)
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"docteur ls: {bogus}: damaged image: ")
+    assert proc.stderr.startswith(f"docteur ls: {bogus}: not a docteur image (")
     assert len(proc.stderr.splitlines()) == 1

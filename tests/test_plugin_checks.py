@@ -62,7 +62,7 @@ def _flip(data: bytearray, offset: int) -> None:
 # Each damage: (name, function(bytearray, info) -> bytearray, what verify's
 # first problem line must say: its region, and a word of the reason).
 DAMAGES = [
-    ("tiny", lambda d, g: d[:10], "image: image of 10 bytes is too small"),
+    ("tiny", lambda d, g: d[:45], "image: image of 45 bytes is too small"),
     ("idx-in-header", lambda d, g: (_set(d, 20, struct.pack("<Q", 4)), d)[1],
      "header: IDX offset 4"),
     ("idx-outside", lambda d, g: (_set(d, 20, struct.pack("<Q", len(d) + 512)), d)[1],
@@ -122,6 +122,20 @@ def test_plugin_quick_refuses_what_verify_quick_refuses(good, name, damage, expe
     assert line.endswith(f"{problems[0]} (and {more} more problems)" if more else problems[0])
 
 
+def test_plugin_refuses_what_is_no_image(good):
+    """10 bytes are no image at all (format/layout.py's rule): verify and
+    the plugin say so in the same words."""
+    bad = good["base"] / "ten.img"
+    bad.write_bytes(good["data"][:10])
+    cli = _verify_quick(bad)
+    assert cli.returncode == 1 and cli.stderr == (
+        f"docteur verify: {bad}: not a docteur image (10 bytes, too small for a header "
+        "and a PACK)\n")
+    line = _assert_refused(run_nbdkit_once(f"image={bad}"),
+                           "image: not a docteur image (10 bytes, too small")
+    assert str(bad) in line
+
+
 def test_good_image_starts(good):
     proc = run_nbdkit_once(f"image={good['image']}")
     assert proc.returncode == 0, proc.stderr
@@ -133,6 +147,8 @@ def test_verify_none_checks_the_header_only(good):
     _set(data, 28, b"PACX")
     bad.write_bytes(bytes(data))
     assert run_nbdkit_once(f"image={bad}", "verify=none").returncode == 0
+    # Both signatures gone would be no image at all (format/layout.py): keep the PACK's.
+    _set(data, 28, b"PACK")
     _set(data, 20, struct.pack("<Q", 4))
     bad.write_bytes(bytes(data))
     _assert_refused(run_nbdkit_once(f"image={bad}", "verify=none"), "inside the header")

@@ -86,7 +86,9 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", type=_memory, default=256, metavar="MB",
                         help="the guest's memory (default: %(default)s MB; outputs are held "
                              "in it; below about 128 MB the guest does not start)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    from .. import options
+
+    parser.add_argument("--timeout", type=options.seconds, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the guest (default: %(default)s)")
     parser.add_argument("--raw", action="store_true",
                         help="write the guest's output exactly, binary included")
@@ -139,6 +141,28 @@ def _with_signals(work):
             signal.signal(sig, handler)
 
 
+def _check_is_image(target: str) -> None:
+    """A local file that is no image at all is refused in one line naming
+    it, before a guest is built or a server started (as every command
+    refuses it: `format.layout.not_an_image`). A URI is the server's."""
+    import os
+
+    if "://" in target or not os.path.isfile(target):
+        return
+    from ..blockdev.block import ByteReader
+    from ..blockdev.device import open_device
+    from ..errors import DocteurError, NotAnImage
+    from ..format import layout
+
+    device = open_device(target)
+    try:
+        layout.check_is_image(ByteReader(device).pread, device.capacity)
+    except NotAnImage as exc:
+        raise DocteurError(f"{target}: {exc}") from None
+    finally:
+        device.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from .runner import BootError, boot, print_results, reader_command, split_commands
 
@@ -147,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
     if args.no_server and not args.solo5:
         raise BootError("--no-server goes with --solo5 (QEMU boots need a server)")
+    _check_is_image(args.target)
     if args.solo5:
         from .solo5 import command as solo5_command
         return _with_signals(lambda: solo5_command.run(args, _log(args)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import options
 from ..errors import BuildError
 from ..format.layout import DEFAULT_BLOCK_SIZE, block_size_rule
 from ..progress import TerminalProgress as _TerminalProgress
@@ -76,14 +77,17 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
     parser.add_argument("--branch", metavar="REF",
                         help="branch or tag of a repository source (main, refs/heads/main, "
                              "v1.0); default: HEAD")
-    parser.add_argument("--date", metavar="RFC3339",
-                        help="date of a directory's commit, e.g. 2026-01-01T00:00:00Z "
-                             "(its UTC offset is kept)")
+    parser.add_argument("--date", metavar="RFC3339", type=options.date,
+                        help="date of a directory's commit, e.g. 2026-01-01T00:00:00Z or "
+                             "2026-01-01T12:00:00+02:00 (its UTC offset is kept); a date-time "
+                             "without a zone (2026-01-01T00:00:00) is read as UTC, a date "
+                             "alone (2026-01-01) is midnight UTC")
     parser.add_argument("--author", metavar="'NAME <EMAIL>'",
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")
-    parser.add_argument("--block-size", metavar="N", type=int, default=DEFAULT_BLOCK_SIZE,
+    parser.add_argument("--block-size", metavar="N", type=options.block_size,
+                        default=DEFAULT_BLOCK_SIZE,
                         help=f"block size the image is padded to: {block_size_rule()} "
                              f"(default {DEFAULT_BLOCK_SIZE})")
     parser.add_argument("--compat", choices=("ocaml",), default=None,
@@ -104,7 +108,7 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
                              "after git's delta search, re-encode every entry's zlib stream "
                              "with zopfli where that is shorter (a few percent smaller, much "
                              "slower; needs pip install 'docteur[max]')")
-    parser.add_argument("--zopfli-iterations", metavar="N", type=int, default=None,
+    parser.add_argument("--zopfli-iterations", metavar="N", type=options.count, default=None,
                         help="zopfli's iterations per entry with --compress max (default 15; "
                              "fewer is faster and slightly bigger)")
     parser.add_argument("--exclude", metavar="PATTERN", action="append", default=[],

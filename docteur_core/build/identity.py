@@ -41,14 +41,21 @@ def parse_author(text: str | None) -> bytes:
 
 
 def parse_date(text: str) -> When:
-    """An RFC 3339 date-time; its UTC offset is kept (git records it)."""
+    """An RFC 3339 date-time, its UTC offset kept (git records it); also a
+    date-time without a zone, read as UTC, and a plain date, midnight UTC
+    (what people type; a local zone would make builds depend on the host)."""
     candidate = text.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", candidate):
+        candidate += "T00:00:00"
     if re.search(r"[zZ]$", candidate):
         candidate = candidate[:-1] + "+00:00"
+    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?", candidate):
+        candidate += "+00:00"
     if not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?[+-]\d{2}:\d{2}$", candidate):
         raise BuildError(
-            f"date {text!r}: expected RFC 3339, e.g. 2026-01-01T00:00:00Z or "
-            "2026-01-01T12:00:00+02:00")
+            f"date {text!r}: expected RFC 3339 (2026-01-01T12:00:00+02:00, "
+            "2026-01-01T00:00:00Z), a date-time read as UTC (2026-01-01T00:00:00) "
+            "or a date (2026-01-01, midnight UTC)")
     try:
         dt = datetime.fromisoformat(candidate.replace("t", "T"))
     except ValueError as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 
-from ..errors import DamagedImage
+from ..errors import DamagedImage, NotAnImage
 
 COMMIT_ID_SIZE = 20
 HEADER_SIZE = 28
@@ -102,6 +102,46 @@ def parse_header(data: bytes, capacity: int | None = None) -> Header:
             f"IDX offset {idx_offset} points outside the image ({capacity} bytes)", "offset 20"
         )
     return Header(commit_id, idx_offset)
+
+
+def not_an_image(head: bytes, size: int, idx_head: bytes = b"") -> str | None:
+    """Why a device is not a docteur image at all, or None if it is one
+    (possibly damaged): the one rule every command applies.
+
+    `head` is the device's first HEADER_SIZE + PACK_HEADER_SIZE bytes (or
+    all of it), `size` its size, `idx_head` the IDX_HEADER_SIZE bytes at the
+    offset the header names (only read, and only needed, when there is no
+    PACK signature). An image is at least a header and a PACK header, and
+    holds the PACK signature at offset 28 or, if that was damaged, an IDX
+    (signature and version 2) where its header points: one of two intact is
+    an image with damage, none is another kind of file (a text, a tar or a
+    squashfs, random bytes, zeros).
+    """
+    if size == 0:
+        return "empty file"
+    if size < HEADER_SIZE + PACK_HEADER_SIZE:
+        return f"{size} bytes, too small for a header and a PACK"
+    if bytes(head[PACK_OFFSET:PACK_OFFSET + 4]) == PACK_SIGNATURE:
+        return None
+    if bytes(idx_head[:IDX_HEADER_SIZE]) == IDX_SIGNATURE + struct.pack(">I", IDX_VERSION):
+        return None
+    return f"no PACK signature at offset {PACK_OFFSET} and no IDX where the header points"
+
+
+def check_is_image(pread, size: int) -> None:
+    """Raise NotAnImage unless the device is a docteur image (see
+    `not_an_image`); `pread(offset, length) -> bytes`. Reads 40 bytes, and
+    8 more when the PACK signature is missing."""
+    head = bytes(pread(0, min(size, HEADER_SIZE + PACK_HEADER_SIZE))) if size else b""
+    idx_head = b""
+    if (size >= HEADER_SIZE + PACK_HEADER_SIZE
+            and head[PACK_OFFSET:PACK_OFFSET + 4] != PACK_SIGNATURE):
+        (idx_offset,) = struct.unpack_from("<Q", head, COMMIT_ID_SIZE)
+        if PACK_OFFSET <= idx_offset <= size - IDX_HEADER_SIZE:
+            idx_head = bytes(pread(idx_offset, IDX_HEADER_SIZE))
+    why = not_an_image(head, size, idx_head)
+    if why is not None:
+        raise NotAnImage(why)
 
 
 def largest_block_size(idx_offset: int, size: int) -> int:

@@ -305,18 +305,6 @@ def run_verb(image, verb: str, args: list[str], out: BinaryIO, flags=frozenset()
 
 # -- the `docteur` subcommands ------------------------------------------------
 
-def _block_size(text: str) -> int:
-    from argparse import ArgumentTypeError
-
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n <= 0 or n & (n - 1):
-        raise ArgumentTypeError(f"{text!r} is not a power of two")
-    return n
-
-
 def _common(parser, verb: str) -> None:
     _, lo, hi, _ = VERBS[verb]
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
@@ -337,9 +325,17 @@ def _common(parser, verb: str) -> None:
                         "a path index first (pays off for many lookups)")
     parser.add_argument("--verify", action="store_true",
                         help="check the SHA-1 of every object read")
-    parser.add_argument("--block-size", metavar="N", type=_block_size, default=None,
+    add_reading_arguments(parser)
+
+
+def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",
+                                                "max_paths"))) -> None:
+    """--block-size and the limits, for every verb that opens an image."""
+    from .. import options
+
+    parser.add_argument("--block-size", metavar="N", type=options.block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
-    add_limit_arguments(parser)
+    add_limit_arguments(parser, limits)
 
 
 # The reader's limits as options (format/limits.py): dest -> (metavar, help).
@@ -354,21 +350,14 @@ def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
     """--max-object-size, --max-lookup-bytes, --max-paths (those `names`
     asks for), with the shared defaults: every command that reads an image
     offers the same limits with the same words."""
+    from .. import options
     from ..format import limits
 
     for name in names:
         metavar, text = LIMIT_OPTIONS[name]
-        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, type=_count,
+        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, type=options.count,
                             default=getattr(limits, name.upper()),
                             help=f"{text} (default %(default)s)")
-
-
-def _count(text: str) -> int:
-    from argparse import ArgumentTypeError
-
-    if not text.isdigit() or int(text) <= 0:
-        raise ArgumentTypeError(f"{text!r} is not a positive number")
-    return int(text)
 
 
 def _runner(verb: str):

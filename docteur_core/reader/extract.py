@@ -196,9 +196,7 @@ def add_arguments(parser) -> None:
                         help="light (default) or fast, as for ls")
     parser.add_argument("--verify", action="store_true",
                         help="check the SHA-1 of every object read")
-    parser.add_argument("--block-size", metavar="N", type=commands._block_size, default=None,
-                        help="the device's block size (default: probed, or 512)")
-    commands.add_limit_arguments(parser, ("max_paths",))
+    commands.add_reading_arguments(parser, ("max_paths",))
 
 
 def _terminal_progress(counts: Counts) -> None:

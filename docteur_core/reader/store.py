@@ -108,6 +108,7 @@ class Store:
         self.max_delta_depth = max_delta_depth
         self.cache_bytes = cache_bytes
         self.max_lookup_bytes = max_lookup_bytes
+        layout.check_is_image(pread, capacity)  # a text or a tar: not "damaged"
         self.header = layout.parse_header(self._exact(0, layout.HEADER_SIZE, "image header"),
                                           capacity)
         self.object_count = parse_pack_header(

@@ -87,6 +87,7 @@ def check_image(device: BlockDevice, level: str = "quick") -> ImageInfo:
 
 def check_header(pread: Pread, size: int) -> layout.Header:
     """The header, and the alignment every docteur layout has (level none)."""
+    layout.check_is_image(pread, size)
     head = pread(0, layout.HEADER_SIZE)
     header = layout.parse_header(head, capacity=size)
     if header.idx_offset % layout.MIN_BLOCK_SIZE:

@@ -15,6 +15,10 @@ import json
 import sys
 
 from ..errors import DocteurError
+from .report import R_IMAGE
+
+# How the verifier's report starts when the file is no image (format/layout.py's rule).
+NOT_AN_IMAGE = f"{R_IMAGE}: not a docteur image"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +147,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     if report.ok:
         return 0
-    for line in report.problem_lines():
+    lines = report.problem_lines()
+    if len(lines) == 1 and lines[0].startswith(NOT_AN_IMAGE):
+        # Not damage: another kind of file. One line naming it, as every
+        # command says it (the JSON report above still holds the problem).
+        raise DocteurError(f"{args.image}: {lines[0][len(R_IMAGE) + 2:]}")
+    for line in lines:
         print(line, file=sys.stderr)
     n = len(report.problems) + sum(report.suppressed.values())
     raise DocteurError(f"{args.image} is damaged: {n} problem{'s' if n != 1 else ''} found")

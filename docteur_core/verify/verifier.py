@@ -7,6 +7,8 @@ step may find that nothing more can be checked (`Stop`).
 
 from __future__ import annotations
 
+from ..errors import NotAnImage
+from ..format import layout
 from .bases import Bases
 from .checksums import Checksums
 from .idxcheck import IdxCheck
@@ -24,6 +26,11 @@ class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach, Pa
 
     def run(self) -> None:
         try:
+            try:  # a text or a tar is not a damaged image: say so, and only that
+                layout.check_is_image(self.reader.pread, self.capacity)
+            except NotAnImage as exc:
+                self.problem(R_IMAGE, "", str(exc))
+                raise Stop from None
             self._probe_path_index()  # the checks below then stop where it starts
             self._check_header()
             self._load_idx()

@@ -1,0 +1,66 @@
+"""Option values every verb shares: one argparse `type=` function per kind.
+
+A bad value is then a usage error raised by the verb's own parser: exit
+status 2, the verb's usage line, and the same words whichever verb took
+the option (`docteur make --block-size 1000` and `docteur ls --block-size
+1000` say the same thing). Nothing heavy is imported here: `docteur
+--help` and the guest's start-up stay fast (argparse itself is imported
+only when a value is refused).
+"""
+
+from __future__ import annotations
+
+
+def _refuse(text: str):
+    from argparse import ArgumentTypeError
+
+    return ArgumentTypeError(text)
+
+
+def block_size(text: str) -> int:
+    """--block-size N: a power of two from 512 to 1 GiB, for building and
+    reading alike (`format.layout.valid_block_size`)."""
+    from .format.layout import block_size_rule, valid_block_size
+
+    try:
+        n = int(text, 10)
+    except ValueError:
+        n = 0
+    if not valid_block_size(n):
+        raise _refuse(f"{text!r} is not a block size: {block_size_rule()}")
+    return n
+
+
+def count(text: str) -> int:
+    """A positive whole number (limits, iterations)."""
+    if not text.isdigit() or int(text) <= 0:
+        raise _refuse(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds (timeouts)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise _refuse(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def date(text: str) -> str:
+    """--date: RFC 3339 (its UTC offset kept), a date-time without a zone
+    (read as UTC) or a plain date (midnight UTC). Checked here, kept as
+    given: `make_image` takes the text (`build.identity.parse_date`)."""
+    from .build.identity import parse_date
+    from .errors import BuildError
+
+    try:
+        parse_date(text)
+    except BuildError as exc:
+        words = str(exc)  # "date '...': why": argparse already names --date
+        raise _refuse(words[len("date "):] if words.startswith("date ") else words) from None
+    return text

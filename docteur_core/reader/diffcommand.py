@@ -1,0 +1,259 @@
+"""`docteur diff OLD NEW`: the sides `diff.py` compares, and the verb.
+
+A side is an image (file, device or NBD URI), a directory (hashed as
+`docteur make` hashes it: `build/snapshot.py`'s scan and hashing, its modes,
+links and skipped entries, but no pack is written), or a local Git
+repository (its HEAD commit's tree, as `make` would pack it). Host only:
+a guest never imports this.
+
+Exit status as `diff(1)`: 0 equal, 1 different, 2 trouble (a usage
+mistake, or an error such as an unreadable image, printed as one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from typing import Any
+
+from ..errors import DamagedImage, DocteurError
+from ..format import objects as obj
+from . import diff as diffmod
+
+# diff(1)'s status for trouble; cli.py reads it (`run.error_status`).
+TROUBLE = 2
+
+
+class ImageSide:
+    """An image's trees, by path (the reader's lookups, its limits)."""
+
+    def __init__(self, spec: str, image) -> None:
+        self.spec = spec
+        self.image = image
+        root = image.stat("")
+        self.root = (bytes.fromhex(root.id), "")
+
+    def list(self, handle) -> list[diffmod.Entry]:
+        path = handle if isinstance(handle, str) else handle.path
+        try:
+            return [(obj.encode_name(n.name), n.mode, n.id, n) for n in self.image.entries(path)]
+        except DamagedImage as exc:  # name the image: a diff has two sides
+            raise DocteurError(f"{self.spec}: {exc}") from None
+
+    def size(self, node) -> int | None:
+        if node.mode == obj.MODE_GITLINK:
+            return None
+        try:
+            if self.image.store.verify:  # only the content proves the size
+                return self.image.size(node.path)
+            return self.image.store.object_size(node.id, node.offset)
+        except DamagedImage as exc:
+            raise DocteurError(f"{self.spec}: {exc}") from None
+
+    def close(self) -> None:
+        self.image.close()
+
+
+class _Hasher:
+    """A pack writer that writes nothing: it hashes objects as git would and
+    keeps the trees (to list them) and every blob's size (for `--stat`)."""
+
+    def __init__(self) -> None:
+        self.trees: dict[bytes, bytes] = {}
+        self.sizes: dict[bytes, int] = {}
+
+    def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes:
+        from ..build.packwriter import OBJ_TREE, object_id
+
+        sha = sha or object_id(type_num, data)
+        if type_num == OBJ_TREE:
+            self.trees[sha] = bytes(data)
+        else:
+            self.sizes[sha] = len(data)
+        return sha
+
+    def add_blob_stream(self, f, size: int) -> bytes:
+        h = hashlib.sha1(b"blob %d\0" % size)
+        remaining = size
+        while True:
+            chunk = f.read(min(1 << 20, remaining) if remaining else 1)
+            if not chunk:
+                break
+            if len(chunk) > remaining:
+                raise ValueError("file grew while being read")
+            remaining -= len(chunk)
+            h.update(chunk)
+        if remaining:
+            raise ValueError("file shrank while being read")
+        sha = h.digest()
+        self.sizes[sha] = size
+        return sha
+
+
+class TreeSide:
+    """Trees by id: a directory hashed like `make`, or a repository's commit."""
+
+    def __init__(self, spec: str, root: bytes, read_tree, size, close=None) -> None:
+        self.spec = spec
+        self.root = (root, root)
+        self._read_tree = read_tree
+        self._size = size
+        self._close = close
+
+    def list(self, handle) -> list[diffmod.Entry]:
+        tree_id = handle if isinstance(handle, bytes) else handle[0]
+        return [(name, mode, oid, (oid, mode)) for mode, oid, name in self._read_tree(tree_id)]
+
+    def size(self, handle: tuple[bytes, int]) -> int | None:
+        oid, mode = handle
+        return None if mode == obj.MODE_GITLINK else self._size(oid)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+def directory_side(spec: str, warn) -> TreeSide:
+    from ..build.snapshot import Snapshot
+
+    hasher = _Hasher()
+    root = bytes.fromhex(Snapshot(spec, warn).run(hasher))
+    return TreeSide(spec, root,
+                    lambda tid: obj.parse_tree_raw(hasher.trees[tid], f"tree {tid.hex()}"),
+                    lambda bid: hasher.sizes.get(bid))
+
+
+def repository_side(spec: str) -> TreeSide:
+    """HEAD's tree (tags peeled), read with dulwich as `make` reads it."""
+    from dulwich.errors import NotGitRepository
+    from dulwich.objects import Commit, Tag
+    from dulwich.repo import Repo
+
+    try:
+        repo = Repo(spec)
+        target = repo[b"HEAD"]
+        while isinstance(target, Tag):
+            target = repo[target.object[1]]
+    except KeyError:
+        raise DocteurError(f"{spec}: the repository has no commit at HEAD") from None
+    except (NotGitRepository, OSError) as exc:
+        raise DocteurError(f"{spec}: cannot read the repository's HEAD ({exc})") from None
+    if not isinstance(target, Commit):
+        raise DocteurError(f"{spec}: HEAD is not a commit")
+    store = repo.object_store
+
+    def read_tree(tid: bytes):
+        try:
+            raw = store[tid.hex().encode()].as_raw_string()
+        except KeyError:  # a shallow or broken repository
+            raise DocteurError(f"{spec}: tree {tid.hex()} is missing from the "
+                               "repository") from None
+        return obj.parse_tree_raw(raw, f"tree {tid.hex()}")
+
+    def size(bid: bytes) -> int | None:
+        try:
+            return len(store.get_raw(bid.hex().encode())[1])
+        except KeyError:
+            return None
+
+    return TreeSide(spec, bytes.fromhex(target.tree.decode()), read_tree, size, repo.close)
+
+
+def open_side(spec: str, args, warn) -> Any:
+    """What SPEC names: an NBD URI or a file is an image, a directory is
+    read as `docteur make` reads it (a Git repository's HEAD, else files)."""
+    if "://" not in spec and os.path.isdir(spec):
+        from ..build.source import classify
+
+        src = classify(spec)
+        if src.kind == "repository":
+            return repository_side(spec)
+        return directory_side(spec, warn)
+    from .image import Image
+
+    try:
+        image = Image.open(spec, args.mode, verify=args.verify, block_size=args.block_size,
+                           max_object_size=args.max_object_size,
+                           max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
+    except DamagedImage as exc:
+        raise DocteurError(f"{spec}: {exc}") from None
+    return ImageSide(spec, image)
+
+
+# -- the verb -------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Show which paths differ between two images, or an image and a directory.
+
+OLD and NEW are each an image (a file, a device, or an NBD URI), a
+directory (hashed as `docteur make` would hash it, without building an
+image: same modes, links stored as links, .git, sockets, FIFOs and devices
+skipped), or a local Git repository (its HEAD commit's tree, as make would
+pack it). The output is `git diff-tree -r --name-status`'s: A (added),
+D (deleted), M (content or 100644/100755 mode changed), T (type changed:
+file, link, submodule), a tab, the path; a file replaced by a directory is
+its D and the directory's A lines. Objects are compared by id, so two
+images that share subtrees cost what differs.
+
+Exit status as diff(1): 0 when equal, 1 when different, 2 on trouble (a
+usage mistake, an unreadable or damaged side: one line on stderr).
+"""
+    from . import commands
+
+    for name in ("old", "new"):
+        parser.add_argument(name, metavar=name.upper(),
+                            help="an image file, a device, an NBD URI, a directory or a Git "
+                                 "repository")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--stat", action="store_true",
+                     help="PATH | OLD -> NEW sizes in bytes (- where a side has no blob), "
+                          "then a summary line")
+    out.add_argument("--json", action="store_true",
+                     help="one JSON document on stdout (fields in the README)")
+    parser.add_argument("--mode", choices=("fast", "light"), default="light",
+                        help="how images are read, as for ls (default light)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the SHA-1 of every image object read")
+    commands.add_reading_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .commands import _name
+
+    def warn(text: str) -> None:
+        print(f"docteur diff: warning: {text}", file=sys.stderr)
+
+    sides = []
+    try:
+        for spec in (args.old, args.new):
+            sides.append(open_side(spec, args, warn))
+        a, b = sides
+        changes = list(diffmod.diff_trees(a.list, a.root, b.list, b.root,
+                                          max_paths=args.max_paths))
+        sizes = []
+        if args.stat or args.json:
+            sizes = [(None if c.old_handle is None else a.size(c.old_handle),
+                      None if c.new_handle is None else b.size(c.new_handle))
+                     for c in changes]
+    finally:
+        for side in sides:
+            side.close()
+    out = sys.stdout.buffer
+    if args.json:
+        import json
+
+        doc = diffmod.json_doc(args.old, args.new, changes, sizes)
+        out.write(json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
+    elif args.stat:
+        out.write(diffmod.stat_text(changes, sizes, _name))
+    else:
+        out.write(diffmod.name_status(changes, _name))
+    out.flush()
+    return 1 if changes else 0
+
+
+run.error_status = TROUBLE  # type: ignore[attr-defined]
+
+COMMANDS = {"diff": (add_arguments, run)}
