@@ -81,6 +81,7 @@ VERBS = {
     "extract": ["{}", "{dest}"],
     "serve": ["--port", "{port}", "{}"],
     "boot": ["{}", "ls"],
+    "mount": ["{}", "{mnt}"],
     "diff (old)": ["{}", "{good}"],
     "diff (new)": ["{good}", "{}"],
 }
@@ -92,8 +93,9 @@ def test_every_command_says_not_a_docteur_image(files, tmp_path, capfd, verb, ki
     """In this process (`cli.main`, as `docteur` runs it) for speed; serve
     and boot still start their real programs if they get that far."""
     path = files[kind]
-    args = [a.format(path, dest=tmp_path / "dest", port=free_port(), good=files["good"])
-            for a in VERBS[verb]]
+    (tmp_path / "mnt").mkdir()
+    args = [a.format(path, dest=tmp_path / "dest", port=free_port(), good=files["good"],
+                     mnt=tmp_path / "mnt") for a in VERBS[verb]]
     status = cli.main([verb.split()[0], *map(str, args)])
     assert status == (2 if verb.startswith("diff") else 1)
     out, err = capfd.readouterr()
@@ -170,7 +172,7 @@ def usage_error(argv: list[str], capsys) -> str:
 BLOCK_SIZE_VERBS = {
     "make": ["SRC", "OUT.img"], "ls": ["I.img"], "cat": ["I.img", "p"], "stat": ["I.img", "p"],
     "tree": ["I.img"], "info": ["I.img"], "extract": ["I.img", "DEST"],
-    "diff": ["A.img", "B.img"],
+    "diff": ["A.img", "B.img"], "mount": ["I.img", "MNT"],
 }
 
 
@@ -189,7 +191,8 @@ LIMIT_VERBS = {
                     "diff": ["A.img", "B.img"], "tree": ["I.img"]},
     "--max-object-size": {"cat": ["I.img", "p"], "verify": ["I.img"],
                           "diff": ["A.img", "B.img"]},
-    "--max-lookup-bytes": {"stat": ["I.img", "p"], "diff": ["A.img", "B.img"]},
+    "--max-lookup-bytes": {"stat": ["I.img", "p"], "diff": ["A.img", "B.img"],
+                           "mount": ["I.img", "MNT"]},
     "--zopfli-iterations": {"make": ["SRC", "OUT.img"]},
 }
 

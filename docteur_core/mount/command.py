@@ -39,7 +39,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     unmounts); `docteur umount MOUNTPOINT` (or `fusermount3 -u`) unmounts.
     MOUNTPOINT must be an existing, empty directory.
     """
-    from ..reader.commands import _block_size, add_limit_arguments
+    from ..reader.commands import add_reading_arguments
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
                         "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
@@ -49,9 +49,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         "when the image has a path index); light: walk the trees per lookup")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground; Ctrl-C unmounts")
-    parser.add_argument("--block-size", metavar="N", type=_block_size, default=None,
-                        help="the device's block size (default: probed, or 512)")
-    add_limit_arguments(parser)
+    add_reading_arguments(parser)
 
 
 def add_umount_arguments(parser: argparse.ArgumentParser) -> None:
