@@ -23,34 +23,41 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import DocteurError
 
-# Verb modules, in the order `--help` lists them.
-COMMAND_MODULES = [
-    "docteur_core.build.command",
-    "docteur_core.reader.commands",
-    "docteur_core.reader.extract",
-    "docteur_core.reader.diffcommand",
-    "docteur_core.verify.command",
-    "docteur_core.serve.command",
-    "docteur_core.mount.command",
-    "docteur_core.boot.command",
-    "docteur_core.demo.command",
-]
+# Verb modules and the verbs each defines, in the order `--help` lists them.
+# The verbs are written here as well as in each module's COMMANDS so that
+# `docteur cat` imports only the reader's module, not the builder, the
+# boot code and the verifier (a tenth of a second of imports on every
+# call); tests/test_cli_lazy.py keeps the two in step.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "docteur_core.build.command": ("make",),
+    "docteur_core.reader.commands": ("ls", "cat", "stat", "tree", "info"),
+    "docteur_core.reader.extract": ("extract",),
+    "docteur_core.reader.diffcommand": ("diff",),
+    "docteur_core.verify.command": ("verify",),
+    "docteur_core.serve.command": ("serve", "plugin-path"),
+    "docteur_core.mount.command": ("mount", "umount"),
+    "docteur_core.boot.command": ("boot",),
+    "docteur_core.demo.command": ("demo",),
+}
 
 
-def _load_commands() -> dict[str, tuple[Callable, Callable]]:
+def _load_commands(verb: str | None = None) -> dict[str, tuple[Callable, Callable]]:
+    """Every verb's (add_arguments, run), or only those of the module that
+    defines `verb` when it is known."""
+    names = [m for m, verbs in COMMAND_MODULES.items() if verb in verbs] or list(COMMAND_MODULES)
     commands: dict[str, tuple[Callable, Callable]] = {}
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet: that verb is absent
-                continue
-            raise
-        commands.update(module.COMMANDS)
+    for name in names:
+        commands.update(importlib.import_module(name).COMMANDS)
     return commands
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb `argv` names, if its first word is one (options before the
+    verb, such as --version or --help, mean the whole parser)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
+def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     parser = argparse.ArgumentParser(
         prog="docteur",
         description="Turn a directory or a Git repository into a compact, read-only, "
@@ -60,20 +67,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     sub.required = True
     runners: dict[str, Callable] = {}
-    for verb, (add_arguments, run) in _load_commands().items():
+    for name, (add_arguments, run) in _load_commands(verb).items():
         doc = (add_arguments.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else None
         p = sub.add_parser(
-            verb, help=summary, description=doc or None,
+            name, help=summary, description=doc or None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_arguments(p)
-        runners[verb] = run
+        runners[name] = run
     return parser, runners
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, runners = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser, runners = build_parser(_verb_of(argv))
     args = parser.parse_args(argv)
     run = runners[args.verb]
     try:
