@@ -185,3 +185,33 @@ def git_reference_image(source: str | Path, image: str | Path, block_size: int =
     data[idx_offset:idx_offset + len(idx)] = idx
     Path(image).write_bytes(bytes(data))
     return {"commit": commit, "tree": tree, "idx_offset": idx_offset}
+
+
+# -- processes and their one-line errors ------------------------------------------
+
+def one_line(stderr: str) -> str:
+    """The one non-blank line of an error output, which has no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (one waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pid: int, patience: float = 60.0) -> bool:
+    """True once `pid` is gone; False if it is still there after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO_ROOT, free_port
+from tests.support import REPO_ROOT, alive, free_port
 
 DATE = "2026-01-01T00:00:00Z"
 TEXT = b"Hello from an installed docteur.\n" * 3
@@ -166,15 +166,6 @@ def docteur_in(installed: Installed, work: Path):
 
 
 # --- processes ----------------------------------------------------------------
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, waiting for init to reap it, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
 
 def nbdkits_mentioning(needle: str | int) -> list[str]:
     """Live nbdkit processes whose command line contains `needle` (a port:

@@ -27,7 +27,7 @@ from docteur_core.mount.fs import ImageFS, inode_of
 from docteur_core.reader import Image
 
 from .forge import Obj, build, commit, tree
-from .support import free_port
+from .support import alive, free_port, one_line, wait_gone
 from .test_build_dir import DATE as DATE_GENERATED, materialise, trees
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
@@ -41,31 +41,6 @@ PATIENCE = 60.0
 def docteur(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*DOCTEUR, *map(str, args)], capture_output=True, text=True,
                           errors="surrogateescape", timeout=timeout)
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def wait_gone(pid: int) -> bool:
-    deadline = time.monotonic() + PATIENCE
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def serving_pids(mountpoint: Path) -> list[int]:
@@ -331,7 +306,7 @@ def test_bad_mount_points_and_sources_are_one_line(site, tmp_path):
         ((image, tmp_path / "missing"), "no such directory"),
         ((image, a_file), "not a directory"),
         ((tmp_path / "missing.img", mnt), "missing.img"),
-        ((junk, mnt), "damaged image"),
+        ((junk, mnt), "not a docteur image"),
         ((f"nbd://127.0.0.1:{free_port()}/", mnt), "nbd://127.0.0.1"),
     ]
     for args, words in cases:

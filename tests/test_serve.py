@@ -15,13 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.plugin_support import SYSTEM_PYTHON, make_source
-from tests.support import free_port, git_reference_image
+from tests.support import alive, free_port, git_reference_image, one_line, wait_gone
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
 REPLACED = "the image was replaced after nbdkit started"
@@ -40,32 +39,6 @@ def docteur(*args: str, cwd: Path | None = None, timeout: float = 120
 
 def docteur_bytes(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*DOCTEUR, *map(str, args)], capture_output=True, timeout=120)
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def wait_gone(pid: int) -> bool:
-    deadline = time.monotonic() + PATIENCE
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def cmdline(pid: int) -> list[str]:
