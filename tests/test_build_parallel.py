@@ -43,9 +43,9 @@ objects_st = st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.integers(0, 5000)
 
 
 @settings(max_examples=300, deadline=None)
-@given(objects_st, st.integers(1, 20000))
-def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes):
-    parts = plan_parts(objects, part_bytes)
+@given(objects_st, st.integers(1, 20000), st.integers(1, 30))
+def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes, part_objects):
+    parts = plan_parts(objects, part_bytes, part_objects)
     flat = [i for part in parts for i in part]
     assert sorted(flat) == list(range(len(objects)))  # a partition
     assert all(part == sorted(part) for part in parts)  # each in rev-list order
@@ -60,6 +60,7 @@ def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes):
         start += len(part)
         if n < len(by_start) - 1:
             assert sum(objects[i].size for i in part) >= part_bytes  # full before a cut
+            assert len(part) >= part_objects
             last, following = order[ranks[-1]], order[ranks[-1] + 1]
             # never between two objects of one type and name hash (a file's versions)
             assert (objects[last].type, objects[last].hash) != \
@@ -68,8 +69,10 @@ def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes):
 
 def test_plan_parts_below_part_bytes_is_one_part():
     objects = [Obj(b"%040d" % i, 3, 10, i) for i in range(50)]
-    assert plan_parts(objects, 10 * 50) == [list(range(50))]
-    assert len(plan_parts(objects, 100)) == 5
+    assert plan_parts(objects, 10 * 50, 1) == [list(range(50))]
+    assert plan_parts(objects, 1, 50) == [list(range(50))]
+    assert len(plan_parts(objects, 100, 1)) == 5
+    assert len(plan_parts(objects, 100, 20)) == 3  # 20, 20, 10 objects
 
 
 # --- real builds --------------------------------------------------------------
@@ -104,6 +107,7 @@ def site(tmp_path_factory) -> Path:
 def small_parts(monkeypatch):
     """Parts of 20 kB: several parts from a small tree (as big trees get with the default)."""
     monkeypatch.setattr(parallel, "PART_BYTES", 20_000)
+    monkeypatch.setattr(parallel, "PART_OBJECTS", 1)
 
 
 def test_image_is_the_same_whatever_the_worker_count(site, tmp_path, small_parts):
@@ -122,6 +126,7 @@ def test_image_is_the_same_whatever_the_worker_count(site, tmp_path, small_parts
 def test_parts_hold_the_same_tree_as_one_pack(site, tmp_path, monkeypatch):
     one = make_image(site, tmp_path / "one.img", date=DATE, jobs=2, warn=lambda _: None)
     monkeypatch.setattr(parallel, "PART_BYTES", 20_000)
+    monkeypatch.setattr(parallel, "PART_OBJECTS", 1)
     many = make_image(site, tmp_path / "many.img", date=DATE, jobs=2, warn=lambda _: None)
     assert (one.commit, one.tree, one.objects) == (many.commit, many.tree, many.objects)
     assert (tmp_path / "one.img").read_bytes() != (tmp_path / "many.img").read_bytes()

@@ -9,10 +9,12 @@ from the objects alone:
    and their types and sizes (`cat-file --batch-check`) are sorted as
    pack-objects sorts its delta candidates: type, then git's hash of the
    path name, then size, all descending (`delta_order`);
-2. that list is cut into parts of about `PART_BYTES` bytes of content,
-   never inside a run of one type and one name hash (the versions of one
-   file, which are what deltas pair up) (`plan_parts`). The cut points
-   depend on the objects and `PART_BYTES` only — not on the core count;
+2. that list is cut into parts of at least `PART_BYTES` bytes of content
+   and `PART_OBJECTS` objects (so that most objects still see a full
+   window of 250 candidates), never inside a run of one type and one name
+   hash (the versions of one file, which are what deltas pair up)
+   (`plan_parts`). The cut points depend on the objects and these two
+   constants only — not on the core count;
 3. each part is packed by its own `git pack-objects --threads=1`, up to
    `jobs` at a time. A part is contiguous in git's sort order, so within it
    git sorts and searches exactly as it would in the whole list; what is
@@ -48,6 +50,7 @@ from .packwriter import encode_idx_v2
 # About this much object content per part. Fixed: it decides the cut points,
 # so changing it changes the images (as any change of the delta search does).
 PART_BYTES = 16 << 20
+PART_OBJECTS = 1000
 
 JOBS_ENV = "DOCTEUR_JOBS"
 
@@ -81,12 +84,13 @@ def delta_order(objects: Sequence[Obj]) -> list[int]:
                   key=lambda i: (-objects[i].type, -objects[i].hash, -objects[i].size, i))
 
 
-def plan_parts(objects: Sequence[Obj], part_bytes: int = PART_BYTES) -> list[list[int]]:
+def plan_parts(objects: Sequence[Obj], part_bytes: int = PART_BYTES,
+               part_objects: int = PART_OBJECTS) -> list[list[int]]:
     """Cut the objects into parts; each a list of indices in `objects` order.
 
     A part is a contiguous run of `delta_order`, closed once it holds at
-    least `part_bytes` bytes and the next object starts a new (type, name
-    hash) run. Parts are ordered by their first index, so the part with the
+    least `part_bytes` bytes and `part_objects` objects and the next object
+    starts a new (type, name hash) run. Parts are ordered by their first index, so the part with the
     first object (the commit) comes first. Pure: the same objects give the
     same parts.
     """
@@ -96,7 +100,7 @@ def plan_parts(objects: Sequence[Obj], part_bytes: int = PART_BYTES) -> list[lis
     previous = None
     for i in delta_order(objects):
         key = (objects[i].type, objects[i].hash)
-        if current and total >= part_bytes and key != previous:
+        if total >= part_bytes and len(current) >= part_objects and key != previous:
             parts.append(current)
             current, total = [], 0
         current.append(i)
@@ -213,18 +217,20 @@ def join_packs(packs: Sequence[str], base: str) -> str:
 
 def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
                           progress: Callable[[str], None] | None,
-                          jobs: int | None = None, part_bytes: int | None = None) -> str:
+                          jobs: int | None = None, part_bytes: int | None = None,
+                          part_objects: int | None = None) -> str:
     """Pack `commit` and everything it reaches into `base`-SHA.{pack,idx}; the pack path.
 
     The same bytes whatever `jobs` (default: `default_jobs()`). Every git
     process is started from this thread (PR_SET_PDEATHSIG is per thread)
-    and killed if the build stops. `part_bytes` (default `PART_BYTES`) is
-    for tests, which need several parts from a small tree.
+    and killed if the build stops. `part_bytes` and `part_objects`
+    (default `PART_BYTES`, `PART_OBJECTS`) are for tests and measurements.
     """
     jobs = default_jobs() if jobs is None else jobs
     part_bytes = PART_BYTES if part_bytes is None else part_bytes
+    part_objects = PART_OBJECTS if part_objects is None else part_objects
     objects = list_objects(repo, commit)
-    parts = plan_parts(objects, part_bytes)
+    parts = plan_parts(objects, part_bytes, part_objects)
     folder = os.path.dirname(base)
     inputs = []
     for n, part in enumerate(parts):
