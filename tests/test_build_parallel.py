@@ -43,9 +43,12 @@ objects_st = st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.integers(0, 5000)
 
 
 @settings(max_examples=300, deadline=None)
-@given(objects_st, st.integers(1, 20000), st.integers(1, 30))
-def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes, part_objects):
-    parts = plan_parts(objects, part_bytes, part_objects)
+@given(objects_st, st.integers(1, 20000), st.integers(1, 30), st.integers(0, 5000))
+def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes, part_objects,
+                                                   cut_size):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(parallel, "CUT_SIZE", cut_size)
+        parts = plan_parts(objects, part_bytes, part_objects)
     flat = [i for part in parts for i in part]
     assert sorted(flat) == list(range(len(objects)))  # a partition
     assert all(part == sorted(part) for part in parts)  # each in rev-list order
@@ -65,6 +68,7 @@ def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes, part_obj
             # never between two objects of one type and name hash (a file's versions)
             assert (objects[last].type, objects[last].hash) != \
                    (objects[following].type, objects[following].hash)
+            assert max(objects[last].size, objects[following].size) <= cut_size
 
 
 def test_plan_parts_below_part_bytes_is_one_part():
@@ -73,6 +77,19 @@ def test_plan_parts_below_part_bytes_is_one_part():
     assert plan_parts(objects, 1, 50) == [list(range(50))]
     assert len(plan_parts(objects, 100, 1)) == 5
     assert len(plan_parts(objects, 100, 20)) == 3  # 20, 20, 10 objects
+    big = [Obj(o.line, 3, 100 << 10 if 10 <= i < 30 else 10, i) for i, o in enumerate(objects)]
+    # git's order is by hash, descending (49 first); no cut beside 29..10 (over CUT_SIZE)
+    parts = plan_parts(big, 1, 5)
+    assert [(p[0], p[-1]) for p in parts] == [(0, 3), (4, 8), (9, 34), (35, 39), (40, 44),
+                                              (45, 49)]
+
+
+def test_window_bytes():
+    objects = [Obj(b"%040d" % i, 3, size, 0) for i, size in enumerate([5, 1, 7, 3, 2])]
+    # git's order: size descending within one hash: 7 5 3 2 1
+    assert parallel.window_bytes(objects, range(5), window=2) == 12
+    assert parallel.window_bytes(objects, range(5), window=10) == 18
+    assert parallel.window_bytes(objects, [1, 4], window=1) == 2
 
 
 # --- real builds --------------------------------------------------------------
@@ -108,6 +125,7 @@ def small_parts(monkeypatch):
     """Parts of 20 kB: several parts from a small tree (as big trees get with the default)."""
     monkeypatch.setattr(parallel, "PART_BYTES", 20_000)
     monkeypatch.setattr(parallel, "PART_OBJECTS", 1)
+    monkeypatch.setattr(parallel, "CUT_SIZE", 1 << 20)
 
 
 def test_image_is_the_same_whatever_the_worker_count(site, tmp_path, small_parts):
@@ -127,6 +145,7 @@ def test_parts_hold_the_same_tree_as_one_pack(site, tmp_path, monkeypatch):
     one = make_image(site, tmp_path / "one.img", date=DATE, jobs=2, warn=lambda _: None)
     monkeypatch.setattr(parallel, "PART_BYTES", 20_000)
     monkeypatch.setattr(parallel, "PART_OBJECTS", 1)
+    monkeypatch.setattr(parallel, "CUT_SIZE", 1 << 20)
     many = make_image(site, tmp_path / "many.img", date=DATE, jobs=2, warn=lambda _: None)
     assert (one.commit, one.tree, one.objects) == (many.commit, many.tree, many.objects)
     assert (tmp_path / "one.img").read_bytes() != (tmp_path / "many.img").read_bytes()

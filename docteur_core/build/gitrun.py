@@ -37,6 +37,12 @@ PINNED_CONFIG = {
     "pack.packSizeLimit": "0",
     "pack.indexVersion": "2",
     "pack.writeReverseIndex": "false",
+    # Not for the bytes, for memory: git maps packs in windows of up to
+    # 1 GiB, and every mapped page read counts in its RSS, so pack-objects
+    # grew by the size of the input pack (the directory's snapshot: ~400 MB
+    # for Linux). Small windows, reused, read the same objects.
+    "core.packedGitWindowSize": "4m",
+    "core.packedGitLimit": "32m",
 }
 
 # Environment variables that would point git somewhere else than we say.

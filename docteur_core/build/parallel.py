@@ -51,6 +51,9 @@ from .packwriter import encode_idx_v2
 # so changing it changes the images (as any change of the delta search does).
 PART_BYTES = 16 << 20
 PART_OBJECTS = 1000
+# A cut only between two objects this small: a cut costs the deltas across
+# it, which matter where big similar files (generated headers) sit together.
+CUT_SIZE = 64 << 10
 
 JOBS_ENV = "DOCTEUR_JOBS"
 
@@ -90,7 +93,8 @@ def plan_parts(objects: Sequence[Obj], part_bytes: int = PART_BYTES,
 
     A part is a contiguous run of `delta_order`, closed once it holds at
     least `part_bytes` bytes and `part_objects` objects and the next object
-    starts a new (type, name hash) run. Parts are ordered by their first index, so the part with the
+    starts a new (type, name hash) run, and both objects beside the cut are
+    at most `CUT_SIZE` bytes. Parts are ordered by their first index, so the part with the
     first object (the commit) comes first. Pure: the same objects give the
     same parts.
     """
@@ -98,20 +102,41 @@ def plan_parts(objects: Sequence[Obj], part_bytes: int = PART_BYTES,
     current: list[int] = []
     total = 0
     previous = None
+    last_size = 0
     for i in delta_order(objects):
         key = (objects[i].type, objects[i].hash)
-        if total >= part_bytes and len(current) >= part_objects and key != previous:
+        size = objects[i].size
+        if (total >= part_bytes and len(current) >= part_objects and key != previous
+                and size <= CUT_SIZE and last_size <= CUT_SIZE):
             parts.append(current)
             current, total = [], 0
         current.append(i)
-        total += objects[i].size
-        previous = key
+        total += size
+        previous, last_size = key, size
     if current:
         parts.append(current)
     for part in parts:
         part.sort()
     parts.sort(key=lambda p: p[0])
     return parts
+
+
+def window_bytes(objects: Sequence[Obj], part: Sequence[int], window: int = WINDOW) -> int:
+    """The most content one delta window of `part` holds at once (in git's order).
+
+    git keeps every object of its window, and a delta index of each, in
+    memory: this is what a part's pack-objects needs, beyond small change.
+    """
+    sizes = [objects[i].size for i in sorted(part, key=lambda i: (-objects[i].type,
+                                                                   -objects[i].hash,
+                                                                   -objects[i].size, i))]
+    best = total = 0
+    for n, size in enumerate(sizes):
+        total += size
+        if n >= window:
+            total -= sizes[n - window]
+        best = max(best, total)
+    return best
 
 
 def default_jobs() -> int:
@@ -239,7 +264,11 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
             f.write(b"".join(objects[i].line + b"\n" for i in part))
         inputs.append(path)
     sizes = [sum(objects[i].size for i in part) for part in parts]
+    weights = [window_bytes(objects, part) for part in parts]
     del objects
+    # Two parts whose windows both hold big files do not run together: the
+    # peak memory stays about that of the heaviest part plus light ones.
+    budget = max(weights, default=0) * 5 // 4 + (32 << 20)
     # Biggest parts first, so the last ones to finish are small.
     waiting = sorted(range(len(parts)), key=lambda n: (-sizes[n], n))
     running: dict[int, tuple[subprocess.Popen, object, object]] = {}
@@ -255,7 +284,12 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
         report()
         while waiting or running:
             while waiting and len(running) < jobs:
-                n = waiting.pop(0)
+                load = sum(weights[n] for n in running)
+                fits = [n for n in waiting if not running or load + weights[n] <= budget]
+                if not fits:
+                    break
+                n = fits[0]
+                waiting.remove(n)
                 stdin = open(inputs[n], "rb")
                 stdout = open(f"{inputs[n]}.out", "w+b")
                 stderr = open(f"{inputs[n]}.err", "w+b")
