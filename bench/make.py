@@ -16,7 +16,7 @@ Each --levels entry is one `docteur make --compress LEVEL` (default: both
 `default` and `max`, the zopfli re-encoding; `max` needs the zopfli package).
 Every command's peak memory is measured two ways: the largest RSS of one
 process (/usr/bin/time's %M) and the peak of the sum of
-the RSS of the whole process tree (sampled from /proc every 20 ms: docteur
+the RSS of the whole process tree (sampled from /proc every 100 ms: docteur
 runs several git processes at once, git repack one threaded one).
 `--linux` is the issue 16 measurement: the Linux source tree (default
 /work/corpus/linux/linux-source-6.1), `--levels default`, no --threads=1
@@ -95,7 +95,7 @@ def timed(cmd: list[str], **kw) -> float:
         peak = 0
         while proc.poll() is None:
             peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.02)
+            time.sleep(0.1)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd)
