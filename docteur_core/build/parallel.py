@@ -164,6 +164,9 @@ def list_objects(repo: GitRepo, commit: str) -> list[Obj]:
                           input=shas).split(b"\n")
     except BuildError as exc:
         raise BuildError(f"listing the objects of {commit} failed: {exc}") from None
+    if len(checked) != len(lines) + 1:
+        raise BuildError(f"listing the objects of {commit} failed: git cat-file answered "
+                         f"{len(checked) - 1} of {len(lines)} objects")
     out = []
     for line, check in zip(lines, checked):
         kind, _, size = check.partition(b" ")
