@@ -71,17 +71,18 @@ def test_plan_parts_cuts_git_order_at_fixed_places(objects, part_bytes, part_obj
             assert max(objects[last].size, objects[following].size) <= cut_size
 
 
-def test_plan_parts_below_part_bytes_is_one_part():
+def test_plan_parts_examples():
     objects = [Obj(b"%040d" % i, 3, 10, i) for i in range(50)]
     assert plan_parts(objects, 10 * 50, 1) == [list(range(50))]
     assert plan_parts(objects, 1, 50) == [list(range(50))]
-    assert len(plan_parts(objects, 100, 1)) == 5
-    assert len(plan_parts(objects, 100, 20)) == 3  # 20, 20, 10 objects
+    # hash = index, git's order 49..0; past the minimum, the cut goes where the
+    # neighbours' hashes differ in the highest bit (32|31, then 16|15, then 4|3)
+    assert [(p[0], p[-1]) for p in plan_parts(objects, 100, 1)] == [(0, 3), (4, 15), (16, 31),
+                                                                    (32, 49)]
+    assert [(p[0], p[-1]) for p in plan_parts(objects, 100, 20)] == [(0, 15), (16, 49)]
     big = [Obj(o.line, 3, 100 << 10 if 10 <= i < 30 else 10, i) for i, o in enumerate(objects)]
-    # git's order is by hash, descending (49 first); no cut beside 29..10 (over CUT_SIZE)
-    parts = plan_parts(big, 1, 5)
-    assert [(p[0], p[-1]) for p in parts] == [(0, 3), (4, 8), (9, 34), (35, 39), (40, 44),
-                                              (45, 49)]
+    # no cut beside 29..10 (over CUT_SIZE): the part from 31 runs on to 8|7
+    assert [(p[0], p[-1]) for p in plan_parts(big, 1, 5)] == [(0, 1), (2, 7), (8, 31), (32, 49)]
 
 
 def test_window_bytes():
