@@ -50,7 +50,7 @@ from .packwriter import encode_idx_v2
 # About this much object content per part. Fixed: it decides the cut points,
 # so changing it changes the images (as any change of the delta search does).
 PART_BYTES = 16 << 20
-PART_OBJECTS = 1000
+PART_OBJECTS = 2000
 # A cut only between two objects this small: a cut costs the deltas across
 # it, which matter where big similar files (generated headers) sit together.
 CUT_SIZE = 64 << 10
