@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark `docteur make` against git's own aggressive packing of the same content.
 
-usage: python3 bench/make.py CORPUS_DIR [--runs N] [--levels default,max]
+usage: python3 bench/make.py CORPUS_DIR [--runs N] [--levels default,max] [--no-git1]
+       python3 bench/make.py --linux [LINUX_TREE]   (default, git and memory only)
 
 In one run, on the same machine state:
 - docteur: `python3 -m docteur_core make` (a fresh process, so Python's
@@ -13,6 +14,15 @@ In one run, on the same machine state:
   read-only file-system image, for scale (skipped if mksquashfs is absent).
 Each --levels entry is one `docteur make --compress LEVEL` (default: both
 `default` and `max`, the zopfli re-encoding; `max` needs the zopfli package).
+Every command's peak memory is measured two ways: the largest RSS of one
+process (/usr/bin/time's %M) and the peak of the sum of
+the RSS of the whole process tree (sampled from /proc every 100 ms: docteur
+runs several git processes at once, git repack one threaded one).
+`--linux` is the issue 16 measurement: the Linux source tree (default
+/work/corpus/linux/linux-source-6.1), `--levels default`, no --threads=1
+git run and no squashfs (each is another 10 minutes); goal there: time and
+memory <= 1.0 x git add + `repack -adf --window=250 --depth=50` with git's
+default threads, image within 0.1 % of git's pack + idx.
 Prints sizes, times and ratios. Goals: image's PACK <= 1.02 x git's pack,
 time <= 1.5 x git's add + commit + repack (default level); <= 0.97 x git's
 pack at `max` (issue 15).
@@ -44,10 +54,67 @@ GIT_ENV = {
 }
 
 
+LINUX_TREE = Path("/work/corpus/linux/linux-source-6.1")
+
+# Peak memory of the commands run so far by `timed`, in bytes: the largest
+# sampled sum over a process tree, and the largest single process.
+PEAK = {"tree": 0, "proc": 0}
+GNU_TIME = "/usr/bin/time"  # its %M: the largest RSS among a command and its descendants
+
+
+def _tree_rss(root: int) -> int:
+    """The summed RSS (bytes) of process `root` and all its descendants, now."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(name)] = int(fields[1])  # after ")": state, ppid, ...
+        rss[int(name)] = int(fields[21]) * page  # field 24 of stat: rss in pages
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
 def timed(cmd: list[str], **kw) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, **kw)
-    return time.perf_counter() - start
+    """Run `cmd`; its seconds. Its tree's peak RSS goes into PEAK["tree"]."""
+    with tempfile.NamedTemporaryFile(prefix="bench-time-") as report:
+        wrapped = ([GNU_TIME, "-q", "-f", "%M", "-o", report.name] + cmd
+                   if os.access(GNU_TIME, os.X_OK) else cmd)
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, **kw)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.1)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
+        text = open(report.name).read().strip().splitlines()
+    if text and text[-1].isdigit():
+        PEAK["proc"] = max(PEAK["proc"], int(text[-1]) * 1024)
+    PEAK["tree"] = max(PEAK["tree"], peak)
+    return seconds
+
+
+def measured(fn):
+    """fn's result with "tree_mb" (sampled tree peak) and "rss_mb" (largest process)."""
+    PEAK["tree"] = PEAK["proc"] = 0
+    r = fn()
+    if r is None:
+        return None
+    r["rss_mb"] = PEAK["proc"] / 2**20
+    r["tree_mb"] = PEAK["tree"] / 2**20
+    return r
 
 
 def bench_docteur(corpus: Path, tmp: Path, level: str = "default") -> dict:
@@ -80,7 +147,7 @@ def bench_git(corpus: Path, tmp: Path, threads: int | None) -> dict:
     subprocess.run(["git", "init", "-q", "--bare", str(gitdir)], check=True,
                    stdout=subprocess.DEVNULL)
     add = timed(["git", "add", "-A", "--force", "."], **quiet)
-    subprocess.run(["git", "commit", "-q", "-m", "bench"], check=True, **quiet)
+    timed(["git", "commit", "-q", "-m", "bench"], **quiet)
     repack = ["git", "repack", "-q", "-adf", "--window=250", "--depth=50"]
     if threads:
         repack.append(f"--threads={threads}")
@@ -106,11 +173,20 @@ def bench_squashfs(corpus: Path, tmp: Path) -> dict | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", type=Path)
+    parser.add_argument("corpus", type=Path, nargs="?")
+    parser.add_argument("--linux", type=Path, nargs="?", const=LINUX_TREE, default=None,
+                        metavar="LINUX_TREE",
+                        help=f"the issue 16 run on a Linux source tree (default {LINUX_TREE})")
+    parser.add_argument("--no-git1", action="store_true",
+                        help="skip the git --threads=1 reference run")
     parser.add_argument("--runs", type=int, default=1, help="repeat and keep the fastest")
     parser.add_argument("--levels", default="default,max",
                         help="comma-separated --compress levels to build (default: default,max)")
     args = parser.parse_args()
+    if args.linux is not None:
+        args.corpus, args.levels, args.no_git1 = args.linux, "default", True
+    if args.corpus is None:
+        parser.error("give CORPUS_DIR or --linux")
     levels = [lv for lv in args.levels.split(",") if lv]
     if "default" not in levels:
         levels.insert(0, "default")
@@ -125,28 +201,38 @@ def main() -> int:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-make-") as tmp:
             tmp = Path(tmp)
-            runs = [("git", lambda: bench_git(corpus, tmp, None)),
-                    ("git1", lambda: bench_git(corpus, tmp, 1))]
+            runs = [("git", lambda: bench_git(corpus, tmp, None))]
+            if not args.no_git1:
+                runs.append(("git1", lambda: bench_git(corpus, tmp, 1)))
             runs += [("docteur" if lv == "default" else f"docteur-{lv}",
                       lambda lv=lv: bench_docteur(corpus, tmp, lv)) for lv in levels]
-            runs.append(("squashfs", lambda: bench_squashfs(corpus, tmp)))
+            if args.linux is None:
+                runs.append(("squashfs", lambda: bench_squashfs(corpus, tmp)))
             for key, fn in runs:
-                r = fn()
+                print(f"  running {key} ({os.getloadavg()[0]:.1f} load)", file=sys.stderr,
+                      flush=True)
+                r = measured(fn)
                 if r is None:
                     continue
                 if key not in best or r["seconds"] < best[key]["seconds"]:
                     best[key] = r
-    d, g, g1 = best["docteur"], best["git"], best["git1"]
+    d, g, g1 = best["docteur"], best["git"], best.get("git1")
     print(f"git add+commit+repack -adf w=250 d=50 (default threads): pack {g['pack']:,} B, "
-          f"idx {g['idx']:,} B, {g['seconds']:.2f} s (add {g['add']:.2f} s)")
-    print(f"same with --threads=1:                                   pack {g1['pack']:,} B, "
-          f"{g1['seconds']:.2f} s")
+          f"idx {g['idx']:,} B, {g['seconds']:.2f} s (add {g['add']:.2f} s), "
+          f"memory {g['tree_mb']:.0f} MiB tree peak, {g['rss_mb']:.0f} MiB largest process")
+    if g1:
+        print(f"same with --threads=1:                                   pack {g1['pack']:,} B, "
+              f"{g1['seconds']:.2f} s, memory {g1['tree_mb']:.0f} MiB")
     print(f"docteur make:                                            pack {d['pack']:,} B, "
-          f"image {d['image']:,} B, {d['objects']} objects, {d['seconds']:.2f} s")
+          f"image {d['image']:,} B, {d['objects']} objects, {d['seconds']:.2f} s, "
+          f"memory {d['tree_mb']:.0f} MiB tree peak, {d['rss_mb']:.0f} MiB largest process")
     print(f"ratios: pack size {d['pack'] / g['pack']:.4f} x git (goal <= 1.02), "
           f"image file {d['image'] / (g['pack'] + g['idx']):.4f} x git pack+idx, "
-          f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.5), "
-          f"{d['seconds'] / g1['seconds']:.2f} x git --threads=1")
+          f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.0, issue 16), "
+          + (f"{d['seconds'] / g1['seconds']:.2f} x git --threads=1, " if g1 else "")
+          + f"memory {d['tree_mb'] / g['tree_mb']:.2f} x git (tree peaks; goal <= 1.0)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
+          "(others share the machine: compare ratios, not seconds)")
     q = best.get("squashfs")
     if q:
         print(f"mksquashfs -comp xz -b 1M: {q['size']:,} B, {q['seconds']:.2f} s; "

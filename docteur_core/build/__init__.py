@@ -10,7 +10,8 @@ one commit in it:
 - a local repository is used as it is (its objects reached read-only);
 - a remote one is fetched at depth 1 with dulwich (`remote`), then used
   as a local one.
-Then `git pack-objects` does the delta search (`gitrun`) and the image is
+Then `git pack-objects` does the delta search, on every core in parts
+fixed in advance (`parallel`), and the image is
 written atomically around its PACK and IDX (`image`).
 
 This package is the only part of docteur that needs dulwich and git.
@@ -59,7 +60,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                compat: str | None = None, path_index: bool = True,
                max_object_size: int = MAX_FILE_SIZE, compress: str = "default",
                zopfli_iterations: int | None = None,
-               excludes: Sequence[str | bytes] = (), gitignore: bool = False) -> BuildResult:
+               excludes: Sequence[str | bytes] = (), gitignore: bool = False,
+               jobs: int | None = None) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -84,12 +86,15 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     what `git add` would (see `ignore`); directory sources only.
     OUTPUT, and its temporary file, are never packed when they lie inside a
     directory source.
+    `jobs`: how many `git pack-objects` run at once (default: $DOCTEUR_JOBS,
+    else the usable cores); it never changes the image (see `parallel`).
     """
     from . import compat as compat_mod
     from . import identity
-    from .gitrun import GitRepo, check_object_sizes, pack_objects, run_git
+    from .gitrun import GitRepo, check_object_sizes, run_git
     from .image import check_output, write_image
     from .packwriter import OBJ_COMMIT, PlainPackWriter
+    from .parallel import pack_objects_parallel
     from .remote import fetch
     from .repository import open_repository, resolve
     from .scratch import scratch_dir
@@ -189,7 +194,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                 unreadable = compat_mod.count_unreadable(repo, commit)
         if not ocaml and unreadable.warning():
             warn(unreadable.warning())
-        pack_path = pack_objects(repo, commit, os.path.join(tmp, "image"), progress)
+        pack_path = pack_objects_parallel(repo, commit, os.path.join(tmp, "image"), progress,
+                                          jobs)
         idx_path = pack_path[:-len(".pack")] + ".idx"
         if compress == "max":
             from .recompress import recompress_pack

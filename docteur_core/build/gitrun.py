@@ -1,4 +1,4 @@
-"""Running the `git` program: plumbing queries and the delta search.
+"""Running the `git` program: plumbing queries (the delta search is `parallel`).
 
 Why git: its pack-objects is the only delta engine fast and good enough
 (dulwich's is ~200x slower and ~45 % bigger on the requests corpus).
@@ -7,8 +7,9 @@ Every git process is started with `children.start`: its own process group
 and PR_SET_PDEATHSIG, so a killed build (even by SIGKILL) takes its git
 processes with it instead of leaving a `git pack-objects` running.
 
-Determinism: `--threads=1` (git's threaded delta search splits work by
-timing), `--no-reuse-object` (the output does not depend on how the source
+Determinism: pack-objects runs with `--threads=1` (git's threaded delta
+search splits work by timing; `parallel` splits it in advance instead),
+`--no-reuse-object` (the output does not depend on how the source
 stores its objects), and every configuration key that changes the bytes
 of a pack is pinned on the command line, which beats any user or
 repository configuration.
@@ -18,11 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import threading
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import children
 from ..errors import BuildError
@@ -37,6 +35,12 @@ PINNED_CONFIG = {
     "pack.packSizeLimit": "0",
     "pack.indexVersion": "2",
     "pack.writeReverseIndex": "false",
+    # Not for the bytes, for memory: git maps packs in windows of up to
+    # 1 GiB, and every mapped page read counts in its RSS, so pack-objects
+    # grew by the size of the input pack (the directory's snapshot: ~400 MB
+    # for Linux). Small windows, reused, read the same objects.
+    "core.packedGitWindowSize": "4m",
+    "core.packedGitLimit": "32m",
 }
 
 # Environment variables that would point git somewhere else than we say.
@@ -110,34 +114,6 @@ def run_git(repo: GitRepo | None, *args: str, input: bytes | None = None) -> byt
     return out
 
 
-class _Drain(threading.Thread):
-    """Reads a stream to its end in the background, keeping its tail (for errors)."""
-
-    def __init__(self, stream) -> None:
-        super().__init__(daemon=True)
-        self.stream = stream
-        self.data = b""
-
-    def run(self) -> None:
-        while chunk := self.stream.read(65536):
-            self.data = (self.data + chunk)[-65536:]
-
-
-def _forward_progress(stream, progress: Callable[[str], None] | None) -> bytes:
-    """Read git's stderr in this thread (so `progress` runs here); return its tail."""
-    tail = b""
-    pending = b""
-    while chunk := stream.read1(65536):
-        tail = (tail + chunk)[-4096:]
-        pending += chunk
-        *pieces, pending = re.split(rb"[\r\n]", pending)
-        if progress is not None:
-            for p in pieces:
-                if p.strip():
-                    progress(p.decode("utf-8", "replace").strip())
-    return tail
-
-
 def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> None:
     """Refuse, before packing, a commit that holds an object over `limit` bytes.
 
@@ -165,64 +141,3 @@ def check_object_sizes(repo: GitRepo, commit: str, limit: int, display: str) -> 
             break
     raise BuildError(f"{display}: {name}: {size} bytes, over the object size limit of "
                      f"{limit} bytes (the largest file docteur stores)")
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL a git process's group and reap it; its pipes are left to their readers."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def pack_objects(repo: GitRepo, commit: str, base: str,
-                 progress: Callable[[str], None] | None) -> str:
-    """Pack `commit`, its tree and everything reachable into `base`-SHA.{pack,idx}.
-
-    The object list comes from `rev-list --objects --no-walk`, with path
-    names: pack-objects sorts delta candidates by a hash of the name, which
-    is what makes it find the same file across versions. Returns the pack
-    path.
-    """
-    env = git_env(repo)
-    verbosity = "--progress" if progress is not None else "-q"
-    revlist = start_git(git_command("rev-list", "--objects", "--no-walk", commit),
-                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        packer = start_git(
-            git_command("pack-objects", verbosity, "--delta-base-offset", "--no-reuse-object",
-                        f"--window={WINDOW}", f"--depth={DEPTH}", "--threads=1", base),
-            env=env, stdin=revlist.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except BaseException:
-        children.stop(revlist)
-        raise
-    finally:
-        revlist.stdout.close()
-    out_drain = _Drain(packer.stdout)
-    rev_drain = _Drain(revlist.stderr)
-    out_drain.start()
-    rev_drain.start()
-    try:
-        tail = _forward_progress(packer.stderr, progress)
-        packer.wait()
-        revlist.wait()
-    except BaseException:
-        for p in (packer, revlist):
-            _kill(p)
-        raise
-    finally:
-        out_drain.join()
-        rev_drain.join()
-        for stream in (packer.stdout, packer.stderr, revlist.stderr):
-            stream.close()
-    out = out_drain.data
-    if revlist.returncode != 0:
-        raise BuildError(f"listing the objects of {commit} failed: {last_line(rev_drain.data)}")
-    if packer.returncode != 0:
-        raise BuildError(f"git pack-objects failed: {last_line(tail)}")
-    name = out.decode().strip()
-    path = f"{base}-{name}.pack"
-    if not re.fullmatch(r"[0-9a-f]{40}", name) or not os.path.exists(path):
-        raise BuildError(f"git pack-objects wrote no pack ({out[:80]!r})")
-    return path

@@ -283,6 +283,7 @@ class Snapshot:
                 sha = writer.add(OBJ_TREE, raw).hex().encode()
                 if not stack:
                     self._report(final=True)
+                    self._listing = None  # its memory is not needed by the delta search
                     return sha.decode()
                 stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, sha)
 
