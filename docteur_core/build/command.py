@@ -36,10 +36,13 @@ warning. It gets a synthetic commit whose date is --date, else
 $SOURCE_DATE_EPOCH, else now.
 
 The image holds one commit and everything reachable from its tree, packed
-by `git pack-objects` (window 250, depth 50). Delta search runs on one
-thread (--threads=1): git's threaded search splits work by timing and is
-not deterministic, so this is what makes the same source, options and date
-give a byte-identical image.
+by `git pack-objects` (window 250, depth 50). Each pack-objects runs on
+one thread (git's threaded search splits work by timing and is not
+deterministic); every core is used by cutting the objects, before any
+work, into parts fixed by the objects alone, each packed by its own
+pack-objects, $DOCTEUR_JOBS at a time (default: the usable cores). So the
+same source, options and date give a byte-identical image whatever the
+core count.
 
 With --compat ocaml the image is one the OCaml docteur reads completely in
 both its modes (its fast reader and its list see 100644 files only, a
