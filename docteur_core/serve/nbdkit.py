@@ -215,15 +215,23 @@ class Server:
             return self.proc.wait()
         with open(Path(self._tmp.name) / "nbdkit.err", "rb") as errors:
             errors.seek(0, os.SEEK_END)  # start-up messages were dealt with
-            while True:
-                status = self.proc.poll()
+            try:
+                while True:
+                    status = self.proc.poll()
+                    chunk = errors.read()
+                    if chunk:
+                        log.write(chunk)
+                        log.flush()
+                    if status is not None:
+                        return status
+                    time.sleep(0.2)
+            finally:
+                # Ctrl-C may come within a poll's interval of a refusal:
+                # its reason still reaches the user.
                 chunk = errors.read()
                 if chunk:
                     log.write(chunk)
                     log.flush()
-                if status is not None:
-                    return status
-                time.sleep(0.2)
 
     def stop(self) -> None:
         children.stop(self.proc)
