@@ -68,6 +68,20 @@ class Listen:
         return ["--ipaddr", self.ip, "--port", str(self.port)]
 
 
+def nbdkit_prefix(listen: Listen, *, foreground: bool, exit_with_parent: bool,
+                  pidfile: str | Path | None) -> list[str]:
+    """`nbdkit --readonly` and the options every docteur server shares, up
+    to the filters and the plugin."""
+    argv = ["nbdkit", "--readonly", *listen.options()]
+    if foreground:
+        argv.append("--foreground")
+    if exit_with_parent:
+        argv.append("--exit-with-parent")
+    if pidfile is not None:
+        argv += ["--pidfile", os.path.abspath(pidfile)]
+    return argv
+
+
 def command(target: str | Path, listen: Listen, *, server: str = "docteur",
             verify: str = "quick", cache_size: str | None = DEFAULT_CACHE_SIZE,
             foreground: bool = True, exit_with_parent: bool = False,
@@ -87,13 +101,8 @@ def command(target: str | Path, listen: Listen, *, server: str = "docteur",
         raise ServeError(f"unknown verify level {verify!r} (one of {', '.join(VERIFY_LEVELS)})")
     path = os.path.abspath(target)  # nbdkit changes directory when it goes to the background
     folder = os.path.isdir(path)
-    argv = ["nbdkit", "--readonly", *listen.options()]
-    if foreground:
-        argv.append("--foreground")
-    if exit_with_parent:
-        argv.append("--exit-with-parent")
-    if pidfile is not None:
-        argv += ["--pidfile", os.path.abspath(pidfile)]
+    argv = nbdkit_prefix(listen, foreground=foreground, exit_with_parent=exit_with_parent,
+                         pidfile=pidfile)
     cached = cache_size is not None and not folder
     if cached and cache_size == "auto":
         cache_size = auto_cache_size(os.path.getsize(path))

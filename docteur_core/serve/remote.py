@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DamagedImage, DocteurError
-from .nbdkit import CACHE_BLOCK, Listen, ServeError, auto_cache_size
+from .nbdkit import CACHE_BLOCK, Listen, ServeError, auto_cache_size, nbdkit_prefix
 
 # The check's read-ahead: small, its bytes are fetched again by nbdkit.
 CHECK_CHUNK = 4 << 10
@@ -141,13 +141,8 @@ def curl_command(image: RemoteImage, listen: Listen, *, cache_size: str | None =
     (HTTP(S) only, pinned to the checked version), the exportname filter to
     describe the export by its commit, and the cache filter unless
     `cache_size` is None. The cache file goes in $TMPDIR (`cache_env`)."""
-    argv = ["nbdkit", "--readonly", *listen.options()]
-    if foreground:
-        argv.append("--foreground")
-    if exit_with_parent:
-        argv.append("--exit-with-parent")
-    if pidfile is not None:
-        argv += ["--pidfile", os.path.abspath(pidfile)]
+    argv = nbdkit_prefix(listen, foreground=foreground, exit_with_parent=exit_with_parent,
+                         pidfile=pidfile)
     argv.append("--filter=exportname")
     if cache_size is not None:
         argv.append("--filter=cache")
