@@ -113,7 +113,8 @@ class State:
         self.scan_complete = False
         self.blames = 0  # damaged entries diagnosed so far (bounded work)
         # What the walk needs (reach.py).
-        self.trees: dict[bytes, list[objects.RawTreeEntry]] = {}
+        # Raw tree bytes by id, checked by the scan (a malformed tree is b"").
+        self.trees: dict[bytes, bytes] = {}
         self.blob_sizes: dict[bytes, int] = {}
         self.commit_data: bytes | None = None
         # Delta bases (bases.py): the LRU, and from the header pass how many
@@ -132,6 +133,17 @@ class State:
         self.uses_at: dict[int, int] = {}
         self.uses_of: dict[bytes, int] = {}
         self.remaining: dict[int, int] = {}
+
+    def _tree_entries(self, tid: bytes) -> list[objects.RawTreeEntry] | None:
+        """The entries of a tree of the pack, parsed again from its bytes (None: absent).
+
+        The scan checked each tree once and kept its bytes only: parsed
+        entries for every tree of a large image were most of verify's memory.
+        """
+        raw = self.trees.get(tid)
+        if raw is None:
+            return None
+        return objects.parse_tree_raw(raw, f"tree {hex_id(tid)}", self.max_paths)
 
     # -- reporting -------------------------------------------------------
 
