@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import struct
 import zlib
+from array import array
 from collections import Counter
 
 from ..format import idx as idxmod
@@ -120,7 +121,7 @@ class Scan(State):
             else:
                 offs.append(v + layout.PACK_OFFSET)
         offs.sort()
-        self.entry_offsets = offs
+        self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
 
     def _next_start(self, pos: int) -> int | None:
         offs = self.entry_offsets
