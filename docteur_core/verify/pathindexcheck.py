@@ -119,17 +119,16 @@ class PathIndexCheck(State):
 
     def _expected_entries(self, root: bytes) -> tuple[list[pix.Entry], int] | None:
         """Every path under the commit's tree, from the scan's trees and offsets."""
-        trees, by_id, sizes = self.trees, self.by_id, self.blob_sizes
-        if root not in trees:
+        by_id, sizes = self.by_id, self.blob_sizes
+        entries_of = self._tree_entries  # parsed as met, held while on the stack
+        root_entries = entries_of(root)
+        if root_entries is None:
             return None
         out: list[pix.Entry] = []
-        stack = [(b"", root)]
+        stack = [(b"", root_entries)]
         seen_paths = 0
         while stack:
-            path, tid = stack.pop()
-            entries = trees.get(tid)
-            if entries is None:
-                return None
+            path, entries = stack.pop()
             seen_paths += len(entries)
             if seen_paths > 50_000_000:
                 return None
@@ -143,17 +142,17 @@ class PathIndexCheck(State):
                 if off is None:
                     return None
                 if mode == objects.MODE_DIR:
-                    sub = trees.get(oid)
+                    sub = entries_of(oid)
                     if sub is None:
                         return None
                     out.append(pix.Entry(key, mode, oid, off, len(sub)))
-                    stack.append((child, oid))
+                    stack.append((child, sub))
                 else:
                     size = sizes.get(oid)
                     if size is None:
                         return None
                     out.append(pix.Entry(key, mode, oid, off, size))
-        return out, len(trees[root])
+        return out, len(root_entries)
 
     def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
         if self.commit_data is None:

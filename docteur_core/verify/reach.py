@@ -131,7 +131,9 @@ class Reach(State):
         visiting: set[bytes] = set()
         trail = Trail()  # a directory's path is spelled only for a problem
         stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
-        trees = self.trees
+        # Parsed entries of the directories being walked only (state 0 to 1).
+        open_trees: dict[bytes, list] = {}
+        entries_of = self._tree_entries
         # Type of an object by id (None if absent): `_typed`, inlined, as
         # the walk asks it of every entry of every tree.
         by_id, otype = self.by_id, self.otype
@@ -149,7 +151,8 @@ class Reach(State):
                 visiting.add(tid)
                 reached.add(tid)
                 stack.append((tid, at, 1))
-                for mode, oid, name in trees.get(tid, ()):
+                entries = open_trees[tid] = entries_of(tid) or ()
+                for mode, oid, name in entries:
                     if mode == objects.MODE_DIR:
                         t = typed(oid)
                         if t == pack.OBJ_TREE:
@@ -160,7 +163,7 @@ class Reach(State):
                 continue
             visiting.discard(tid)
             f = ln = g = d = nbytes = 0
-            for mode, oid, name in trees.get(tid, ()):
+            for mode, oid, name in open_trees.pop(tid, ()):
                 if mode == objects.MODE_DIR:
                     sub = memo.get(oid)
                     d += 1

@@ -14,6 +14,7 @@ import bisect
 import hashlib
 import struct
 import zlib
+from array import array
 from collections import Counter
 
 from ..format import idx as idxmod
@@ -120,7 +121,7 @@ class Scan(State):
             else:
                 offs.append(v + layout.PACK_OFFSET)
         offs.sort()
-        self.entry_offsets = offs
+        self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
 
     def _next_start(self, pos: int) -> int | None:
         offs = self.entry_offsets
@@ -446,7 +447,9 @@ class Scan(State):
         elif kind == pack.OBJ_TREE:
             try:
                 entries = objects.parse_tree_raw(data, f"tree {hex_id(oid)}", self.max_paths)
-                self.trees[oid] = entries
+                # Kept raw: its parsed entries cost ~6x its bytes, and the
+                # walk needs them one directory at a time (`_tree_entries`).
+                self.trees[oid] = data
                 unsorted = objects.tree_order_problem(entries)
                 if unsorted:  # git fsck's treeNotSorted
                     self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
@@ -454,7 +457,7 @@ class Scan(State):
             except DamagedImage as exc:
                 self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
                              f"malformed tree: {exc.what}")
-                self.trees[oid] = []
+                self.trees[oid] = b""  # no entries
         elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
             self.commit_data = data
         if data is not None and (not self.planned or pos in self.uses_at or self.uses_of

@@ -11,6 +11,7 @@ each field holds, and the one way of recording a problem.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from ..format import idx as idxmod
 from ..format import limits, objects, pack
@@ -99,7 +100,7 @@ class State:
         # (REF_DELTA) or None.
         self.info: dict[int, tuple[int, int, int, int, int | bytes | None]] = {}
         self.starts: list[int] = []  # entries parsed, in pack order
-        self.entry_offsets: list[int] = []  # from the IDX, sorted: where to resync
+        self.entry_offsets: Sequence[int] = []  # from the IDX, sorted: where to resync
         self.crc: dict[int, int] = {}
         self.oid: dict[int, bytes] = {}  # offset -> computed id
         self.otype: dict[int, int] = {}  # offset -> object type once rebuilt
@@ -113,7 +114,8 @@ class State:
         self.scan_complete = False
         self.blames = 0  # damaged entries diagnosed so far (bounded work)
         # What the walk needs (reach.py).
-        self.trees: dict[bytes, list[objects.RawTreeEntry]] = {}
+        # Raw tree bytes by id, checked by the scan (a malformed tree is b"").
+        self.trees: dict[bytes, bytes] = {}
         self.blob_sizes: dict[bytes, int] = {}
         self.commit_data: bytes | None = None
         # Delta bases (bases.py): the LRU, and from the header pass how many
@@ -132,6 +134,36 @@ class State:
         self.uses_at: dict[int, int] = {}
         self.uses_of: dict[bytes, int] = {}
         self.remaining: dict[int, int] = {}
+
+    def _release_scan(self) -> None:
+        """Drop what only the scan and the IDX comparison needed, once they are done.
+
+        The walk and the path index check that follow need the ids, types,
+        blob sizes and trees only; the per-entry records (offsets, lengths,
+        CRCs, ids by offset) and the delta bases would otherwise stay alive
+        under the path index check's own peak.
+        """
+        self.info = {}
+        self.crc = {}
+        self.oid = {}
+        self.chains = {}
+        self.starts = []
+        self.entry_offsets = []
+        self.cache = OrderedDict()
+        self.cached = 0
+        self.big_pos = self.big = None
+        self.uses_at, self.uses_of, self.remaining = {}, {}, {}
+
+    def _tree_entries(self, tid: bytes) -> list[objects.RawTreeEntry] | None:
+        """The entries of a tree of the pack, parsed again from its bytes (None: absent).
+
+        The scan checked each tree once and kept its bytes only: parsed
+        entries for every tree of a large image were most of verify's memory.
+        """
+        raw = self.trees.get(tid)
+        if raw is None:
+            return None
+        return objects.parse_tree_raw(raw, f"tree {hex_id(tid)}", self.max_paths)
 
     # -- reporting -------------------------------------------------------
 

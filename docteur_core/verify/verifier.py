@@ -51,6 +51,7 @@ class Verifier(LayoutChecks, Locate, Checksums, Scan, Bases, IdxCheck, Reach, Pa
             self._find_lost_idx()
             self._check_trailer()
             self._check_idx()
+            self._release_scan()
             self._check_layout()
             self._check_commit()
             self._check_path_index()
