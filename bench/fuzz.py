@@ -1277,6 +1277,11 @@ def runner_main(mem_mb: int) -> None:
         proto.write(json.dumps(res) + "\n")
 
 
+# Seconds a case may take besides its operations' timeouts (building the
+# mutated image, starting runners) before the harness calls itself stalled.
+CASE_PATIENCE = 300.0
+
+
 class Runner:
     """A persistent `--runner` subprocess; restarted after a hang or a death."""
 
@@ -1546,7 +1551,11 @@ def main(argv=None) -> int:
                 print(f"  {r['outcome']:9} {r['op']:22} {r['detail']}")
             return 0
         n_cases, seconds = parse_budget(args.budget)
-        ctx = mp.get_context("fork")
+        # forkserver, not fork: workers start from a clean single-threaded
+        # process, never from this one while the pool's own threads may
+        # hold a lock (a forked worker stuck on such a lock stalled two
+        # runs on a loaded machine).
+        ctx = mp.get_context("forkserver")
         t0 = time.monotonic()
         counts = collections.Counter()        # outcome
         by_mut = collections.defaultdict(collections.Counter)  # mutation family -> outcome
@@ -1574,7 +1583,16 @@ def main(argv=None) -> int:
                         nxt += 1
                     if not pending:
                         break
-                    res = pending.popleft().get()
+                    try:
+                        # A case is bounded (3 hangs of --timeout at most, then
+                        # skipped): a worker silent far longer is a stall of
+                        # the harness itself, said rather than waited on.
+                        res = pending.popleft().get(timeout=CASE_PATIENCE + 4 * args.timeout)
+                    except mp.TimeoutError:
+                        raise SystemExit(f"fuzz: a worker gave no answer for case "
+                                         f"{nxt - len(pending) - 1} in "
+                                         f"{CASE_PATIENCE + 4 * args.timeout:g} s: the harness "
+                                         "stalled") from None
                     done += 1
                     if "error" in res:
                         errors.append(res)
