@@ -90,3 +90,29 @@ def test_a_bad_request_timeout_is_one_line(value):
     line = one_line(docteur("ls", "http://127.0.0.1:9/x.img", "/",
                             env={"DOCTEUR_HTTP_REQUEST_TIMEOUT": value}))
     assert "DOCTEUR_HTTP_REQUEST_TIMEOUT" in line, line
+
+
+def test_a_large_read_is_cut_into_requests_the_deadline_can_bound(tmp_path):
+    """A read past the kept chunks (a large file) goes out as requests of at
+    most MAX_REQUEST_BYTES, so the per-request deadline asks for a rate, not
+    for the whole file in 120 s; the bytes are the file's, in order."""
+    import random
+
+    from docteur_core.blockdev.http import HttpDevice
+    from docteur_core.blockdev.http_range import MAX_REQUEST_BYTES
+    from tests.nginx import Nginx
+
+    size = 2 * MAX_REQUEST_BYTES + 3 * 4096
+    data = random.Random(7).randbytes(size)
+    (tmp_path / "big.bin").write_bytes(data)
+    with Nginx(tmp_path) as server:
+        device = HttpDevice(f"{server.url}/big.bin")
+        try:
+            assert device.read(0, size) == data
+        finally:
+            device.close()
+        ranges = [rng for _status, _sent, _request, rng in server.log_lines()]
+    spans = [tuple(map(int, r.removeprefix("bytes=").split("-"))) for r in ranges]
+    assert spans[1:] == [(0, MAX_REQUEST_BYTES - 1),
+                         (MAX_REQUEST_BYTES, 2 * MAX_REQUEST_BYTES - 1),
+                         (2 * MAX_REQUEST_BYTES, size - 1)], ranges

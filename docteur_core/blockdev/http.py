@@ -20,6 +20,8 @@ in `http_range.py` (pure); this module only talks to the socket.
   $DOCTEUR_HTTP_REQUEST_TIMEOUT) for a whole request, from connecting to
   its body's last byte. A silent origin is an error after the first; one
   that trickles a byte per wait (never silent for long) after the second.
+  A large read is cut into requests of at most 8 MiB (`request_spans`), so
+  that deadline bounds a rate, not a file's size.
 
 Standard library only (http.client, ssl, urllib.parse), imported only when
 a URL is opened: a guest reading a disk never loads them.
@@ -37,7 +39,7 @@ from collections import OrderedDict
 
 from .block import DEFAULT_BLOCK_SIZE, _DeviceBase, check_aligned, check_block_size, clip
 from .http_range import (MAX_REDIRECTS, Partial, Redirect, RemoteError, Target, Validator,
-                         fetch_span, judge, parse_url, request_headers)
+                         fetch_span, judge, parse_url, request_headers, request_spans)
 
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_KEEP_BYTES = 4 << 20
@@ -139,7 +141,8 @@ class HttpDevice(_DeviceBase):
             if count > self.max_chunks // 4:
                 # the bulk of a large object: fetched as asked, not kept, so it
                 # does not push out the IDX and the trees
-                return self._get(offset, offset + n)
+                return b"".join(self._get(start, end)
+                                for start, end in request_spans(offset, offset + n))
             pieces = []
             k = first
             while k <= last:
