@@ -127,3 +127,17 @@ def test_fetch_span_covers_the_read_in_whole_chunks_within_the_object(offset, le
     assert end >= min(capacity, offset + length)
     assert end == capacity or end % chunk == 0
     assert end - start < length + 2 * chunk
+
+
+@given(st.integers(0, 1 << 40),
+       st.integers(1, 1 << 24).flatmap(lambda most: st.tuples(st.integers(0, 64 * most),
+                                                              st.just(most))))
+def test_request_spans_cover_a_read_in_order_none_too_large(start, length_most):
+    from docteur_core.blockdev.http_range import request_spans
+
+    length, most = length_most
+    spans = request_spans(start, start + length, most)
+    assert all(0 < e - s <= most for s, e in spans)
+    assert [s for s, _ in spans] == ([start] + [e for _, e in spans[:-1]] if spans else [])
+    assert (spans[-1][1] if spans else start) == start + length
+    assert len(spans) == -(-length // most)

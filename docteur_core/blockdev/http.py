@@ -16,8 +16,12 @@ in `http_range.py` (pure); this module only talks to the socket.
   between requests is reopened once.
 - Timeouts: `connect_timeout` (default 10 s, $DOCTEUR_HTTP_CONNECT_TIMEOUT)
   to connect, `read_timeout` (default 30 s, $DOCTEUR_HTTP_READ_TIMEOUT) for
-  every wait on the socket. A silent origin is an error after that, not a
-  hang. (An origin that trickles a byte per wait is not cut short.)
+  every wait on the socket, and `request_timeout` (default 120 s,
+  $DOCTEUR_HTTP_REQUEST_TIMEOUT) for a whole request, from connecting to
+  its body's last byte. A silent origin is an error after the first; one
+  that trickles a byte per wait (never silent for long) after the second.
+  A large read is cut into requests of at most 8 MiB (`request_spans`), so
+  that deadline bounds a rate, not a file's size.
 
 Standard library only (http.client, ssl, urllib.parse), imported only when
 a URL is opened: a guest reading a disk never loads them.
@@ -27,18 +31,21 @@ from __future__ import annotations
 
 import _thread
 import http.client
+import io
 import os
 import socket
+import time
 from collections import OrderedDict
 
 from .block import DEFAULT_BLOCK_SIZE, _DeviceBase, check_aligned, check_block_size, clip
 from .http_range import (MAX_REDIRECTS, Partial, Redirect, RemoteError, Target, Validator,
-                         fetch_span, judge, parse_url, request_headers)
+                         fetch_span, judge, parse_url, request_headers, request_spans)
 
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_KEEP_BYTES = 4 << 20
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_REQUEST_TIMEOUT = 120.0
 USER_AGENT = "docteur-reader"
 # Bytes read from the socket at a time: a body is read in pieces so that a
 # short one is reported with what did arrive.
@@ -87,7 +94,8 @@ class HttpDevice(_DeviceBase):
     def __init__(self, url: str, block_size: int | None = None, *,
                  chunk: int | None = None, keep_bytes: int = DEFAULT_KEEP_BYTES,
                  connect_timeout: float | None = None,
-                 read_timeout: float | None = None) -> None:
+                 read_timeout: float | None = None,
+                 request_timeout: float | None = None) -> None:
         self.url = url
         self._target: Target = parse_url(url)
         self.block_size = check_block_size(block_size if block_size is not None
@@ -100,6 +108,8 @@ class HttpDevice(_DeviceBase):
             "DOCTEUR_HTTP_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT)
         self.read_timeout = read_timeout or _env_seconds(
             "DOCTEUR_HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
+        self.request_timeout = request_timeout or _env_seconds(
+            "DOCTEUR_HTTP_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)
         self._conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
         self._chunks: OrderedDict[int, bytes] = OrderedDict()
         self._lock = _thread.allocate_lock()
@@ -131,7 +141,8 @@ class HttpDevice(_DeviceBase):
             if count > self.max_chunks // 4:
                 # the bulk of a large object: fetched as asked, not kept, so it
                 # does not push out the IDX and the trees
-                return self._get(offset, offset + n)
+                return b"".join(self._get(start, end)
+                                for start, end in request_spans(offset, offset + n))
             pieces = []
             k = first
             while k <= last:
@@ -221,6 +232,7 @@ class HttpDevice(_DeviceBase):
         headers = request_headers(start, end, self.validator)
         headers["User-Agent"] = USER_AGENT
         where = f"{target.display}"
+        deadline = time.monotonic() + self.request_timeout
         for attempt in (0, 1):
             conn = self._connection(target)
             fresh = conn.sock is None
@@ -228,11 +240,17 @@ class HttpDevice(_DeviceBase):
             try:
                 if fresh:
                     conn.connect()
-                    conn.sock.settimeout(self.read_timeout)
+                    conn.sock = _DeadlineSocket(conn.sock, self.read_timeout)
                     connected = True
+                conn.sock.deadline = deadline
                 self.requests += 1
                 conn.request("GET", target.target, headers=headers)
                 response = conn.getresponse()
+            except _Overdue:
+                self._drop(target, None)
+                raise RemoteError(f"{where}: the origin did not send the headers for bytes "
+                                  f"{start}-{end - 1} within {self.request_timeout:g} s "
+                                  "($DOCTEUR_HTTP_REQUEST_TIMEOUT)") from None
             except socket.timeout:
                 self._drop(target, None)
                 what = "answer" if connected else "connect"
@@ -270,6 +288,11 @@ class HttpDevice(_DeviceBase):
                 got += len(piece)
         except http.client.IncompleteRead as exc:
             got += len(exc.partial)
+        except _Overdue:
+            self._drop(target, response)
+            raise RemoteError(f"{where}: the origin sent only {got} of {expected} bytes "
+                              f"in {self.request_timeout:g} s, the limit for one request "
+                              "($DOCTEUR_HTTP_REQUEST_TIMEOUT)") from None
         except socket.timeout:
             self._drop(target, response)
             raise RemoteError(f"{where}: the origin stopped sending for "
@@ -303,6 +326,53 @@ class HttpDevice(_DeviceBase):
         conn = conns.pop(key, None)
         if conn is not None:
             conn.close()
+
+
+class _Overdue(TimeoutError):
+    """A request's deadline passed while its answer was still arriving."""
+
+
+class _DeadlineSocket:
+    """A connected socket whose reads stop at `deadline` (time.monotonic()),
+    set per request: the socket timeout bounds one wait, this bounds the sum
+    of them, so a trickling origin cannot hold a read for ever. http.client
+    reads a response (headers and body) only through `makefile`'s file, which
+    reads through `recv_into` here; everything else goes to the socket."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float) -> None:
+        self._sock = sock
+        self.read_timeout = read_timeout
+        self.deadline = float("inf")
+        self._timeout = -1.0
+        sock.settimeout(read_timeout)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+    def makefile(self, mode: str = "rb", buffering: int | None = None) -> io.BufferedReader:
+        # what socket.makefile("rb") does (its reference keeps the socket open
+        # while a response is read after http.client closed the connection),
+        # with the reads coming through recv_into below
+        self._sock._io_refs += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"),
+                                 buffering if buffering and buffering > 0
+                                 else io.DEFAULT_BUFFER_SIZE)
+
+    def recv_into(self, buffer, *args: int) -> int:
+        # *args as given: ssl's recv_into reads nothing when told nbytes=0
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise _Overdue()
+        timeout = min(self.read_timeout, left)
+        if timeout != self._timeout:
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
+        try:
+            return self._sock.recv_into(buffer, *args)
+        except socket.timeout:
+            if timeout < self.read_timeout:
+                raise _Overdue() from None
+            raise
 
 
 def ssl_errors() -> tuple[type[BaseException], ...]:

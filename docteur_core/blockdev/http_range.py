@@ -24,6 +24,10 @@ HTTP_SCHEMES = ("http:", "https:")
 # Redirects followed for one request; more is a loop (or a misconfigured
 # origin) and is reported rather than followed forever.
 MAX_REDIRECTS = 5
+# The most one range request asks for: a large read is cut into requests of
+# this size, so the per-request deadline ($DOCTEUR_HTTP_REQUEST_TIMEOUT, 120 s)
+# asks an origin for 8 MiB per 120 s (70 KB/s) whatever the file's size.
+MAX_REQUEST_BYTES = 8 << 20
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
@@ -265,3 +269,10 @@ def fetch_span(offset: int, length: int, capacity: int, chunk: int) -> tuple[int
     end = offset + length
     end = min(capacity, end + (-end) % chunk)
     return start, max(start, end)
+
+
+def request_spans(start: int, end: int, most: int = MAX_REQUEST_BYTES) -> list[tuple[int, int]]:
+    """[start, end) cut into consecutive spans of at most `most` bytes, one
+    request each: the deadline of a request then bounds a slow origin, not
+    the size of the file being read."""
+    return [(s, min(end, s + most)) for s in range(start, end, most)]
