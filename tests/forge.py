@@ -34,6 +34,20 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def copy_op(off: int, size: int) -> bytes:
+    """A delta's copy instruction as git writes it (zero bytes left out)."""
+    code, args = 0x80, bytearray()
+    for i in range(4):
+        if (off >> 8 * i) & 255:
+            code |= 1 << i
+            args.append((off >> 8 * i) & 255)
+    for i in range(3):
+        if (size >> 8 * i) & 255:
+            code |= 0x10 << i
+            args.append((size >> 8 * i) & 255)
+    return bytes([code]) + args
+
+
 def ofs_distance(distance: int) -> bytes:
     """An OFS_DELTA's distance back to its base, in git's offset encoding."""
     out = [distance & 0x7F]

@@ -22,21 +22,7 @@ from docteur_core.format.limits import STREAM_THRESHOLD
 from docteur_core.reader import Image
 
 from . import reference_git
-from .forge import Obj, build, simple, varint
-
-
-def copy_op(off: int, size: int) -> bytes:
-    """A copy instruction as git writes it (zero bytes left out)."""
-    code, args = 0x80, bytearray()
-    for i in range(4):
-        if (off >> 8 * i) & 255:
-            code |= 1 << i
-            args.append((off >> 8 * i) & 255)
-    for i in range(3):
-        if (size >> 8 * i) & 255:
-            code |= 0x10 << i
-            args.append((size >> 8 * i) & 255)
-    return bytes([code]) + args
+from .forge import Obj, build, copy_op, simple, varint
 
 
 def insert_ops(text: bytes) -> bytes:

@@ -15,7 +15,7 @@ from docteur_core.format import layout, objects, pack
 from docteur_core.errors import DamagedImage
 
 from . import reference_git
-from .forge import make_delta, varint
+from .forge import copy_op, make_delta, varint
 from .support import git_reference_image
 
 
@@ -189,16 +189,7 @@ def _deltas(draw):
         if draw(st.booleans()):
             off = draw(st.integers(0, len(base) + 3))
             size = draw(st.integers(1, len(base) + 3))
-            code, args = 0x80, bytearray()
-            for i in range(4):
-                if (off >> 8 * i) & 255:
-                    code |= 1 << i
-                    args.append((off >> 8 * i) & 255)
-            for i in range(3):
-                if (size >> 8 * i) & 255:
-                    code |= 0x10 << i
-                    args.append((size >> 8 * i) & 255)
-            ops += bytes([code]) + args
+            ops += copy_op(off, size)
             out += size
         else:
             text = draw(st.binary(min_size=1, max_size=127))
