@@ -314,6 +314,10 @@ class Store:
         data = memoryview(buf)[hl:]
         at = pos + len(buf)
         have = 0
+        # Reads sized to the stream a small object needs (about its size),
+        # doubling up to 4 MiB for a large one: one read for most entries,
+        # few for big ones, never a megabyte fetched for a kilobyte.
+        step = min(max(size + size // 1000 + 64, 4096), INFLATE_STEP)
         try:
             while True:
                 inp = data
@@ -338,7 +342,7 @@ class Store:
                     at = at - len(data) + used
                     break
                 running = zlib.crc32(data, running)
-                want = min(INFLATE_STEP, self.pack_end - at)
+                want = min(step, self.pack_end - at)
                 if want <= 0:
                     raise DamagedImage("zlib stream runs past the end of the pack", where)
                 more = self.pread(at, want)
@@ -346,6 +350,7 @@ class Store:
                     raise DamagedImage("zlib stream is truncated", where)
                 at += len(more)
                 data = memoryview(more)
+                step = min(step * 2, 4 * INFLATE_STEP)
         except zlib.error as exc:
             raise DamagedImage(f"bad zlib stream ({exc})", where) from None
         if have != size:
@@ -543,66 +548,26 @@ class Store:
                         f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
             self.objects_inflated += 1
             return out, length
-        # A stream longer than what came with the header: inflated into one
-        # buffer of the declared size, at most INFLATE_STEP bytes out per
-        # call, the CRC-32 running over the input as it is read. Nothing is
+        # A stream longer than what came with the header: inflated through
+        # `_stream_entry` (the same checks, the CRC-32 running over the input
+        # as it is read) into one buffer of the declared size. Nothing is
         # kept but the result (no list of pieces joined into a second copy,
         # no compressed chunks): a 24 MB object costs 24 MB, not 59.
-        z = zlib.decompressobj()
-        whole = size > INFLATE_STEP
-        out_buf = bytearray(size) if whole else None
-        parts = []
-        have = 0
-        at = pos + len(buf)
-        chunk = memoryview(buf)[hl:]
-        running = zlib.crc32(memoryview(buf)[:hl])
-        step = min(max(size + size // 1000 + 64, 4096), 1 << 20)
-        try:
-            while True:
-                inp = chunk
-                while True:
-                    # Never more than size + 1 bytes out, whatever the stream says.
-                    out = z.decompress(inp, min(size - have + 1, INFLATE_STEP))
-                    n = len(out)
-                    if have + n > size:
-                        raise DamagedImage(f"inflates to more than the declared {size} bytes",
-                                           where)
-                    if whole:
-                        out_buf[have:have + n] = out
-                    else:
-                        parts.append(out)
-                    have += n
-                    inp = z.unconsumed_tail
-                    if z.eof or not inp:
-                        break
-                if z.eof:
-                    used = len(chunk) - len(z.unused_data)
-                    running = zlib.crc32(chunk[:used], running)
-                    at = at - len(chunk) + used
-                    break
-                running = zlib.crc32(chunk, running)
-                want = min(step, self.pack_end - at)
-                if want <= 0:
-                    raise DamagedImage("zlib stream runs past the end of the pack", where)
-                more = self.pread(at, want)
-                if not more:
-                    raise DamagedImage("zlib stream is truncated", where)
-                at += len(more)
-                chunk = memoryview(more)
-                step = min(step * 2, 1 << 22)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-        if have != size:
-            raise DamagedImage(f"inflates to {have} bytes, {size} declared", where)
-        length = at - pos
-        if crc is not None and running != crc:
-            raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
-        self.objects_inflated += 1
+        if size <= INFLATE_STEP:
+            parts: list[bytes] = []
+            length = self._stream_entry(pos, eh, buf, crc, where, parts.append)
+            return (parts[0] if len(parts) == 1 else b"".join(parts)), length
+        out_buf = bytearray(size)
+        filled = 0
+
+        def fill(piece: bytes) -> None:
+            nonlocal filled
+            out_buf[filled:filled + len(piece)] = piece
+            filled += len(piece)
+
         # Large results stay the buffer, which only `read_object` copies to
         # hand out (a delta base or a streamed object is never copied).
-        if whole:
-            return out_buf, length
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), length
+        return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
         data = self.pread(pos, length)
