@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         image = check_remote(args.target, args.verify)
         target = shown(args.target)
         print(f"docteur serve: {target}: commit {image.commit_hex}, {image.size} bytes "
-              f"(checked with {image.requests} range requests, {image.bytes_read} bytes)"
+              f"(checked with {image.requests} range "
+              f"request{'' if image.requests == 1 else 's'}, {image.bytes_read} bytes)"
               + ("" if image.pin_header else "; the origin gives no ETag or Last-Modified: "
                  "a replaced object cannot be detected"), file=sys.stderr, flush=True)
 
