@@ -118,6 +118,45 @@ def test_an_image_and_its_repository_or_itself_are_equal(history):
     assert (proc.returncode, proc.stdout) == (1, git_diff(repo, "c1", "c3"))
 
 
+@pytest.mark.parametrize("old,new", [("c1", "c2"), ("c3", "c1"), ("c2", "c2")])
+def test_two_commits_of_one_repository_diff_as_git_does(history, old, new):
+    """--old-branch/--new-branch: `docteur diff REPO REPO` is `git diff A B`."""
+    repo, _ = history
+    proc = docteur("diff", repo, repo, "--old-branch", old, "--new-branch", new)
+    expected = git_diff(repo, old, new)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (int(old != new), expected, b"")
+
+
+def test_branches_are_named_as_make_names_them(history):
+    """Every name `make --branch` takes: a tag, a full ref, a branch, a commit
+    id, abbreviated or not; the image make built from it is then equal."""
+    repo, images = history
+    branch = git("symbolic-ref", "--short", "HEAD", cwd=repo).decode().strip()
+    c1 = git("rev-parse", "c1^{commit}", cwd=repo).decode().strip()
+    for name, tag in (("refs/tags/c2", "c2"), (branch, "c3"), (c1, "c1"), (c1[:10], "c1")):
+        proc = docteur("diff", images[tag], repo, "--new-branch", name)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b""), name
+        proc = docteur("diff", "--old-branch", name, repo, images["c2"])
+        assert (proc.returncode, proc.stdout) == (int(tag != "c2"), git_diff(repo, tag, "c2"))
+
+
+def test_a_bad_branch_is_trouble_in_one_line(history, tmp_path):
+    repo, images = history
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for args, line in (
+            ([repo, repo, "--old-branch", "nope"], f"{repo}: unknown branch or tag 'nope'"),
+            ([repo, repo, "--new-branch", "c1:a"], f"{repo}: unknown branch or tag 'c1:a'"),
+            ([repo, repo, "--new-branch=-x"], f"{repo}: invalid branch name '-x'"),
+            ([images["c1"], repo, "--old-branch", "c1"],
+             f"--old-branch applies to a Git repository, and {images['c1']} is not one"),
+            ([repo, plain, "--new-branch", "c1"],
+             f"--new-branch applies to a Git repository, and {plain} is not one")):
+        proc = docteur("diff", *args)
+        assert (proc.returncode, proc.stdout, proc.stderr.decode()) == (
+            2, b"", f"docteur diff: {line}\n")
+
+
 def test_stat_and_json(history):
     repo, images = history
     proc = docteur("diff", "--json", images["c2"], images["c3"])

@@ -3,8 +3,9 @@
 A side is an image (file, device or NBD URI), a directory (hashed as
 `docteur make` hashes it: `build/snapshot.py`'s scan and hashing, its modes,
 links and skipped entries, but no pack is written), or a local Git
-repository (its HEAD commit's tree, as `make` would pack it). Host only:
-a guest never imports this.
+repository (its HEAD commit's tree, as `make` would pack it, or the
+commit `--old-branch`/`--new-branch` names, resolved as `make --branch`
+resolves it). Host only: a guest never imports this.
 
 Exit status as `diff(1)`: 0 equal, 1 different, 2 trouble (a usage
 mistake, or an error such as an unreadable image, printed as one line).
@@ -125,15 +126,27 @@ def directory_side(spec: str, warn) -> TreeSide:
                     lambda bid: hasher.sizes.get(bid))
 
 
-def repository_side(spec: str) -> TreeSide:
-    """HEAD's tree (tags peeled), read with dulwich as `make` reads it."""
+def repository_side(spec: str, branch: str | None = None,
+                    git_dir: str | None = None) -> TreeSide:
+    """HEAD's tree (tags peeled), read with dulwich as `make` reads it; with
+    `branch`, the commit `docteur make --branch BRANCH` would pack: the same
+    `build.repository.resolve` (git's rev-parse), so both verbs take the
+    same names (a branch, a tag, a commit id) and refuse them in the same
+    words."""
     from dulwich.errors import NotGitRepository
     from dulwich.objects import Commit, Tag
     from dulwich.repo import Repo
 
     try:
         repo = Repo(spec)
-        target = repo[b"HEAD"]
+        if branch is not None:
+            from ..build.gitrun import GitRepo
+            from ..build.repository import resolve
+
+            named = resolve(GitRepo(os.path.abspath(git_dir or repo.controldir())), branch, spec)
+            target = repo[named.commit.encode()]
+        else:
+            target = repo[b"HEAD"]
         while isinstance(target, Tag):
             target = repo[target.object[1]]
     except KeyError:
@@ -161,16 +174,22 @@ def repository_side(spec: str) -> TreeSide:
     return TreeSide(spec, bytes.fromhex(target.tree.decode()), read_tree, size, repo.close)
 
 
-def open_side(spec: str, args, warn) -> Any:
+def open_side(spec: str, args, warn, branch: str | None = None, which: str = "OLD") -> Any:
     """What SPEC names: an NBD URI or a file is an image, a directory is
-    read as `docteur make` reads it (a Git repository's HEAD, else files)."""
+    read as `docteur make` reads it (a Git repository's HEAD or `branch`,
+    else files). A branch for anything but a repository is trouble: it
+    would otherwise be ignored and the answer be about another tree."""
     if "://" not in spec and os.path.isdir(spec):
         from ..build.source import classify
 
         src = classify(spec)
         if src.kind == "repository":
-            return repository_side(spec)
-        return directory_side(spec, warn)
+            return repository_side(spec, branch, src.git_dir)
+        if branch is None:
+            return directory_side(spec, warn)
+    if branch is not None:
+        raise DocteurError(f"--{which.lower()}-branch applies to a Git repository, "
+                           f"and {spec} is not one")
     from .image import Image
 
     try:
@@ -191,10 +210,12 @@ OLD and NEW are each an image (a file, a device, or an NBD URI), a
 directory (hashed as `docteur make` would hash it, without building an
 image: same modes, links stored as links, .git, sockets, FIFOs and devices
 skipped), or a local Git repository (its HEAD commit's tree, as make would
-pack it). The output is `git diff-tree -r --name-status`'s: A (added),
-D (deleted), M (content or 100644/100755 mode changed), T (type changed:
-file, link, submodule), a tab, the path; a file replaced by a directory is
-its D and the directory's A lines. Objects are compared by id, so two
+pack it; --old-branch/--new-branch name another commit as make's --branch
+does, so `docteur diff REPO REPO --old-branch v1.0 --new-branch main` is
+`git diff --name-status v1.0 main`). The output is `git diff-tree -r
+--name-status`'s: A (added), D (deleted), M (content or 100644/100755 mode
+changed), T (type changed: file, link, submodule), a tab, the path; a file
+replaced by a directory is its D and the directory's A lines. Objects are compared by id, so two
 images that share subtrees cost what differs.
 
 Exit status as diff(1): 0 when equal, 1 when different, 2 on trouble (a
@@ -206,6 +227,11 @@ usage mistake, an unreadable or damaged side: one line on stderr).
         parser.add_argument(name, metavar=name.upper(),
                             help="an image file, a device, an NBD URI, a directory or a Git "
                                  "repository")
+    for name in ("old", "new"):
+        parser.add_argument(f"--{name}-branch", metavar="REF",
+                            help=f"branch, tag or commit of {name.upper()} when it is a local Git "
+                                 "repository, as make's --branch names it (main, "
+                                 "refs/heads/main, v1.0, a commit id); default: HEAD")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--stat", action="store_true",
                      help="PATH | OLD -> NEW sizes in bytes (- where a side has no blob), "
@@ -227,8 +253,9 @@ def run(args: argparse.Namespace) -> int:
 
     sides = []
     try:
-        for spec in (args.old, args.new):
-            sides.append(open_side(spec, args, warn))
+        for spec, branch, which in ((args.old, args.old_branch, "OLD"),
+                                    (args.new, args.new_branch, "NEW")):
+            sides.append(open_side(spec, args, warn, branch, which))
         a, b = sides
         changes = list(diffmod.diff_trees(a.list, a.root, b.list, b.root,
                                           max_paths=args.max_paths))
