@@ -64,3 +64,30 @@ def date(text: str) -> str:
         words = str(exc)  # "date '...': why": argparse already names --date
         raise _refuse(words[len("date "):] if words.startswith("date ") else words) from None
     return text
+
+
+def author(text: str) -> str:
+    """--author 'Name <email>': checked here as the build checks it
+    (`build.identity.parse_author`: a name, an email, not empty), kept as
+    given, so a typo costs a usage line, not a build started for nothing."""
+    from .build.identity import parse_author
+    from .errors import BuildError
+
+    try:
+        parse_author(text)
+    except BuildError as exc:
+        words = str(exc)  # "author '...': why": argparse already names --author
+        raise _refuse(words[len("author "):] if words.startswith("author ") else words) from None
+    return text
+
+
+def branch(text: str) -> str:
+    """--branch REF (make) and --old-branch/--new-branch REF (diff): a name git
+    may be given (`build.repository.valid_ref`); whether the repository has
+    it is known only when it is read."""
+    from .build.repository import valid_ref
+
+    if not valid_ref(text):
+        raise _refuse(f"{text!r} is not a branch, tag or commit name: it must not be empty, "
+                      "start with '-', or hold a NUL or a newline")
+    return text

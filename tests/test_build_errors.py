@@ -135,22 +135,8 @@ def test_unknown_branch(tmp_path, out):
     git("commit", "-q", "-m", "a", cwd=repo)
     assert_fails(make("--branch", "nope", str(repo), str(out)),
                  f"{repo}: unknown branch or tag 'nope'", out)
-    assert_fails(make("--branch=--upload-pack=x", str(repo), str(out)),
-                 f"{repo}: invalid branch name '--upload-pack=x'", out)
-
-
-def test_branch_on_a_directory(out):
-    assert_fails(make("--branch", "main", str(SITE), str(out)),
-                 f"{SITE}: --branch needs a Git repository, and this is a plain directory", out)
-
-
-@pytest.mark.parametrize("args, message", [
+    # --branch=--upload-pack=x, --branch on a plain directory, --author,
     # --block-size and --date are usage errors (exit 2): tests/test_cli_errors.py
-    (["--author", "nobody"], "author 'nobody': expected 'Name <email>'"),
-    (["--author", "<a@b>"], "author '<a@b>': expected 'Name <email>'"),
-])
-def test_bad_options(out, args, message):
-    assert_fails(make(*args, str(SITE), str(out)), message, out)
 
 
 def test_bad_source_date_epoch(out):

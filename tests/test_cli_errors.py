@@ -230,6 +230,50 @@ def test_a_bad_date_is_a_usage_error(capsys, value, why):
     assert why in last
 
 
+@pytest.mark.parametrize("value,why", [
+    ("nobody", "expected 'Name <email>'"),
+    ("<a@b>", "expected 'Name <email>'"),
+    ("Foo <>", "the email is empty, and the OCaml docteur cannot read a commit with an "
+               "empty email"),
+    ("Foo <a@b> <c@d>", "expected 'Name <email>'"),
+    ("", "expected 'Name <email>'"),
+])
+def test_a_bad_author_is_a_usage_error(capsys, value, why):
+    err = usage_error(["make", "SRC", "OUT.img", f"--author={value}"], capsys)
+    lines = err.splitlines()
+    assert lines[0].startswith("usage: docteur make ")
+    assert lines[-1] == f"docteur make: error: argument --author: {value.strip()!r}: {why}"
+
+
+@pytest.mark.parametrize("value", ["", "-x", "--upload-pack=x", "a\nb"])
+@pytest.mark.parametrize("verb,option", [("make", "--branch"), ("diff", "--old-branch"),
+                                         ("diff", "--new-branch")])
+def test_a_bad_branch_name_is_the_same_usage_error_everywhere(capsys, verb, option, value):
+    err = usage_error([verb, "A", "B", f"{option}={value}"], capsys)
+    lines = err.splitlines()
+    assert lines[0].startswith(f"usage: docteur {verb} ")
+    assert lines[-1] == (f"docteur {verb}: error: argument {option}: {value!r} is not a branch, "
+                         "tag or commit name: it must not be empty, start with '-', or hold a "
+                         "NUL or a newline")
+
+
+def test_make_options_are_refused_before_any_work(tmp_path):
+    """Real processes: a malformed --author, or --branch for a plain folder,
+    is exit 2 in one line (after the usage for --author), nothing written."""
+    out = tmp_path / "out.img"
+    proc = docteur("make", "--author", "nobody", SITE, out)
+    assert (proc.returncode, proc.stdout, out.exists()) == (2, "", False)
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("usage: docteur make ")
+    assert lines[-1] == "docteur make: error: argument --author: 'nobody': expected 'Name <email>'"
+    proc = docteur("make", "--branch", "main", SITE, out)
+    assert (proc.returncode, proc.stdout, out.exists()) == (2, "", False)
+    assert proc.stderr == (f"docteur make: {SITE}: --branch needs a Git repository, and this "
+                           "is a plain directory\n")
+    proc = docteur("make", "--author", "Some One <one@example.org>", "-q", SITE, out)
+    assert (proc.returncode, proc.stderr) == (0, "")  # a good one still builds
+
+
 def test_the_usage_error_comes_before_any_work(tmp_path):
     """A real process: exit 2, nothing written, no traceback."""
     out = tmp_path / "out.img"

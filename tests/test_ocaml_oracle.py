@@ -446,9 +446,12 @@ def test_empty_author_email(oracle, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("f\n")
-    err = one_line_refusal(src, tmp_path, "--author", "Foo <>")
-    assert err == ("docteur make: author 'Foo <>': the email is empty, and the OCaml docteur "
-                   "cannot read a commit with an empty email")
+    # a usage error (exit 2), refused while parsing: tests/test_cli_errors.py
+    proc = docteur("make", "--author", "Foo <>", src, tmp_path / "x.img", check_rc=2)
+    assert proc.stderr.decode().splitlines()[-1] == (
+        "docteur make: error: argument --author: 'Foo <>': the email is empty, and the OCaml "
+        "docteur cannot read a commit with an empty email")
+    assert not (tmp_path / "x.img").exists()
     repo = tmp_path / "repo"
     repo.mkdir()
     git("init", "-q", cwd=repo)

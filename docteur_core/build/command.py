@@ -77,7 +77,7 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
-    parser.add_argument("--branch", metavar="REF",
+    parser.add_argument("--branch", metavar="REF", type=options.branch,
                         help="branch or tag of a repository source (main, refs/heads/main, "
                              "v1.0); default: HEAD")
     parser.add_argument("--date", metavar="RFC3339", type=options.date,
@@ -85,7 +85,7 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
                              "2026-01-01T12:00:00+02:00 (its UTC offset is kept); a date-time "
                              "without a zone (2026-01-01T00:00:00) is read as UTC, a date "
                              "alone (2026-01-01) is midnight UTC")
-    parser.add_argument("--author", metavar="'NAME <EMAIL>'",
+    parser.add_argument("--author", metavar="'NAME <EMAIL>'", type=options.author,
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")
@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     from . import filters_refusal, make_image
     from .source import classify
 
+    if args.branch is not None and classify(args.source).kind == "directory":
+        # A usage error, as below: a plain directory has no branches.
+        print(f"docteur make: {args.source}: --branch needs a Git repository, and this is a "
+              "plain directory", file=sys.stderr)
+        return 2
     if args.exclude or args.gitignore:
         # A usage error, not a build failure: these options mean nothing for a commit.
         if classify(args.source).kind != "directory":

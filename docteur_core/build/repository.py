@@ -38,10 +38,18 @@ def open_repository(git_dir: str, display: str, scratch_objects: str) -> GitRepo
     return GitRepo(git_dir, object_dir=scratch_objects, alternates=objects)
 
 
+def valid_ref(name: str) -> bool:
+    """Whether `name` may be handed to `git rev-parse` as a name at all: not
+    empty, no leading '-' (git would read an option: --upload-pack=...), no
+    NUL or newline. Pure, so the command lines refuse it while parsing
+    (`options.branch`); whether it names a commit only git can say."""
+    return bool(name) and not name.startswith("-") and not any(c in name for c in "\0\n")
+
+
 def resolve(repo: GitRepo, ref: str | None, display: str) -> Resolved:
     """The commit named by `ref` (a branch, a tag, peeled; HEAD by default)."""
     name = "HEAD" if ref is None else ref
-    if not name or name.startswith("-") or any(c in name for c in "\0\n"):
+    if not valid_ref(name):
         raise BuildError(f"{display}: invalid branch name {ref!r}")
     try:
         commit = run_git(repo, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")

@@ -221,6 +221,7 @@ images that share subtrees cost what differs.
 Exit status as diff(1): 0 when equal, 1 when different, 2 on trouble (a
 usage mistake, an unreadable or damaged side: one line on stderr).
 """
+    from .. import options
     from . import commands
 
     for name in ("old", "new"):
@@ -228,7 +229,7 @@ usage mistake, an unreadable or damaged side: one line on stderr).
                             help="an image file, a device, an NBD URI, a directory or a Git "
                                  "repository")
     for name in ("old", "new"):
-        parser.add_argument(f"--{name}-branch", metavar="REF",
+        parser.add_argument(f"--{name}-branch", metavar="REF", type=options.branch,
                             help=f"branch, tag or commit of {name.upper()} when it is a local Git "
                                  "repository, as make's --branch names it (main, "
                                  "refs/heads/main, v1.0, a commit id); default: HEAD")
