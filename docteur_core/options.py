@@ -91,3 +91,17 @@ def branch(text: str) -> str:
         raise _refuse(f"{text!r} is not a branch, tag or commit name: it must not be empty, "
                       "start with '-', or hold a NUL or a newline")
     return text
+
+
+def cache_size(text: str) -> str:
+    """serve's --cache-size: `auto`, or a size nbdkit's cache filter takes
+    (`serve.sizes`: 64M, 1G, 1048576; at least 1M). Returned as given: nbdkit
+    gets exactly what the user wrote."""
+    if text == "auto":
+        return text
+    from .serve.sizes import cache_size_problem
+
+    why = cache_size_problem(text)
+    if why is not None:
+        raise _refuse(f"{text!r} is {why}")
+    return text

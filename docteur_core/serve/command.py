@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replaced at the origin makes reads fail rather than mix two images.
     The export's description names the commit.
     """
+    from .. import options
     from .nbdkit import DEFAULT_CACHE_SIZE, DEFAULT_IP, DEFAULT_PORT, VERIFY_LEVELS
 
     parser.add_argument("target", metavar="IMAGE_OR_DIR_OR_URL",
@@ -67,9 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check before serving: quick (default; what `docteur verify "
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
-                        help="bound of nbdkit's read cache on disk, e.g. 64M, 1G (default "
-                             f"{DEFAULT_CACHE_SIZE}: the image's size, at most 1G; a bound "
-                             "below the image's size costs speed)")
+                        type=options.cache_size,
+                        help="bound of nbdkit's read cache on disk: bytes, or K, M, G, T "
+                             "(powers of 1024) after a whole number, at least 1M, e.g. 64M, "
+                             f"1G (default {DEFAULT_CACHE_SIZE}: the image's size, at most 1G; "
+                             "a bound below the image's size costs speed)")
     parser.add_argument("--no-cache", action="store_true",
                         help="no cache filter: every read enters the Python plugin "
                              "(for a URL: goes to the origin)")
