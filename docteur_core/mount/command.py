@@ -49,6 +49,10 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         "when the image has a path index); light: walk the trees per lookup")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground; Ctrl-C unmounts")
+    parser.add_argument("--allow-other", action="store_true",
+                        help="let every user read the mount (FUSE's allow_other; the modes "
+                             "above apply, default_permissions); a user other than root needs "
+                             "a user_allow_other line in /etc/fuse.conf")
     add_reading_arguments(parser)
 
 
@@ -163,14 +167,19 @@ def make_operations(mfusepy, fs, on_init=None, log=None):
     return Ops()
 
 
-def fuse_options(image_name: str) -> dict:
+def fuse_options(image_name: str, allow_other: bool = False) -> dict:
     """libfuse options: read-only, our inode numbers, and long kernel caches
-    (nothing changes under a mounted image)."""
+    (nothing changes under a mounted image). `allow_other` lets other users
+    in (FUSE lets only the mounting user by default); default_permissions,
+    always on, then makes the kernel apply the r--r--r-- modes to them."""
     fsname = image_name.replace(",", "_").replace("\\", "_")
-    return dict(ro=True, nothreads=True, foreground=True, use_ino=True, kernel_cache=True,
-                subtype=SUBTYPE, fsname=fsname, attr_timeout=CACHE_SECONDS,
-                entry_timeout=CACHE_SECONDS, negative_timeout=CACHE_SECONDS,
-                default_permissions=True)
+    options = dict(ro=True, nothreads=True, foreground=True, use_ino=True, kernel_cache=True,
+                   subtype=SUBTYPE, fsname=fsname, attr_timeout=CACHE_SECONDS,
+                   entry_timeout=CACHE_SECONDS, negative_timeout=CACHE_SECONDS,
+                   default_permissions=True)
+    if allow_other:
+        options["allow_other"] = True
+    return options
 
 
 def serve(args, mountpoint: str, on_init=None, log=None) -> None:
@@ -206,7 +215,8 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             try:
-                mfusepy.FUSE(ops, mountpoint, **fuse_options(args.image))
+                mfusepy.FUSE(ops, mountpoint, **fuse_options(
+                    args.image, args.allow_other))
             except RuntimeError as exc:
                 # libfuse's loop ended by SIGINT or SIGTERM also returns
                 # non-zero, after unmounting: only a mount that never came
@@ -223,6 +233,12 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
 def run_mount(args) -> int:
     load_binding()  # one line now if it is missing, before anything else
     mountpoint = check_mountpoint(args.mountpoint)
+    if args.allow_other:  # fusermount3 would refuse it, in libfuse's words
+        from .fuseconf import allow_other_refusal
+
+        why = allow_other_refusal(os.getuid())
+        if why is not None:
+            raise DocteurError(why)
     if args.foreground:
         def log(line: str) -> None:
             print(f"docteur mount: {line}", file=sys.stderr, flush=True)
