@@ -118,17 +118,6 @@ def _seal(node: bytearray) -> bytes:
     return bytes(node)
 
 
-def _leaf_entry(prev: bytes, e: Entry) -> bytes:
-    # The shared prefix from the first differing bit of the two keys as
-    # numbers: a few C calls instead of a Python loop over every shared byte
-    # (this runs once per path, in `docteur make` and in every verify).
-    limit = min(len(prev), len(e.key), 0xFFFF)
-    x = int.from_bytes(prev[:limit], "big") ^ int.from_bytes(e.key[:limit], "big")
-    shared = limit - 1 - (x.bit_length() - 1) // 8 if x else limit
-    rest = e.key[shared:]
-    return PREFIX.pack(shared, len(rest)) + rest + LEAF_FIXED.pack(e.mode, e.id, e.offset, e.size)
-
-
 def _separator(last: bytes, first: bytes) -> bytes:
     """The shortest prefix of `first` that sorts after `last`."""
     n = 0
@@ -137,30 +126,49 @@ def _separator(last: bytes, first: bytes) -> bytes:
     return first[:n + 1]
 
 
-def _pack_leaves(entries: list[Entry], room: int) -> list[tuple[bytes, bytes, int, bytes]]:
-    """Greedy: (lower bound, first key, count, body) per leaf."""
+def _pack_leaves(entries: list, room: int) -> list[tuple[bytes, bytes, int, bytes]]:
+    """Greedy: (lower bound, first key, count, body) per leaf.
+
+    `entries` are `Entry`s or plain tuples in its field order (verify
+    builds tuples: one less object per path). One loop, no call per
+    entry: this runs once per path, in `docteur make` and in every verify.
+    """
     leaves = []
     body = bytearray()
     count = 0
     prev = b""
     first = b""
     prev_last = None
-    for e in entries:
-        if len(e.key) > room // 2:
-            raise ValueError(f"path of {len(e.key)} bytes is too long for the path index")
-        enc = _leaf_entry(prev if count else b"", e)
-        if count and (len(body) + len(enc) > room or count == 0xFFFF):
-            lo = b"" if prev_last is None else _separator(prev_last, first)
-            leaves.append((lo, first, count, bytes(body)))
-            prev_last = prev
-            body = bytearray()
-            count = 0
-            enc = _leaf_entry(b"", e)
+    half = room // 2
+    pack_prefix = PREFIX.pack
+    pack_fixed = LEAF_FIXED.pack
+    from_bytes = int.from_bytes
+    for key, mode, oid, offset, size in entries:
+        klen = len(key)
+        if klen > half:
+            raise ValueError(f"path of {klen} bytes is too long for the path index")
+        fixed = pack_fixed(mode, oid, offset, size)
+        shared = 0
+        if count:
+            # The shared prefix from the first differing bit of the two keys
+            # as numbers: a few C calls instead of a loop over shared bytes.
+            limit = len(prev) if len(prev) < klen else klen
+            x = from_bytes(prev[:limit], "big") ^ from_bytes(key[:limit], "big")
+            shared = limit - 1 - (x.bit_length() - 1) // 8 if x else limit
+            if len(body) + klen - shared + 44 > room or count == 0xFFFF:
+                lo = b"" if prev_last is None else _separator(prev_last, first)
+                leaves.append((lo, first, count, bytes(body)))
+                prev_last = prev
+                body = bytearray()
+                count = 0
+                shared = 0
         if not count:
-            first = e.key
-        body += enc
+            first = key
+        body += pack_prefix(shared, klen - shared)
+        body += key[shared:]
+        body += fixed
         count += 1
-        prev = e.key
+        prev = key
     if count or not leaves:
         lo = b"" if prev_last is None else _separator(prev_last, first)
         leaves.append((lo, first, count, bytes(body)))
@@ -186,19 +194,22 @@ def _internal_body(group: list[tuple[bytes, int]]) -> bytes:
     return b"".join(KEY_LEN.pack(len(k)) + k + CHILD.pack(n) for k, n in group)
 
 
-def encode(entries: list[Entry], *, commit: bytes, pack_checksum: bytes, tree: bytes,
+def encode(entries: list, *, commit: bytes, pack_checksum: bytes, tree: bytes,
            commit_offset: int, tree_offset: int, pack_end: int, region_start: int,
            root_count: int, block_size: int) -> bytes:
     """The whole region (leading padding, nodes, super block) for `entries`.
 
-    `entries` in any order (they are sorted by key here); `region_start`
+    `entries` (`Entry`s or tuples in its field order) in any order (they
+    are sorted by key here); `region_start`
     is where the region begins in the image (the end of the IDX padding),
     and its length is a multiple of `block_size`.
     """
     entries = sorted(entries)
-    for a, b in zip(entries, entries[1:]):
-        if a.key == b.key:
-            raise ValueError(f"duplicate path {a.path!r}")
+    keys = [e[0] for e in entries]
+    if len(set(keys)) != len(keys):
+        for a, b in zip(keys, keys[1:]):
+            if a == b:
+                raise ValueError(f"duplicate path {Entry(a, 0, b'', 0, 0).path!r}")
     node_room = CRC_AT - NODE_HEAD.size
     root_room = CRC_AT - ROOT_AT - U16.size
     nodes: list[bytes] = []

@@ -117,41 +117,46 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes) -> tuple[list[pix.Entry], int] | None:
-        """Every path under the commit's tree, from the scan's trees and offsets."""
+    def _expected_entries(self, root: bytes) -> tuple[list[tuple], int] | None:
+        """Every path under the commit's tree, from the scan's trees and offsets.
+
+        As tuples in `pix.Entry`'s field order, which `pix.encode` takes:
+        one object less per path than an `Entry`, on the path of every verify.
+        """
         by_id, sizes = self.by_id, self.blob_sizes
         entries_of = self._tree_entries  # parsed as met, held while on the stack
         root_entries = entries_of(root)
         if root_entries is None:
             return None
-        out: list[pix.Entry] = []
+        out: list[tuple] = []
+        append = out.append
         stack = [(b"", root_entries)]
         seen_paths = 0
+        mode_dir, mode_gitlink = objects.MODE_DIR, objects.MODE_GITLINK
         while stack:
             path, entries = stack.pop()
             seen_paths += len(entries)
             if seen_paths > 50_000_000:
                 return None
+            prefix = path + b"\0"
             for mode, oid, name in entries:
-                child = path + b"/" + name if path else name
-                key = path + b"\0" + name
-                if mode == objects.MODE_GITLINK:
-                    out.append(pix.Entry(key, mode, oid, 0, 0))
+                if mode == mode_gitlink:
+                    append((prefix + name, mode, oid, 0, 0))
                     continue
                 off = by_id.get(oid)
                 if off is None:
                     return None
-                if mode == objects.MODE_DIR:
+                if mode == mode_dir:
                     sub = entries_of(oid)
                     if sub is None:
                         return None
-                    out.append(pix.Entry(key, mode, oid, off, len(sub)))
-                    stack.append((child, sub))
+                    append((prefix + name, mode, oid, off, len(sub)))
+                    stack.append((path + b"/" + name if path else name, sub))
                 else:
                     size = sizes.get(oid)
                     if size is None:
                         return None
-                    out.append(pix.Entry(key, mode, oid, off, size))
+                    append((prefix + name, mode, oid, off, size))
         return out, len(root_entries)
 
     def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
