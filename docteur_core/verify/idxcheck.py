@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+from array import array
+from itertools import repeat
 
 from ..format import idx as idxmod
 from ..format import layout, pack
@@ -40,11 +43,10 @@ class IdxCheck(State):
         names = data[names_at:names_at + 20 * count]
         # Sorted ids and a fanout that counts them.
         self.check("idx-ids-sorted")
-        ids = [names[i:i + 20] for i in range(0, 20 * count, 20)]
-        in_order = all(map(bytes.__lt__, ids, ids[1:]))
+        in_order = _sorted_ids(names, count)
         prev = b""
         for i in range(0 if not in_order else count, count):
-            name = ids[i]
+            name = names[20 * i:20 * i + 20]
             if name <= prev:
                 self.problem(R_IDX_IDS, at_offset(base + names_at + 20 * i),
                              f"IDX ids out of order at entry {i} "
@@ -70,9 +72,10 @@ class IdxCheck(State):
         offs_at = crcs_at + 4 * count
         large_at = offs_at + 4 * count
         nlarge = (len(data) - large_at - 40) // 8
-        crcs = struct.unpack_from(f">{count}I", data, crcs_at)
-        offs = struct.unpack_from(f">{count}I", data, offs_at)
-        if in_order and self._idx_matches_fast(ids, crcs, offs):
+        # 4 bytes an entry (a tuple of ints is 40): they are the IDX check's peak.
+        crcs = _u32_column(data, crcs_at, count)
+        offs = _u32_column(data, offs_at, count)
+        if in_order and self._idx_matches_fast(names, crcs, offs):
             return
         seen: set[int] = set()
         info = self.info
@@ -132,19 +135,49 @@ class IdxCheck(State):
                              f"object {hex_id(self.oid.get(pos, b''))} "
                              "of the pack is not listed in the IDX")
 
-    def _idx_matches_fast(self, ids: list[bytes], crcs: tuple, offs: tuple) -> bool:
+    def _idx_matches_fast(self, names: bytes, crcs: array, offs: array) -> bool:
         """The common case in a few C-speed passes: every entry agrees with the pack.
 
         Every IDX entry's id and CRC must be what the scan computed at its
         offset. With the ids strictly sorted (the caller checks) the offsets
         are then distinct, and as many as the scanned objects: the same set.
-        Looked up rather than built into two more dicts to compare (those
-        were a peak of verify's memory).
+        Looked up a slice of the IDX at a time rather than built into lists
+        or dicts for the whole IDX (those were a peak of verify's memory).
         """
         count = len(offs)
         if self.damaged or (count and max(offs) & idxmod.LARGE_OFFSET_FLAG) \
                 or count != len(self.starts) or count != len(self.oid):
             return False
-        positions = [v + layout.PACK_OFFSET for v in offs]
-        return (list(map(self.oid.get, positions)) == ids
-                and tuple(map(self.crc.get, positions)) == crcs)
+        oid_at, crc_at = self.oid.get, self.crc.get
+        for lo in range(0, count, _SLICE):
+            hi = min(lo + _SLICE, count)
+            positions = [v + layout.PACK_OFFSET for v in offs[lo:hi]]
+            if b"".join(map(oid_at, positions, repeat(b"", hi - lo))) != names[20 * lo:20 * hi]:
+                return False
+            if list(map(crc_at, positions)) != crcs[lo:hi].tolist():
+                return False
+        return True
+
+
+# IDX entries compared at a time by `_idx_matches_fast`.
+_SLICE = 4096
+
+
+def _u32_column(data: bytes, at: int, count: int) -> array:
+    """`count` big-endian 32-bit numbers from `at`, as an array."""
+    column = array("I", data[at:at + 4 * count])
+    if sys.byteorder == "little":
+        column.byteswap()
+    return column
+
+
+def _sorted_ids(names: bytes, count: int) -> bool:
+    """Whether the IDX's ids are strictly increasing, a slice at a time."""
+    prev = b""
+    for lo in range(0, count, _SLICE):
+        hi = min(lo + _SLICE, count)
+        ids = [names[i:i + 20] for i in range(20 * lo, 20 * hi, 20)]
+        if not (prev < ids[0] and all(map(bytes.__lt__, ids, ids[1:]))):
+            return False
+        prev = ids[-1]
+    return True

@@ -532,6 +532,7 @@ class Scan(State):
                 # Kept raw: its parsed entries cost ~6x its bytes, and the
                 # walk needs them one directory at a time (`_tree_entries`).
                 self.trees[oid] = data
+                self.tree_counts[oid] = len(entries)
                 unsorted = objects.tree_order_problem(entries)
                 if unsorted:  # git fsck's treeNotSorted
                     self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
@@ -540,6 +541,7 @@ class Scan(State):
                 self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
                              f"malformed tree: {exc.what}")
                 self.trees[oid] = b""  # no entries
+                self.tree_counts[oid] = 0
         elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
             self.commit_data = data
         if data is not None and (not self.planned or pos in self.uses_at or self.uses_of

@@ -116,6 +116,7 @@ class State:
         # What the walk needs (reach.py).
         # Raw tree bytes by id, checked by the scan (a malformed tree is b"").
         self.trees: dict[bytes, bytes] = {}
+        self.tree_counts: dict[bytes, int] = {}  # entries of each of those trees
         self.blob_sizes: dict[bytes, int] = {}
         self.commit_data: bytes | None = None
         # Delta bases (bases.py): the LRU, and from the header pass how many
