@@ -152,7 +152,17 @@ class PathIndexCheck(State):
                 raise _Unchecked(f"the trees name more than {self.max_paths} paths "
                                  "(max_paths)")
             prefix = path + b"\0"
-            for mode, oid, name in sorted(entries, key=by_name):
+            entries = sorted(entries, key=by_name)
+            modes, oids, names = zip(*entries) if entries else ((), (), ())
+            if mode_dir not in modes and mode_gitlink not in modes:
+                # Files only (the bulk): the tuples built in C-speed passes.
+                offs = list(map(by_id.get, oids))
+                blob_sizes = list(map(sizes.get, oids))
+                if None in offs or None in blob_sizes:
+                    raise _Unchecked("the commit's trees are incomplete")
+                yield from zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes)
+                continue
+            for mode, oid, name in entries:
                 if mode == mode_gitlink:
                     yield (prefix + name, mode, oid, 0, 0)
                     continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
+import sys
 import zlib
 from array import array
 from collections import Counter
@@ -135,6 +136,9 @@ class Scan(State):
         uses_at, remaining = self.uses_at, self.remaining
         decompressobj, crc32, sha1 = zlib.decompressobj, zlib.crc32, hashlib.sha1
         stream_limit = min(STREAM_THRESHOLD, WHOLE_ENTRY)
+        lane, rows, idx_crcs, idx = self.lane_hlen, self.entry_rows, self.idx_crcs, self.idx_bytes
+        names_at = idxmod.HEAD_SIZE
+        in_lane = 0
         done = 0
         while k < last:
             nxt = offs[k]
@@ -163,16 +167,29 @@ class Scan(State):
             if not d.eof or d.unused_data or len(data) != size:
                 break
             hlen = i - rel
-            crc[pos] = crc32(entry)
-            info[pos] = (3, hlen, nxt - pos - hlen, size, None)
-            starts.append(pos)
+            entry_crc = crc32(entry)
             if size < 4096:
                 oid = sha1(b"blob %d\0%s" % (size, data)).digest()
             else:
                 h = sha1(b"blob %d\0" % size)
                 h.update(data)
                 oid = h.digest()
-            oids[pos] = oid
+            if lane is not None and offs[k - 1] == pos:
+                r = rows[k - 1]
+                at = names_at + 20 * r
+                if entry_crc == idx_crcs[r] and oid == idx[at:at + 20]:
+                    lane[k - 1] = hlen  # as the IDX says: kept in 1 byte
+                    in_lane += 1
+                    lane_oid = True
+                else:
+                    lane_oid = False
+            else:
+                lane_oid = False
+            if not lane_oid:
+                crc[pos] = entry_crc
+                info[pos] = (3, hlen, nxt - pos - hlen, size, None)
+                starts.append(pos)
+                oids[pos] = oid
             otype[pos] = 3
             previous = by_id.setdefault(oid, pos)
             if previous != pos:
@@ -184,26 +201,41 @@ class Scan(State):
             done += 1
             pos = nxt
             k += 1
+        self.lane_count += in_lane
         return done, pos, k
 
     def _idx_offsets_for_resync(self) -> None:
         count = self.idx_count
         data = self.idx_bytes
-        offs = []
         o0 = idxmod.HEAD_SIZE + 24 * count
         table = struct.unpack_from(f">{count}I", data, o0)
         large_base = idxmod.HEAD_SIZE + 28 * count
         nlarge = (len(data) - large_base - 40) // 8
-        for v in table:
-            if v & idxmod.LARGE_OFFSET_FLAG:
-                k = v & ~idxmod.LARGE_OFFSET_FLAG
-                if k < nlarge:
-                    offs.append(struct.unpack_from(">Q", data, large_base + 8 * k)[0]
-                                + layout.PACK_OFFSET)
-            else:
-                offs.append(v + layout.PACK_OFFSET)
-        offs.sort()
-        self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
+        if table and max(table) & idxmod.LARGE_OFFSET_FLAG:
+            offs = []
+            for v in table:
+                if v & idxmod.LARGE_OFFSET_FLAG:
+                    k = v & ~idxmod.LARGE_OFFSET_FLAG
+                    if k < nlarge:
+                        offs.append(struct.unpack_from(">Q", data, large_base + 8 * k)[0]
+                                    + layout.PACK_OFFSET)
+                else:
+                    offs.append(v + layout.PACK_OFFSET)
+            offs.sort()
+            self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
+            return
+        # The common case (every offset in 31 bits): the IDX row of each
+        # entry too, so that the fast lane checks an entry against its row
+        # as it goes and keeps nothing of it (`_blob_run`).
+        rows = sorted(range(count), key=table.__getitem__)
+        offs = array("Q", [table[r] + layout.PACK_OFFSET for r in rows])
+        self.entry_offsets = offs
+        if all(map(int.__lt__, offs, offs[1:])):  # distinct: one row per entry
+            self.entry_rows = array("I", rows)
+            self.lane_hlen = bytearray(count)
+            self.idx_crcs = array("I", data[idxmod.HEAD_SIZE + 20 * count:o0])
+            if sys.byteorder == "little":
+                self.idx_crcs.byteswap()
 
     def _next_start(self, pos: int) -> int | None:
         offs = self.entry_offsets
@@ -324,7 +356,7 @@ class Scan(State):
             return zpos
         if kind == pack.OBJ_OFS_DELTA:
             base = pos - base_ref
-            if base not in self.info:
+            if base not in self.info and self._lane_info(base) is None:
                 self.damaged.add(pos)
                 if base in self.damaged:
                     self._cascade(pos, base)
@@ -427,7 +459,7 @@ class Scan(State):
         known = self.chains.get(base)
         if known is None:
             depth = 1
-            info = self.info.get(base)
+            info = self._info(base)
             base_work = info[3] if info is not None else 0
         else:
             depth, base_work = known
