@@ -77,13 +77,13 @@ _parsed_by_hand = 0
 class _CompiledOnFirstUse:
     """Stands for `_GIT_ENTRY` until the first match, then replaces itself."""
 
-    def finditer(self, data: bytes):
+    def findall(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
         global _GIT_ENTRY
         import re
 
         _GIT_ENTRY = re.compile(rb"(100644|100755|100664|120000|40000|160000) ([^\0/]+)\0(.{20})",
                                 re.S)
-        return _GIT_ENTRY.finditer(data)
+        return _GIT_ENTRY.findall(data)
 
 
 _GIT_ENTRY = _CompiledOnFirstUse()
@@ -113,23 +113,22 @@ def parse_tree_raw(data: bytes, where: str, max_entries: int | None = None
     More than `max_entries` entries are refused (`LimitExceeded`) as they
     are counted, before they are all built.
     """
-    out = []
-    pos = 0
-    modes = _MODE_TEXTS
-    if max_entries is not None and len(data) // MIN_ENTRY <= max_entries:
-        max_entries = None  # cannot be exceeded: spare the count
-    for m in _GIT_ENTRY.finditer(data):
-        if m.start() != pos:
-            break
-        if max_entries is not None and len(out) >= max_entries:
-            raise _too_many(max_entries, where)
-        mode, name, oid = m.groups()
-        out.append((modes[mode], oid, name))
-        pos = m.end()
-    if pos == len(data):
-        names = {e[2] for e in out}
-        if len(names) == len(out) and b"." not in names and b".." not in names:
-            return out
+    # `findall` hands back plain tuples (no match object per entry); the
+    # matches are disjoint, so they cover the tree without a gap exactly
+    # when their lengths add up to the tree's.
+    if max_entries is not None and len(data) // MIN_ENTRY > max_entries:
+        # Could name more than allowed: counted as parsed, never all built.
+        return _parse_tree_checked(data, where, max_entries)
+    found = _GIT_ENTRY.findall(data)
+    if found:
+        mode_texts, names, ids = zip(*found)
+        covered = sum(map(len, mode_texts)) + sum(map(len, names)) + 22 * len(found)
+    else:
+        mode_texts = names = ids = ()
+        covered = 0
+    if covered == len(data):
+        if len(set(names)) == len(names) and b"." not in names and b".." not in names:
+            return list(zip(map(_MODE_TEXTS.__getitem__, mode_texts), ids, names))
     return _parse_tree_checked(data, where, max_entries)
 
 

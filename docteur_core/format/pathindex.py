@@ -55,6 +55,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import namedtuple
+from collections.abc import Iterable, Iterator
 
 from ..errors import DamagedImage
 from .objects import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK
@@ -118,17 +119,6 @@ def _seal(node: bytearray) -> bytes:
     return bytes(node)
 
 
-def _leaf_entry(prev: bytes, e: Entry) -> bytes:
-    # The shared prefix from the first differing bit of the two keys as
-    # numbers: a few C calls instead of a Python loop over every shared byte
-    # (this runs once per path, in `docteur make` and in every verify).
-    limit = min(len(prev), len(e.key), 0xFFFF)
-    x = int.from_bytes(prev[:limit], "big") ^ int.from_bytes(e.key[:limit], "big")
-    shared = limit - 1 - (x.bit_length() - 1) // 8 if x else limit
-    rest = e.key[shared:]
-    return PREFIX.pack(shared, len(rest)) + rest + LEAF_FIXED.pack(e.mode, e.id, e.offset, e.size)
-
-
 def _separator(last: bytes, first: bytes) -> bytes:
     """The shortest prefix of `first` that sorts after `last`."""
     n = 0
@@ -137,34 +127,56 @@ def _separator(last: bytes, first: bytes) -> bytes:
     return first[:n + 1]
 
 
-def _pack_leaves(entries: list[Entry], room: int) -> list[tuple[bytes, bytes, int, bytes]]:
-    """Greedy: (lower bound, first key, count, body) per leaf."""
-    leaves = []
+def _pack_leaves(entries: Iterable[tuple], room: int
+                 ) -> Iterator[tuple[bytes, bytes, int, bytes]]:
+    """Greedy: (lower bound, first key, count, body) per leaf, as each fills.
+
+    `entries` are `Entry`s or plain tuples in its field order, sorted by
+    key (verify builds tuples: one less object per path). One loop, no call
+    per entry: this runs once per path, in `docteur make` and in every
+    verify. A key not above the previous one is a ValueError.
+    """
     body = bytearray()
     count = 0
     prev = b""
     first = b""
     prev_last = None
-    for e in entries:
-        if len(e.key) > room // 2:
-            raise ValueError(f"path of {len(e.key)} bytes is too long for the path index")
-        enc = _leaf_entry(prev if count else b"", e)
-        if count and (len(body) + len(enc) > room or count == 0xFFFF):
-            lo = b"" if prev_last is None else _separator(prev_last, first)
-            leaves.append((lo, first, count, bytes(body)))
-            prev_last = prev
-            body = bytearray()
-            count = 0
-            enc = _leaf_entry(b"", e)
+    half = room // 2
+    pack_prefix = PREFIX.pack
+    pack_fixed = LEAF_FIXED.pack
+    from_bytes = int.from_bytes
+    for key, mode, oid, offset, size in entries:
+        klen = len(key)
+        if klen > half:
+            raise ValueError(f"path of {klen} bytes is too long for the path index")
+        fixed = pack_fixed(mode, oid, offset, size)
+        shared = 0
+        if count:
+            if key <= prev:
+                raise ValueError(f"duplicate path {Entry(key, 0, b'', 0, 0).path!r}"
+                                 if key == prev else "paths are not sorted")
+            # The shared prefix from the first differing bit of the two keys
+            # as numbers: a few C calls instead of a loop over shared bytes.
+            limit = len(prev) if len(prev) < klen else klen
+            x = from_bytes(prev[:limit], "big") ^ from_bytes(key[:limit], "big")
+            shared = limit - 1 - (x.bit_length() - 1) // 8 if x else limit
+            if len(body) + klen - shared + 44 > room or count == 0xFFFF:
+                yield (b"" if prev_last is None else _separator(prev_last, first),
+                       first, count, bytes(body))
+                prev_last = prev
+                body = bytearray()
+                count = 0
+                shared = 0
         if not count:
-            first = e.key
-        body += enc
+            first = key
+        body += pack_prefix(shared, klen - shared)
+        body += key[shared:]
+        body += fixed
         count += 1
-        prev = e.key
-    if count or not leaves:
-        lo = b"" if prev_last is None else _separator(prev_last, first)
-        leaves.append((lo, first, count, bytes(body)))
-    return leaves
+        prev = key
+    if count or prev_last is None:
+        yield (b"" if prev_last is None else _separator(prev_last, first),
+               first, count, bytes(body))
 
 
 def _pack_internal(children: list[tuple[bytes, int]], room: int) -> list[list[tuple[bytes, int]]]:
@@ -186,67 +198,114 @@ def _internal_body(group: list[tuple[bytes, int]]) -> bytes:
     return b"".join(KEY_LEN.pack(len(k)) + k + CHILD.pack(n) for k, n in group)
 
 
-def encode(entries: list[Entry], *, commit: bytes, pack_checksum: bytes, tree: bytes,
+def _node(level: int, count: int, number: int, body: bytes) -> bytes:
+    node = bytearray(NODE_SIZE)
+    NODE_HEAD.pack_into(node, 0, level, 0, count, number)
+    node[NODE_HEAD.size:NODE_HEAD.size + len(body)] = body
+    return _seal(node)
+
+
+class RegionEncoder:
+    """The region a node at a time, for entries sorted by key.
+
+    `nodes()` yields node 0, 1, ... as each is complete (the leaves, then
+    each level above), holding only the lower bound of each child rather
+    than every path: verify compares them with the stored nodes as they
+    come. Once it is exhausted, `lead` (the zero bytes before the nodes),
+    `super_block` and `paths` are set. `encode` is this, joined.
+    """
+
+    def __init__(self, entries: Iterable[tuple], *, commit: bytes, pack_checksum: bytes,
+                 tree: bytes, commit_offset: int, tree_offset: int, pack_end: int,
+                 region_start: int, root_count: int, block_size: int) -> None:
+        self.entries = entries
+        self.binding = (commit, pack_checksum, tree, commit_offset, tree_offset, pack_end)
+        self.region_start = region_start
+        self.root_count = root_count
+        self.block_size = block_size
+        self.lead = 0
+        self.super_block = b""
+        self.paths = 0
+
+    def nodes(self) -> Iterator[bytes]:
+        import hashlib  # here: the reader (a guest) never encodes, and hashlib is heavy
+
+        node_room = CRC_AT - NODE_HEAD.size
+        root_room = CRC_AT - ROOT_AT - U16.size
+        digest = hashlib.sha256()
+        paths = 0
+        made = 0
+        level: list[tuple[bytes, int]] = []
+        held = None  # the first leaf, until it is known not to be the root
+        for leaf in _pack_leaves(self.entries, node_room):
+            paths += leaf[2]
+            if not made and held is None:
+                held = leaf
+                continue
+            for lo, _, count, body in ((held, leaf) if held is not None else (leaf,)):
+                node = _node(0, count, made, body)
+                level.append((lo, made))
+                made += 1
+                digest.update(node)
+                yield node
+            held = None
+        height = 0
+        if held is not None and len(held[3]) <= root_room:
+            root = U16.pack(held[2]) + held[3]
+        else:
+            if held is not None:
+                node = _node(0, held[2], made, held[3])
+                level.append((held[0], made))
+                made += 1
+                digest.update(node)
+                yield node
+            leaf_count = made
+            height = 1
+            while True:
+                if sum(KEY_LEN.size + len(k) + CHILD.size for k, _ in level) <= root_room \
+                        and len(level) <= 0xFFFF:
+                    root = U16.pack(len(level)) + _internal_body(level)
+                    break
+                upper = []
+                for group in _pack_internal(level, node_room):
+                    node = _node(height, len(group), made, _internal_body(group))
+                    upper.append((group[0][0], made))
+                    made += 1
+                    digest.update(node)
+                    yield node
+                level = upper
+                height += 1
+                if height > MAX_HEIGHT:  # pragma: no cover - 4 KiB nodes hold far more
+                    raise ValueError("path index too deep")
+        self.lead = -((made + 1) * NODE_SIZE) % self.block_size
+        self.paths = paths
+        sup = bytearray(SUPER_SIZE)
+        commit, pack_checksum, tree, commit_offset, tree_offset, pack_end = self.binding
+        SUPER_HEAD.pack_into(
+            sup, 0, MAGIC, VERSION, NODE_SHIFT, height, 0, commit, pack_checksum, tree,
+            commit_offset, tree_offset, pack_end, self.region_start,
+            self.region_start + self.lead, made, leaf_count if height else 0, paths,
+            self.root_count, digest.digest())
+        sup[ROOT_AT:ROOT_AT + len(root)] = root
+        self.super_block = _seal(sup)
+
+
+def encode(entries: list, *, commit: bytes, pack_checksum: bytes, tree: bytes,
            commit_offset: int, tree_offset: int, pack_end: int, region_start: int,
            root_count: int, block_size: int) -> bytes:
     """The whole region (leading padding, nodes, super block) for `entries`.
 
-    `entries` in any order (they are sorted by key here); `region_start`
-    is where the region begins in the image (the end of the IDX padding),
-    and its length is a multiple of `block_size`.
+    `entries` (`Entry`s or tuples in its field order) in any order (they
+    are sorted by key here); `region_start` is where the region begins in
+    the image (the end of the IDX padding), and its length is a multiple
+    of `block_size`.
     """
-    entries = sorted(entries)
-    for a, b in zip(entries, entries[1:]):
-        if a.key == b.key:
-            raise ValueError(f"duplicate path {a.path!r}")
-    node_room = CRC_AT - NODE_HEAD.size
-    root_room = CRC_AT - ROOT_AT - U16.size
-    nodes: list[bytes] = []
-    leaves = _pack_leaves(entries, node_room)
-    height = 0
-    if len(leaves) == 1 and len(leaves[0][3]) <= root_room:
-        root = U16.pack(leaves[0][2]) + leaves[0][3]
-    else:
-        level: list[tuple[bytes, int]] = []
-        for lo, _, count, body in leaves:
-            node = bytearray(NODE_SIZE)
-            NODE_HEAD.pack_into(node, 0, 0, 0, count, len(nodes))
-            node[NODE_HEAD.size:NODE_HEAD.size + len(body)] = body
-            level.append((lo, len(nodes)))
-            nodes.append(_seal(node))
-        height = 1
-        while True:
-            if sum(KEY_LEN.size + len(k) + CHILD.size for k, _ in level) <= root_room \
-                    and len(level) <= 0xFFFF:
-                root = U16.pack(len(level)) + _internal_body(level)
-                break
-            upper = []
-            for group in _pack_internal(level, node_room):
-                body = _internal_body(group)
-                node = bytearray(NODE_SIZE)
-                NODE_HEAD.pack_into(node, 0, height, 0, len(group), len(nodes))
-                node[NODE_HEAD.size:NODE_HEAD.size + len(body)] = body
-                upper.append((group[0][0], len(nodes)))
-                nodes.append(_seal(node))
-            level = upper
-            height += 1
-            if height > MAX_HEIGHT:  # pragma: no cover - 4 KiB nodes hold far more
-                raise ValueError("path index too deep")
-    import hashlib  # here: the reader (a guest) never encodes, and hashlib is heavy
-
-    body_len = (len(nodes) + 1) * NODE_SIZE
-    lead = -body_len % block_size
-    digest = hashlib.sha256()
-    for n in nodes:
-        digest.update(n)
-    sup = bytearray(SUPER_SIZE)
-    SUPER_HEAD.pack_into(
-        sup, 0, MAGIC, VERSION, NODE_SHIFT, height, 0, commit, pack_checksum, tree,
-        commit_offset, tree_offset, pack_end, region_start, region_start + lead,
-        len(nodes), len(leaves) if height else 0, len(entries), root_count,
-        digest.digest())
-    sup[ROOT_AT:ROOT_AT + len(root)] = root
-    return bytes(lead) + b"".join(nodes) + _seal(sup)
+    enc = RegionEncoder(sorted(entries), commit=commit, pack_checksum=pack_checksum, tree=tree,
+                        commit_offset=commit_offset, tree_offset=tree_offset, pack_end=pack_end,
+                        region_start=region_start, root_count=root_count,
+                        block_size=block_size)
+    nodes = list(enc.nodes())
+    return bytes(enc.lead) + b"".join(nodes) + enc.super_block
 
 
 # -- decoding ---------------------------------------------------------------

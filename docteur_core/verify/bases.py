@@ -112,7 +112,7 @@ class Bases(State):
 
     def _inflate_entry(self, pos: int) -> bytes:
         """Inflate the (already scanned) entry at `pos` again, from the device."""
-        kind, hlen, clen, size, _ = self.info[pos]
+        kind, hlen, clen, size, _ = self._info(pos)
         raw = self._read(pos + hlen, clen)
         try:
             data = zlib.decompressobj().decompress(raw, size + 1)
@@ -138,9 +138,9 @@ class Bases(State):
             if hit is not None:
                 kind, data = hit
                 break
-            if o in self.damaged or o not in self.info:
+            rec = None if o in self.damaged else self._info(o)
+            if rec is None:
                 raise Unresolvable(o)
-            rec = self.info[o]
             if rec[3] > self.max_object_size:
                 raise DamagedImage(f"object of {rec[3]} bytes is too large to be a delta base",
                                    at_offset(o))

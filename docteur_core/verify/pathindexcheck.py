@@ -21,6 +21,9 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterator
+from heapq import heappop, heappush
+from operator import itemgetter
 
 from ..errors import DamagedImage
 from ..format import objects, pack
@@ -117,88 +120,148 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes) -> tuple[list[pix.Entry], int] | None:
-        """Every path under the commit's tree, from the scan's trees and offsets."""
-        by_id, sizes = self.by_id, self.blob_sizes
-        entries_of = self._tree_entries  # parsed as met, held while on the stack
-        root_entries = entries_of(root)
-        if root_entries is None:
-            return None
-        out: list[pix.Entry] = []
-        stack = [(b"", root_entries)]
-        seen_paths = 0
-        while stack:
-            path, entries = stack.pop()
-            seen_paths += len(entries)
-            if seen_paths > 50_000_000:
-                return None
+    def _expected_entries(self, root: bytes, enc: pix.RegionEncoder) -> Iterator[tuple]:
+        """Every path under the commit's tree, sorted by key, from the scan's
+        trees and offsets (and the root's entry count, into `enc`).
+
+        As tuples in `pix.Entry`'s field order, which `pix.RegionEncoder`
+        takes, one directory at a time: directories come out of a heap in
+        the order of their paths (a directory's path is above its parent's,
+        so the smallest one left is always in the heap), which is the order
+        of the keys (parent NUL name), and each directory's entries sorted
+        by name. Memory is the directories waiting, not every path.
+        Raises _Unchecked when the trees are not all there.
+        """
+        by_id, sizes, counts = self.by_id, self.blob_sizes, self.tree_counts
+        entries_of = self._tree_entries
+        mode_dir, mode_gitlink = objects.MODE_DIR, objects.MODE_GITLINK
+        by_name = itemgetter(2)
+        waiting = [(b"", root)]
+        left = self.max_paths
+        first = True
+        while waiting:
+            path, tid = heappop(waiting)
+            entries = entries_of(tid)
+            if entries is None:
+                raise _Unchecked("the commit's trees are incomplete")
+            if first:
+                enc.root_count = len(entries)
+                first = False
+            left -= len(entries)
+            if left < 0:
+                raise _Unchecked(f"the trees name more than {self.max_paths} paths "
+                                 "(max_paths)")
+            prefix = path + b"\0"
+            entries = sorted(entries, key=by_name)
+            modes, oids, names = zip(*entries) if entries else ((), (), ())
+            if mode_dir not in modes and mode_gitlink not in modes:
+                # Files only (the bulk): the tuples built in C-speed passes.
+                offs = list(map(by_id.get, oids))
+                blob_sizes = list(map(sizes.get, oids))
+                if None in offs or None in blob_sizes:
+                    raise _Unchecked("the commit's trees are incomplete")
+                yield from zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes)
+                continue
             for mode, oid, name in entries:
-                child = path + b"/" + name if path else name
-                key = path + b"\0" + name
-                if mode == objects.MODE_GITLINK:
-                    out.append(pix.Entry(key, mode, oid, 0, 0))
+                if mode == mode_gitlink:
+                    yield (prefix + name, mode, oid, 0, 0)
                     continue
                 off = by_id.get(oid)
                 if off is None:
-                    return None
-                if mode == objects.MODE_DIR:
-                    sub = entries_of(oid)
-                    if sub is None:
-                        return None
-                    out.append(pix.Entry(key, mode, oid, off, len(sub)))
-                    stack.append((child, sub))
+                    raise _Unchecked("the commit's trees are incomplete")
+                if mode == mode_dir:
+                    count = counts.get(oid)
+                    if count is None:
+                        raise _Unchecked("the commit's trees are incomplete")
+                    yield (prefix + name, mode, oid, off, count)
+                    heappush(waiting, (path + b"/" + name if path else name, oid))
                 else:
                     size = sizes.get(oid)
                     if size is None:
-                        return None
-                    out.append(pix.Entry(key, mode, oid, off, size))
-        return out, len(root_entries)
+                        raise _Unchecked("the commit's trees are incomplete")
+                    yield (prefix + name, mode, oid, off, size)
 
     def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
+        """The region rebuilt from the walk, a node at a time, against the stored one."""
         if self.commit_data is None:
             return  # the commit's own problem is reported already
         try:
             commit = objects.parse_commit(self.commit_data, "commit")
         except DamagedImage:
             return
-        found = self._expected_entries(commit.tree)
-        if found is None:
+        trailer = self.trailer_at
+        if commit.tree not in self.by_id:
             self.problem(R_PATH_INDEX, "", "cannot be checked: the commit's trees are "
                          "incomplete")
             return
-        entries, root_count = found
-        trailer = self.trailer_at
-        if trailer is None or commit.tree not in self.by_id or self.commit_id not in self.by_id:
+        if trailer is None or self.commit_id not in self.by_id:
             return
+        enc = pix.RegionEncoder(
+            (), commit=self.commit_id,
+            pack_checksum=self.reader.pread(trailer, 20), tree=commit.tree,
+            commit_offset=self.by_id[self.commit_id], tree_offset=self.by_id[commit.tree],
+            pack_end=trailer, region_start=sup.region_start, root_count=0,
+            # The region's length as the block size: the leading padding then
+            # comes out as stored when the nodes are as many.
+            block_size=full - sup.region_start)
+        enc.entries = self._expected_entries(commit.tree, enc)
+        stored = _StoredNodes(self.reader.pread, sup)
+        made = 0
+        differs = None  # (absolute offset, node number) of the first difference
         try:
-            want = pix.encode(entries, commit=self.commit_id, pack_checksum=self.reader.pread(
-                trailer, 20), tree=commit.tree, commit_offset=self.by_id[self.commit_id],
-                tree_offset=self.by_id[commit.tree], pack_end=trailer,
-                region_start=sup.region_start, root_count=root_count,
-                block_size=full - sup.region_start)
+            for node in enc.nodes():
+                if differs is None and made < sup.node_count:
+                    have = stored.node(made)
+                    if have != node:
+                        i = next(i for i in range(pix.NODE_SIZE) if have[i] != node[i])
+                        differs = (sup.nodes_start + made * pix.NODE_SIZE + i, made)
+                made += 1
+        except _Unchecked as exc:
+            self.problem(R_PATH_INDEX, "", f"cannot be checked: {exc}")
+            return
         except ValueError as exc:
             self.problem(R_PATH_INDEX, "", f"cannot be rebuilt: {exc}")
             return
-        # `block_size` above is the region's length: the leading padding
-        # then comes out as stored when the nodes are the same.
         start = sup.region_start
         have_len = full - start
-        if len(want) != have_len:
+        want_len = enc.lead + (made + 1) * pix.NODE_SIZE
+        if want_len != have_len:
             self.problem(R_PATH_INDEX, at_offset(start),
-                         f"holds {have_len} bytes, the tree walk gives {len(want)}: "
-                         f"{sup.paths} paths indexed, {len(entries)} in the trees")
+                         f"holds {have_len} bytes, the tree walk gives {want_len}: "
+                         f"{sup.paths} paths indexed, {enc.paths} in the trees")
             return
-        pos = 0
-        while pos < have_len:
-            n = min(CHUNK, have_len - pos)
-            have = self.reader.pread(start + pos, n)
-            if have != want[pos:pos + n]:
-                i = next(i for i in range(n) if have[i:i + 1] != want[pos + i:pos + i + 1])
-                at = start + pos + i
-                node = (at - sup.nodes_start) // pix.NODE_SIZE
-                what = "the super block" if at >= full - pix.SUPER_SIZE else \
-                    "the padding" if at < sup.nodes_start else f"node {node}"
-                self.problem(R_PATH_INDEX, at_offset(at),
-                             f"{what} differs from the index the tree walk and the IDX give")
-                return
-            pos += n
+        if differs is None:
+            have = self.reader.pread(full - pix.SUPER_SIZE, pix.SUPER_SIZE)
+            want = enc.super_block
+            if have != want:
+                i = next(i for i in range(pix.SUPER_SIZE) if have[i] != want[i])
+                differs = (full - pix.SUPER_SIZE + i, None)
+        if differs is not None:
+            at, node = differs
+            what = "the super block" if node is None else f"node {node}"
+            self.problem(R_PATH_INDEX, at_offset(at),
+                         f"{what} differs from the index the tree walk and the IDX give")
+
+
+class _Unchecked(Exception):
+    """The region cannot be rebuilt from the trees (the message says why)."""
+
+
+class _StoredNodes:
+    """The stored nodes, read a CHUNK at a time as the comparison goes."""
+
+    def __init__(self, pread, sup: pix.Super) -> None:
+        self.pread = pread
+        self.sup = sup
+        self.first = 0
+        self.data = b""
+
+    def node(self, n: int) -> bytes:
+        per = CHUNK // pix.NODE_SIZE
+        if not self.first <= n < self.first + len(self.data) // pix.NODE_SIZE:
+            self.first = n
+            count = min(per, self.sup.node_count - n)
+            self.data = self.pread(self.sup.nodes_start + n * pix.NODE_SIZE,
+                                   count * pix.NODE_SIZE)
+        at = (n - self.first) * pix.NODE_SIZE
+        return self.data[at:at + pix.NODE_SIZE]

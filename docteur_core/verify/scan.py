@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
+import sys
 import zlib
 from array import array
 from collections import Counter
@@ -73,6 +74,12 @@ class Scan(State):
                 break
             while k < len(offs) and offs[k] <= pos:
                 k += 1
+            if k < len(offs) and offs[k] <= s.buf_end and offs[k] <= limit:
+                # A run of small blobs already read, in the fast lane.
+                ran, pos, k = self._blob_run(s, pos, k, count - n if by_count else None)
+                if ran:
+                    n += ran
+                    continue
             nxt = offs[k] if k < len(offs) else (None if by_count else limit)
             # The whole entry when the IDX gives its end and it is not too
             # large (see `_inflate_whole`), else its header.
@@ -104,24 +111,131 @@ class Scan(State):
             self.pack_sha = s.hasher.digest()
         self.report.counts.objects = n
 
+    def _blob_run(self, s: Stream, pos: int, k: int, most: int | None) -> tuple[int, int, int]:
+        """The bulk of a pack in the fewest Python steps: consecutive blobs
+        stored whole, each ending where the IDX says the next entry starts,
+        already in the read buffer. Returns (entries done, new pos, new k).
+
+        Each is inflated, CRC'd, hashed and recorded exactly as `_entry`
+        and `_finish` would; the first entry that is anything else (a
+        delta, a tree, a big blob, one whose stream does not end right at
+        the next start, one past the buffer) is left to `_entry`, which
+        says what is wrong with it.
+        """
+        offs = self.entry_offsets
+        buf = s.buf
+        mv = memoryview(buf)
+        base = s.base
+        buf_end = s.buf_end
+        last = len(offs)
+        if most is not None:
+            last = min(last, k + most)
+        crc, info, starts, oids, otype = self.crc, self.info, self.starts, self.oid, self.otype
+        by_id, blob_sizes = self.by_id, self.blob_sizes
+        planned = self.planned and not self.uses_of
+        uses_at, remaining = self.uses_at, self.remaining
+        decompressobj, crc32, sha1 = zlib.decompressobj, zlib.crc32, hashlib.sha1
+        stream_limit = min(STREAM_THRESHOLD, WHOLE_ENTRY)
+        lane, rows, idx_crcs, idx = self.lane_hlen, self.entry_rows, self.idx_crcs, self.idx_bytes
+        names_at = idxmod.HEAD_SIZE
+        in_lane = 0
+        done = 0
+        while k < last:
+            nxt = offs[k]
+            if nxt > buf_end or nxt - pos > WHOLE_ENTRY:
+                break
+            rel = pos - base
+            c = buf[rel]
+            if c & 0x70 != 0x30:  # not a blob
+                break
+            size = c & 15
+            i = rel + 1
+            shift = 4
+            while c & 0x80 and shift < 60:
+                c = buf[i]
+                i += 1
+                size |= (c & 0x7F) << shift
+                shift += 7
+            if c & 0x80 or size > stream_limit or i >= nxt - base:
+                break
+            entry = mv[rel:nxt - base]
+            d = decompressobj()
+            try:
+                data = d.decompress(mv[i:nxt - base], size + 1)
+            except zlib.error:
+                break
+            if not d.eof or d.unused_data or len(data) != size:
+                break
+            hlen = i - rel
+            entry_crc = crc32(entry)
+            if size < 4096:
+                oid = sha1(b"blob %d\0%s" % (size, data)).digest()
+            else:
+                h = sha1(b"blob %d\0" % size)
+                h.update(data)
+                oid = h.digest()
+            if lane is not None and offs[k - 1] == pos:
+                r = rows[k - 1]
+                at = names_at + 20 * r
+                if entry_crc == idx_crcs[r] and oid == idx[at:at + 20]:
+                    lane[k - 1] = hlen  # as the IDX says: kept in 1 byte
+                    in_lane += 1
+                    lane_oid = True
+                else:
+                    lane_oid = False
+            else:
+                lane_oid = False
+            if not lane_oid:
+                crc[pos] = entry_crc
+                info[pos] = (3, hlen, nxt - pos - hlen, size, None)
+                starts.append(pos)
+                oids[pos] = oid
+            otype[pos] = 3
+            previous = by_id.setdefault(oid, pos)
+            if previous != pos:
+                self.warning(R_OBJECTS, at_offset(pos),
+                             f"object {hex_id(oid)} is also at offset {previous}")
+            blob_sizes[oid] = size
+            if not planned or pos in uses_at or pos in remaining:
+                self._keep(pos, oid, 3, data)
+            done += 1
+            pos = nxt
+            k += 1
+        self.lane_count += in_lane
+        return done, pos, k
+
     def _idx_offsets_for_resync(self) -> None:
         count = self.idx_count
         data = self.idx_bytes
-        offs = []
         o0 = idxmod.HEAD_SIZE + 24 * count
         table = struct.unpack_from(f">{count}I", data, o0)
         large_base = idxmod.HEAD_SIZE + 28 * count
         nlarge = (len(data) - large_base - 40) // 8
-        for v in table:
-            if v & idxmod.LARGE_OFFSET_FLAG:
-                k = v & ~idxmod.LARGE_OFFSET_FLAG
-                if k < nlarge:
-                    offs.append(struct.unpack_from(">Q", data, large_base + 8 * k)[0]
-                                + layout.PACK_OFFSET)
-            else:
-                offs.append(v + layout.PACK_OFFSET)
-        offs.sort()
-        self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
+        if table and max(table) & idxmod.LARGE_OFFSET_FLAG:
+            offs = []
+            for v in table:
+                if v & idxmod.LARGE_OFFSET_FLAG:
+                    k = v & ~idxmod.LARGE_OFFSET_FLAG
+                    if k < nlarge:
+                        offs.append(struct.unpack_from(">Q", data, large_base + 8 * k)[0]
+                                    + layout.PACK_OFFSET)
+                else:
+                    offs.append(v + layout.PACK_OFFSET)
+            offs.sort()
+            self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
+            return
+        # The common case (every offset in 31 bits): the IDX row of each
+        # entry too, so that the fast lane checks an entry against its row
+        # as it goes and keeps nothing of it (`_blob_run`).
+        rows = sorted(range(count), key=table.__getitem__)
+        offs = array("Q", [table[r] + layout.PACK_OFFSET for r in rows])
+        self.entry_offsets = offs
+        if all(map(int.__lt__, offs, offs[1:])):  # distinct: one row per entry
+            self.entry_rows = array("I", rows)
+            self.lane_hlen = bytearray(count)
+            self.idx_crcs = array("I", data[idxmod.HEAD_SIZE + 20 * count:o0])
+            if sys.byteorder == "little":
+                self.idx_crcs.byteswap()
 
     def _next_start(self, pos: int) -> int | None:
         offs = self.entry_offsets
@@ -242,7 +356,7 @@ class Scan(State):
             return zpos
         if kind == pack.OBJ_OFS_DELTA:
             base = pos - base_ref
-            if base not in self.info:
+            if base not in self.info and self._lane_info(base) is None:
                 self.damaged.add(pos)
                 if base in self.damaged:
                     self._cascade(pos, base)
@@ -345,7 +459,7 @@ class Scan(State):
         known = self.chains.get(base)
         if known is None:
             depth = 1
-            info = self.info.get(base)
+            info = self._info(base)
             base_work = info[3] if info is not None else 0
         else:
             depth, base_work = known
@@ -450,6 +564,7 @@ class Scan(State):
                 # Kept raw: its parsed entries cost ~6x its bytes, and the
                 # walk needs them one directory at a time (`_tree_entries`).
                 self.trees[oid] = data
+                self.tree_counts[oid] = len(entries)
                 unsorted = objects.tree_order_problem(entries)
                 if unsorted:  # git fsck's treeNotSorted
                     self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
@@ -458,6 +573,7 @@ class Scan(State):
                 self.problem(R_OBJECTS, f"object {hex_id(oid)} at {at_offset(pos)}",
                              f"malformed tree: {exc.what}")
                 self.trees[oid] = b""  # no entries
+                self.tree_counts[oid] = 0
         elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
             self.commit_data = data
         if data is not None and (not self.planned or pos in self.uses_at or self.uses_of
