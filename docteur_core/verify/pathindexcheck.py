@@ -23,6 +23,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from heapq import heappop, heappush
+from itertools import chain
 from operator import itemgetter
 
 from ..errors import DamagedImage
@@ -120,9 +121,11 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes, enc: pix.RegionEncoder) -> Iterator[tuple]:
-        """Every path under the commit's tree, sorted by key, from the scan's
-        trees and offsets (and the root's entry count, into `enc`).
+    def _expected_entries(self, root: bytes, enc: pix.RegionEncoder) -> Iterator[list[tuple]]:
+        """Every path under the commit's tree, sorted by key, a directory's
+        worth at a time (chained by the caller: one resumption per directory,
+        not per path), from the scan's trees and offsets (and the root's
+        entry count, into `enc`).
 
         As tuples in `pix.Entry`'s field order, which `pix.RegionEncoder`
         takes, one directory at a time: directories come out of a heap in
@@ -160,11 +163,13 @@ class PathIndexCheck(State):
                 blob_sizes = list(map(sizes.get, oids))
                 if None in offs or None in blob_sizes:
                     raise _Unchecked("the commit's trees are incomplete")
-                yield from zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes)
+                yield list(zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes))
                 continue
+            out = []
+            append = out.append
             for mode, oid, name in entries:
                 if mode == mode_gitlink:
-                    yield (prefix + name, mode, oid, 0, 0)
+                    append((prefix + name, mode, oid, 0, 0))
                     continue
                 off = by_id.get(oid)
                 if off is None:
@@ -173,13 +178,14 @@ class PathIndexCheck(State):
                     count = counts.get(oid)
                     if count is None:
                         raise _Unchecked("the commit's trees are incomplete")
-                    yield (prefix + name, mode, oid, off, count)
+                    append((prefix + name, mode, oid, off, count))
                     heappush(waiting, (path + b"/" + name if path else name, oid))
                 else:
                     size = sizes.get(oid)
                     if size is None:
                         raise _Unchecked("the commit's trees are incomplete")
-                    yield (prefix + name, mode, oid, off, size)
+                    append((prefix + name, mode, oid, off, size))
+            yield out
 
     def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
         """The region rebuilt from the walk, a node at a time, against the stored one."""
@@ -204,7 +210,7 @@ class PathIndexCheck(State):
             # The region's length as the block size: the leading padding then
             # comes out as stored when the nodes are as many.
             block_size=full - sup.region_start)
-        enc.entries = self._expected_entries(commit.tree, enc)
+        enc.entries = chain.from_iterable(self._expected_entries(commit.tree, enc))
         stored = _StoredNodes(self.reader.pread, sup)
         made = 0
         differs = None  # (absolute offset, node number) of the first difference
