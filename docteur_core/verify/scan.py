@@ -156,12 +156,13 @@ class Scan(State):
                 i += 1
                 size |= (c & 0x7F) << shift
                 shift += 7
-            if c & 0x80 or size > stream_limit or i >= nxt - base:
+            end = nxt - base
+            if c & 0x80 or size > stream_limit or i >= end:
                 break
-            entry = mv[rel:nxt - base]
+            entry = mv[rel:end]
             d = decompressobj()
             try:
-                data = d.decompress(mv[i:nxt - base], size + 1)
+                data = d.decompress(mv[i:end], size + 1)
             except zlib.error:
                 break
             if not d.eof or d.unused_data or len(data) != size:
@@ -176,8 +177,7 @@ class Scan(State):
                 oid = h.digest()
             if lane is not None and offs[k - 1] == pos:
                 r = rows[k - 1]
-                at = names_at + 20 * r
-                if entry_crc == idx_crcs[r] and oid == idx[at:at + 20]:
+                if entry_crc == idx_crcs[r] and idx.startswith(oid, names_at + 20 * r):
                     lane[k - 1] = hlen  # as the IDX says: kept in 1 byte
                     in_lane += 1
                     lane_oid = True
