@@ -56,14 +56,8 @@ def date(text: str) -> str:
     (read as UTC) or a plain date (midnight UTC). Checked here, kept as
     given: `make_image` takes the text (`build.identity.parse_date`)."""
     from .build.identity import parse_date
-    from .errors import BuildError
 
-    try:
-        parse_date(text)
-    except BuildError as exc:
-        words = str(exc)  # "date '...': why": argparse already names --date
-        raise _refuse(words[len("date "):] if words.startswith("date ") else words) from None
-    return text
+    return _checked_by_build(parse_date, "date", text)
 
 
 def author(text: str) -> str:
@@ -71,13 +65,20 @@ def author(text: str) -> str:
     (`build.identity.parse_author`: a name, an email, not empty), kept as
     given, so a typo costs a usage line, not a build started for nothing."""
     from .build.identity import parse_author
+
+    return _checked_by_build(parse_author, "author", text)
+
+
+def _checked_by_build(parse, name: str, text: str) -> str:
+    """`text` if the build's own `parse` takes it, else a usage error in its words."""
     from .errors import BuildError
 
     try:
-        parse_author(text)
+        parse(text)
     except BuildError as exc:
-        words = str(exc)  # "author '...': why": argparse already names --author
-        raise _refuse(words[len("author "):] if words.startswith("author ") else words) from None
+        words = str(exc)  # "<name> '...': why": argparse already names the option
+        prefix = name + " "
+        raise _refuse(words[len(prefix):] if words.startswith(prefix) else words) from None
     return text
 
 
