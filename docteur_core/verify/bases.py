@@ -165,6 +165,7 @@ class Bases(State):
             if work > self.max_lookup_bytes:
                 raise LimitExceeded(f"rebuilding it takes more than {self.max_lookup_bytes} "
                                     "bytes of work", at_offset(pos), "max_lookup_bytes")
-            data = pack.apply_delta(data, delta, at_offset(o), self.max_object_size)
+            data = pack.apply_delta(data, delta, at_offset(o), self.max_object_size,
+                                    mutable=kind == pack.OBJ_BLOB)  # as in scan's `_apply`
             self._keep(o, self.oid.get(o), kind, data)
         return kind, data

@@ -523,7 +523,10 @@ class Scan(State):
         if self.planned:
             self._used(base)
         try:
-            data = pack.apply_delta(bdata, delta, "", self.max_object_size)
+            # A blob is hashed and maybe kept as a base, never parsed: the
+            # bytearray it was built in will do (no second copy of it).
+            data = pack.apply_delta(bdata, delta, "", self.max_object_size,
+                                    mutable=btype == pack.OBJ_BLOB)
         except DamagedImage as exc:
             # The zlib stream checked out (adler-32), so the delta is as written:
             # the header's base reference (or the base) is what is wrong.
