@@ -548,6 +548,10 @@ class Store:
                         f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
             self.objects_inflated += 1
             return out, length
+        if size <= INFLATE_STEP and not z.unconsumed_tail:
+            done = self._inflate_rest(pos, buf, z, out, size, crc, where)
+            if done is not None:
+                return done
         # A stream longer than what came with the header: inflated through
         # `_stream_entry` (the same checks, the CRC-32 running over the input
         # as it is read) into one buffer of the declared size. Nothing is
@@ -568,6 +572,35 @@ class Store:
         # Large results stay the buffer, which only `read_object` copies to
         # hand out (a delta base or a streamed object is never copied).
         return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
+
+    def _inflate_rest(self, pos: int, buf: bytes, z, head: bytes, size: int,
+                      crc: int | None, where) -> tuple[bytes, int] | None:
+        """The rest of an entry of up to INFLATE_STEP bytes whose stream is
+        longer than its first read: one more read, as long as deflate's
+        output for `size` bytes can be, inflated by the same `z`. Returns
+        (data, entry length), or None for anything else (a longer stream, a
+        zlib error, a wrong size, a CRC-32 mismatch): `_stream_entry` then
+        inflates the entry again from its start and reports the damage in
+        its words. Most files of a source tree are a few KiB: this is one
+        read and two zlib calls for them, not a second inflate of the first
+        read and a loop of reads, pieces and running CRCs.
+        """
+        at = pos + len(buf)
+        want = min(size + size // 1000 + 64, self.pack_end - at)
+        if want <= 0:
+            return None
+        more = self.pread(at, want)
+        try:
+            rest = z.decompress(more, size + 1 - len(head))
+        except zlib.error:
+            return None
+        if not z.eof or len(head) + len(rest) != size:
+            return None
+        used = len(more) - len(z.unused_data)
+        if crc is not None and zlib.crc32(memoryview(more)[:used], zlib.crc32(buf)) != crc:
+            return None
+        self.objects_inflated += 1
+        return head + rest, len(buf) + used
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
         data = self.pread(pos, length)
