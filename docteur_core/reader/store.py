@@ -532,6 +532,13 @@ class Store:
         """
         size = eh.size
         hl = eh.header_len
+        if (len(buf) - hl) * 8 < size <= INFLATE_STEP:
+            # Its stream is longer than the first read, unless it packs more
+            # than 8:1 (source text: 3-5:1): one read of all of it, one zlib
+            # call, no first piece joined to the rest.
+            done = self._inflate_rest(pos, buf, None, b"", size, crc, where, hl)
+            if done is not None:
+                return done
         z = zlib.decompressobj()
         try:  # the common case: the whole stream came with the header
             out = z.decompress(memoryview(buf)[hl:], size + 1)
@@ -574,22 +581,27 @@ class Store:
         return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
 
     def _inflate_rest(self, pos: int, buf: bytes, z, head: bytes, size: int,
-                      crc: int | None, where) -> tuple[bytes, int] | None:
+                      crc: int | None, where, start: int | None = None
+                      ) -> tuple[bytes, int] | None:
         """The rest of an entry of up to INFLATE_STEP bytes whose stream is
         longer than its first read: one more read, as long as deflate's
-        output for `size` bytes can be, inflated by the same `z`. Returns
-        (data, entry length), or None for anything else (a longer stream, a
-        zlib error, a wrong size, a CRC-32 mismatch): `_stream_entry` then
-        inflates the entry again from its start and reports the damage in
-        its words. Most files of a source tree are a few KiB: this is one
-        read and two zlib calls for them, not a second inflate of the first
-        read and a loop of reads, pieces and running CRCs.
+        output for `size` bytes can be, inflated by the same `z` after
+        `head` (or, with `start`, the header's length, the whole stream from
+        there by a new one). Returns (data, entry length), or None for
+        anything else (a longer stream, a zlib error, a wrong size, a CRC-32
+        mismatch): the entry is then inflated again from its start, by
+        `_stream_entry` if need be, which reports the damage in its words.
+        Most files of a source tree are a few KiB: this is one read and one
+        or two zlib calls for them, not a second inflate of the first read
+        and a loop of reads, pieces and running CRCs.
         """
-        at = pos + len(buf)
+        at = pos + len(buf) if start is None else pos + start
         want = min(size + size // 1000 + 64, self.pack_end - at)
         if want <= 0:
             return None
         more = self.pread(at, want)
+        if z is None:
+            z = zlib.decompressobj()
         try:
             rest = z.decompress(more, size + 1 - len(head))
         except zlib.error:
@@ -597,9 +609,13 @@ class Store:
         if not z.eof or len(head) + len(rest) != size:
             return None
         used = len(more) - len(z.unused_data)
-        if crc is not None and zlib.crc32(memoryview(more)[:used], zlib.crc32(buf)) != crc:
-            return None
+        if crc is not None:
+            running = zlib.crc32(buf if start is None else memoryview(buf)[:start])
+            if zlib.crc32(memoryview(more)[:used], running) != crc:
+                return None
         self.objects_inflated += 1
+        if start is not None:
+            return rest, start + used
         return head + rest, len(buf) + used
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
@@ -670,6 +686,11 @@ class Store:
                 base, length = self._inflate_entry(cur, eh, buf, cur_crc, cur_where)
                 base_type = TYPE_NAMES[eh.type]
                 self._cache_put(cur, base_type, base, length, cur_crc is not None)
+                if not chain and len(base) <= self.max_lookup_bytes:
+                    # An object stored whole (most of them): no delta to
+                    # apply, no work to add up.
+                    self._last_work, self._last_depth = len(base), 0
+                    return base_type, base
                 break
             if len(chain) >= self.max_delta_depth:
                 raise DamagedImage(f"delta chain deeper than {self.max_delta_depth}", where)
