@@ -141,3 +141,48 @@ def test_fast_loop_gives_up_where_the_checks_are_needed():
     # The valid one among them is built by the checked loop.
     delta = cases["0x97 with a size byte of 0 (0x10000 bytes)"]
     assert pack.apply_delta(base, delta, "t") == base[0x10000:0x20000]
+
+
+def streamed(base: bytes, delta: bytes, chunk: int, check: bool):
+    pieces: list[bytes] = []
+    if check:
+        pack.check_delta(base, delta, "t")
+        assert pieces == []
+    pack.write_delta(base, delta, pieces.append, "t", chunk=chunk)
+    assert all(type(p) is bytes for p in pieces)
+    return pieces
+
+
+@given(fast_deltas(), st.sampled_from([1, 100, 5000, 1 << 20]), st.booleans())
+@settings(max_examples=1000, deadline=None)
+def test_check_and_write_equal_the_reference(case, chunk, check):
+    """check_delta + write_delta (their fast passes, then the checked walk
+    on damage): the reference's bytes, in pieces of about `chunk`, or its
+    error words, and nothing written after a failed check."""
+    base, delta = case
+    want = outcome(lambda: reference_git.apply_delta(base, delta, "t"))
+    pieces: list[bytes] = []
+
+    def run():
+        pieces.extend(streamed(base, delta, chunk, check))
+        return b"".join(pieces)
+
+    assert outcome(run) == want
+    if want[0] == "ok":
+        assert all(len(p) < chunk + 0x10000 for p in pieces)
+    elif check:
+        assert pieces == []
+
+
+@given(fast_deltas())
+@settings(max_examples=1000, deadline=None)
+def test_check_fast_agrees_with_the_checked_walk(case):
+    base, delta = case
+    try:
+        src, dst, pos = pack.delta_sizes(delta, "t")
+    except DamagedImage:
+        return
+    if src != len(base):
+        return
+    sound = outcome(lambda: reference_git.apply_delta(base, delta, "t"))[0] == "ok"
+    assert pack._check_fast(base, delta, pos, dst) == sound

@@ -250,7 +250,13 @@ class Store:
         index), skips the IDX lookup.
         """
         offset, crc = self._placed(oid, offset)
-        typ, data = self._read_at(offset, crc, oid)
+        return self._object_at(oid, expect, offset, crc)
+
+    def _object_at(self, oid: bytes, expect: str | None, offset: int, crc: int | None,
+                   first=None) -> tuple[str, bytes]:
+        """`read_object` once the entry is placed; `first`: its header and
+        first bytes, when the caller has read them already."""
+        typ, data = self._read_at(offset, crc, oid, first)
         if type(data) is bytearray:  # a large object inflated in place: not handed out
             data = bytes(data)
         if expect is not None and typ != expect:
@@ -389,7 +395,10 @@ class Store:
             return self._stream_delta(oid, offset, crc, where, eh, buf, expect, write)
         if (eh.type not in BASE_TYPES or eh.size <= STREAM_THRESHOLD
                 or offset in self._cache):
-            _, data = self.read_object(oid, expect, offset)
+            # The header read here is not read again, unless its size is
+            # over the limit: then `_read_at` reads it and says so.
+            first = (eh, buf) if eh.size <= self.max_object_size else None
+            _, data = self._object_at(oid, expect, offset, crc, first)
             write(data)
             return len(data)
         self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
@@ -656,8 +665,10 @@ class Store:
                              f"than {self.max_lookup_bytes} bytes of work", where,
                              "max_lookup_bytes")
 
-    def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None) -> tuple[str, bytes]:
-        """Decode the entry at absolute offset `pos`, resolving its delta chain."""
+    def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None,
+                 first=None) -> tuple[str, bytes]:
+        """Decode the entry at absolute offset `pos`, resolving its delta chain.
+        `first`: (header, first bytes) of the entry at `pos`, already read."""
         where = _where(pos, oid)
         hit = self._cache_get(pos, crc, where)
         if hit is not None:
@@ -681,7 +692,10 @@ class Store:
                 cur_crc = crc_at.get(cur)
                 if cur_crc is None:
                     raise DamagedImage("delta base is not an entry the IDX lists", cur_where)
-            eh, buf = self._entry_header(cur, cur_where)
+            if first is not None and cur == pos:
+                eh, buf = first
+            else:
+                eh, buf = self._entry_header(cur, cur_where)
             if eh.type in BASE_TYPES:
                 base, length = self._inflate_entry(cur, eh, buf, cur_crc, cur_where)
                 base_type = TYPE_NAMES[eh.type]
