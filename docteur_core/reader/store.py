@@ -604,13 +604,18 @@ class Store:
         or two zlib calls for them, not a second inflate of the first read
         and a loop of reads, pieces and running CRCs.
         """
-        at = pos + len(buf) if start is None else pos + start
+        # Read on from where the first read ended: the byte reader sees a
+        # stream and reads ahead, so the next entries come without a read.
+        at = pos + len(buf)
         want = min(size + size // 1000 + 64, self.pack_end - at)
         if want <= 0:
             return None
         more = self.pread(at, want)
-        if z is None:
+        if z is None:  # the whole stream, from its first byte
             z = zlib.decompressobj()
+            more = buf[start:] + more
+        else:
+            start = len(buf)
         try:
             rest = z.decompress(more, size + 1 - len(head))
         except zlib.error:
@@ -619,13 +624,11 @@ class Store:
             return None
         used = len(more) - len(z.unused_data)
         if crc is not None:
-            running = zlib.crc32(buf if start is None else memoryview(buf)[:start])
+            running = zlib.crc32(memoryview(buf)[:start])
             if zlib.crc32(memoryview(more)[:used], running) != crc:
                 return None
         self.objects_inflated += 1
-        if start is not None:
-            return rest, start + used
-        return head + rest, len(buf) + used
+        return (head + rest) if head else rest, start + used
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
         data = self.pread(pos, length)
