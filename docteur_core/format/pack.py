@@ -218,9 +218,13 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     tests/reference_git.py holds the plain loop this must agree with, on
     valid and on garbage deltas.
 
-    A delta longer than LARGE_DELTA is applied by `_apply_into` instead;
-    with `mutable` its result is then the bytearray it was built in (no
-    second copy), for callers that never hand it out as is.
+    Every delta goes first through `_apply_fast`, which builds valid
+    deltas with fewer steps and gives up (None) on anything else; only then
+    do the checked loops below run, from the start, to raise the exact
+    error (or build the rare valid form the fast loop leaves out). A delta
+    longer than LARGE_DELTA is checked by `_apply_into` instead. With
+    `mutable` the result is the bytearray it was built in (no second copy),
+    for callers that never hand it out as is.
     """
     # The two sizes, written out twice on purpose: a loop or a call to
     # `delta_sizes` costs ~12% on small deltas, the bulk of a pack.
@@ -255,6 +259,11 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     if dst_size > max_size:  # before a single byte of it is built
         raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
                             where, "max_object_size")
+    out = _apply_fast(base, delta, pos, dst_size)
+    if out is not None:
+        return out if mutable else bytes(out)
+    # Damage, or a rare valid form the fast loop leaves out: the checked
+    # loops below decide, with the exact error.
     if len(delta) > LARGE_DELTA:
         out = _apply_into(base, delta, pos, src_size, dst_size, where)
         return out if mutable else bytes(out)
@@ -312,6 +321,105 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     if total != dst_size:
         raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
     return b"".join(parts)
+
+
+# A copy instruction with three offset bytes and one size byte: 72% of the
+# instructions of Linux's generated amdgpu headers (5 bytes: op, offset, size).
+_COPY_97 = 0x97
+_unpack_97 = struct.Struct("<IB").unpack_from
+# Two offset bytes and one size byte: half the instructions of small deltas.
+_COPY_93 = 0x93
+_unpack_93 = struct.Struct("<xHB").unpack_from
+_struct_error = struct.error
+
+
+def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
+    """`apply_delta`'s optimistic loop: the result, or None for anything odd.
+
+    Reading every file of an image applies millions of delta instructions
+    (7.5 million for Linux 6.1), at a few hundred nanoseconds of Python
+    each: this loop does as few steps per instruction as it can and leaves
+    every error to the checked loops, which then run from the start and
+    decide (with the exact words), so the checks are not repeated here:
+    - a copy outside the base is not tested: its slice comes out short, so
+      the bytes built (`len(out)`) fall behind the bytes declared (`t`),
+      which is checked once at the end;
+    - the end of the delta is the IndexError (or struct.error) of reading
+      past it: at exactly `len(delta)` it is the end, anywhere else a
+      truncated instruction (None);
+    - the two common copies (ops 0x97 and 0x93) are one struct call each,
+      not four or three indexings;
+    - the result grows by `+=` into one bytearray (a list of pieces joined
+      costs twice as much: an object per piece, then a pass over them);
+      `t > dst_size` is still checked on every copy so a hostile delta
+      cannot build more than it declares (inserts are bounded by the delta).
+    tests/test_delta_fast.py holds it to tests/reference_git.py.
+    """
+    out = bytearray()
+    t = 0
+    unpack_97, unpack_93 = _unpack_97, _unpack_93
+    try:
+        while True:
+            op = delta[pos]
+            if op == _COPY_97:
+                v, size = unpack_97(delta, pos)
+                pos += 5
+                t += size
+                if t > dst_size or not size:  # a size byte 0 means 0x10000: rare
+                    return None
+                v >>= 8
+                out += base[v:v + size]
+            elif op < 0x80:
+                if not op:
+                    return None
+                pos += 1
+                t += op
+                out += delta[pos:pos + op]
+                pos += op
+            elif op == _COPY_93:
+                off, size = unpack_93(delta, pos)
+                pos += 4
+                t += size
+                if t > dst_size or not size:
+                    return None
+                out += base[off:off + size]
+            else:
+                p = pos + 1  # pos stays at the instruction if it is truncated
+                off = size = 0
+                if op & 0x01:
+                    off = delta[p]
+                    p += 1
+                if op & 0x02:
+                    off |= delta[p] << 8
+                    p += 1
+                if op & 0x04:
+                    off |= delta[p] << 16
+                    p += 1
+                if op & 0x08:
+                    off |= delta[p] << 24
+                    p += 1
+                if op & 0x10:
+                    size = delta[p]
+                    p += 1
+                if op & 0x20:
+                    size |= delta[p] << 8
+                    p += 1
+                if op & 0x40:
+                    size |= delta[p] << 16
+                    p += 1
+                pos = p
+                if size == 0:
+                    size = 0x10000
+                t += size
+                if t > dst_size:
+                    return None
+                out += base[off:off + size]
+    except (IndexError, _struct_error):
+        if pos != len(delta):
+            return None
+    if t != dst_size or len(out) != t:
+        return None
+    return out
 
 
 def _apply_into(base, delta, pos: int, src_size: int, dst_size: int, where: str) -> bytearray:
@@ -439,6 +547,164 @@ def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
         raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
 
 
+def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
+    """`check_delta`'s optimistic pass: True if the delta is sound; False
+    for anything else, and the checked walk (`_delta_ops`) then says what.
+
+    The 24 MB file of Linux stored as a delta (842,000 instructions) is
+    checked, then written, when streamed: through `_delta_ops`, a generator,
+    that was two passes of ~700 ns an instruction. This is `_apply_fast`'s
+    loop without the building, so each copy's bounds are tested here.
+    """
+    src_size = len(base)
+    t = 0
+    unpack_97, unpack_93 = _unpack_97, _unpack_93
+    try:
+        while True:
+            op = delta[pos]
+            if op == _COPY_97:
+                v, size = unpack_97(delta, pos)
+                pos += 5
+                size = size or 0x10000
+                t += size
+                if (v >> 8) + size > src_size or t > dst_size:
+                    return False
+            elif op < 0x80:
+                if not op:
+                    return False
+                pos += 1 + op  # past the end if cut short: caught below
+                t += op
+            elif op == _COPY_93:
+                off, size = unpack_93(delta, pos)
+                pos += 4
+                size = size or 0x10000
+                t += size
+                if off + size > src_size or t > dst_size:
+                    return False
+            else:
+                p = pos + 1
+                off = size = 0
+                if op & 0x01:
+                    off = delta[p]
+                    p += 1
+                if op & 0x02:
+                    off |= delta[p] << 8
+                    p += 1
+                if op & 0x04:
+                    off |= delta[p] << 16
+                    p += 1
+                if op & 0x08:
+                    off |= delta[p] << 24
+                    p += 1
+                if op & 0x10:
+                    size = delta[p]
+                    p += 1
+                if op & 0x20:
+                    size |= delta[p] << 8
+                    p += 1
+                if op & 0x40:
+                    size |= delta[p] << 16
+                    p += 1
+                pos = p
+                size = size or 0x10000
+                t += size
+                if off + size > src_size or t > dst_size:
+                    return False
+    except (IndexError, _struct_error):
+        if pos != len(delta):
+            return False
+    return t == dst_size
+
+
+def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], object],
+                chunk: int) -> bool:
+    """`write_delta`'s loop as `_apply_fast`'s, writing the result in
+    pieces of about `chunk` bytes: True when all of it went out; False on
+    damage, found before the piece it is in was written (each piece's
+    length is checked against what its instructions declared).
+
+    Unlike `_apply_fast` it builds every valid form (a size byte 0 is
+    0x10000 here), so False means damage and never comes after a valid
+    delta was partly written.
+    """
+    out = bytearray()
+    t = done = 0
+    flush_at = chunk
+    unpack_97, unpack_93 = _unpack_97, _unpack_93
+    try:
+        while True:
+            if t >= flush_at:
+                if len(out) != t - done:
+                    return False
+                write(bytes(out))
+                out = bytearray()
+                done = t
+                flush_at = t + chunk
+            op = delta[pos]
+            if op == _COPY_97:
+                v, size = unpack_97(delta, pos)
+                pos += 5
+                size = size or 0x10000
+                t += size
+                if t > dst_size:
+                    return False
+                v >>= 8
+                out += base[v:v + size]
+            elif op < 0x80:
+                if not op:
+                    return False
+                pos += 1
+                t += op
+                out += delta[pos:pos + op]
+                pos += op
+            elif op == _COPY_93:
+                off, size = unpack_93(delta, pos)
+                pos += 4
+                size = size or 0x10000
+                t += size
+                if t > dst_size:
+                    return False
+                out += base[off:off + size]
+            else:
+                p = pos + 1
+                off = size = 0
+                if op & 0x01:
+                    off = delta[p]
+                    p += 1
+                if op & 0x02:
+                    off |= delta[p] << 8
+                    p += 1
+                if op & 0x04:
+                    off |= delta[p] << 16
+                    p += 1
+                if op & 0x08:
+                    off |= delta[p] << 24
+                    p += 1
+                if op & 0x10:
+                    size = delta[p]
+                    p += 1
+                if op & 0x20:
+                    size |= delta[p] << 8
+                    p += 1
+                if op & 0x40:
+                    size |= delta[p] << 16
+                    p += 1
+                pos = p
+                size = size or 0x10000
+                t += size
+                if t > dst_size:
+                    return False
+                out += base[off:off + size]
+    except (IndexError, _struct_error):
+        if pos != len(delta):
+            return False
+    if t != dst_size or len(out) != t - done:
+        return False
+    if out:
+        write(bytes(out))
+    return True
+
+
 def _delta_start(base, delta, where: str, max_size: int) -> tuple[int, int]:
     """(result size, position of the first instruction), header checked as in
     `apply_delta`."""
@@ -465,7 +731,9 @@ def check_delta(base, delta, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE
     """
     dst_size, pos = _delta_start(base, delta, where, max_size)
     if update is None:
-        for _ in _delta_ops(delta, pos, len(base), dst_size, where):
+        if _check_fast(base, delta, pos, dst_size):
+            return dst_size
+        for _ in _delta_ops(delta, pos, len(base), dst_size, where):  # says what is wrong
             pass
         return dst_size
     bv, dv = memoryview(base), memoryview(delta)
@@ -483,6 +751,14 @@ def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
     bytes (or one copy instruction, at most 16 MiB) are built at a time.
     """
     dst_size, pos = _delta_start(base, delta, where, max_size)
+    if _write_fast(base, delta, pos, dst_size, write, chunk):
+        return dst_size
+    # Damage, found before the piece it is in went out: the checked walk
+    # names it (without writing again what went out). `_write_fast` gives
+    # up on damage only, so what follows is this function's old loop, kept
+    # as the reference of what is written.
+    for _ in _delta_ops(delta, pos, len(base), dst_size, where):
+        pass
     bv, dv = memoryview(base), memoryview(delta)
     parts: list[memoryview] = []
     have = 0

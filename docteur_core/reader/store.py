@@ -250,7 +250,13 @@ class Store:
         index), skips the IDX lookup.
         """
         offset, crc = self._placed(oid, offset)
-        typ, data = self._read_at(offset, crc, oid)
+        return self._object_at(oid, expect, offset, crc)
+
+    def _object_at(self, oid: bytes, expect: str | None, offset: int, crc: int | None,
+                   first=None) -> tuple[str, bytes]:
+        """`read_object` once the entry is placed; `first`: its header and
+        first bytes, when the caller has read them already."""
+        typ, data = self._read_at(offset, crc, oid, first)
         if type(data) is bytearray:  # a large object inflated in place: not handed out
             data = bytes(data)
         if expect is not None and typ != expect:
@@ -389,7 +395,10 @@ class Store:
             return self._stream_delta(oid, offset, crc, where, eh, buf, expect, write)
         if (eh.type not in BASE_TYPES or eh.size <= STREAM_THRESHOLD
                 or offset in self._cache):
-            _, data = self.read_object(oid, expect, offset)
+            # The header read here is not read again, unless its size is
+            # over the limit: then `_read_at` reads it and says so.
+            first = (eh, buf) if eh.size <= self.max_object_size else None
+            _, data = self._object_at(oid, expect, offset, crc, first)
             write(data)
             return len(data)
         self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
@@ -532,6 +541,13 @@ class Store:
         """
         size = eh.size
         hl = eh.header_len
+        if (len(buf) - hl) * 8 < size <= INFLATE_STEP:
+            # Its stream is longer than the first read, unless it packs more
+            # than 8:1 (source text: 3-5:1): one read of all of it, one zlib
+            # call, no first piece joined to the rest.
+            done = self._inflate_rest(pos, buf, None, b"", size, crc, where, hl)
+            if done is not None:
+                return done
         z = zlib.decompressobj()
         try:  # the common case: the whole stream came with the header
             out = z.decompress(memoryview(buf)[hl:], size + 1)
@@ -548,6 +564,10 @@ class Store:
                         f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
             self.objects_inflated += 1
             return out, length
+        if size <= INFLATE_STEP and not z.unconsumed_tail:
+            done = self._inflate_rest(pos, buf, z, out, size, crc, where)
+            if done is not None:
+                return done
         # A stream longer than what came with the header: inflated through
         # `_stream_entry` (the same checks, the CRC-32 running over the input
         # as it is read) into one buffer of the declared size. Nothing is
@@ -568,6 +588,47 @@ class Store:
         # Large results stay the buffer, which only `read_object` copies to
         # hand out (a delta base or a streamed object is never copied).
         return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
+
+    def _inflate_rest(self, pos: int, buf: bytes, z, head: bytes, size: int,
+                      crc: int | None, where, start: int | None = None
+                      ) -> tuple[bytes, int] | None:
+        """The rest of an entry of up to INFLATE_STEP bytes whose stream is
+        longer than its first read: one more read, as long as deflate's
+        output for `size` bytes can be, inflated by the same `z` after
+        `head` (or, with `start`, the header's length, the whole stream from
+        there by a new one). Returns (data, entry length), or None for
+        anything else (a longer stream, a zlib error, a wrong size, a CRC-32
+        mismatch): the entry is then inflated again from its start, by
+        `_stream_entry` if need be, which reports the damage in its words.
+        Most files of a source tree are a few KiB: this is one read and one
+        or two zlib calls for them, not a second inflate of the first read
+        and a loop of reads, pieces and running CRCs.
+        """
+        # Read on from where the first read ended: the byte reader sees a
+        # stream and reads ahead, so the next entries come without a read.
+        at = pos + len(buf)
+        want = min(size + size // 1000 + 64, self.pack_end - at)
+        if want <= 0:
+            return None
+        more = self.pread(at, want)
+        if z is None:  # the whole stream, from its first byte
+            z = zlib.decompressobj()
+            more = buf[start:] + more
+        else:
+            start = len(buf)
+        try:
+            rest = z.decompress(more, size + 1 - len(head))
+        except zlib.error:
+            return None
+        if not z.eof or len(head) + len(rest) != size:
+            return None
+        used = len(more) - len(z.unused_data)
+        if crc is not None:
+            running = zlib.crc32(memoryview(buf)[:start])
+            if zlib.crc32(memoryview(more)[:used], running) != crc:
+                return None
+        self.objects_inflated += 1
+        return (head + rest) if head else rest, start + used
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
         data = self.pread(pos, length)
@@ -607,8 +668,10 @@ class Store:
                              f"than {self.max_lookup_bytes} bytes of work", where,
                              "max_lookup_bytes")
 
-    def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None) -> tuple[str, bytes]:
-        """Decode the entry at absolute offset `pos`, resolving its delta chain."""
+    def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None,
+                 first=None) -> tuple[str, bytes]:
+        """Decode the entry at absolute offset `pos`, resolving its delta chain.
+        `first`: (header, first bytes) of the entry at `pos`, already read."""
         where = _where(pos, oid)
         hit = self._cache_get(pos, crc, where)
         if hit is not None:
@@ -632,11 +695,19 @@ class Store:
                 cur_crc = crc_at.get(cur)
                 if cur_crc is None:
                     raise DamagedImage("delta base is not an entry the IDX lists", cur_where)
-            eh, buf = self._entry_header(cur, cur_where)
+            if first is not None and cur == pos:
+                eh, buf = first
+            else:
+                eh, buf = self._entry_header(cur, cur_where)
             if eh.type in BASE_TYPES:
                 base, length = self._inflate_entry(cur, eh, buf, cur_crc, cur_where)
                 base_type = TYPE_NAMES[eh.type]
                 self._cache_put(cur, base_type, base, length, cur_crc is not None)
+                if not chain and len(base) <= self.max_lookup_bytes:
+                    # An object stored whole (most of them): no delta to
+                    # apply, no work to add up.
+                    self._last_work, self._last_depth = len(base), 0
+                    return base_type, base
                 break
             if len(chain) >= self.max_delta_depth:
                 raise DamagedImage(f"delta chain deeper than {self.max_delta_depth}", where)
