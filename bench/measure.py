@@ -55,7 +55,15 @@ class Measured:
 
 def measure(cmd: list[str], stdin: bytes | None = None, keep_output: bool = False,
             env: dict | None = None) -> Measured:
-    """Run `cmd` once; its output is discarded unless `keep_output`."""
+    """Run `cmd` once; its output is discarded unless `keep_output`.
+
+    Python runs as installed: pip compiles the bytecode at install time, so
+    PYTHONDONTWRITEBYTECODE (set on some machines) is dropped and the first
+    of `best`'s runs writes it; otherwise every run would compile every
+    module again (~40 ms for `docteur verify`) and measure that instead.
+    """
+    env = {k: v for k, v in (os.environ if env is None else env).items()
+           if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.NamedTemporaryFile("r", suffix=".time") as rep:
         if TIME:
             full = [TIME, "-f", "0 %U %S %M", "-o", rep.name, *cmd]
