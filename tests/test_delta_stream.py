@@ -261,29 +261,34 @@ def test_large_delta_of_the_wrong_type_is_refused(big_image):
     assert pieces == []
 
 
-# -- long deltas: applied into one preallocated buffer ---------------------------
+# -- the checked route: what apply_delta builds from when _apply_fast gives up ---
+
+LONG_DELTA = 16 << 10
 
 
-def applied_into(base: bytes, delta: bytes, where: str = "t") -> bytes:
-    """`apply_delta`'s route for deltas over LARGE_DELTA, on any delta."""
+def applied_checked(base: bytes, delta: bytes, where: str = "t") -> bytes:
+    """`apply_delta`'s checked route (`_delta_ops`), on any delta."""
     dst, pos = pack._delta_start(base, delta, where, 512 << 20)  # apply_delta's header checks
-    return bytes(pack._apply_into(base, delta, pos, len(base), dst, where))
+    out = bytearray()
+    for from_base, start, length in pack._delta_ops(delta, pos, len(base), dst, where):
+        out += (base if from_base else delta)[start:start + length]
+    return bytes(out)
 
 
 @given(deltas())
 @settings(max_examples=500, deadline=None)
-def test_apply_into_equals_the_reference(case):
+def test_the_checked_route_equals_the_reference(case):
     base, delta = case
-    assert (outcome(lambda: applied_into(base, delta))
+    assert (outcome(lambda: applied_checked(base, delta))
             == outcome(lambda: reference_git.apply_delta(base, delta, "t")))
 
 
 @given(st.binary(max_size=300), st.binary(max_size=300))
 @settings(max_examples=300, deadline=None)
-def test_apply_into_equals_the_reference_on_garbage(base, delta):
+def test_the_checked_route_equals_the_reference_on_garbage(base, delta):
     framed = varint(len(base)) + delta
     for d in (framed, framed[:1] + varint(len(delta)) + delta):
-        assert (outcome(lambda: applied_into(base, d))
+        assert (outcome(lambda: applied_checked(base, d))
                 == outcome(lambda: reference_git.apply_delta(base, d, "t")))
 
 
@@ -291,11 +296,10 @@ def test_apply_into_equals_the_reference_on_garbage(base, delta):
 @settings(max_examples=30, deadline=None)
 def test_long_deltas_through_apply_delta(seed, slack):
     rnd = random.Random(seed)
-    # Thousands of small copies and inserts (a generated header's delta):
-    # longer than LARGE_DELTA, so apply_delta takes the buffer route.
+    # Thousands of small copies and inserts (a generated header's delta).
     base = bytes(rnd.getrandbits(8) for _ in range(3000))
     ops, want = bytearray(), bytearray()
-    while len(ops) <= pack.LARGE_DELTA:
+    while len(ops) <= LONG_DELTA:
         if rnd.random() < 0.6:
             off, size = rnd.randrange(len(base)), rnd.randrange(1, 700)
             size = min(size, len(base) - off)

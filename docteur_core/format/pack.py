@@ -198,12 +198,6 @@ def delta_sizes(delta: bytes, where: str) -> tuple[int, int, int]:
     return src, dst, pos
 
 
-# Deltas longer than this are applied into one preallocated buffer
-# (`_apply_into`): their hundreds of thousands of small instructions made a
-# list of as many views (184 bytes each) that cost more than the copying.
-LARGE_DELTA = 16 << 10
-
-
 def apply_delta(base: bytes, delta: bytes, where: str,
                 max_size: int = DEFAULT_MAX_OBJECT_SIZE, mutable: bool = False) -> bytes:
     """Rebuild an object from its base and a git delta, checking every step.
@@ -211,20 +205,14 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     This is the one delta decoder of docteur, and reading every file of an
     image or verifying a whole pack spends most of its time here, so it is
     tuned: the two size varints are read inline (anything odd goes to
-    `delta_sizes`, which raises the precise error), the copy instruction's
-    optional bytes are decoded unrolled, pieces are gathered as views and
-    joined once, and a truncated copy instruction is caught as the
-    IndexError it causes instead of being tested for byte by byte.
-    tests/reference_git.py holds the plain loop this must agree with, on
-    valid and on garbage deltas.
-
-    Every delta goes first through `_apply_fast`, which builds valid
-    deltas with fewer steps and gives up (None) on anything else; only then
-    do the checked loops below run, from the start, to raise the exact
-    error (or build the rare valid form the fast loop leaves out). A delta
-    longer than LARGE_DELTA is checked by `_apply_into` instead. With
-    `mutable` the result is the bytearray it was built in (no second copy),
-    for callers that never hand it out as is.
+    `delta_sizes`, which raises the precise error), then every delta goes
+    through `_apply_fast`, which builds valid deltas in the fewest steps
+    and gives up (None) on anything else; only then does the checked walk
+    (`_delta_ops`) run, from the start, to raise the exact error (or build
+    the rare valid form the fast loop leaves out). tests/reference_git.py
+    holds the plain loop this must agree with, on valid and on garbage
+    deltas. With `mutable` the result is the bytearray it was built in (no
+    second copy), for callers that never hand it out as is.
     """
     # The two sizes, written out twice on purpose: a loop or a call to
     # `delta_sizes` costs ~12% on small deltas, the bulk of a pack.
@@ -260,67 +248,13 @@ def apply_delta(base: bytes, delta: bytes, where: str,
         raise LimitExceeded(f"delta result of {dst_size} bytes is over the limit of {max_size}",
                             where, "max_object_size")
     out = _apply_fast(base, delta, pos, dst_size)
-    if out is not None:
-        return out if mutable else bytes(out)
-    # Damage, or a rare valid form the fast loop leaves out: the checked
-    # loops below decide, with the exact error.
-    if len(delta) > LARGE_DELTA:
-        out = _apply_into(base, delta, pos, src_size, dst_size, where)
-        return out if mutable else bytes(out)
-    parts = []
-    append = parts.append
-    bv = memoryview(base)
-    n = len(delta)
-    total = 0
-    try:
-        while pos < n:
-            op = delta[pos]
-            pos += 1
-            if op & 0x80:
-                off = size = 0
-                if op & 0x01:
-                    off = delta[pos]
-                    pos += 1
-                if op & 0x02:
-                    off |= delta[pos] << 8
-                    pos += 1
-                if op & 0x04:
-                    off |= delta[pos] << 16
-                    pos += 1
-                if op & 0x08:
-                    off |= delta[pos] << 24
-                    pos += 1
-                if op & 0x10:
-                    size = delta[pos]
-                    pos += 1
-                if op & 0x20:
-                    size |= delta[pos] << 8
-                    pos += 1
-                if op & 0x40:
-                    size |= delta[pos] << 16
-                    pos += 1
-                if size == 0:
-                    size = 0x10000
-                if off + size > src_size:
-                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
-                                       f"of {src_size}", where)
-                append(bv[off:off + size])
-                total += size
-            elif op:
-                if pos + op > n:
-                    raise DamagedImage("truncated insert instruction in delta", where)
-                append(delta[pos:pos + op])
-                pos += op
-                total += op
-            else:
-                raise DamagedImage("reserved delta instruction 0", where)
-            if total > dst_size:
-                raise DamagedImage("delta result larger than declared", where)
-    except IndexError:
-        raise DamagedImage("truncated copy instruction in delta", where) from None
-    if total != dst_size:
-        raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
-    return b"".join(parts)
+    if out is None:
+        # Damage, or a rare valid form the fast loop leaves out: the checked
+        # walk decides, with the exact error.
+        out = bytearray()
+        for from_base, start, length in _delta_ops(delta, pos, src_size, dst_size, where):
+            out += (base if from_base else delta)[start:start + length]
+    return out if mutable else bytes(out)
 
 
 # A copy instruction with three offset bytes and one size byte: 72% of the
@@ -339,8 +273,9 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
     Reading every file of an image applies millions of delta instructions
     (7.5 million for Linux 6.1), at a few hundred nanoseconds of Python
     each: this loop does as few steps per instruction as it can and leaves
-    every error to the checked loops, which then run from the start and
-    decide (with the exact words), so the checks are not repeated here:
+    every error to the checked walk (`_delta_ops`), which then runs from
+    the start and decides (with the exact words), so the checks are not
+    repeated here:
     - a copy outside the base is not tested: its slice comes out short, so
       the bytes built (`len(out)`) fall behind the bytes declared (`t`),
       which is checked once at the end;
@@ -384,32 +319,8 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
                     return None
                 out += base[off:off + size]
             else:
-                p = pos + 1  # pos stays at the instruction if it is truncated
-                off = size = 0
-                if op & 0x01:
-                    off = delta[p]
-                    p += 1
-                if op & 0x02:
-                    off |= delta[p] << 8
-                    p += 1
-                if op & 0x04:
-                    off |= delta[p] << 16
-                    p += 1
-                if op & 0x08:
-                    off |= delta[p] << 24
-                    p += 1
-                if op & 0x10:
-                    size = delta[p]
-                    p += 1
-                if op & 0x20:
-                    size |= delta[p] << 8
-                    p += 1
-                if op & 0x40:
-                    size |= delta[p] << 16
-                    p += 1
-                pos = p
-                if size == 0:
-                    size = 0x10000
+                # pos stays at the instruction if it is truncated
+                off, size, pos = _copy_operands(delta, pos + 1, op)
                 t += size
                 if t > dst_size:
                     return None
@@ -422,78 +333,45 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
     return out
 
 
-def _apply_into(base, delta, pos: int, src_size: int, dst_size: int, where: str) -> bytearray:
-    """`apply_delta`'s loop for long deltas: each instruction's bytes are
-    copied straight into a bytearray of the declared result size (small
-    copies from a bytes slice, large ones from a view: whichever costs
-    less). The same checks in the same order, with the same words."""
-    out = bytearray(dst_size)
-    bv = memoryview(base)
-    n = len(delta)
-    t = 0
-    try:
-        while pos < n:
-            op = delta[pos]
-            pos += 1
-            if op & 0x80:
-                off = size = 0
-                if op & 0x01:
-                    off = delta[pos]
-                    pos += 1
-                if op & 0x02:
-                    off |= delta[pos] << 8
-                    pos += 1
-                if op & 0x04:
-                    off |= delta[pos] << 16
-                    pos += 1
-                if op & 0x08:
-                    off |= delta[pos] << 24
-                    pos += 1
-                if op & 0x10:
-                    size = delta[pos]
-                    pos += 1
-                if op & 0x20:
-                    size |= delta[pos] << 8
-                    pos += 1
-                if op & 0x40:
-                    size |= delta[pos] << 16
-                    pos += 1
-                if size == 0:
-                    size = 0x10000
-                if off + size > src_size:
-                    raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
-                                       f"of {src_size}", where)
-                e = t + size
-                if e > dst_size:
-                    raise DamagedImage("delta result larger than declared", where)
-                out[t:e] = base[off:off + size] if size < 512 else bv[off:off + size]
-                t = e
-            elif op:
-                if pos + op > n:
-                    raise DamagedImage("truncated insert instruction in delta", where)
-                e = t + op
-                if e > dst_size:
-                    raise DamagedImage("delta result larger than declared", where)
-                out[t:e] = delta[pos:pos + op]
-                pos += op
-                t = e
-            else:
-                raise DamagedImage("reserved delta instruction 0", where)
-    except IndexError:
-        raise DamagedImage("truncated copy instruction in delta", where) from None
-    if t != dst_size:
-        raise DamagedImage(f"delta result is {t} bytes, {dst_size} declared", where)
-    return out
+def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
+    """(offset, size, position after them) of the copy instruction `op`
+    whose optional bytes start at `p`; a size of 0 is 0x10000. IndexError
+    when the delta ends among them. The fast loops decode the two common
+    copies themselves and call this for the others."""
+    off = size = 0
+    if op & 0x01:
+        off = delta[p]
+        p += 1
+    if op & 0x02:
+        off |= delta[p] << 8
+        p += 1
+    if op & 0x04:
+        off |= delta[p] << 16
+        p += 1
+    if op & 0x08:
+        off |= delta[p] << 24
+        p += 1
+    if op & 0x10:
+        size = delta[p]
+        p += 1
+    if op & 0x20:
+        size |= delta[p] << 8
+        p += 1
+    if op & 0x40:
+        size |= delta[p] << 16
+        p += 1
+    return off, size or 0x10000, p
 
 
 def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
     """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
 
-    The same checks, in the same order and with the same words, as
-    `apply_delta`, without building anything: `check_delta` and
-    `write_delta` walk a delta twice with it (once to check and hash, once
-    to write), so a result is never held whole. Used for large results
-    only: a generator costs more per instruction than `apply_delta`'s loop.
+    The checked walk: every check git's own loop makes, in its order, with
+    docteur's words (tests/reference_git.py is the plain loop it must agree
+    with). The fast loops leave every damaged delta to it: `apply_delta`
+    builds from it when `_apply_fast` gives up, `check_delta` and
+    `write_delta` walk with it when their fast passes do. A piece is
+    yielded only once it is known to fit the declared result.
     """
     n = len(delta)
     total = 0
@@ -502,45 +380,24 @@ def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
             op = delta[pos]
             pos += 1
             if op & 0x80:
-                off = size = 0
-                if op & 0x01:
-                    off = delta[pos]
-                    pos += 1
-                if op & 0x02:
-                    off |= delta[pos] << 8
-                    pos += 1
-                if op & 0x04:
-                    off |= delta[pos] << 16
-                    pos += 1
-                if op & 0x08:
-                    off |= delta[pos] << 24
-                    pos += 1
-                if op & 0x10:
-                    size = delta[pos]
-                    pos += 1
-                if op & 0x20:
-                    size |= delta[pos] << 8
-                    pos += 1
-                if op & 0x40:
-                    size |= delta[pos] << 16
-                    pos += 1
-                if size == 0:
-                    size = 0x10000
+                off, size, pos = _copy_operands(delta, pos, op)
                 if off + size > src_size:
                     raise DamagedImage(f"delta copies {size} bytes at {off}, outside a base "
                                        f"of {src_size}", where)
-                yield True, off, size
                 total += size
+                if total > dst_size:
+                    raise DamagedImage("delta result larger than declared", where)
+                yield True, off, size
             elif op:
                 if pos + op > n:
                     raise DamagedImage("truncated insert instruction in delta", where)
+                total += op
+                if total > dst_size:
+                    raise DamagedImage("delta result larger than declared", where)
                 yield False, pos, op
                 pos += op
-                total += op
             else:
                 raise DamagedImage("reserved delta instruction 0", where)
-            if total > dst_size:
-                raise DamagedImage("delta result larger than declared", where)
     except IndexError:
         raise DamagedImage("truncated copy instruction in delta", where) from None
     if total != dst_size:
@@ -582,31 +439,7 @@ def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
                 if off + size > src_size or t > dst_size:
                     return False
             else:
-                p = pos + 1
-                off = size = 0
-                if op & 0x01:
-                    off = delta[p]
-                    p += 1
-                if op & 0x02:
-                    off |= delta[p] << 8
-                    p += 1
-                if op & 0x04:
-                    off |= delta[p] << 16
-                    p += 1
-                if op & 0x08:
-                    off |= delta[p] << 24
-                    p += 1
-                if op & 0x10:
-                    size = delta[p]
-                    p += 1
-                if op & 0x20:
-                    size |= delta[p] << 8
-                    p += 1
-                if op & 0x40:
-                    size |= delta[p] << 16
-                    p += 1
-                pos = p
-                size = size or 0x10000
+                off, size, pos = _copy_operands(delta, pos + 1, op)
                 t += size
                 if off + size > src_size or t > dst_size:
                     return False
@@ -666,31 +499,7 @@ def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], o
                     return False
                 out += base[off:off + size]
             else:
-                p = pos + 1
-                off = size = 0
-                if op & 0x01:
-                    off = delta[p]
-                    p += 1
-                if op & 0x02:
-                    off |= delta[p] << 8
-                    p += 1
-                if op & 0x04:
-                    off |= delta[p] << 16
-                    p += 1
-                if op & 0x08:
-                    off |= delta[p] << 24
-                    p += 1
-                if op & 0x10:
-                    size = delta[p]
-                    p += 1
-                if op & 0x20:
-                    size |= delta[p] << 8
-                    p += 1
-                if op & 0x40:
-                    size |= delta[p] << 16
-                    p += 1
-                pos = p
-                size = size or 0x10000
+                off, size, pos = _copy_operands(delta, pos + 1, op)
                 t += size
                 if t > dst_size:
                     return False
