@@ -308,38 +308,9 @@ class Scan(State):
         data = None
         if (stream_hash is None and nxt is not None and zpos < nxt <= limit
                 and nxt - pos <= WHOLE_ENTRY and s.buf_end >= nxt):
-            if kind == pack.OBJ_BLOB:
-                # The bulk of a pack: a blob that ends where the next entry
-                # starts, inflated, CRC'd, hashed and recorded here, in as few
-                # Python steps as it takes (`_inflate_whole` and `_finish`
-                # do the same for everything else).
-                entry = memoryview(buf)[rel:rel + nxt - pos]
-                d = zlib.decompressobj()
-                try:
-                    data = d.decompress(entry[hlen:], size + 1)
-                except zlib.error:
-                    data = None
-                if data is not None and d.eof and not d.unused_data and len(data) == size:
-                    self.crc[pos] = zlib.crc32(entry)
-                    self.info[pos] = (kind, hlen, nxt - pos - hlen, size, None)
-                    self.starts.append(pos)
-                    h = hashlib.sha1(b"blob %d\0" % size)
-                    h.update(data)
-                    oid = h.digest()
-                    self.oid[pos] = oid
-                    self.otype[pos] = kind
-                    previous = self.by_id.setdefault(oid, pos)
-                    if previous != pos:
-                        self.warning(R_OBJECTS, at_offset(pos),
-                                     f"object {hex_id(oid)} is also at offset {previous}")
-                    self.blob_sizes[oid] = size
-                    if (not self.planned or pos in self.uses_at or self.uses_of
-                            or pos in self.remaining):
-                        self._keep(pos, oid, kind, data)
-                    return nxt
-                data = None
-            else:
-                data = self._inflate_whole(s, pos, hlen, nxt, size)
+            # (The bulk of a pack, small blobs, seldom gets here: `_blob_run`
+            # takes them before this.)
+            data = self._inflate_whole(s, pos, hlen, nxt, size)
         if data is not None:
             zpos = nxt
         else:
