@@ -121,11 +121,10 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes, enc: pix.RegionEncoder) -> Iterator[list[tuple]]:
+    def _expected_entries(self, root: bytes) -> Iterator[list[tuple]]:
         """Every path under the commit's tree, sorted by key, a directory's
         worth at a time (chained by the caller: one resumption per directory,
-        not per path), from the scan's trees and offsets (and the root's
-        entry count, into `enc`).
+        not per path), from the scan's trees and offsets.
 
         As tuples in `pix.Entry`'s field order, which `pix.RegionEncoder`
         takes, one directory at a time: directories come out of a heap in
@@ -141,15 +140,11 @@ class PathIndexCheck(State):
         by_name = itemgetter(2)
         waiting = [(b"", root)]
         left = self.max_paths
-        first = True
         while waiting:
             path, tid = heappop(waiting)
             entries = entries_of(tid)
             if entries is None:
-                raise _Unchecked("the commit's trees are incomplete")
-            if first:
-                enc.root_count = len(entries)
-                first = False
+                raise _Unchecked(_INCOMPLETE)
             left -= len(entries)
             if left < 0:
                 raise _Unchecked(f"the trees name more than {self.max_paths} paths "
@@ -162,7 +157,7 @@ class PathIndexCheck(State):
                 offs = list(map(by_id.get, oids))
                 blob_sizes = list(map(sizes.get, oids))
                 if None in offs or None in blob_sizes:
-                    raise _Unchecked("the commit's trees are incomplete")
+                    raise _Unchecked(_INCOMPLETE)
                 yield list(zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes))
                 continue
             out = []
@@ -173,17 +168,17 @@ class PathIndexCheck(State):
                     continue
                 off = by_id.get(oid)
                 if off is None:
-                    raise _Unchecked("the commit's trees are incomplete")
+                    raise _Unchecked(_INCOMPLETE)
                 if mode == mode_dir:
                     count = counts.get(oid)
                     if count is None:
-                        raise _Unchecked("the commit's trees are incomplete")
+                        raise _Unchecked(_INCOMPLETE)
                     append((prefix + name, mode, oid, off, count))
                     heappush(waiting, (path + b"/" + name if path else name, oid))
                 else:
                     size = sizes.get(oid)
                     if size is None:
-                        raise _Unchecked("the commit's trees are incomplete")
+                        raise _Unchecked(_INCOMPLETE)
                     append((prefix + name, mode, oid, off, size))
             yield out
 
@@ -197,20 +192,22 @@ class PathIndexCheck(State):
             return
         trailer = self.trailer_at
         if commit.tree not in self.by_id:
-            self.problem(R_PATH_INDEX, "", "cannot be checked: the commit's trees are "
-                         "incomplete")
+            self.problem(R_PATH_INDEX, "", f"cannot be checked: {_INCOMPLETE}")
             return
         if trailer is None or self.commit_id not in self.by_id:
             return
+        root_entries = self._tree_entries(commit.tree)
+        if root_entries is None:
+            self.problem(R_PATH_INDEX, "", f"cannot be checked: {_INCOMPLETE}")
+            return
         enc = pix.RegionEncoder(
-            (), commit=self.commit_id,
+            chain.from_iterable(self._expected_entries(commit.tree)), commit=self.commit_id,
             pack_checksum=self.reader.pread(trailer, 20), tree=commit.tree,
             commit_offset=self.by_id[self.commit_id], tree_offset=self.by_id[commit.tree],
-            pack_end=trailer, region_start=sup.region_start, root_count=0,
+            pack_end=trailer, region_start=sup.region_start, root_count=len(root_entries),
             # The region's length as the block size: the leading padding then
             # comes out as stored when the nodes are as many.
             block_size=full - sup.region_start)
-        enc.entries = chain.from_iterable(self._expected_entries(commit.tree, enc))
         stored = _StoredNodes(self.reader.pread, sup)
         made = 0
         differs = None  # (absolute offset, node number) of the first difference
@@ -247,6 +244,9 @@ class PathIndexCheck(State):
             what = "the super block" if node is None else f"node {node}"
             self.problem(R_PATH_INDEX, at_offset(at),
                          f"{what} differs from the index the tree walk and the IDX give")
+
+
+_INCOMPLETE = "the commit's trees are incomplete"
 
 
 class _Unchecked(Exception):
