@@ -197,6 +197,20 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def processes() -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process whose command line can be read now."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found.append((int(entry), f.read().split(b"\0")))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie (one waiting to be reaped counts as gone)."""
     try:

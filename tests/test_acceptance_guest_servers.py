@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 
 import pytest
 
 from docteur_core.boot import runner as boot
 from docteur_core.build import make_image
+
+from .support import processes
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +31,10 @@ RAW_DIGEST = ["-c", "import _sha256, sys; "
 
 def processes_naming(text: str) -> list[str]:
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+    for pid, argv in processes():
+        cmdline = b" ".join(argv).decode(errors="replace")
         if text in cmdline:
-            found.append(f"{entry}: {cmdline}")
+            found.append(f"{pid}: {cmdline}")
     return found
 
 

@@ -24,7 +24,8 @@ from docteur_core.format import objects as obj
 from docteur_core.build import make_image
 from docteur_core.reader import MODES, Image
 from tests.support import PLUGIN, NbdkitServer
-from tests.test_build_dir import materialise, trees
+from tests.test_build_dir import trees
+from tests.treegen import source_of
 
 DATE = "2026-01-01T00:00:00Z"
 
@@ -92,9 +93,7 @@ def test_every_legal_name_reads_back(served, spec):
     live, server = served
     with tempfile.TemporaryDirectory(prefix="names-", dir=live.parent) as tmp:
         tmp = Path(tmp)
-        src = tmp / "src"
-        src.mkdir()
-        materialise(os.fsencode(src), spec)
+        src = source_of(spec, tmp)
         expect = source_entries(os.fsencode(src))
         names = {os.path.basename(p) for p in expect if p}
         for what, test in [("non-UTF-8", lambda n: not _utf8(n)),

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from docteur_core.format import layout
 from docteur_core.build import make_image
 from tests.support import git
-from tests.treegen import materialise, trees_of
+from tests.treegen import materialise, source_of, trees_of
 from tests.test_build_oracle import (SITE, check_image, git_write_tree, image_listing,
                                      source_listing)
 
@@ -68,9 +68,7 @@ def has_empty_dir(spec: dict) -> bool:
 def test_generated_trees_read_back_identically(spec):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = tmp / "src"
-        src.mkdir()
-        materialise(os.fsencode(src), spec)
+        src = source_of(spec, tmp)
         result = make_image(src, tmp / "out.img", date=DATE,
                    warn=lambda w: w.startswith("the OCaml docteur's fast reader") or pytest.fail(w))
         checked = check_image(tmp / "out.img", tmp)

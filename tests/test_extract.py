@@ -21,7 +21,8 @@ from docteur_core.reader import Image
 from docteur_core.reader.extract import extract
 
 from .forge import Obj, build, commit, tree
-from .test_build_dir import DATE, materialise, trees
+from .test_build_dir import DATE, trees
+from .treegen import source_of
 
 _DATE_SECONDS = int(datetime.fromisoformat(DATE.replace("Z", "+00:00")).timestamp())
 from .support import REPO_ROOT, git
@@ -249,9 +250,7 @@ def test_generated_trees_extract_to_their_source(spec, mode):
     back, with the modes git keeps (the owner's executable bit)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = tmp / "src"
-        src.mkdir()
-        materialise(os.fsencode(src), spec)
+        src = source_of(spec, tmp)
         make_image(src, tmp / "out.img", date=DATE, warn=lambda w: None)
         with Image.open(tmp / "out.img", mode) as image:
             counts = extract(image, "", tmp / "out")

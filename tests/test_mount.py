@@ -27,8 +27,9 @@ from docteur_core.mount.fs import ImageFS, inode_of
 from docteur_core.reader import Image
 
 from .forge import Obj, build, commit, tree
-from .support import alive, free_port, one_line, wait_gone
-from .test_build_dir import DATE as DATE_GENERATED, materialise, trees
+from .support import alive, free_port, one_line, processes, wait_gone
+from .test_build_dir import DATE as DATE_GENERATED, trees
+from .treegen import source_of
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
 DATE = "2024-01-02T03:04:05Z"
@@ -45,18 +46,9 @@ def docteur(*args, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def serving_pids(mountpoint: Path) -> list[int]:
     """Live `docteur mount` processes naming `mountpoint`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in argv and os.fsencode(str(mountpoint)) in argv and alive(int(entry)):
-            found.append(int(entry))
-    return found
+    where = os.fsencode(str(mountpoint))
+    return [pid for pid, argv in processes()
+            if b"mount" in argv and where in argv and alive(pid)]
 
 
 class Mounts:
@@ -517,9 +509,7 @@ def test_generated_trees_answer_as_their_source(spec, mode):
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = tmp / "src"
-        src.mkdir()
-        materialise(os.fsencode(src), spec)
+        src = source_of(spec, tmp)
         make_image(src, tmp / "out.img", date=DATE_GENERATED, warn=lambda w: None)
         with Image.open(tmp / "out.img", mode) as image:
             fs = ImageFS(image, 1000, 1000)

@@ -24,6 +24,16 @@ def trees_of(names, leaf, *, top: int, inner: int, max_leaves: int):
     )
 
 
+def source_of(spec: dict, folder) -> "Path":
+    """The tree `spec` written as a new folder `src` inside `folder`."""
+    from pathlib import Path
+
+    src = Path(folder) / "src"
+    src.mkdir()
+    materialise(src, spec)
+    return src
+
+
 def materialise(root, spec: dict) -> None:
     """Write the tree `spec` under the existing folder `root`."""
     root = os.fsencode(root)
