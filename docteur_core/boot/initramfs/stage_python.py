@@ -24,6 +24,7 @@ import py_compile
 import shutil
 import sys
 import sysconfig
+import tempfile
 
 # Never wanted in the guest: GUI, tests, packaging, and extensions that
 # would drag in OpenSSL (the standard library copes with their absence).
@@ -65,13 +66,21 @@ def compile_to(source, dest, shown_as):
 def main(dest, package_root, guest_run):
     stdlib = sysconfig.get_paths()["stdlib"]
     dynload = os.path.join(stdlib, "lib-dynload")
-    finder = modulefinder.ModuleFinder(
-        path=[package_root] + [p for p in sys.path if p and p != package_root],
-        excludes=EXCLUDES)
     sources = guest_sources(package_root)
-    for name in ALWAYS + [dotted for _, dotted in sources]:
-        finder.import_hook(name)
-    finder.run_script(guest_run)
+    # docteur_core is found through a folder holding it alone: an import of
+    # an excluded part (`from .build import ...` on a path the guest never
+    # takes) is then retried as the top-level name, and anything else in
+    # PACKAGE_ROOT answering to it (the `build/` that `pip wheel .` leaves in
+    # a clone, a namespace package) made modulefinder crash.
+    with tempfile.TemporaryDirectory(prefix="docteur-stage-") as alone:
+        os.symlink(os.path.join(package_root, "docteur_core"),
+                   os.path.join(alone, "docteur_core"))
+        finder = modulefinder.ModuleFinder(
+            path=[alone] + [p for p in sys.path if p and p != package_root],
+            excludes=EXCLUDES)
+        for name in ALWAYS + [dotted for _, dotted in sources]:
+            finder.import_hook(name)
+        finder.run_script(guest_run)
 
     extensions = []
     copied = 0
