@@ -163,6 +163,18 @@ def build(objs: list[Obj], commit_id: bytes, block_size: int = 512,
     return wrap_image(bytes(body), idx, commit_id, block_size, idx_offset)
 
 
+def hostile_image(path, entries) -> None:
+    """Write an image whose root tree names `entries`, (mode, name, Obj)
+    each, as given: names and modes a builder would refuse included."""
+    objs, rows = [], []
+    for mode, name, value in entries:
+        objs.append(value)
+        rows.append((mode, name, value.oid))
+    t = Obj("tree", tree(*rows))
+    c = Obj("commit", commit(t.oid))
+    path.write_bytes(bytes(build([c, t, *objs], c.oid)))
+
+
 def simple(files: dict[str, Obj], extra: list[Obj] = ()) -> tuple[list[Obj], bytes]:
     """A root tree naming `files` (blobs), its commit, plus the blob entries."""
     t = Obj("tree", tree(*[("100644", n, o.oid) for n, o in sorted(files.items())]))

@@ -20,7 +20,7 @@ from docteur_core.build import make_image
 from docteur_core.reader import Image
 from docteur_core.reader.extract import extract
 
-from .forge import Obj, build, commit, tree
+from .forge import Obj, hostile_image, tree
 from .test_build_dir import DATE, trees
 from .treegen import source_of
 
@@ -202,23 +202,12 @@ def test_force_never_follows_a_link_in_dest(repo_image, tmp_path):
     _one_line_error(_docteur("extract", "--force", image, dest2), b"/run.sh", b"directory")
 
 
-def _hostile_image(path: Path, entries) -> None:
-    objs = []
-    rows = []
-    for mode, name, value in entries:
-        objs.append(value)
-        rows.append((mode, name, value.oid))
-    t = Obj("tree", tree(*rows))
-    c = Obj("commit", commit(t.oid))
-    path.write_bytes(bytes(build([c, t, *objs], c.oid)))
-
-
 @pytest.mark.parametrize("name", ["..", "/etc", "../x", ".", ""])
 def test_hostile_names_write_nothing_outside(tmp_path, name):
     blob = Obj("blob", b"pwned\n")
     inner = Obj("tree", tree(("100644", "pwned", blob.oid)))
     image = tmp_path / "hostile.img"
-    _hostile_image(image, [("40000", name, inner), ("100644", "ok", blob)])
+    hostile_image(image, [("40000", name, inner), ("100644", "ok", blob)])
     dest = tmp_path / "work" / "dest"
     dest.mkdir(parents=True)
     _one_line_error(_docteur("extract", image, dest), b"damaged image")
@@ -235,7 +224,7 @@ def test_a_link_and_a_directory_of_one_name_is_refused(tmp_path):
     blob = Obj("blob", b"pwned\n")
     sub = Obj("tree", tree(("100644", "b", blob.oid)))
     image = tmp_path / "hostile.img"
-    _hostile_image(image, [("120000", "a", link), ("40000", "a", sub)])
+    hostile_image(image, [("120000", "a", link), ("40000", "a", sub)])
     proc = _docteur("extract", image, tmp_path / "dest")
     _one_line_error(proc, b"damaged image")
     assert os.listdir(outside) == []

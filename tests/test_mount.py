@@ -26,7 +26,7 @@ from docteur_core.format.limits import STREAM_THRESHOLD
 from docteur_core.mount.fs import ImageFS, inode_of
 from docteur_core.reader import Image
 
-from .forge import Obj, build, commit, tree
+from .forge import Obj, build, commit, hostile_image, tree
 from .support import alive, free_port, one_line, processes, wait_gone
 from .test_build_dir import DATE as DATE_GENERATED, trees
 from .treegen import source_of
@@ -400,16 +400,6 @@ def test_a_mount_of_an_nbd_uri_served_by_docteur_serve(site, tmp_path, mounts):
 
 # -- hostile images ------------------------------------------------------------------
 
-def _hostile_image(path: Path, entries) -> None:
-    objs, rows = [], []
-    for mode, name, value in entries:
-        objs.append(value)
-        rows.append((mode, name, value.oid))
-    t = Obj("tree", tree(*rows))
-    c = Obj("commit", commit(t.oid))
-    path.write_bytes(bytes(build([c, t, *objs], c.oid)))
-
-
 @pytest.mark.parametrize("name", ["..", "/etc", "../x", "."])
 def test_hostile_names_are_refused(tmp_path, mounts, name):
     """fast mode reads every tree at mount time: refused there, one line;
@@ -418,7 +408,7 @@ def test_hostile_names_are_refused(tmp_path, mounts, name):
     blob = Obj("blob", b"pwned\n")
     inner = Obj("tree", tree(("100644", "pwned", blob.oid)))
     image = tmp_path / "hostile.img"
-    _hostile_image(image, [("40000", name, inner), ("100644", "ok", blob)])
+    hostile_image(image, [("40000", name, inner), ("100644", "ok", blob)])
     mnt = _empty_dir(tmp_path)
     done = docteur("mount", image, mnt)
     assert done.returncode == 1
@@ -434,7 +424,7 @@ def test_in_the_foreground_an_eio_says_why_on_stderr(tmp_path, mounts):
     blob = Obj("blob", b"x\n")
     inner = Obj("tree", tree(("100644", "x", blob.oid)))
     image = tmp_path / "hostile.img"
-    _hostile_image(image, [("40000", "..", inner)])
+    hostile_image(image, [("40000", "..", inner)])
     mnt = _empty_dir(tmp_path)
     proc = mounts.foreground(image, mnt, "--mode", "light")
     for _ in range(2):  # said once
@@ -456,7 +446,7 @@ def test_hostile_links_are_shown_as_stored_and_never_followed_inside(tmp_path, m
     nul = Obj("blob", b"a\0b")
     empty = Obj("blob", b"")
     image = tmp_path / "links.img"
-    _hostile_image(image, [("120000", "abs", target), ("120000", "empty", empty),
+    hostile_image(image, [("120000", "abs", target), ("120000", "empty", empty),
                            ("120000", "nul", nul)])
     mnt = _empty_dir(tmp_path)
     mounts.mount(image, mnt)
