@@ -9,7 +9,7 @@ Why: random damage is mostly caught by zlib's and the IDX's checksums; the
 bugs live where an image is *well formed but hostile* (a delta that builds
 4 GB, a tree that names itself, a timezone of 20 digits). So most cases are
 structure-aware: the harness parses a small real image (built with
-`docteur_core.build.make_image` from generated trees with deltas, links,
+`docteur_core.make.make_image` from generated trees with deltas, links,
 executables and nested directories) with its own independent parser, then
 either
 
@@ -148,7 +148,7 @@ def make_sources(root: Path) -> list[tuple[str, Path, int]]:
 
 def build_bases(workdir: Path) -> dict[str, bytes]:
     """name -> image bytes, built once into `workdir` (deterministic)."""
-    from docteur_core.build import make_image
+    from docteur_core.make import make_image
 
     workdir.mkdir(parents=True, exist_ok=True)
     bases = {}

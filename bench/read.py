@@ -90,7 +90,7 @@ def corpus_dir(spec: str, work: Path) -> tuple[str, Path]:
 def build(name: str, src: Path, work: Path) -> Path:
     img = work / (name.replace(" ", "_").replace("/", "_") + ".img")
     if not img.exists():
-        from docteur_core.build import make_image
+        from docteur_core.make import make_image
         t = time.perf_counter()
         make_image(src, img)
         print(f"  built {img.name} in {time.perf_counter() - t:.1f} s", flush=True)

@@ -18,7 +18,7 @@ directory, then `git verify-pack` (git's full check: every object inflated,
 deltas resolved, SHA-1s and the idx compared) and `verify_image` (full, then
 quick) each run `--repeat` times; the best time of each is reported with
 the ratio verify / git (goal: at most 2). Images are built once with
-`docteur_core.build.make_image` and kept in `--workdir`.
+`docteur_core.make.make_image` and kept in `--workdir`.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def django_like(dest: Path, releases: int = 8, files: int = 2500) -> Path:
 
 
 def build(source: Path, image: Path) -> float:
-    from docteur_core.build import make_image
+    from docteur_core.make import make_image
 
     if image.exists():
         return 0.0

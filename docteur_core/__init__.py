@@ -2,7 +2,7 @@
 
 This package is imported inside minimal guests, so nothing imported from
 here (or from the reader modules) may need anything outside the standard
-library. The builder (`docteur_core.build`) is the only part that uses
+library. The builder (`docteur_core.make`) is the only part that uses
 dulwich and the `git` program, and it is imported lazily by the CLI.
 
 Start-up is part of the product: in an emulated guest every millisecond of

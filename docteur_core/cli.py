@@ -29,7 +29,7 @@ from .errors import DocteurError
 # boot code and the verifier (a tenth of a second of imports on every
 # call); tests/test_cli_lazy.py keeps the two in step.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "docteur_core.build.command": ("make",),
+    "docteur_core.make.command": ("make",),
     "docteur_core.reader.commands": ("ls", "cat", "stat", "tree", "info"),
     "docteur_core.reader.extract": ("extract",),
     "docteur_core.reader.diffcommand": ("diff",),

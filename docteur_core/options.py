@@ -54,22 +54,22 @@ def seconds(text: str) -> float:
 def date(text: str) -> str:
     """--date: RFC 3339 (its UTC offset kept), a date-time without a zone
     (read as UTC) or a plain date (midnight UTC). Checked here, kept as
-    given: `make_image` takes the text (`build.identity.parse_date`)."""
-    from .build.identity import parse_date
+    given: `make_image` takes the text (`make.identity.parse_date`)."""
+    from .make.identity import parse_date
 
-    return _checked_by_build(parse_date, "date", text)
+    return _checked_by_make(parse_date, "date", text)
 
 
 def author(text: str) -> str:
     """--author 'Name <email>': checked here as the build checks it
-    (`build.identity.parse_author`: a name, an email, not empty), kept as
+    (`make.identity.parse_author`: a name, an email, not empty), kept as
     given, so a typo costs a usage line, not a build started for nothing."""
-    from .build.identity import parse_author
+    from .make.identity import parse_author
 
-    return _checked_by_build(parse_author, "author", text)
+    return _checked_by_make(parse_author, "author", text)
 
 
-def _checked_by_build(parse, name: str, text: str) -> str:
+def _checked_by_make(parse, name: str, text: str) -> str:
     """`text` if the build's own `parse` takes it, else a usage error in its words."""
     from .errors import BuildError
 
@@ -84,9 +84,9 @@ def _checked_by_build(parse, name: str, text: str) -> str:
 
 def branch(text: str) -> str:
     """--branch REF (make) and --old-branch/--new-branch REF (diff): a name git
-    may be given (`build.repository.valid_ref`); whether the repository has
+    may be given (`make.repository.valid_ref`); whether the repository has
     it is known only when it is read."""
-    from .build.repository import valid_ref
+    from .make.repository import valid_ref
 
     if not valid_ref(text):
         raise _refuse(f"{text!r} is not a branch, tag or commit name: it must not be empty, "

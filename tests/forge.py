@@ -16,7 +16,7 @@ import struct
 import zlib
 
 from docteur_core.format import layout
-from docteur_core.build.packwriter import encode_idx_v2, entry_header
+from docteur_core.make.packwriter import encode_idx_v2, entry_header
 from docteur_core.format.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
                                object_id)
 

@@ -12,7 +12,7 @@ skips) when the build fails. Then:
   its `dumpobjs.py` with a repository's commit and tree.
 
 `expected_get` and `expected_list` are what each OCaml mode sees of an
-image, computed from this project's reader (see docteur_core/build/compat.py
+image, computed from this project's reader (see docteur_core/make/compat.py
 for where the rules come from): they are the model the tests hold the
 OCaml programs to, entry by entry.
 """

@@ -5,7 +5,7 @@
   kills it on exit.
 - `git_reference_image`: builds an image with nothing but the `git` program
   and `docteur_core.format.layout`. It is an oracle independent of
-  `docteur_core.build`, and lets reader/plugin/verify tests run on images
+  `docteur_core.make`, and lets reader/plugin/verify tests run on images
   that the builder did not make.
 """
 

@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 from docteur_core.format import layout
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.support import git
 from tests.test_build_oracle import check_image, image_listing, pack_end, source_listing
 

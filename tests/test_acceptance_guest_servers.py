@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from docteur_core.boot import runner as boot
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 
 from .support import processes
 

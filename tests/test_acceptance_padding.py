@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.test_build_oracle import (check_image, image_listing, pack_end, source_listing,
                                      without_path_index)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.reader import Image
 from tests.plugin_support import make_source, unix_uri
 from tests.support import PLUGIN, NbdkitServer

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from docteur_core.format import objects as obj
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.reader import MODES, Image
 from tests.support import PLUGIN, NbdkitServer
 from tests.test_build_dir import trees

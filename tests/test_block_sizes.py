@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from docteur_core.format import layout
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.serve import imagecheck
 from docteur_core.errors import DamagedImage
 from tests.support import REPO_ROOT

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docteur_core.format import layout
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.support import git
 from tests.treegen import materialise, source_of, trees_of
 from tests.test_build_oracle import (SITE, check_image, git_write_tree, image_listing,
@@ -155,7 +155,7 @@ def test_similar_files_are_deltified(tmp_path):
 
 
 def test_large_file_is_streamed(tmp_path, monkeypatch):
-    from docteur_core.build import snapshot
+    from docteur_core.make import snapshot
     monkeypatch.setattr(snapshot, "WHOLE_READ_LIMIT", 1000)
     src = tmp_path / "src"
     src.mkdir()

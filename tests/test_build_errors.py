@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.support import REPO_ROOT, git
 from tests.test_build_oracle import SITE
 

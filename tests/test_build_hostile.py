@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core.build import make_image
-from docteur_core.build.packwriter import OBJ_BLOB, PlainPackWriter, object_id
-from docteur_core.build.scratch import sweep
-from docteur_core.build.snapshot import Snapshot
+from docteur_core.make import make_image
+from docteur_core.make.packwriter import OBJ_BLOB, PlainPackWriter, object_id
+from docteur_core.make.scratch import sweep
+from docteur_core.make.snapshot import Snapshot
 from docteur_core.errors import BuildError
 from docteur_core.format.limits import MAX_FILE_SIZE
 from tests.support import REPO_ROOT, git
@@ -361,7 +361,7 @@ def test_limit_for_a_repository(tmp_path):
 
 DRIVER = textwrap.dedent("""
     import os, signal, sys
-    from docteur_core.build import make_image
+    from docteur_core.make import make_image
     source, image, stop_at = sys.argv[1:4]
     def progress(text):
         if stop_at and text.startswith(stop_at):

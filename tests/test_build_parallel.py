@@ -1,4 +1,4 @@
-"""The parallel delta search: same image whatever the number of workers (see build/parallel)."""
+"""The parallel delta search: same image whatever the number of workers (see make/parallel)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import make_image, parallel
-from docteur_core.build.parallel import Obj, delta_order, name_hash, plan_parts
+from docteur_core.make import make_image, parallel
+from docteur_core.make.parallel import Obj, delta_order, name_hash, plan_parts
 from docteur_core.errors import BuildError
 from tests.test_build_oracle import check_image, image_listing, source_listing
 

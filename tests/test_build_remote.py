@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.errors import BuildError
 from tests.support import free_port, git
 from tests.test_build_oracle import check_image, image_listing

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.errors import BuildError
 from tests.support import git
 from tests.test_build_oracle import check_image, image_listing

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core.build import make_image
-from docteur_core.build.ssh import ssh_argv
+from docteur_core.make import make_image
+from docteur_core.make.ssh import ssh_argv
 from docteur_core.errors import BuildError
 from tests.support import REPO_ROOT, free_port
 from tests.test_build_oracle import check_image, image_listing

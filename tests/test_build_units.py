@@ -10,9 +10,9 @@ from dulwich.pack import write_pack_index_v2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import identity
-from docteur_core.build.packwriter import entry_header, encode_idx_v2, object_id, OBJ_BLOB
-from docteur_core.build.source import classify, redact
+from docteur_core.make import identity
+from docteur_core.make.packwriter import entry_header, encode_idx_v2, object_id, OBJ_BLOB
+from docteur_core.make.source import classify, redact
 from docteur_core.errors import BuildError
 
 

@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from docteur_core import cli
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.errors import DamagedImage, NotAnImage
 from docteur_core.format import layout
 from docteur_core.reader.image import Image

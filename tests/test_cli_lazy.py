@@ -41,7 +41,7 @@ def _modules_after(*argv: str) -> set[str]:
 def test_a_reading_verb_imports_neither_builder_nor_boot_nor_verify(tmp_path):
     loaded = _modules_after("cat", str(tmp_path / "absent.img"), "x")
     assert "docteur_core.reader.commands" in loaded
-    for other in ("docteur_core.build.command", "docteur_core.boot.command",
+    for other in ("docteur_core.make.command", "docteur_core.boot.command",
                   "docteur_core.verify.command", "docteur_core.serve.command",
                   "docteur_core.mount.command", "dulwich"):
         assert other not in loaded, other

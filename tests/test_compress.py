@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import make_image
-from docteur_core.build.pathindex import idx_offsets
-from docteur_core.build.recompress import encode_ofs_distance, recompress_pack
+from docteur_core.make import make_image
+from docteur_core.make.pathindex import idx_offsets
+from docteur_core.make.recompress import encode_ofs_distance, recompress_pack
 from docteur_core.format import layout
 from docteur_core.format import pathindex as pix
 from docteur_core.format.pack import OBJ_OFS_DELTA, parse_entry_header

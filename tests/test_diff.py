@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.reader import diff as diffmod
 from docteur_core.reader import diffcommand
 from docteur_core.reader.commands import _name

@@ -16,7 +16,7 @@ from datetime import datetime
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.reader import Image
 from docteur_core.reader.extract import extract
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from docteur_core.boot import runner as boot
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.support import REPO_ROOT, NbdkitServer, git_reference_image
 
 pytestmark = pytest.mark.slow

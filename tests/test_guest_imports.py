@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from docteur_core.format import objects
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.errors import DamagedImage
 from tests import reference_git
 from tests.support import REPO_ROOT

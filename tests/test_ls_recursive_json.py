@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 
 from .support import REPO_ROOT, git
 

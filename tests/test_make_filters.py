@@ -24,8 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import make_image
-from docteur_core.build.ignore import gitignore_lines
+from docteur_core.make import make_image
+from docteur_core.make.ignore import gitignore_lines
 from docteur_core.errors import BuildError
 from tests.support import git
 from tests.test_build_oracle import check_image, image_listing

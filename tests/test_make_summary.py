@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from docteur_core.build.summary import human_bytes, summary_line
+from docteur_core.make.summary import human_bytes, summary_line
 from tests.support import git
 from tests.test_build_oracle import check_image
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.format.limits import STREAM_THRESHOLD
 from docteur_core.mount.fs import ImageFS, inode_of
 from docteur_core.reader import Image

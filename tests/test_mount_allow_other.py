@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.mount.fuseconf import allow_other_refusal, allows_other
 from tests.support import REPO_ROOT, alive, wait_gone
 from tests.test_mount import DOCTEUR, mounts, serving_pids  # noqa: F401

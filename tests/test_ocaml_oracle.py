@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.errors import BuildError
 from docteur_core.reader import Image
 from tests import ocaml_oracle as oc

@@ -210,7 +210,7 @@ def test_hostile_indexes_with_good_checksums_are_refused():
 
 from pathlib import Path  # noqa: E402
 
-from docteur_core.build import make_image  # noqa: E402
+from docteur_core.make import make_image  # noqa: E402
 from docteur_core.verify import verify_image  # noqa: E402
 from tests import ocaml_oracle as oc  # noqa: E402
 from tests.support import git  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from docteur_core.format import layout
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.serve import imagecheck
 from tests.support import PLUGIN, NbdkitServer, git_reference_image

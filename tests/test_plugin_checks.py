@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from docteur_core.format import layout
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.reader.store import Store
 from docteur_core.serve import imagecheck

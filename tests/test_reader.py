@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from docteur_core.format import objects as obj
 from docteur_core.blockdev.block import FileDevice, MemoryDevice
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 import hashlib
 
 from docteur_core.format.pack import object_id

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 
 from .support import REPO_ROOT, git
 

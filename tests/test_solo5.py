@@ -22,7 +22,7 @@ import pytest
 
 from docteur_core.boot import solo5
 from docteur_core.format import layout, pack
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.reader import Image
 from docteur_core.boot.solo5.runner import tender_command
 

@@ -14,7 +14,7 @@ import zlib
 import pytest
 
 from docteur_core.blockdev.block import MemoryDevice
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from docteur_core.verify import scan, verify_image
 
 from .forge import Obj, build, simple

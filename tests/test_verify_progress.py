@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur_core.build import make_image
+from docteur_core.make import make_image
 from tests.test_build_oracle import SITE
 
 DATE = "2026-01-01T00:00:00Z"

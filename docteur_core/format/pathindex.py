@@ -47,7 +47,7 @@ key i (included) to key i + 1 (excluded), and key 0 is the node's own
 lower bound. Children are one level lower, so no chain of nodes loops.
 
 Everything here is pure: bytes in, values out (the reader's side is
-`reader/pathindex.py`; the builder's is `build/pathindex.py`).
+`reader/pathindex.py`; the builder's is `make/pathindex.py`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`docteur diff OLD NEW`: the sides `diff.py` compares, and the verb.
 
 A side is an image (file, device or NBD URI), a directory (hashed as
-`docteur make` hashes it: `build/snapshot.py`'s scan and hashing, its modes,
+`docteur make` hashes it: `make/snapshot.py`'s scan and hashing, its modes,
 links and skipped entries, but no pack is written), or a local Git
 repository (its HEAD commit's tree, as `make` would pack it, or the
 commit `--old-branch`/`--new-branch` names, resolved as `make --branch`
@@ -66,7 +66,7 @@ class _Hasher:
         self.sizes: dict[bytes, int] = {}
 
     def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes:
-        from ..build.packwriter import OBJ_TREE, object_id
+        from ..make.packwriter import OBJ_TREE, object_id
 
         sha = sha or object_id(type_num, data)
         if type_num == OBJ_TREE:
@@ -117,7 +117,7 @@ class TreeSide:
 
 
 def directory_side(spec: str, warn) -> TreeSide:
-    from ..build.snapshot import Snapshot
+    from ..make.snapshot import Snapshot
 
     hasher = _Hasher()
     root = bytes.fromhex(Snapshot(spec, warn).run(hasher))
@@ -130,7 +130,7 @@ def repository_side(spec: str, branch: str | None = None,
                     git_dir: str | None = None) -> TreeSide:
     """HEAD's tree (tags peeled), read with dulwich as `make` reads it; with
     `branch`, the commit `docteur make --branch BRANCH` would pack: the same
-    `build.repository.resolve` (git's rev-parse), so both verbs take the
+    `make.repository.resolve` (git's rev-parse), so both verbs take the
     same names (a branch, a tag, a commit id) and refuse them in the same
     words."""
     from dulwich.errors import NotGitRepository
@@ -140,8 +140,8 @@ def repository_side(spec: str, branch: str | None = None,
     try:
         repo = Repo(spec)
         if branch is not None:
-            from ..build.gitrun import GitRepo
-            from ..build.repository import resolve
+            from ..make.gitrun import GitRepo
+            from ..make.repository import resolve
 
             named = resolve(GitRepo(os.path.abspath(git_dir or repo.controldir())), branch, spec)
             target = repo[named.commit.encode()]
@@ -180,7 +180,7 @@ def open_side(spec: str, args, warn, branch: str | None = None, which: str = "OL
     else files). A branch for anything but a repository is trouble: it
     would otherwise be ignored and the answer be about another tree."""
     if "://" not in spec and os.path.isdir(spec):
-        from ..build.source import classify
+        from ..make.source import classify
 
         src = classify(spec)
         if src.kind == "repository":

@@ -31,7 +31,7 @@ import tempfile
 EXCLUDES = [
     "tkinter", "_tkinter", "test", "idlelib", "ensurepip", "lib2to3", "pydoc_data",
     "distutils", "unittest", "pydoc", "_ssl", "_hashlib", "readline", "_curses",
-    "docteur_core.build", "dulwich",
+    "docteur_core.make", "dulwich",
 ]
 # Needed at start-up or by the runner, whatever the finder sees.
 ALWAYS = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1",

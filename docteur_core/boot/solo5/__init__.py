@@ -22,7 +22,7 @@ zlib, deltas, trees) through `solo5_block_read`.
     status, out, err = solo5.run("disk.img", "cat", "index.html", tender="spt")
 """
 
-from .build import Built, Solo5Error, build, cache_root, find_solo5_source
+from .toolchain import Built, Solo5Error, build, cache_root, find_solo5_source
 from .runner import RunResult, VERBS, TENDER_CHOICES, parse_console, run, run_many
 
 __all__ = ["Built", "RunResult", "Solo5Error", "TENDER_CHOICES", "VERBS", "build",

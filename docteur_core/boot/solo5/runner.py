@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 
 from ... import children
 from ..runner import image_server
-from .build import Progress, Solo5Error, _quiet, build
+from .toolchain import Progress, Solo5Error, _quiet, build
 
 VERBS = ("cat", "sha256")
 TENDER_CHOICES = ("spt", "hvt", "auto")
@@ -217,7 +217,7 @@ HVT_PROBE_BUDGET = 2.0   # seconds; spt reads the probe's file in ~0.01 s
 
 def _probe_image(folder: Path) -> tuple[Path, bytes]:
     """A small real image (one 64 KiB file) and the file's bytes."""
-    from ...build import make_image
+    from ...make import make_image
     data = bytes(range(256)) * 256
     source = folder / "source"
     source.mkdir()
