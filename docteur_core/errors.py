@@ -62,6 +62,17 @@ class LimitExceeded(DamagedImage):
                               + (f"; raise {limit} to allow it" if limit else ""))
 
 
+class WrongCommit(DamagedImage):
+    """The image does not hold the commit it was pinned to (`--commit`,
+    an `ID.img` URL, or a signer that did not sign it): refused before
+    any of its files is read. A DamagedImage still, so that every reader
+    (a mount's EIO, a guest's error) treats it as untrusted bytes."""
+
+    def __init__(self, what: str, where: str | None = None) -> None:
+        super().__init__(what, where)
+        DocteurError.__init__(self, "wrong image: " + what + (f" (at {where})" if where else ""))
+
+
 class DeviceError(DocteurError):
     """A block device cannot be opened or read (missing file, I/O error,
     lost NBD connection...)."""

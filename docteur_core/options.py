@@ -106,3 +106,30 @@ def cache_size(text: str) -> str:
     if why is not None:
         raise _refuse(f"{text!r} is {why}")
     return text
+
+
+def commit_id(text: str) -> str:
+    """--commit ID: the commit an image must hold, as 40 hexadecimal digits
+    (a full SHA-1 id: an abbreviation could be matched by a forged one).
+    Returned in lower case, as every id is shown."""
+    if len(text) != 40 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise _refuse(f"{text!r} is not a commit id: 40 hexadecimal digits are needed")
+    return text.lower()
+
+
+def add_trust_arguments(parser) -> None:
+    """--commit, --no-verify and --allowed-signers: what every verb that
+    reads an image trusts (see docs in the README's "Trust")."""
+    parser.add_argument("--commit", metavar="ID", type=commit_id, default=None,
+                        help="the commit the image must hold (40 hex digits): any other "
+                        "is refused before a byte is read; an http(s) URL ending in "
+                        "ID.img pins ID unless --commit says otherwise")
+    parser.add_argument("--allowed-signers", metavar="FILE", default=None,
+                        help="accept a commit signed by a key of FILE (git's "
+                        "gpg.ssh.allowedSignersFile format, checked with ssh-keygen -Y "
+                        "verify) instead of a pinned id")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=True,
+                        help="do not check objects against their ids (the default checks "
+                        "every object read back to the commit)")
+    parser.add_argument("--verify", dest="verify", action="store_true",
+                        help="check every object read (the default; kept for old scripts)")
