@@ -181,9 +181,10 @@ def test_zlib_bomb_cat_streams_in_bounded_memory(zlib_bomb, mode, tmp_path):
 
 def test_zlib_bomb_get_is_refused_by_the_limit(zlib_bomb):
     path, _ = zlib_bomb
-    for mode in ("light", "fast"):  # stat --verify reads the whole object
-        one_clean_line(guest(path, "--mode", mode, "--verify", "stat", "big"),
-                       "over the limit", "max_object_size")
+    for mode in ("light", "fast"):  # stat proves the size by hashing it as it inflates
+        proc = guest(path, "--mode", mode, "stat", "big")
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+        assert b"size: %d\n" % BIG in proc.stdout
     with Image.open(path, "light") as image:
         with pytest.raises(LimitExceeded, match="max_object_size"):
             image.get("big")

@@ -576,12 +576,15 @@ def test_a_wrong_crc_in_the_idx_is_found_when_a_read_reaches_the_end(tmp_path):
     raw[crc_at] ^= 0xFF
     image.write_bytes(bytes(raw))
     for mode in ("light", "fast"):
-        with Image.open(image, mode) as img:
+        with Image.open(image, mode, verify=False) as img:  # the CRC-32 is all that checks
             fs = ImageFS(img)
             assert fs.getattr("/big")["st_size"] == len(data)
             assert fs.read("/big", 4096, 1000) == data[1000:5096]  # not at the end yet
             with pytest.raises(DamagedImage, match="CRC-32"):
                 img.get_partial("big", len(data) - 10, 10)
+        with Image.open(image, mode) as img:  # verified: the first read checks it all
+            with pytest.raises(DamagedImage, match="CRC-32"):
+                img.get_partial("big", 1000, 4096)
 
 
 def test_a_size_that_lies_reads_as_eio_where_the_stream_ends(tmp_path):
@@ -590,7 +593,7 @@ def test_a_size_that_lies_reads_as_eio_where_the_stream_ends(tmp_path):
     data = _big(4, STREAM_THRESHOLD + 100_000)
     image = tmp_path / "lie.img"
     _large_whole_image(image, data, declared=len(data) + 5000)
-    with Image.open(image, "light") as img:
+    with Image.open(image, "light", verify=False) as img:
         fs = ImageFS(img)
         assert fs.getattr("/big")["st_size"] == len(data) + 5000  # the header's word
         assert fs.read("/big", 100, 0) == data[:100]
@@ -598,6 +601,11 @@ def test_a_size_that_lies_reads_as_eio_where_the_stream_ends(tmp_path):
             fs.read("/big", 100, len(data) + 100)
         assert info.value.errno == errno.EIO
         assert "inflates to" in str(info.value)
+    with Image.open(image, "light") as img:  # verified: no byte before the whole is checked
+        fs = ImageFS(img)
+        with pytest.raises(FsError) as info:
+            fs.read("/big", 100, 0)
+        assert info.value.errno == errno.EIO
 
 
 def test_a_large_delta_encoded_file_is_built_once_for_many_reads(tmp_path):

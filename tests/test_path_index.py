@@ -347,7 +347,7 @@ def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
     img, plain, _ = built
     data = img.read_bytes()
     dev = CountingDevice(data)
-    image = Image.open(dev, mode="fast")
+    image = Image.open(dev, mode="fast", verify=False)
     opened = dev.reads
     # header and PACK header, IDX head, super block, PACK trailer, the commit
     assert opened <= 6, opened
@@ -358,8 +358,25 @@ def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
     # The index descent, then the object (one or two reads: header and stream).
     assert dev.reads - before <= height + 2
     plain_dev = CountingDevice(plain.read_bytes())
-    Image.open(plain_dev, mode="fast")
+    Image.open(plain_dev, mode="fast", verify=False)
     assert plain_dev.reads > opened  # the whole IDX and every tree
+
+
+def test_a_cold_verified_lookup_reads_one_object_per_component_and_no_idx(built):
+    """Verified, the index only places the trees on the path: each is read
+    (and hashed) once, the file too, and the IDX is never searched."""
+    img, _, _ = built
+    data = img.read_bytes()
+    dev = CountingDevice(data)
+    image = Image.open(dev, mode="light")
+    store = image.store
+    searched = []
+    store.locate = lambda oid: searched.append(oid)  # an IDX search would land here
+    inflated = store.objects_inflated
+    assert image.get("d3/e1/f0010.txt") == b"file 10\n" + b"x" * 10
+    # root tree, d3, d3/e1, the file (the commit was read at open)
+    assert store.objects_inflated - inflated == 4
+    assert searched == []
 
 
 def test_the_ocaml_docteur_reads_images_with_a_path_index(tmp_path):
@@ -486,12 +503,18 @@ def test_a_lying_size_or_another_images_index_is_an_error(built, tmp_path):
         size = struct.unpack_from("<Q", n, fixed + 32)[0]
         struct.pack_into("<Q", n, fixed + 32, size + 1)
 
-    liar = Image.open(MemoryDevice(_resealed(data, number, lie)), mode="fast")
+    lying = MemoryDevice(_resealed(data, number, lie))
+    liar = Image.open(lying, mode="fast", verify=False)  # the index answers: it is checked
     path = pix.Entry(key, 0, b"", 0, 0).path.decode()
     with pytest.raises(DamagedImage, match="path index says"):
         liar.get(path)
     with pytest.raises(DamagedImage, match="path index says"):
         liar.size(path)
+    # Verified, the index only places objects: the size comes from the hashed file.
+    truth = Image.open(MemoryDevice(data), mode="fast")
+    verified = Image.open(lying, mode="fast")
+    assert verified.get(path) == truth.get(path)
+    assert verified.size(path) == truth.size(path) == len(truth.get(path))
     assert first is not None
 
 

@@ -31,8 +31,12 @@ def open_raw_device(spec: str, block_size: int | None = None) -> BlockDevice:
 
 
 def open_device(spec: str, block_size: int | None = None, *,
-                cache_blocks: int | None = None, readahead: int = 0) -> SectorCache:
+                cache_blocks: int | None = None, readahead: int = 0,
+                pinned: bool = False) -> SectorCache:
     """A path, an NBD URI or an http(s) URL, opened read-only, behind a sector cache.
+
+    `pinned`: the reader will refuse any image but a pinned commit's (an
+    HTTP origin that cannot say whether its file changed is read only then).
 
     No readahead by default: `ByteReader` already turns sequential reads
     into growing windows, and random probes should cost one sector each.

@@ -12,6 +12,8 @@ so the same code runs over a file, a sector cache or a byte string.
 
 from __future__ import annotations
 
+import sys
+
 import struct
 import zlib
 from collections.abc import Callable
@@ -583,10 +585,34 @@ def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
     return dst_size
 
 
+# SHA-1 for verified reads. OpenSSL's (hashlib) runs about 7 times as fast
+# as CPython's own `_sha1`, but loading it costs a start-up ~2 ms on a host
+# (30-50 times that in an emulated guest), more than a guest's `cat` of a
+# small file hashes in all: so `_sha1` hashes until SLOW_SHA1_BYTES have
+# gone through it (or hashlib is loaded anyway), then OpenSSL takes over.
+SLOW_SHA1_BYTES = 1 << 20
+_slow_hashed = 0
+
+
+def sha1(head: bytes = b""):
+    """A SHA-1 object started with `head` (see SLOW_SHA1_BYTES)."""
+    if _slow_hashed <= SLOW_SHA1_BYTES and "hashlib" not in sys.modules:
+        try:
+            from _sha1 import sha1 as slow
+        except ImportError:  # a Python built without its own hashes
+            pass
+        else:
+            return slow(head)
+    import hashlib
+
+    return hashlib.sha1(head)
+
+
 def object_id(type_name: str, data: bytes) -> bytes:
     """The raw SHA-1 git gives an object of this type and content."""
-    import hashlib  # here: a guest that reads without verifying never loads OpenSSL
+    global _slow_hashed
 
-    h = hashlib.sha1(f"{type_name} {len(data)}\0".encode("ascii"))
+    h = sha1(f"{type_name} {len(data)}\0".encode("ascii"))
+    _slow_hashed += len(data)
     h.update(data)
     return h.digest()

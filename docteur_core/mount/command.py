@@ -91,15 +91,10 @@ def check_mountpoint(path: str) -> str:
 
 
 def _open_image(args):
-    from ..errors import DamagedImage
-    from ..reader.image import Image
+    from ..trust import open_image
 
-    try:
-        return Image.open(args.image, args.mode, block_size=args.block_size,
-                          max_object_size=args.max_object_size,
-                          max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
-    except DamagedImage as exc:
-        raise DocteurError(f"{args.image}: {exc}") from None
+    return open_image(args.image, args, max_object_size=args.max_object_size,
+                      max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
 
 
 def make_operations(mfusepy, fs, on_init=None, log=None):

@@ -107,7 +107,7 @@ def _recursive(image, path: str):
                                 f"{image.max_path_bytes} bytes of paths", f"path /{node.path}",
                                 "max_paths")
         if node.mode == obj.MODE_DIR:
-            stack.append((image.entries(node.path), 0))
+            stack.append((image.entries(node), 0))  # the node: no lookup from the root
         else:
             yield node, node.path[cut:]
 
@@ -190,7 +190,7 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
         if node.mode == obj.MODE_DIR:
             dirs += 1
             out.write(line + b"/\n")
-            stack.append((image.entries(node.path), 0, prefix + (b"    " if last else b"|   ")))
+            stack.append((image.entries(node), 0, prefix + (b"    " if last else b"|   ")))
         elif node.mode == obj.MODE_LINK:
             files += 1
             out.write(line + b" -> " + _text(image.readlink(node.path)) + b"\n")
@@ -210,12 +210,13 @@ def _path_index_line(image) -> str:
     index = image.path_index
     if index is not None:
         sup = index.sup
+        use = "" if not image.store.verify else " (places objects; the trees are hashed)"
         return (f"yes, {sup.paths} paths, {sup.node_count} nodes of 4096 bytes "
-                f"(+1 super block), region at offset {sup.region_start}")
+                f"(+1 super block), region at offset {sup.region_start}{use}")
     from .pathindex import probe
 
     if probe(image.store.pread, image.store.capacity) is not None:
-        return "yes, not used (--verify walks the trees)"
+        return "yes, not used"
     return "no"
 
 
@@ -323,18 +324,18 @@ def _common(parser, verb: str) -> None:
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default): walk the trees for each lookup; fast: build "
                         "a path index first (pays off for many lookups)")
-    parser.add_argument("--verify", action="store_true",
-                        help="check the SHA-1 of every object read")
     add_reading_arguments(parser)
 
 
 def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",
                                                 "max_paths"))) -> None:
-    """--block-size and the limits, for every verb that opens an image."""
+    """--block-size, the trust options and the limits, for every verb that
+    opens an image."""
     from .. import options
 
     parser.add_argument("--block-size", metavar="N", type=options.block_size, default=None,
                         help="the device's block size (default: probed, or 512)")
+    options.add_trust_arguments(parser)
     add_limit_arguments(parser, limits)
 
 
@@ -363,11 +364,10 @@ def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
 def _runner(verb: str):
     def run(args) -> int:
         from ..errors import DamagedImage, DocteurError
-        from .image import Image
+        from ..trust import open_image
 
         try:
-            with Image.open(args.image, args.mode, verify=args.verify,
-                            block_size=args.block_size, max_object_size=args.max_object_size,
+            with open_image(args.image, args, max_object_size=args.max_object_size,
                             max_lookup_bytes=args.max_lookup_bytes,
                             max_paths=args.max_paths) as image:
                 # An empty PATH is the root, not a missing argument.

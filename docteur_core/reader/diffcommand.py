@@ -37,9 +37,9 @@ class ImageSide:
         self.root = (bytes.fromhex(root.id), "")
 
     def list(self, handle) -> list[diffmod.Entry]:
-        path = handle if isinstance(handle, str) else handle.path
         try:
-            return [(obj.encode_name(n.name), n.mode, n.id, n) for n in self.image.entries(path)]
+            return [(obj.encode_name(n.name), n.mode, n.id, n)
+                    for n in self.image.entries(handle)]
         except DamagedImage as exc:  # name the image: a diff has two sides
             raise DocteurError(f"{self.spec}: {exc}") from None
 
@@ -48,7 +48,7 @@ class ImageSide:
             return None
         try:
             if self.image.store.verify:  # only the content proves the size
-                return self.image.size(node.path)
+                return self.image.size(node)
             return self.image.store.object_size(node.id, node.offset)
         except DamagedImage as exc:
             raise DocteurError(f"{self.spec}: {exc}") from None
@@ -190,14 +190,10 @@ def open_side(spec: str, args, warn, branch: str | None = None, which: str = "OL
     if branch is not None:
         raise DocteurError(f"--{which.lower()}-branch applies to a Git repository, "
                            f"and {spec} is not one")
-    from .image import Image
+    from ..trust import open_image
 
-    try:
-        image = Image.open(spec, args.mode, verify=args.verify, block_size=args.block_size,
-                           max_object_size=args.max_object_size,
-                           max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
-    except DamagedImage as exc:
-        raise DocteurError(f"{spec}: {exc}") from None
+    image = open_image(spec, args, max_object_size=args.max_object_size,
+                       max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
     return ImageSide(spec, image)
 
 
@@ -241,8 +237,6 @@ usage mistake, an unreadable or damaged side: one line on stderr).
                      help="one JSON document on stdout (fields in the README)")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="how images are read, as for ls (default light)")
-    parser.add_argument("--verify", action="store_true",
-                        help="check the SHA-1 of every image object read")
     commands.add_reading_arguments(parser)
 
 

@@ -132,7 +132,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
                 there = _clear(fd, name, node.mode in (obj.MODE_DIR, obj.MODE_GITLINK),
                                shown) if force else False
                 if node.mode in (obj.MODE_DIR, obj.MODE_GITLINK):
-                    children = image.entries(node.path) if node.mode == obj.MODE_DIR else []
+                    children = image.entries(node) if node.mode == obj.MODE_DIR else []
                     if not there:
                         os.mkdir(name, 0o755, dir_fd=fd)
                     sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -148,12 +148,16 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
                 else:
                     mode = 0o755 if node.mode == obj.MODE_EXEC else 0o644
                     out = os.open(name, _FILE_FLAGS, mode, dir_fd=fd)
-                    with os.fdopen(out, "wb", buffering=1 << 20) as f:
-                        os.fchmod(out, mode)
-                        counts.bytes += store.stream_object(node.id, f.write, "blob",
-                                                            node.offset)
-                        f.flush()
-                        os.utime(out, (when, when))
+                    try:
+                        with os.fdopen(out, "wb", buffering=1 << 20) as f:
+                            os.fchmod(out, mode)
+                            counts.bytes += store.stream_object(node.id, f.write, "blob",
+                                                                node.offset)
+                            f.flush()
+                            os.utime(out, (when, when))
+                    except DocteurError:  # damage: no file of wrong or missing bytes left
+                        os.unlink(name, dir_fd=fd)
+                        raise
                     counts.files += 1
             except OSError as exc:
                 raise DocteurError(f"{shown}: cannot write it into {os.fsdecode(dest)}: "
@@ -194,8 +198,6 @@ def add_arguments(parser) -> None:
                         help="write into an existing, non-empty DEST")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default) or fast, as for ls")
-    parser.add_argument("--verify", action="store_true",
-                        help="check the SHA-1 of every object read")
     commands.add_reading_arguments(parser, ("max_paths",))
 
 
@@ -207,12 +209,11 @@ def _terminal_progress(counts: Counts) -> None:
 
 def run(args) -> int:
     from ..errors import DamagedImage
-    from .image import Image
+    from ..trust import open_image
 
     tty = sys.stderr.isatty()
     try:
-        with Image.open(args.image, args.mode, verify=args.verify, block_size=args.block_size,
-                        max_paths=args.max_paths) as image:
+        with open_image(args.image, args, max_paths=args.max_paths) as image:
             counts = extract(image, args.path, args.dest, force=args.force,
                              progress=_terminal_progress if tty else None)
     except DamagedImage as exc:

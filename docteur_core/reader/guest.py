@@ -6,17 +6,20 @@ verbs are the `docteur` command's (ls, cat, stat, tree, info), shared with
 `reader_command.py`; the arguments are parsed by hand so that start-up
 imports nothing but the reader.
 
-Options: `--mode fast|light` (default light), `--verify`, `--block-size N`.
+Options: `--mode fast|light` (default light), `--commit ID` (the image must
+hold that commit: `docteur boot` passes the one it pinned), `--no-verify`
+(trust the image's CRC-32s and path index instead of hashing every object
+back to the commit: see reader/image.py, "Trust"), `--block-size N`.
 Exit status: 0 on success, 1 on an error (one line on stderr: not found,
-not a directory, damaged image...), 2 on a usage error.
+not a directory, damaged or wrong image...), 2 on a usage error.
 """
 
 from __future__ import annotations
 
 import sys
 
-USAGE = ("usage: python3 -m docteur_core.reader.guest DEVICE [--mode fast|light] [--verify] "
-         "[--block-size N] {ls [-r] [-l] [--json] [PATH] | cat PATH | stat [--json] PATH | "
+USAGE = ("usage: python3 -m docteur_core.reader.guest DEVICE [--mode fast|light] "
+         "[--commit ID] [--no-verify] [--block-size N] {ls [-r] [-l] [--json] [PATH] | cat PATH | stat [--json] PATH | "
          "tree [PATH] | info [--json]}")
 
 
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE + "\n")
         return 0 if argv else 2
-    mode, verify, block_size = "light", False, None
+    mode, verify, block_size, commit = "light", True, None, None
     positional: list[str] = []
     flags: set[str] = set()
     i = 0
@@ -48,8 +51,17 @@ def main(argv: list[str] | None = None) -> int:
                 return _usage(f"--mode must be fast or light, not {value!r}")
             mode = value
             continue
-        if a == "--verify":
+        if a.startswith("--commit"):
+            value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            if len(value) != 40 or any(c not in "0123456789abcdefABCDEF" for c in value):
+                return _usage(f"--commit needs 40 hexadecimal digits, not {value!r}")
+            commit = value.lower()
+            continue
+        if a == "--verify":  # the default; kept for old command lines
             verify = True
+        elif a == "--no-verify":
+            verify = False
         elif a in ("-r", "-l", "--json"):
             flags.add(a)
         elif a.startswith("--block-size"):
@@ -80,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from .commands import run_verb
 
     try:
-        with Image.open(device, mode, verify=verify, block_size=block_size) as image:
+        with Image.open(device, mode, verify=verify, commit=commit,
+                        block_size=block_size) as image:
             return run_verb(image, verb, args, sys.stdout.buffer, flags)
     except DocteurError as exc:
         sys.stdout.flush()

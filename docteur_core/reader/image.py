@@ -15,10 +15,21 @@ Two modes, as in the OCaml docteur:
 When the image carries a path index region (`docteur make` writes one;
 `format/pathindex.py`), both modes use it instead: `open` reads its super
 block (one read), a lookup descends its B-tree (a read per level, at most 3
-for a million paths), and a file is inflated straight from the pack offset
-it names; memory does not grow with the file count. Images without one (the
-OCaml docteur's, older ones) are read as above; so is any image opened with
-`verify=True`, because only the trees tie a path to the commit's id.
+for a million paths); memory does not grow with the file count. Images
+without one (the OCaml docteur's, older ones) are read as above.
+
+Trust (verified by default, `verify=True`): the image's header names a
+commit; `commit=` (or an http(s) URL ending in `<40 hex>.img`) pins the one
+it must name, and any other is refused before a byte of it is read
+(`WrongCommit`). Then every object handed out is hashed against the id that
+names it: the commit against the header's id, the root tree against the
+commit's `tree` line, each tree on a path against its parent's entry, the
+file against its tree entry. So every byte returned is tied to the commit,
+whatever the device, server or origin says. The path index is then only a
+map: it says where the trees and the file on a path are (no IDX search, one
+object read per path component when cold), but the ids come from the hashed
+trees, and an offset that points at anything else is a SHA-1 mismatch.
+`verify=False` trusts the path index and the IDX's CRC-32s, as before.
 
 Paths are `/`-separated, absolute or relative to the root; `.` and empty
 components are ignored and `..` stops at the root. Symbolic links are not
@@ -34,7 +45,8 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator
 
 from ..format import objects as obj
-from ..errors import DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotFound
+from ..errors import (DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotFound,
+                      WrongCommit)
 from ..format import limits
 from ..format import pathindex as pix
 from ..format.trail import Trail
@@ -143,12 +155,25 @@ def _datetime(sig: obj.Signature) -> datetime:
         raise DamagedImage(f"commit date {sig.time} is out of range", "commit") from None
 
 
+def pin_bytes(commit: str | bytes | None) -> bytes | None:
+    """A pinned commit as 20 raw bytes (given as 40 hex digits or raw)."""
+    if commit is None:
+        return None
+    if isinstance(commit, bytes) and len(commit) == 20:
+        return commit
+    text = commit.decode("ascii", "replace") if isinstance(commit, bytes) else commit
+    if len(text) != 40 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise ValueError(f"a pinned commit is 40 hexadecimal digits, not {text!r}")
+    return bytes.fromhex(text)
+
+
 class Image:
     """A read-only view of one image. Open with `Image.open`; not thread-safe."""
 
     def __init__(self, store: Store, mode: str, *, device=None,
                  max_paths: int = DEFAULT_MAX_PATHS,
-                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES, path_index=None) -> None:
+                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES, path_index=None,
+                 pin: bytes | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.store = store
@@ -160,12 +185,19 @@ class Image:
         self._trees_limit = _PARSED_ENTRIES
         self._trees_entries = 0
         self.path_index = path_index  # a reader.pathindex.PathIndex, or None
+        # Without verification the path index answers lookups itself; with
+        # it, it only places objects (see the module's "Trust").
+        self._index_answers = path_index is not None and not store.verify
         self._partial = None  # a reader.partial.PartialReads, made by get_partial
         sup = None if path_index is None else path_index.sup
+        cid = store.commit_id
+        if pin is not None and pin != cid:
+            raise WrongCommit(f"the image holds commit {cid.hex()}, not the pinned "
+                              f"{pin.hex()}", "image header")
         if mode == "fast" and sup is None:
             store.load_index()
-        # Only the commit's header lines: its message is read when asked for.
-        cid = store.commit_id
+        # Only the commit's header lines: its message is read when asked for
+        # (with `verify`, the whole object is hashed against the header's id).
         _, head, self.commit_size = store.read_head(
             cid, "commit", limits.MAX_COMMIT_HEADER, None if sup is None else sup.commit_offset)
         if self.commit_size > len(head) and b"\n\n" not in head:
@@ -184,7 +216,8 @@ class Image:
             self._build_index()
 
     @classmethod
-    def open(cls, source, mode: str = "fast", *, verify: bool = False,
+    def open(cls, source, mode: str = "fast", *, verify: bool = True,
+             commit: str | bytes | None = None,
              block_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
              max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
              max_delta_depth: int = DEFAULT_MAX_DELTA_DEPTH,
@@ -199,20 +232,32 @@ class Image:
         the bytes built for one lookup, `max_paths` and `max_path_bytes`
         what one walk (fast mode's index included) may name.
 
+        `verify` (the default) hashes every object handed out back to the
+        commit; `commit` (hex or raw) pins the commit the image must hold,
+        and an http(s) URL whose last segment is `<40 hex>.img` pins that
+        one when `commit` is None (module docstring, "Trust").
+
         A device given by the caller stays the caller's to close; one this
         opens from a path or URI is closed by `close()`. `path_index=False`
-        ignores the image's path index (as `verify=True` does).
+        ignores the image's path index.
         """
         from ..blockdev.block import ByteReader, SectorCache
 
         owned = isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        pin = pin_bytes(commit)
         if owned:
             import os
 
             from ..blockdev.device import open_device
-            device = open_device(os.fsdecode(source), block_size)
+            name = os.fsdecode(source)
+            if pin is None:
+                from ..format.layout import pin_of_url
+
+                url_pin = pin_of_url(name)
+                pin = None if url_pin is None else bytes.fromhex(url_pin)
+            device = open_device(name, block_size, pinned=pin is not None)
         else:
             device = source if isinstance(source, SectorCache) else SectorCache(source)
         try:
@@ -220,14 +265,17 @@ class Image:
             store = Store(reader.pread, reader.capacity, verify=verify,
                           max_object_size=max_object_size, max_delta_depth=max_delta_depth,
                           cache_bytes=cache_bytes, max_lookup_bytes=max_lookup_bytes)
+            if pin is not None and pin != store.commit_id:  # before the index is read
+                raise WrongCommit(f"the image holds commit {store.commit_id.hex()}, not the "
+                                  f"pinned {pin.hex()}", "image header")
             index = None
-            if path_index and not verify:
+            if path_index:
                 from .pathindex import PathIndex
                 index = PathIndex.open(reader.pread, reader.capacity, store.commit_id,
                                        pack_start=store.pack_start,
                                        idx_offset=store.header.idx_offset)
             return cls(store, mode, device=device if owned else None, max_paths=max_paths,
-                       max_path_bytes=max_path_bytes, path_index=index)
+                       max_path_bytes=max_path_bytes, path_index=index, pin=pin)
         except BaseException:
             if owned:
                 device.close()
@@ -342,7 +390,8 @@ class Image:
             prefix = item.path + "/" if item.path else ""
             for e in reversed(entries):
                 if e.is_dir:
-                    stack.append(Node(prefix + e.name, e.mode, e.id, self._offset(e.id)))
+                    path = prefix + e.name
+                    stack.append(Node(path, e.mode, e.id, self._offset(e.id, path)))
 
     def count_paths(self, path: str | bytes = "") -> tuple[int, int]:
         """(paths, bytes of those paths) under a directory, refused past the limits.
@@ -392,15 +441,28 @@ class Image:
             entries, _ = self._tree(tid, offset)
             for e in entries:
                 if e.is_dir and e.id not in memo:
-                    stack.append((e.id, self._offset(e.id), trail.child(at, e.name), False))
+                    child = trail.child(at, e.name)
+                    hint = self._offset(e.id, trail.path(child)
+                                        if self.path_index is not None else None)
+                    stack.append((e.id, hint, child, False))
         return memo[top.id]
 
-    def _offset(self, oid: bytes) -> int | None:
+    def _offset(self, oid: bytes, path: str | None = None) -> int | None:
+        """Where `oid` is in the pack, when known without an IDX search:
+        fast mode's table, or the path index's entry for `path` when it
+        names the same id (a hint only: the object read there is hashed
+        against `oid` all the same)."""
         by_id = self.store._by_id
-        if by_id is None:
+        if by_id is not None:
+            found = by_id.get(oid)
+            return None if found is None else found[0]
+        if self.path_index is None or path is None:
             return None
-        found = by_id.get(oid)
-        return None if found is None else found[0]
+        try:
+            e = self.path_index.find(pix.key_of(obj.encode_name(path)))
+        except DamagedImage:  # a damaged map: the IDX still knows the way
+            return None
+        return e.offset or None if e is not None and e.id == oid else None
 
     def _build_index(self) -> None:
         # Hundreds of thousands of small objects, none in a cycle: the
@@ -470,8 +532,10 @@ class Image:
         cut = len(node.path.encode("utf-8", "surrogateescape")) + 1 if node.path else 1
         return [(obj.decode_name(e.key[cut:]), e) for e in found]
 
-    def _lookup(self, path: str | bytes) -> Node:
-        if self.path_index is not None:
+    def _lookup(self, path: str | bytes | Node) -> Node:
+        if type(path) is Node:  # a node this image handed out: its own answer
+            return path
+        if self._index_answers:
             return self._indexed(path)[0]
         if self._nodes is not None and isinstance(path, str):
             # A key of the index is a normalised path: a string equal to one
@@ -493,25 +557,28 @@ class Image:
                 if above.mode != obj.MODE_DIR:
                     raise NotADirectory(f"/{above.path} is not a directory")
             raise NotFound(f"/{join_path(parts)} does not exist")  # pragma: no cover
+        # Down the trees from the root, each hashed against the id its parent
+        # names when verifying (the path index, if any, says where they are).
         node = self.root
         for i, name in enumerate(parts):
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
-            _, by_name = self._tree(node.id)
+            _, by_name = self._tree(node.id, node.offset)
             e = by_name.get(name)
             if e is None:
                 raise NotFound(f"/{join_path(parts[:i + 1])} does not exist")
-            node = Node(join_path(parts[:i + 1]), e.mode, e.id)
+            path = join_path(parts[:i + 1])
+            node = Node(path, e.mode, e.id, self._offset(e.id, path))
         return node
 
     def _entries(self, node: Node) -> list[obj.TreeEntry]:
         if node.mode != obj.MODE_DIR:
             raise NotADirectory(f"/{node.path} is not a directory")
-        if self.path_index is not None:
+        if self._index_answers:
             return [obj.TreeEntry(name, e.mode, e.id) for name, e in self._listing(node)]
         if self._children is not None:
             return self._children[node.path]
-        return self._tree(node.id)[0]
+        return self._tree(node.id, node.offset)[0]
 
     def _content(self, node: Node) -> bytes:
         if node.mode == obj.MODE_DIR:
@@ -529,8 +596,8 @@ class Image:
         except (NotFound, NotADirectory):
             return None
 
-    def get(self, path: str | bytes) -> bytes:
-        if self.path_index is not None:
+    def get(self, path: str | bytes | Node) -> bytes:
+        if self._index_answers and type(path) is not Node:
             node, e = self._indexed(path)
             data = self._content(node)
             if len(data) != e.size:
@@ -539,13 +606,15 @@ class Image:
             return data
         return self._content(self._lookup(path))
 
-    def stream(self, path: str | bytes, write: Callable[[bytes], object]) -> int:
+    def stream(self, path: str | bytes | Node, write: Callable[[bytes], object]) -> int:
         """Write a file's bytes through `write`; return how many.
 
-        Unlike `get`, a large file stored whole is written as it inflates:
-        memory does not grow with its size and `max_object_size` does not
-        apply (see `Store.stream_object`: its damage is then reported after
-        some of it went out).
+        Unlike `get`, a large file stored whole is not held: memory does not
+        grow with its size and `max_object_size` does not apply (see
+        `Store.stream_object`). Verified, it is hashed on its way to a
+        temporary file and written from there once its id is proven, so no
+        byte goes out before; unverified, it is written as it inflates and
+        its damage is reported after some of it went out.
         """
         node = self._lookup(path)
         if node.mode == obj.MODE_DIR:
@@ -571,20 +640,21 @@ class Image:
             self._partial = PartialReads(self.store)
         return self._partial.read(node.id, node.offset, offset, length, lambda: self.get(path))
 
-    def list(self, path: str | bytes = "") -> list[tuple[str, str]]:
+    def list(self, path: str | bytes | Node = "") -> list[tuple[str, str]]:
         """(name, kind) of a directory's entries, in git's order."""
         return [(e.name, kind_of(e.mode)) for e in self._entries(self._lookup(path))]
 
-    def entries(self, path: str | bytes = "") -> list[Node]:
-        """A directory's entries with their modes and ids."""
+    def entries(self, path: str | bytes | Node = "") -> list[Node]:
+        """A directory's entries with their modes and ids. Given a Node this
+        image handed out (a walk's), no lookup from the root is made."""
         node = self._lookup(path)
         prefix = node.path + "/" if node.path else ""
-        if self.path_index is not None:
+        if self._index_answers:
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
             return [Node(prefix + name, e.mode, e.id, e.offset or None)
                     for name, e in self._listing(node)]
-        return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id))
+        return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id, prefix + e.name))
                 for e in self._entries(node)]
 
     def digest(self, path: str | bytes) -> str:
@@ -597,11 +667,11 @@ class Image:
             raise NotAFile(f"/{node.path} is a directory")
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
-        if self.store.verify:
-            return len(self._content(node))
+        if self.store.verify:  # only the content, hashed, proves the size
+            return self.store.verified_size(node.id, node.offset)
         size = self.store.object_size(node.id, node.offset)
-        if self.path_index is not None:
-            e = self._indexed(path)[1]
+        if self._index_answers:
+            e = self._indexed(node.path)[1]
             if e.size != size:
                 raise DamagedImage(f"the path index says {e.size} bytes, the object's header "
                                    f"{size}", f"path /{node.path}")
@@ -628,12 +698,12 @@ class Image:
             raise NotAFile(f"/{node.path} is not a symbolic link")
         return obj.decode_name(self._content(node))
 
-    def walk(self, path: str | bytes = "") -> Iterator[Node]:
+    def walk(self, path: str | bytes | Node = "") -> Iterator[Node]:
         """Every path under `path` (not itself), depth first, in git's order."""
         top = self._lookup(path)
         if top.mode != obj.MODE_DIR:
             raise NotADirectory(f"/{top.path} is not a directory")
-        if self.path_index is not None:
+        if self._index_answers:
             stack = [top]
             while stack:
                 d = stack.pop()
@@ -664,9 +734,10 @@ class Image:
         for d, entries in self._walk_trees(top):
             prefix = d.path + "/" if d.path else ""
             for e in entries:
-                yield Node(prefix + e.name, e.mode, e.id)
+                path = prefix + e.name
+                yield Node(path, e.mode, e.id, self._offset(e.id, path))
 
-    def files(self, path: str | bytes = "") -> Iterator[Node]:
+    def files(self, path: str | bytes | Node = "") -> Iterator[Node]:
         """Every file and link under `path`."""
         for node in self.walk(path):
             if node.mode != obj.MODE_DIR and node.mode != obj.MODE_GITLINK:

@@ -15,6 +15,12 @@ as a delta against another:
   keep theirs. zlib checks the stream as it goes; the entry's CRC-32 (the
   IDX's) is checked when a cursor reaches the end of the stream (`docteur
   verify` checks every byte).
+- Verified (the reader's default), such a file is read once, hashed on its
+  way into a temporary file (`Spool`), and every read is answered from
+  that file once its SHA-1 matched: a read at an offset never returns a
+  byte that was not checked against the file's id, and the device is not
+  asked again (a lying server could answer a second pass differently).
+  The last SPOOLS files read keep theirs; disk, not memory, holds them.
 - Anything else is built whole, within the reader's limits
   (`max_object_size`, `max_lookup_bytes`, format/limits.py), and sliced.
   The store's LRU keeps objects up to half its size (32 MiB by default);
@@ -41,6 +47,30 @@ INPUT_STEP = 16 << 10
 CHECKPOINT_EVERY = 4 << 20
 MAX_CHECKPOINTS = 128
 CURSORS = 4
+SPOOLS = 2
+
+
+class Spool:
+    """A large blob, proven by its SHA-1, in a temporary file (verified reads)."""
+
+    def __init__(self, store, oid: bytes, pos: int, crc, where, eh, buf) -> None:
+        import tempfile
+
+        self.file = tempfile.TemporaryFile(prefix="docteur-verify-")
+        try:
+            store._stream_checked(oid, pos, crc, where, eh, buf, "blob", self.file.write)
+            self.file.flush()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def read(self, offset: int, length: int) -> bytes:
+        import os
+
+        return os.pread(self.file.fileno(), length, offset)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Inflater:
@@ -156,6 +186,7 @@ class PartialReads:
     def __init__(self, store) -> None:
         self.store = store
         self.cursors: OrderedDict[bytes, Cursor] = OrderedDict()
+        self.spools: OrderedDict[bytes, Spool] = OrderedDict()
         self.big: tuple[bytes, bytes] | None = None
 
     def read(self, oid: bytes, offset_hint: int | None, offset: int, length: int,
@@ -166,11 +197,28 @@ class PartialReads:
         if cursor is not None:
             self.cursors.move_to_end(oid)
             return cursor.read(offset, length)
+        spool = self.spools.get(oid)
+        if spool is not None:
+            self.spools.move_to_end(oid)
+            return spool.read(offset, length)
         big = self.big
         if big is not None and big[0] == oid:
             return big[1][offset:offset + length]
         store = self.store
         pos, crc, where, eh, buf = store._whole_entry(oid, offset_hint)
+        if (eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and store.verify
+                and pos not in store._cache):
+            try:
+                spool = Spool(store, oid, pos, crc, where, eh, buf)
+            except OSError as exc:
+                from ..errors import DeviceError
+
+                raise DeviceError(f"cannot spool {oid.hex()} ({eh.size} bytes) to check it "
+                                  f"before reading it: {exc.strerror or exc}") from None
+            self.spools[oid] = spool
+            while len(self.spools) > SPOOLS:
+                self.spools.popitem(last=False)[1].close()
+            return spool.read(offset, length)
         if (eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and not store.verify
                 and pos not in store._cache):
             typ = TYPE_NAMES[eh.type]

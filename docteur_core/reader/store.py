@@ -27,7 +27,9 @@ the guest:
   reported rather than decoded into the wrong object;
 - the object's type must be the one its referrer expects;
 - with `verify=True`, the SHA-1 of every object returned is checked
-  against the id it was asked for: this makes any damage detectable.
+  against the id it was asked for, before any of it is handed out (a large
+  blob streamed whole goes through a temporary file first): this makes any
+  damage, and any other image's bytes, detectable.
 
 Delta bases are kept in a small LRU bounded in bytes, so reading many files
 of one delta family resolves the shared part of the chain once.
@@ -45,7 +47,7 @@ from collections.abc import Callable
 
 from ..format import idx as idxmod
 from ..format import layout
-from ..errors import DamagedImage, LimitExceeded
+from ..errors import DamagedImage, DeviceError, LimitExceeded
 from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
                    OBJ_REF_DELTA, TYPE_NAMES, apply_delta, check_delta, delta_sizes,
@@ -379,10 +381,12 @@ class Store:
                       expect: str | None = "blob", offset: int | None = None) -> int:
         """Write the content of `oid` through `write`; return its size.
 
-        A blob stored whole and larger than STREAM_THRESHOLD is written as it
-        inflates (memory does not grow with its size, and `max_object_size`
-        does not apply: nothing is held); its CRC-32 (and SHA-1 with
-        `verify`) are checked at the end, so damage is then reported after
+        A blob stored whole and larger than STREAM_THRESHOLD is not held
+        (memory does not grow with its size, and `max_object_size` does not
+        apply): with `verify` it is hashed on its way into a temporary file
+        and written from there once its SHA-1 is proven (`_spooled`), so
+        nothing goes out for a damaged or forged object; without, it is
+        written as it inflates and its CRC-32 is checked at the end, after
         some bytes went out. A delta whose result is larger than that is
         checked (and hashed) on its base first, then written piece by
         piece (`_stream_delta`): the result is never held whole. Anything
@@ -401,8 +405,56 @@ class Store:
             _, data = self._object_at(oid, expect, offset, crc, first)
             write(data)
             return len(data)
-        self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
+        if self.verify:
+            self._spooled(oid, offset, crc, where, eh, buf, expect, write)
+        else:
+            self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
         return eh.size
+
+    def _spooled(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None,
+                 write: Callable[[bytes], object]) -> None:
+        """Stream a large entry through a temporary file: hashed on the way
+        in, written out only once its id is proven. A second read of the
+        device instead could be answered with other bytes (a lying server):
+        the spool is the one copy both the hash and the output see."""
+        import tempfile
+
+        try:
+            spool = tempfile.TemporaryFile(prefix="docteur-verify-")
+        except OSError as exc:
+            raise DeviceError(f"cannot make a temporary file to check {oid.hex()} before "
+                              f"writing it ({exc.strerror or exc}); set TMPDIR, or pass "
+                              "--no-verify") from None
+        with spool:
+            try:
+                self._stream_checked(oid, offset, crc, where, eh, buf, expect, spool.write)
+                spool.seek(0)
+            except OSError as exc:
+                raise DeviceError(f"cannot spool {oid.hex()} ({eh.size} bytes) to check it "
+                                  f"before writing it: {exc.strerror or exc}; free space in "
+                                  "TMPDIR, or pass --no-verify") from None
+            while True:
+                piece = spool.read(INFLATE_STEP)
+                if not piece:
+                    break
+                write(piece)
+
+    def verified_size(self, oid: bytes, offset: int | None = None) -> int:
+        """The size of a blob, proven by hashing its content (a header, even
+        with its CRC-32, is the image's word); a large one stored whole is
+        hashed as it inflates, into nothing."""
+        offset, crc, where, eh, buf = self._whole_entry(oid, offset)
+        if eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and offset not in self._cache:
+            self._stream_checked(oid, offset, crc, where, eh, buf, "blob", lambda piece: None)
+            return eh.size
+        count = 0
+
+        def add(piece: bytes) -> None:
+            nonlocal count
+            count += len(piece)
+
+        self.stream_object(oid, add, "blob", offset)  # read whole, or a large delta piece by piece
+        return count
 
     def _stream_delta(self, oid: bytes, offset: int, crc: int | None, where, eh, buf,
                       expect: str | None, write: Callable[[bytes], object]) -> int:
