@@ -58,7 +58,7 @@ def _check_guest_command(segment: list[str]) -> None:
         if word == "--":
             words += rest
             break
-        if word in ("--mode", "--block-size") and rest:
+        if word in ("--mode", "--block-size", "--commit") and rest:
             rest.pop(0)
         elif not word.startswith("--") or word == "-":
             words.append(word)
@@ -88,6 +88,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                              "in it; below about 128 MB the guest does not start)")
     from .. import options
 
+    options.add_trust_arguments(parser)
     parser.add_argument("--timeout", type=options.seconds, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the guest (default: %(default)s)")
     parser.add_argument("--raw", action="store_true",
@@ -163,6 +164,39 @@ def _check_is_image(target: str) -> None:
         device.close()
 
 
+def _pin(args: argparse.Namespace) -> str | None:
+    """The commit the guest must find on its disk, decided on the host:
+    `--commit`; else, under `--allowed-signers`, the commit the host proved
+    signed (the guest has no ssh-keygen); else a local image's own header,
+    read now (so a server or a file swapped during the boot is caught);
+    else the id an http(s) URL ending in `ID.img` names. An NBD URI without
+    any of these is checked by the guest against the header it reads."""
+    import os
+
+    pinned = args.commit
+    if args.allowed_signers is not None:
+        from ..trust import open_image
+
+        with open_image(args.target, args) as image:  # pinned too, if --commit
+            pinned = image.store.commit_id.hex()
+        _log(args)(f"commit {pinned} is signed by an allowed key; the guest is pinned to it")
+        return pinned
+    if pinned:
+        return pinned
+    if "://" not in args.target and os.path.isfile(args.target):
+        from ..format import layout
+
+        with open(args.target, "rb") as f:
+            head = f.read(layout.COMMIT_ID_SIZE)
+        if len(head) == layout.COMMIT_ID_SIZE:
+            _log(args)(f"pinning commit {head.hex()} (the image's header)")
+            return head.hex()
+        return None
+    from ..format.layout import pin_of_url
+
+    return pin_of_url(args.target)
+
+
 def run(args: argparse.Namespace) -> int:
     from .runner import BootError, boot, print_results, reader_command, split_commands
 
@@ -172,13 +206,16 @@ def run(args: argparse.Namespace) -> int:
     if args.no_server and not args.solo5:
         raise BootError("--no-server goes with --solo5 (QEMU boots need a server)")
     _check_is_image(args.target)
+    args.commit = _pin(args)
+    args.allowed_signers = None  # checked on the host: the guest gets the commit it proved
     if args.solo5:
         from .solo5 import command as solo5_command
         return _with_signals(lambda: solo5_command.run(args, _log(args)))
     segments = split_commands(args.command)
     for segment in segments:
         _check_guest_command(segment)
-    commands = [reader_command(segment, args.mode) for segment in segments]
+    commands = [reader_command(segment, args.mode, commit=args.commit, verify=args.verify)
+                for segment in segments]
 
     result = _with_signals(lambda: boot(
         args.target, commands, server=args.server, accel=args.accel,

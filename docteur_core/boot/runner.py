@@ -88,15 +88,22 @@ def _quiet(_: str) -> None:
 
 # --- commands and the console protocol (pure) ------------------------------
 
-def reader_command(args: Sequence[str], mode: str | None = None) -> list[str]:
+def reader_command(args: Sequence[str], mode: str | None = None, *,
+                   commit: str | None = None, verify: bool = True) -> list[str]:
     """The Python arguments that run `docteur_core.reader.guest` on the guest's disk.
 
     `args` is what follows DEVICE on the guest entry point's command line
     (`[--mode M] VERB ARGS...`); `mode` is used unless `args` name one.
+    `commit` pins the commit the guest must find on its disk (`--commit`);
+    `verify=False` passes `--no-verify`.
     """
     args = list(args)
     if mode and not (args and args[0].startswith("--mode")):
         args = ["--mode", mode] + args
+    if not verify:
+        args = ["--no-verify"] + args
+    if commit:
+        args = ["--commit", commit] + args
     return ["-m", "docteur_core.reader.guest", GUEST_DEVICE] + args
 
 
