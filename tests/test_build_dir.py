@@ -38,7 +38,7 @@ names = st.one_of(
     _name_bytes,  # not necessarily UTF-8: legal on Linux
 ).filter(lambda n: n not in (b".", b"..") and len(n) <= 255
           # git add refuses these (.git and what NTFS would take for it): not comparable
-          and not n.lower().startswith((b".git", b"git~")))
+          and not n.lower().startswith((b".git", b"git~", b"gitmod~")))
 
 contents = st.one_of(st.binary(max_size=300), st.sampled_from([b"", b"same content\n"]),
                      st.text(max_size=200).map(str.encode))

@@ -91,6 +91,69 @@ _GIT_ENTRY = _CompiledOnFirstUse()
 RawTreeEntry = tuple[int, bytes, bytes]  # (mode, raw id, raw name)
 
 
+# -- names git refuses to check out ------------------------------------------
+#
+# A tree entry named `.git` (or a spelling a file system folds into it) would
+# let an image write a repository's control files: `extract` into DEST, then
+# `git status` in DEST runs the image's `core.fsmonitor`. git refuses these
+# names on checkout (read-cache.c `verify_path`, with core.protectNTFS, its
+# default, and core.protectHFS); every reader here refuses them the same way,
+# as damage, whatever the file system it runs on.
+
+# Code points HFS+ ignores when it compares names (git's utf8.c
+# `next_hfs_char`), as UTF-8.
+_HFS_IGNORED = tuple(chr(c).encode("utf-8") for c in (
+    *range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF))
+
+
+def _ntfs_alias(piece: bytes, word: bytes, short: bytes) -> bool:
+    """`piece` is `.word` or its 8.3 short name `short`, case folded, then
+    only dots and spaces, up to its end or a `:` (an NTFS stream name)."""
+    low = piece.lower()
+    for head in (b"." + word, short):
+        if low.startswith(head):
+            rest = low[len(head):].partition(b":")[0]
+            if not rest.strip(b". "):
+                return True
+    return False
+
+
+def _hfs_alias(name: bytes, word: bytes) -> bool:
+    """`name` is `.word` once the code points HFS+ ignores are dropped,
+    case folded."""
+    if b"\xe2" in name or b"\xef" in name:
+        for ignored in _HFS_IGNORED:
+            name = name.replace(ignored, b"")
+    return name.lower() == b"." + word
+
+
+def refused_name(name: bytes, mode: int) -> bool:
+    """Whether git refuses to check out a tree entry named `name`: `.git` in
+    any case, its NTFS aliases (`git~1`, `.git.`, `.git `, `.git::$DATA`)
+    and HFS+ aliases (`.g\u200cit`), also after a backslash (a separator on
+    NTFS); for a symbolic link, `.gitmodules` and its aliases too."""
+    for piece in name.split(b"\\"):
+        if _ntfs_alias(piece, b"git", b"git~1") or _hfs_alias(piece, b"git"):
+            return True
+        if mode == MODE_LINK and (_ntfs_alias(piece, b"gitmodules", b"gitmod~1")
+                                  or _hfs_alias(piece, b"gitmodules")):
+            return True
+    return False
+
+
+def _may_be_refused(data: bytes) -> bool:
+    """A cheap test that clears almost every tree: a name `refused_name`
+    refuses holds `.g`/`.G`, `~1`, a backslash or a code point HFS+
+    ignores (its UTF-8 starts with 0xE2 0x80/0x81 or 0xEF 0xBB)."""
+    return (b".g" in data or b".G" in data or b"~1" in data or b"\\" in data
+            or b"\xe2\x80" in data or b"\xe2\x81" in data or b"\xef\xbb" in data)
+
+
+def _refused(name: bytes, where: str) -> DamagedImage:
+    return DamagedImage(f"tree entry named {bytes(name)!r}, a name git refuses to check out "
+                        "(it stands for .git)", where)
+
+
 def _too_many(max_entries: int, where: str) -> LimitExceeded:
     return LimitExceeded(f"tree names more than {max_entries} entries", where, "max_paths")
 
@@ -127,7 +190,8 @@ def parse_tree_raw(data: bytes, where: str, max_entries: int | None = None
         mode_texts = names = ids = ()
         covered = 0
     if covered == len(data):
-        if len(set(names)) == len(names) and b"." not in names and b".." not in names:
+        if (len(set(names)) == len(names) and b"." not in names and b".." not in names
+                and not _may_be_refused(data)):
             return list(zip(map(_MODE_TEXTS.__getitem__, mode_texts), ids, names))
     return _parse_tree_checked(data, where, max_entries)
 
@@ -163,6 +227,8 @@ def _parse_tree_checked(data: bytes, where: str, max_entries: int | None = None
             raise DamagedImage(f"tree entry with an illegal name {bytes(name)!r}", where)
         if name in seen:
             raise DamagedImage(f"tree lists {bytes(name)!r} twice", where)
+        if refused_name(name, mode):
+            raise _refused(name, where)
         seen.add(name)
         entries.append((mode, bytes(data[nul + 1:nul + 21]), bytes(name)))
         pos = nul + 21

@@ -47,6 +47,7 @@ from dulwich.objects import Tree
 
 from ..errors import BuildError
 from ..format.limits import MAX_FILE_SIZE
+from ..format.objects import MODE_FILE, MODE_LINK, refused_name
 from .ignore import GITIGNORE, Rules, compile_patterns, gitignore_lines
 from .packwriter import OBJ_BLOB, OBJ_TREE, PlainPackWriter
 
@@ -194,6 +195,10 @@ class Snapshot:
         for name, child_st in sorted(entries):
             if name.lower() == b".git":
                 self.warn(f"{show(os.path.join(path, name))}: skipped (git does not store .git)")
+                continue
+            if refused_name(name, MODE_LINK if stat.S_ISLNK(child_st.st_mode) else MODE_FILE):
+                self.warn(f"{show(os.path.join(path, name))}: skipped (a name git refuses: "
+                          "it stands for .git on some file systems)")
                 continue
             if output and (name == self._output[1] or self._output[2].fullmatch(name)):
                 continue  # the image being written, or its temporary file
