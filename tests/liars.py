@@ -64,14 +64,16 @@ __all__ = ["Policy", "LyingNbd", "LyingHttp", "tls_files", "TlsFiles"]
 
 # -- what is served --------------------------------------------------------------------
 
+Image = "bytes | os.PathLike | str"  # an image's bytes, or the path of a file holding them
+
 
 class Policy:
     """Which image's bytes answer each read: `first` for the first `after`
     reads, then `then` (or `first` for ever when `then` is None).
     Thread-safe; `reads` counts the reads answered so far."""
 
-    def __init__(self, first: bytes | os.PathLike | str, then: bytes | os.PathLike | str | None = None,
-                 after: int = 0, *, per_connection: bool = False) -> None:
+    def __init__(self, first: Image, then: Image | None = None, after: int = 0, *,
+                 per_connection: bool = False) -> None:
         self.images = [_bytes_of(first)] + ([_bytes_of(then)] if then is not None else [])
         self.after = after if then is not None else 0
         self.per_connection = per_connection
@@ -79,14 +81,14 @@ class Policy:
         self._lock = threading.Lock()
 
     @classmethod
-    def always(cls, image: bytes | os.PathLike | str) -> "Policy":
+    def always(cls, image: Image) -> "Policy":
         """The same image for every read (another valid image: a plain lie;
         the right one: an honest server)."""
         return cls(image)
 
     @classmethod
-    def switch(cls, first: bytes | os.PathLike | str, then: bytes | os.PathLike | str,
-               after: int, *, per_connection: bool = False) -> "Policy":
+    def switch(cls, first: Image, then: Image, after: int, *,
+               per_connection: bool = False) -> "Policy":
         """`first` for the first `after` reads, `then` from then on (a
         switch mid-session)."""
         return cls(first, then, after, per_connection=per_connection)
