@@ -427,7 +427,7 @@ def test_the_curl_command_line_pins_describes_and_bounds_the_cache(tmp_path):
     assert argv[:2] == ["nbdkit", "--readonly"]
     assert argv.index("--filter=exportname") < argv.index("--filter=cache") < argv.index("curl")
     assert "url=https://b.example/c.img?sig=a%2Bb" in argv
-    assert 'header=If-Match: "e"' in argv and "protocols=http,https" in argv
+    assert 'header=If-Match: "e"' in argv and "protocols=https" in argv  # no redirect to http
     assert f"exportdesc=fixed:docteur image: commit {'c' * 40} tree {'d' * 40}" in argv
     assert "cache-max-size=1024M" in argv  # auto: 1G for an image over 1G
     assert "--filter=cache" not in curl_command(image, Listen(), cache_size=None)

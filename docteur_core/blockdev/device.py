@@ -17,8 +17,14 @@ def is_nbd_uri(spec: str) -> bool:
     return spec.lower().startswith(NBD_SCHEMES)
 
 
-def open_raw_device(spec: str, block_size: int | None = None) -> BlockDevice:
-    """The backend for `spec`, without a cache."""
+def open_raw_device(spec: str, block_size: int | None = None, *,
+                    pinned: bool = False) -> BlockDevice:
+    """The backend for `spec`, without a cache.
+
+    `pinned`: the caller checks what it reads against a commit it was given
+    (`Image.open(..., commit=ID)`, --commit ID). Only an http(s) origin
+    cares: one that sends neither ETag nor Last-Modified is read only then.
+    """
     if is_nbd_uri(spec):
         from .nbd_client import NbdDevice
 
@@ -26,7 +32,7 @@ def open_raw_device(spec: str, block_size: int | None = None) -> BlockDevice:
     if spec[:6].lower().startswith(("http:", "https:")):
         from .http import HttpDevice
 
-        return HttpDevice(spec, block_size=block_size)
+        return HttpDevice(spec, block_size=block_size, pinned=pinned)
     return FileDevice(spec, block_size=block_size)
 
 
@@ -40,7 +46,8 @@ def open_device(spec: str, block_size: int | None = None, *,
 
     No readahead by default: `ByteReader` already turns sequential reads
     into growing windows, and random probes should cost one sector each.
+    `pinned` as for `open_raw_device`.
     Raises `DeviceError` (a `DocteurError`) when the device cannot be opened.
     """
-    return SectorCache(open_raw_device(spec, block_size), max_blocks=cache_blocks,
-                       readahead=readahead)
+    return SectorCache(open_raw_device(spec, block_size, pinned=pinned),
+                       max_blocks=cache_blocks, readahead=readahead)

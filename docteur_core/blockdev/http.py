@@ -11,7 +11,11 @@ in `http_range.py` (pure); this module only talks to the socket.
   or `If-Unmodified-Since`) and checks the answer, so a replaced object
   is one line (`OriginChanged`), never a mix of two images.
 - Redirects are followed (at most MAX_REDIRECTS per request) and the place
-  they lead to is reused for later reads; the validator stays pinned.
+  they lead to is reused for later reads; the validator stays pinned. A
+  redirect from https to plain http is refused, at any hop of any request.
+- An origin that sends neither ETag nor Last-Modified is refused unless the
+  caller pinned the commit (`pinned=True`: it then checks every byte against
+  that commit, the only thing left that can tell two images apart).
 - One keep-alive connection per origin; a connection the server closed
   between requests is reopened once.
 - Timeouts: `connect_timeout` (default 10 s, $DOCTEUR_HTTP_CONNECT_TIMEOUT)
@@ -39,7 +43,8 @@ from collections import OrderedDict
 
 from .block import DEFAULT_BLOCK_SIZE, _DeviceBase, check_aligned, check_block_size, clip
 from .http_range import (MAX_REDIRECTS, Partial, Redirect, RemoteError, Target, Validator,
-                         fetch_span, judge, parse_url, request_headers, request_spans)
+                         fetch_span, judge, parse_url, request_headers, request_spans,
+                         require_validator)
 
 DEFAULT_CHUNK = 64 << 10
 DEFAULT_KEEP_BYTES = 4 << 20
@@ -89,14 +94,19 @@ class HttpDevice(_DeviceBase):
     origin has none); `chunk` the least fetched per miss (a power of two,
     a multiple of `block_size`); `keep_bytes` bounds the chunks kept.
     `requests` and `bytes_fetched` count what went over the network.
+    `pinned`: the caller checks what it reads against a commit it was given
+    (--commit ID), so an origin without ETag or Last-Modified may be read;
+    without it such an origin is `NoValidator`, one line.
     """
 
     def __init__(self, url: str, block_size: int | None = None, *,
                  chunk: int | None = None, keep_bytes: int = DEFAULT_KEEP_BYTES,
                  connect_timeout: float | None = None,
                  read_timeout: float | None = None,
-                 request_timeout: float | None = None) -> None:
+                 request_timeout: float | None = None,
+                 pinned: bool = False) -> None:
         self.url = url
+        self.pinned = pinned
         self._target: Target = parse_url(url)
         self.block_size = check_block_size(block_size if block_size is not None
                                            else DEFAULT_BLOCK_SIZE)
@@ -200,6 +210,12 @@ class HttpDevice(_DeviceBase):
                 target = parse_url(verdict.url)
                 continue
             assert isinstance(verdict, Partial)
+            if self._size is None:
+                try:
+                    require_validator(target.url, verdict.validator, self.pinned)
+                except BaseException:
+                    self._drop(target, response)
+                    raise
             data = self._body(target, response, verdict.end - verdict.start)
             if self._size is None:
                 self._size = self.capacity = verdict.total

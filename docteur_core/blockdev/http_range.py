@@ -11,6 +11,12 @@ else `Last-Modified`) is pinned by the first response and every later
 request carries it (`If-Match` / `If-Unmodified-Since`) and has its answer
 checked against it: a change is `OriginChanged`, one line.
 
+Two transport rules (issue 21): a redirect from an `https://` URL to a plain
+`http://` one is refused at every hop (`judge`), and an origin that sends
+neither an ETag nor a Last-Modified cannot be bound to one version, so it is
+read only when the caller pins the commit (`require_validator`): every byte
+is then checked back to that commit instead.
+
 Standard library only: this runs in the reader, also inside a guest.
 """
 
@@ -38,6 +44,16 @@ class RemoteError(DeviceError):
 
 class OriginChanged(RemoteError):
     """The object behind the URL is not the one that was opened."""
+
+
+class InsecureRedirect(RemoteError):
+    """An https URL redirected to plain http: refused, whatever the hop."""
+
+
+class NoValidator(RemoteError):
+    """The origin sends neither ETag nor Last-Modified, and no commit is
+    pinned: a replaced (or lying) object could not be told from the one
+    opened."""
 
 
 def is_http_url(spec: str) -> bool:
@@ -161,6 +177,32 @@ def same_version(pinned: Validator, headers) -> bool:
     return True
 
 
+# -- the transport rules ----------------------------------------------------
+
+def check_redirect(url: str, location: str, status: int = 302) -> str:
+    """`location` (absolute), unless following it would leave TLS: a
+    redirect from an https URL to an http one is `InsecureRedirect`.
+    Applied to every hop, so https -> https -> http is refused at its
+    second hop, and so is a redirect met on a later read."""
+    if url[:6].lower() == "https:" and location[:5].lower() == "http:":
+        raise InsecureRedirect(
+            f"{shown(url)}: refused an HTTP {status} redirect from https to plain http "
+            f"({shown(location)}): the image would be read unencrypted and unauthenticated")
+    return location
+
+
+def require_validator(url: str, validator: Validator | None, pinned: bool) -> None:
+    """An origin without ETag or Last-Modified is read only under a pin:
+    without a validator nothing binds later reads to the object the first
+    one saw, so only checking every byte against a pinned commit can."""
+    if pinned or validator:
+        return
+    raise NoValidator(
+        f"{shown(url)}: the origin sends neither ETag nor Last-Modified, so nothing binds "
+        "later reads to the image first read (a replaced object could be mixed in); read "
+        "it only with its commit pinned: --commit ID (or a URL ending in ID.img)")
+
+
 # -- judging a response ------------------------------------------------------
 
 class Redirect:
@@ -213,7 +255,7 @@ def judge(url: str, status: int, reason: str, headers, start: int, end: int,
         location = headers.get("location")
         if not location:
             raise RemoteError(f"{where}: HTTP {status} redirect without a Location")
-        return Redirect(urljoin(url, location.strip()))
+        return Redirect(check_redirect(url, urljoin(url, location.strip()), status))
     if status == 412 or (status == 416 and size is not None):
         raise OriginChanged(f"{where}: the image changed at the origin since it was opened "
                             f"(HTTP {status} for a request bound to its first version); "

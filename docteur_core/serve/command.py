@@ -42,7 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify` over HTTP (about twice the image downloaded). The object's ETag (else Last-Modified) is
     pinned: nbdkit sends it with every request (If-Match), so an object
     replaced at the origin makes reads fail rather than mix two images.
-    The export's description names the commit.
+    The export's description names the commit. An https URL is served over
+    https only (a redirect to http is refused), and an origin sending
+    neither ETag nor Last-Modified only under a pin (below).
+
+    Pin: --commit ID is the commit the image must hold; another one is
+    refused before nbdkit starts (one line, exit status 1), and for an
+    image file the plugin keeps refusing one (a replaced file). A URL whose
+    last segment is ID.img (40 hex digits) pins ID unless --commit says
+    otherwise. The commit served (the pinned one, else the header's) is
+    printed on stderr with the client command that pins it, e.g.
+    `docteur cat --commit ID nbd://127.0.0.1:10809/ PATH`: an origin or a
+    file can change, a client that pins the commit is not fooled.
     """
     from .. import options
     from .nbdkit import DEFAULT_CACHE_SIZE, DEFAULT_IP, DEFAULT_PORT, VERIFY_LEVELS
@@ -64,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as nbdkit does)")
     parser.add_argument("--pidfile", type=Path, metavar="FILE",
                         help="write nbdkit's pid there")
+    parser.add_argument("--commit", metavar="ID", type=options.commit_id, default=None,
+                        help="the commit the image must hold (40 hex digits): another one "
+                             "is refused before serving; an http(s) URL ending in ID.img "
+                             "pins ID unless --commit says otherwise")
     parser.add_argument("--verify", choices=VERIFY_LEVELS, default="quick",
                         help="check before serving: quick (default; what `docteur verify "
                              "--quick` checks), full (every object), none (the header)")
@@ -112,24 +127,62 @@ def _stale_socket(path: Path) -> bool:
     return False
 
 
+def _header_commit(path: Path) -> str | None:
+    """The commit an image file's header names; None if it is no image (or
+    unreadable): nbdkit's check then says why, in verify's words."""
+    from ..blockdev.block import ByteReader, FileDevice
+    from ..errors import DocteurError
+    from .imagecheck import check_header
+
+    try:
+        device = FileDevice(str(path))
+    except DocteurError:
+        return None
+    try:
+        return check_header(ByteReader(device).pread, device.capacity).commit_hex
+    except DocteurError:
+        return None
+    finally:
+        device.close()
+
+
+def client_command(commit: str, uri: str) -> str:
+    """The shell command a client runs to read a file of the served image
+    with its commit pinned."""
+    import shlex
+
+    return f"docteur cat --commit {commit} {shlex.quote(uri)} PATH"
+
+
+def pin_line(commit: str, how: str, uri: str) -> str:
+    """What `docteur serve` says about the commit it serves."""
+    return (f"docteur serve: commit {commit} ({how}); clients pin it with: "
+            + client_command(commit, uri))
+
+
 def run(args: argparse.Namespace) -> int:
     from .nbdkit import Listen, Server, ServeError, command, serve_in_background
 
     from ..blockdev.http_range import is_http_url, shown
+    from .imagecheck import check_commit
     from .remote import cache_env, check_cache_dir
 
     cache = None if args.no_cache else args.cache_size
     env = cache_env(check_cache_dir(args.cache_dir))
+    served: tuple[str, str] | None = None  # (commit, how it was pinned)
     if is_http_url(args.target):
         from .remote import check_remote, curl_command
 
-        image = check_remote(args.target, args.verify)
+        image = check_remote(args.target, args.verify, args.commit)
         target = shown(args.target)
         print(f"docteur serve: {target}: commit {image.commit_hex}, {image.size} bytes "
               f"(checked with {image.requests} range "
               f"request{'' if image.requests == 1 else 's'}, {image.bytes_read} bytes)"
               + ("" if image.pin_header else "; the origin gives no ETag or Last-Modified: "
-                 "a replaced object cannot be detected"), file=sys.stderr, flush=True)
+                 "nbdkit cannot detect a replaced object, clients that pin the commit can"),
+              file=sys.stderr, flush=True)
+        served = (image.commit_hex, f"pinned by {image.pinned_by}" if image.pinned_by
+                  else "the image's header")
 
         def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
             return curl_command(image, listen, cache_size=cache, foreground=foreground,
@@ -138,10 +191,28 @@ def run(args: argparse.Namespace) -> int:
         target = Path(args.target)
         if not target.exists():
             raise ServeError(f"{target}: no such image or folder")
+        plugin_pin = None
+        if target.is_dir():
+            if args.commit is not None:
+                raise ServeError(f"{target}: --commit pins one image, and a folder serves "
+                                 "several (serve the image itself)")
+        else:
+            found = _header_commit(target)
+            if args.commit is not None:
+                if found is not None:
+                    check_commit(found, args.commit, "--commit", str(target))
+                plugin_pin = args.commit
+                served = (args.commit, "pinned by --commit")
+            elif found is not None:
+                served = (found, "the image's header")
+                if cache is not None:
+                    # the cache pins the file served; this pins what was printed
+                    plugin_pin = found
 
         def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
             return command(target, listen, verify=args.verify, cache_size=cache,
-                           foreground=foreground, exit_with_parent=foreground, pidfile=pidfile)
+                           foreground=foreground, exit_with_parent=foreground, pidfile=pidfile,
+                           commit=plugin_pin)
 
     if args.unix is not None and args.unix.exists():
         if not _stale_socket(args.unix):
@@ -157,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri} (nbdkit pid {pid}; "
               f"stop it with `kill {pid}`)", file=sys.stderr)
+        if served is not None:
+            print(pin_line(*served, listen.uri), file=sys.stderr)
         return 0
 
     # Ctrl-C, SIGTERM and SIGHUP stop nbdkit cleanly (SIGINT too when it
@@ -171,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
               file=sys.stderr, flush=True)
+        if served is not None:
+            print(pin_line(*served, listen.uri), file=sys.stderr, flush=True)
         status = server.wait(log=sys.stderr.buffer)
         raise ServeError(f"nbdkit exited with status {status}")
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from docteur_core.blockdev.block import BlockDevice, ByteReader
-from docteur_core.errors import DamagedImage, DocteurError
+from docteur_core.errors import DamagedImage, DocteurError, WrongCommit
 from docteur_core.format import layout
 
 Pread = Callable[[int, int], bytes]
@@ -83,6 +83,18 @@ def check_image(device: BlockDevice, level: str = "quick") -> ImageInfo:
     pack_end, idx_offset, idx_end = report.regions
     return ImageInfo(size, report.commit, report.tree, max(report.block_sizes),
                      zero_extents(size, pack_end, idx_offset, idx_end, report.path_index))
+
+
+def check_commit(found: str, pinned: str | None, pinned_by: str | None = None,
+                 source: str = "the image") -> None:
+    """`WrongCommit` (one line) unless the image's commit `found` is the
+    `pinned` one (both 40 hex digits; no pin: nothing to check).
+    `pinned_by` says where the pin came from ("--commit", "commit=",
+    "the URL's name") and `source` names the image, for the message."""
+    if pinned is None or found.lower() == pinned.lower():
+        return
+    raise WrongCommit(f"{source} holds commit {found}, not {pinned.lower()}"
+                      + (f" (pinned by {pinned_by})" if pinned_by else " (the pinned commit)"))
 
 
 def check_header(pread: Pread, size: int) -> layout.Header:

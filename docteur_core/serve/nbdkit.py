@@ -85,9 +85,12 @@ def nbdkit_prefix(listen: Listen, *, foreground: bool, exit_with_parent: bool,
 def command(target: str | Path, listen: Listen, *, server: str = "docteur",
             verify: str = "quick", cache_size: str | None = DEFAULT_CACHE_SIZE,
             foreground: bool = True, exit_with_parent: bool = False,
-            pidfile: str | Path | None = None) -> list[str]:
+            pidfile: str | Path | None = None, commit: str | None = None) -> list[str]:
     """The nbdkit command line that serves `target` (an image, or a folder of
     `*.img` for the docteur plugin) read-only.
+
+    `commit` (an image, the docteur plugin) is the commit it must hold: the
+    plugin's `commit=`, checked at start-up and for a replaced file.
 
     `cache_size` puts nbdkit's cache filter in front (`cache-on-read`), and
     pins the plugin to the image it checked at start-up: the filter's cache
@@ -101,6 +104,8 @@ def command(target: str | Path, listen: Listen, *, server: str = "docteur",
         raise ServeError(f"unknown verify level {verify!r} (one of {', '.join(VERIFY_LEVELS)})")
     path = os.path.abspath(target)  # nbdkit changes directory when it goes to the background
     folder = os.path.isdir(path)
+    if commit is not None and (folder or server != "docteur"):
+        raise ServeError("a pinned commit needs one image served by the docteur plugin")
     argv = nbdkit_prefix(listen, foreground=foreground, exit_with_parent=exit_with_parent,
                          pidfile=pidfile)
     cached = cache_size is not None and not folder
@@ -115,6 +120,8 @@ def command(target: str | Path, listen: Listen, *, server: str = "docteur",
                  f"verify={verify}"]
         if cached:
             argv.append("pin=true")
+        if commit is not None:
+            argv.append(f"commit={commit}")
     if cached:
         # 4 KiB blocks: a guest's random 4 KiB read no longer fetches and
         # stores 64 KiB (2.6x the random-read rate, bench/serve.py).

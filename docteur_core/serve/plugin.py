@@ -26,6 +26,10 @@ Keys:
                     command refuses, the plugin refuses, with its words.
     verify=full     what `docteur verify` checks: also every object.
     verify=none     check the header only.
+    commit=ID       (with image=) the commit the image must hold, 40
+                    hexadecimal digits: an image holding another one is
+                    refused at start-up (nbdkit does not start) and, if the
+                    file is replaced, on the next connection.
     pin=true        serve the image that was checked at start-up and only
                     it: once the file has been replaced, new clients are
                     refused (restart nbdkit to serve the new one). For use
@@ -112,7 +116,7 @@ from docteur_core.serve import imagecheck
 API_VERSION = 2
 magic_config_key = "image"
 
-KEYS = ("image", "dir", "default", "verify", "thread_model", "pin", "help")
+KEYS = ("image", "dir", "default", "verify", "thread_model", "pin", "commit", "help")
 THREAD_MODELS = ("serialize_requests", "parallel")
 MAX_REQUEST = 32 * 1024 * 1024
 PREFERRED_MIN = 4096
@@ -132,7 +136,7 @@ class BadConfig(Exception):
 
 
 _cfg = {"image": None, "dir": None, "default": None, "verify": "quick",
-        "thread_model": "serialize_requests", "pin": None}
+        "thread_model": "serialize_requests", "pin": None, "commit": None}
 _REPEATABLE = ("verify", "thread_model")
 # (dev, ino, size, mtime_ns, ctime_ns) -> (level, ImageInfo) of images already
 # checked, at the strongest level so far: the start-up `full` check covers
@@ -153,6 +157,10 @@ def config(key, value):
         raise BadConfig(f"verify={value!r}: must be one of {', '.join(imagecheck.LEVELS)}")
     if key == "thread_model" and value not in THREAD_MODELS:
         raise BadConfig(f"thread_model={value!r}: must be one of {', '.join(THREAD_MODELS)}")
+    if key == "commit":
+        if len(value) != 40 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise BadConfig(f"commit={value!r}: 40 hexadecimal digits are needed")
+        value = value.lower()
     if key == "pin":
         if value not in ("true", "false"):
             raise BadConfig(f"pin={value!r}: must be true or false")
@@ -200,7 +208,7 @@ def _check_fd(fd, path, level):
                            "the server")
     done = _checked.get(key)
     if done is not None and imagecheck.LEVELS.index(done[0]) >= imagecheck.LEVELS.index(level):
-        return done[1]
+        return _pinned_commit(done[1], path)
     # What is verified is the descriptor already open, so that it is what
     # will be served even if `path` is being replaced meanwhile.
     from docteur_core.blockdev.block import FileDevice
@@ -219,6 +227,15 @@ def _check_fd(fd, path, level):
         _checked[key] = (level, info)
         if _cfg["pin"] and path not in _pinned:
             _pinned[path] = key
+    return _pinned_commit(info, path)
+
+
+def _pinned_commit(info, path):
+    """`info`, if its commit is the one commit= pins (or nothing is pinned)."""
+    try:
+        imagecheck.check_commit(info.commit_hex, _cfg["commit"], "commit=", "it")
+    except DocteurError as exc:
+        raise ImageRefused(f"{path}: {exc}") from None
     return info
 
 
@@ -262,6 +279,8 @@ def config_complete():
         raise BadConfig("give exactly one of image=PATH or dir=FOLDER (see help=1)")
     if _cfg["default"] is not None and folder is None:
         raise BadConfig("default= only makes sense with dir=")
+    if _cfg["commit"] is not None and folder is not None:
+        raise BadConfig("commit= pins one image: give it with image=, not dir=")
     if image is not None:
         _check_path(image, _cfg["verify"])
         return

@@ -24,7 +24,13 @@ about twice the image: its passes re-read the pack).
 The object is pinned: the check's validator (ETag, else Last-Modified) is
 sent by nbdkit with every request (`If-Match` / `If-Unmodified-Since`), so
 an object replaced at the origin makes reads fail (HTTP 412) instead of
-mixing blocks of two images in the cache.
+mixing blocks of two images in the cache. That binds honest origins only:
+an origin may lie, so the commit is pinned too (`commit`, --commit ID, else
+a URL ending in `<40 hex>.img`): an image holding another commit is refused
+before nbdkit starts, and clients that pin the same commit (the command
+`docteur serve` prints) check every byte they read against it. An origin
+with neither ETag nor Last-Modified is served only under such a pin, and
+an https URL only over https (`protocols=https`: no redirect to http).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DamagedImage, DocteurError
+from ..format.layout import pin_of_url
 from .nbdkit import CACHE_BLOCK, Listen, ServeError, auto_cache_size, nbdkit_prefix
 
 # The check's read-ahead: small, its bytes are fetched again by nbdkit.
@@ -51,6 +58,7 @@ class RemoteImage:
     pin_header: str | None  # "If-Match: ..." / "If-Unmodified-Since: ..." / None
     bytes_read: int  # what the check fetched from the origin
     requests: int
+    pinned_by: str | None = None  # "--commit", "the URL's name" or None (the header's)
 
     @property
     def description(self) -> str:
@@ -69,37 +77,50 @@ def pin_header(validator) -> str | None:
     return None
 
 
-def check_remote(url: str, level: str = "quick") -> RemoteImage:
+def check_remote(url: str, level: str = "quick", commit: str | None = None) -> RemoteImage:
     """Check the image at `url` by range reads (see the module docstring);
     raise a DocteurError (one line) if it is refused or unreachable.
 
     `none`: the header only; `quick`: header, IDX head, commit (the
     `remote` check); `full`: `docteur verify` over HTTP (every byte, once).
+    `commit` (40 lower-case hex digits, --commit) is the commit the image
+    must hold; without it a URL ending in `<40 hex>.img` pins that one
+    (`layout.pin_of_url`). Another commit is `WrongCommit`, whatever the
+    level (the header is always read).
     """
     from ..blockdev.block import ByteReader, SectorCache
     from ..blockdev.http import HttpDevice
-    from .imagecheck import ImageRejected, check_header
+    from ..blockdev.http_range import shown
+    from .imagecheck import ImageRejected, check_commit, check_header
 
     if level not in REMOTE_LEVELS:
         raise ServeError(f"unknown verify level {level!r} (one of {', '.join(REMOTE_LEVELS)})")
-    device = HttpDevice(url, chunk=CHECK_CHUNK)
+    named = pin_of_url(url)
+    pin = commit or named
+    pinned_by = "--commit" if commit else ("the URL's name" if named else None)
+    device = HttpDevice(url, chunk=CHECK_CHUNK, pinned=pin is not None)
     try:
         size = device.capacity
         tree = None
         if level == "full":
             from ..verify import verify_image
 
+            if pin is not None:  # before downloading the whole image
+                check_commit(check_header(ByteReader(device).pread, size).commit_hex, pin,
+                             pinned_by, shown(url))
             report = verify_image(SectorCache(device))
             if not report.ok:
                 raise ImageRejected(report.problem_lines())
-            commit, tree = report.commit, report.tree
+            found, tree = report.commit, report.tree
+            check_commit(found, pin, pinned_by, shown(url))
         else:
             header = check_header(ByteReader(device).pread, size)
-            commit = header.commit_hex
+            found = header.commit_hex
+            check_commit(found, pin, pinned_by, shown(url))
             if level == "quick":
-                tree = _commit_tree(SectorCache(device), commit)
-        return RemoteImage(url, size, commit, tree, pin_header(device.validator),
-                           device.bytes_fetched, device.requests)
+                tree = _commit_tree(SectorCache(device), found)
+        return RemoteImage(url, size, found, tree, pin_header(device.validator),
+                           device.bytes_fetched, device.requests, pinned_by)
     finally:
         device.close()
 
@@ -146,7 +167,9 @@ def curl_command(image: RemoteImage, listen: Listen, *, cache_size: str | None =
     argv.append("--filter=exportname")
     if cache_size is not None:
         argv.append("--filter=cache")
-    argv += ["curl", f"url={image.url}", "protocols=http,https", f"timeout={timeout}",
+    # an https URL stays https: curl applies `protocols` to redirects too
+    protocols = "https" if image.url[:6].lower() == "https:" else "http,https"
+    argv += ["curl", f"url={image.url}", f"protocols={protocols}", f"timeout={timeout}",
              "user-agent=docteur-serve"]
     if image.pin_header:
         argv.append(f"header={image.pin_header}")
@@ -169,14 +192,16 @@ def cache_env(cache_dir: Path | None) -> dict[str, str] | None:
     return env
 
 
-def remote_server(url: str, verify: str = "quick", cache_size: str | None = None):
+def remote_server(url: str, verify: str = "quick", cache_size: str | None = None,
+                  commit: str | None = None):
     """nbdkit's curl plugin serving the image at `url` on a free loopback
-    port, tied to this process (`docteur boot URL`); checked now. No cache
-    by default: a boot reads each sector once or twice, through the guest's
-    own page cache."""
+    port, tied to this process (`docteur boot URL`); checked now (pinned to
+    `commit`, else to the commit the URL's name gives, as `check_remote`).
+    No cache by default: a boot reads each sector once or twice, through
+    the guest's own page cache."""
     from .nbdkit import Server
 
-    image = check_remote(url, verify)
+    image = check_remote(url, verify, commit)
     return Server(lambda listen, pidfile: curl_command(
         image, listen, cache_size=cache_size, exit_with_parent=True, pidfile=pidfile),
         Listen(port=0))
