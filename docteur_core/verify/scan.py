@@ -221,7 +221,10 @@ class Scan(State):
                                     + layout.PACK_OFFSET)
                 else:
                     offs.append(v + layout.PACK_OFFSET)
-            offs.sort()
+            # A 64-bit offset past the image starts no entry (the IDX check
+            # says so): useless to resync, and one near 2**64 would not even
+            # fit the array once the PACK's 28 bytes are added.
+            offs = sorted(o for o in offs if o < self.capacity)
             self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
             return
         # The common case (every offset in 31 bits): the IDX row of each

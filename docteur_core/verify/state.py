@@ -174,7 +174,14 @@ class State:
         return rec
 
     def _lane_info(self, pos: int) -> tuple[int, int, int, int, None] | None:
-        """The record of a blob the fast lane took, rebuilt from its columns."""
+        """The record of a blob the fast lane took, rebuilt from its columns.
+
+        None when there is no lane at all: an IDX with 64-bit offsets (or a
+        32-bit one whose high bit a damage set) has no row column, so the
+        scan recorded every entry in `info`.
+        """
+        if self.lane_hlen is None:
+            return None
         offs = self.entry_offsets
         k = bisect_left(offs, pos)
         if k + 1 >= len(offs) or offs[k] != pos or not self.lane_hlen[k]:
