@@ -121,3 +121,26 @@ def test_two_flips_a_high_bit_and_a_delta_base(tmp_path):
     path = tmp_path / "flipped.img"
     path.write_bytes(bytes(damaged))
     assert_damage_reported(path, "IDX offsets")
+
+
+def test_commit_header_lines_over_the_readers_limit_are_a_problem(tmp_path):
+    """verify keeps only the head of a commit (its header lines and what it
+    shows of the message): header lines longer than the readers read at
+    open (MAX_COMMIT_HEADER) are a problem, as the readers refuse them."""
+    from docteur_core.errors import LimitExceeded
+    from docteur_core.format import limits
+    from docteur_core.reader import Image
+
+    blob = Obj("blob", b"f\n")
+    t = Obj("tree", tree(("100644", "f", blob.oid)))
+    signature = "gpgsig -----BEGIN SSH SIGNATURE-----\n" + " x\n" * (limits.MAX_COMMIT_HEADER // 3)
+    c = Obj("commit", commit(t.oid).replace(b"\n\n", f"\n{signature}\n".encode(), 1))
+    path = tmp_path / "long-header.img"
+    path.write_bytes(bytes(build([c, t, blob], c.oid)))
+    with pytest.raises(LimitExceeded, match="header lines"):
+        Image.open(path, "light")
+    for quick in (False, True):
+        with open(path, "rb") as f:
+            report = verify_image(MemoryDevice(f.read()), quick=quick)
+        assert any(p[0] == "objects" and "header lines are longer" in p[2]
+                   for p in report.problems), report.problem_lines()
