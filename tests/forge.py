@@ -107,6 +107,27 @@ def edit_fanout(idx_bytes: bytes, edit) -> bytes:
     return body + hashlib.sha1(body).digest()
 
 
+def with_large_offsets(image: bytes | bytearray, values: dict[int, int]) -> bytearray:
+    """`image` (as `build` writes it: no 64-bit table, no path index) with
+    each IDX row of `values` moved to the 64-bit offset table, holding the
+    value given (any 64-bit number, a lie if you like), the IDX's SHA-1
+    redone and the image laid out again. git writes that table only past
+    2 GiB: this is the small way to get one."""
+    at = struct.unpack_from("<Q", image, layout.COMMIT_ID_SIZE)[0]
+    count = struct.unpack_from(">I", image, at + layout.IDX_HEADER_SIZE + 4 * 255)[0]
+    main = layout.IDX_HEADER_SIZE + 1024 + 28 * count
+    pack_checksum = bytes(image[at + main:at + main + 20])
+    body = bytearray(image[at:at + main])
+    for k, row in enumerate(sorted(values)):
+        struct.pack_into(">I", body, main - 4 * count + 4 * row, 0x80000000 | k)
+    body += b"".join(struct.pack(">Q", values[row]) for row in sorted(values))
+    body += pack_checksum
+    body += hashlib.sha1(body).digest()
+    pack_end = bytes(image).rfind(pack_checksum, 0, at) + 20
+    return wrap_image(bytes(image[layout.PACK_OFFSET:pack_end]), bytes(body),
+                      bytes(image[:layout.COMMIT_ID_SIZE]))
+
+
 class Obj:
     """One pack entry. `oid` is what the IDX lists (a lie if you like)."""
 

@@ -230,6 +230,28 @@ def test_a_link_and_a_directory_of_one_name_is_refused(tmp_path):
     assert os.listdir(outside) == []
 
 
+@pytest.mark.parametrize("force", [False, True])
+@pytest.mark.parametrize("target", [b"target\0hidden", b""])
+def test_a_link_no_file_system_can_hold_is_one_line(tmp_path, force, target):
+    """A link whose target holds a NUL byte (symlink(2) takes a C string:
+    os.symlink raised ValueError, a traceback) or is empty: one line naming
+    the link, exit 1, and its place in DEST left as it was: nothing made,
+    and with --force what was there is not removed."""
+    blob = Obj("blob", b"kept\n")
+    image = tmp_path / "links.img"
+    hostile_image(image, [("100644", "a-file", blob), ("120000", "b-link", Obj("blob", target))])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if force:
+        (dest / "b-link").write_text("mine\n")
+    proc = _docteur("extract", *(["--force"] if force else []), image, dest)
+    _one_line_error(proc, b"damaged image", b"/b-link", b"NUL byte")
+    assert sorted(os.listdir(dest)) == ["a-file"] + (["b-link"] if force else [])
+    if force:
+        assert not (dest / "b-link").is_symlink() and (dest / "b-link").read_text() == "mine\n"
+    assert (dest / "a-file").read_bytes() == b"kept\n"  # what came before it is whole
+
+
 @settings(max_examples=int(os.environ.get("DOCTEUR_EXAMPLES", "25")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(spec=trees, mode=st.sampled_from(["light", "fast"]))

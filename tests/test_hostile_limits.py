@@ -292,6 +292,40 @@ def test_huge_commit_message_info_shows_its_beginning(huge_message):
     assert len(out) < 200 << 10
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_huge_commit_message_verify_shows_its_beginning(huge_message, quick):
+    """verify hashes the whole 400 MiB commit object (the full check streams
+    it, as it does a big blob) but holds and prints only what info shows:
+    the message's first MAX_SHOWN_MESSAGE characters, then a line saying it
+    was cut. It used to print it whole: 1.25 GB of RSS, a MemoryError here."""
+    from docteur_core.reader.commands import MAX_SHOWN_MESSAGE
+
+    with Image.open(huge_message, "light") as image:
+        size = image.commit_size
+    flags = ["--quick"] if quick else []
+    proc = docteur("verify", *flags, huge_message, cap=200 * MiB)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    out = proc.stdout.decode()
+    assert len(out) < 200 << 10
+    head, _, message = out.partition("\n\n")
+    assert head.startswith("commit\t: ") and "\nroot\t: " in head
+    cut = f"[... cut after {MAX_SHOWN_MESSAGE} characters: the commit object is {size} bytes]"
+    shown = ("subject\n" + ("x" * 1023 + "\n") * 64)[:MAX_SHOWN_MESSAGE]
+    assert message == shown + "\n" + cut + "\n"
+    proc = docteur("verify", "--json", *flags, huge_message, cap=200 * MiB)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["message_complete"] is False
+    assert report["message"] == shown
+
+
+def test_a_whole_message_is_complete(plain_image):
+    proc = docteur("verify", "--json", plain_image)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["message_complete"] is True and report["message"] == "hostile\n"
+
+
 # -- 6. sizes come from a checked header ----------------------------------------------
 
 

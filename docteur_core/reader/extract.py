@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..errors import DocteurError
+from ..errors import DamagedImage, DocteurError
 from ..format import objects as obj
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -72,6 +72,18 @@ def _clear(parent: int, name: bytes, want_dir: bool, shown: str) -> bool:
         raise DocteurError(f"{shown}: a directory is in the way of a file")
     os.unlink(name, dir_fd=parent)
     return False
+
+
+def _link_target(store, node, shown: str) -> bytes:
+    """The target of the link `node`, refused when no file system can hold
+    it (empty, or holding a NUL byte: symlink(2) takes a C string). Read
+    before anything is cleared or made for it, so a refused link leaves
+    its place in DEST as it was."""
+    target = store.read_object(node.id, "blob", node.offset)[1]
+    if not target or b"\0" in target:
+        raise DamagedImage("a symbolic link's target is empty or holds a NUL byte, which no "
+                           "file system can store", f"path {shown}")
+    return target
 
 
 def _top(image, path: str) -> list:
@@ -128,6 +140,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
                                     f"path /{node.path}", "max_paths")
             name = obj.encode_name(node.name)
             shown = "/" + node.path
+            target = _link_target(store, node, shown) if node.mode == obj.MODE_LINK else b""
             try:
                 there = _clear(fd, name, node.mode in (obj.MODE_DIR, obj.MODE_GITLINK),
                                shown) if force else False
@@ -141,7 +154,6 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
                         os.fchmod(sub, 0o755)
                     counts.dirs += 1
                 elif node.mode == obj.MODE_LINK:
-                    target = store.read_object(node.id, "blob", node.offset)[1]
                     os.symlink(target, name, dir_fd=fd)
                     os.utime(name, (when, when), dir_fd=fd, follow_symlinks=False)
                     counts.links += 1

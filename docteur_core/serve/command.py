@@ -221,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
     listen = Listen(args.ip, args.port, args.unix)
 
     if not args.foreground:
+        from .workdir import sweep
+
+        sweep()  # foreground servers killed before they could clean up (Server does it too)
         with tempfile.TemporaryDirectory(prefix="docteur-serve-") as tmp:
             pidfile = args.pidfile or Path(tmp) / "nbdkit.pid"
             pidfile.unlink(missing_ok=True)  # a stale one would be read as the new pid

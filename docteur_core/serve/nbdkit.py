@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import children
 from ..errors import DocteurError
+from .workdir import WorkFolder, sweep
 
 PLUGIN = Path(__file__).resolve().parent / "plugin.py"
 SERVERS = ("docteur", "file")
@@ -180,7 +181,7 @@ class Server:
         self.listen = listen
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp: WorkFolder | None = None
 
     @property
     def uri(self) -> str:
@@ -188,7 +189,8 @@ class Server:
 
     def start(self) -> "Server":
         check_installed()
-        self._tmp = tempfile.TemporaryDirectory(prefix="docteur-nbdkit-")
+        sweep()  # the folders of servers killed before they could remove theirs
+        self._tmp = WorkFolder()
         pick_port = self.listen.unix is None and self.listen.port == 0
         try:
             for _attempt in range(5 if pick_port else 1):
@@ -210,7 +212,7 @@ class Server:
         with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
             self.proc = children.start(self.argv_for(self.listen, pidfile), error=ServeError,
                                        hint=PACKAGES, stdout=subprocess.DEVNULL, stderr=errors,
-                                       env=self.env)
+                                       env=self.env, pass_fds=(self._tmp.lock_fd,))
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
                 if pidfile.exists() and pidfile.stat().st_size:

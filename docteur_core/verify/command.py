@@ -5,7 +5,10 @@ keep working: `commit`, `author` (name quoted the way OCaml's `%S` quotes it)
 and `root`, each with a tab before the colon, then a blank line and the
 commit message as stored. Like the original, it is printed only when the
 image is intact; otherwise every problem goes to stderr, one line each
-(region: what, where), and the exit status is 1.
+(region: what, where), and the exit status is 1. One departure: a message
+over MAX_SHOWN_MESSAGE characters is cut there, as `docteur info` cuts it,
+and a line says so (`message_complete: false` in `--json`): a hostile
+commit may hold gigabytes of message, which verify hashes but never holds.
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ def render(report) -> str:
         text += "\n" + report.message + "\n"
     else:
         text += "\n"
+    if not report.message_complete:
+        from ..reader.commands import MAX_SHOWN_MESSAGE
+
+        text += (f"[... cut after {MAX_SHOWN_MESSAGE} characters: the commit object is "
+                 f"{report.commit_size} bytes]\n")
     return text
 
 

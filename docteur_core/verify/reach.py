@@ -10,13 +10,24 @@ warnings.
 
 from __future__ import annotations
 
+import zlib
+
 from ..format import idx as idxmod
 from ..format.trail import Trail
-from ..format import layout, objects, pack
+from ..format import layout, limits, objects, pack
 from ..errors import DamagedImage
 from ..reader.store import Store
 from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS
-from .state import State, at_offset, hex_id
+from .state import COMMIT_HEAD, MAX_SHOWN_MESSAGE, State, at_offset, hex_id
+from .stream import READ_CHUNK
+
+
+def _shown(message: str, whole: bool) -> tuple[str, bool]:
+    """(what the report shows of a commit message, whether that is all of
+    it): the first MAX_SHOWN_MESSAGE characters, as `docteur info` shows."""
+    if whole and len(message) <= MAX_SHOWN_MESSAGE:
+        return message, True
+    return message[:MAX_SHOWN_MESSAGE], False
 
 
 class Reach(State):
@@ -54,22 +65,49 @@ class Reach(State):
                                          at_offset(pos))
             kind = pack.TYPE_NAMES.get(eh.type)
             data = None
+            size = eh.size
             if kind is None:
                 # git may store the commit as a delta: the reader's store
                 # follows the chain (and checks CRCs and the SHA-1).
-                kind, data = Store(self.reader.pread, self.capacity,
-                                   verify=True).read_object(self.commit_id)
+                kind, data, size = Store(self.reader.pread, self.capacity, verify=True
+                                         ).read_head(self.commit_id, None, COMMIT_HEAD)
             if kind != "commit":
                 self.problem(R_HEADER, at_offset(0), f"object {hex_id(self.commit_id)} named by "
                              f"the header is a {kind}, not a commit")
                 return
-            if data is None:
+            if data is None and size > COMMIT_HEAD:
+                data = self._inflate_head(pos + eh.header_len, limit, COMMIT_HEAD, at_offset(pos))
+            elif data is None:
                 data, _ = pack.inflate_from(self.reader.pread, pos + eh.header_len, eh.size,
                                             limit, at_offset(pos))
         except DamagedImage as exc:
             self.problem(R_OBJ_DATA, at_offset(pos), exc.what)
             return
         self.commit_data = data
+        self.commit_size = size
+
+    def _inflate_head(self, at: int, end: int, keep: int, where: str) -> bytes:
+        """The first `keep` bytes of the zlib stream at `at` (not past `end`).
+
+        Quick mode does no per-object work: of a commit larger than what
+        the report shows it inflates that much, never a message of
+        hundreds of megabytes.
+        """
+        d = zlib.decompressobj()
+        out = bytearray()
+        pending = b""
+        while len(out) < keep and not d.eof:
+            if not pending:
+                pending = self.reader.pread(at, min(READ_CHUNK, end - at)) if at < end else b""
+                if not pending:
+                    raise DamagedImage("zlib stream runs past the end of the pack", where)
+                at += len(pending)
+            try:
+                out += d.decompress(pending, keep - len(out))
+            except zlib.error as exc:
+                raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+            pending = d.unconsumed_tail
+        return bytes(out)
 
     def _check_commit(self) -> None:
         self.check("commit")
@@ -92,8 +130,14 @@ class Reach(State):
                 return
         if self.commit_data is None:
             return
+        head, size = self.commit_data, self.commit_size
+        if size > limits.MAX_COMMIT_HEADER and b"\n\n" not in head[:limits.MAX_COMMIT_HEADER]:
+            # What the readers refuse at open (they read no more than that).
+            self.problem(R_OBJECTS, f"commit {hex_id(cid)}", "its header lines are longer than "
+                         f"{limits.MAX_COMMIT_HEADER} bytes")
+            return
         try:
-            commit = objects.parse_commit(self.commit_data, f"commit {hex_id(cid)}")
+            commit = objects.parse_commit(head, f"commit {hex_id(cid)}")
         except DamagedImage as exc:
             self.problem(R_OBJECTS, f"commit {hex_id(cid)}", exc.what)
             return
@@ -101,7 +145,8 @@ class Reach(State):
         r.tree = hex_id(commit.tree)
         r.author = commit.author
         r.committer = commit.committer
-        r.message = commit.message
+        r.commit_size = size
+        r.message, r.message_complete = _shown(commit.message, len(head) == size)
         for role, who in (("author", commit.author), ("committer", commit.committer)):
             if not who.email:  # the OCaml docteur's identity parser wants 1+ bytes there
                 self.warning(R_OBJECTS, f"commit {hex_id(cid)}",

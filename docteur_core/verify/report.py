@@ -63,7 +63,9 @@ class Report:
     tree: str | None = None
     author: objects.Signature | None = None
     committer: objects.Signature | None = None
-    message: str | None = None
+    message: str | None = None  # its first MAX_SHOWN_MESSAGE characters at most
+    message_complete: bool = True  # false when `message` is only its beginning
+    commit_size: int | None = None  # bytes of the commit object
     block_sizes: list[int] = field(default_factory=list)
     # (end of the pack, IDX offset, end of the IDX) once the layout checks out:
     # what the plugin reports as data and zero extents.
@@ -109,6 +111,7 @@ class Report:
             "committer": sig(self.committer),
             "root": self.tree,
             "message": self.message,
+            "message_complete": self.message_complete,
             "size": self.capacity,
             "block_sizes": self.block_sizes,
             "path_index": None if self.path_index is None else

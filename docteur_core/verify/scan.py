@@ -23,13 +23,40 @@ from ..format import layout, objects, pack
 from ..format.limits import INFLATE_STEP
 from ..errors import DamagedImage
 from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
-from .state import (MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
-                    STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset, hex_id)
+from .state import (COMMIT_HEAD, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION,
+                    OBJ_HEADER, STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset,
+                    hex_id)
 from .stream import Stream
 
 # Entries up to this size (compressed) whose end the IDX gives are inflated
 # in one call (`_inflate_whole`); larger ones stream through the buffer.
 WHOLE_ENTRY = 1 << 20
+
+
+# Base objects hashed as they inflate when over STREAM_THRESHOLD: a big blob
+# is never held, and of a big commit only its head is (`_HeadHash`).
+_STREAMED = (pack.OBJ_BLOB, pack.OBJ_COMMIT)
+
+
+class _HeadHash:
+    """The SHA-1 of an object streamed through `update`, keeping its first
+    bytes when it is a commit (COMMIT_HEAD: what the report shows of it), so
+    that a message of gigabytes is hashed whole and never held."""
+
+    __slots__ = ("_sha", "_keep", "head")
+
+    def __init__(self, kind: int, size: int) -> None:
+        self._sha = hashlib.sha1(OBJ_HEADER[kind] % size)
+        self._keep = COMMIT_HEAD if kind == pack.OBJ_COMMIT else 0
+        self.head: bytes | None = b"" if self._keep else None
+
+    def update(self, piece: bytes) -> None:
+        self._sha.update(piece)
+        if self._keep and len(self.head) < self._keep:
+            self.head += piece[:self._keep - len(self.head)]
+
+    def digest(self) -> bytes:
+        return self._sha.digest()
 
 
 class Scan(State):
@@ -221,7 +248,10 @@ class Scan(State):
                                     + layout.PACK_OFFSET)
                 else:
                     offs.append(v + layout.PACK_OFFSET)
-            offs.sort()
+            # A 64-bit offset past the image starts no entry (the IDX check
+            # says so): useless to resync, and one near 2**64 would not even
+            # fit the array once the PACK's 28 bytes are added.
+            offs = sorted(o for o in offs if o < self.capacity)
             self.entry_offsets = array("Q", offs)  # 8 bytes an entry, not a 36-byte int
             return
         # The common case (every offset in 31 bits): the IDX row of each
@@ -303,8 +333,8 @@ class Scan(State):
                               f"bytes is over the limit of {self.max_object_size} "
                               "(max_object_size)")
         stream_hash = None
-        if not is_delta and size > STREAM_THRESHOLD and kind == pack.OBJ_BLOB:
-            stream_hash = hashlib.sha1(f"blob {size}\0".encode())
+        if not is_delta and size > STREAM_THRESHOLD and kind in _STREAMED:
+            stream_hash = _HeadHash(kind, size)
         data = None
         if (stream_hash is None and nxt is not None and zpos < nxt <= limit
                 and nxt - pos <= WHOLE_ENTRY and s.buf_end >= nxt):
@@ -320,7 +350,7 @@ class Scan(State):
                           (pos - base_ref) if kind == pack.OBJ_OFS_DELTA else base_ref)
         self.starts.append(pos)
         if stream_hash is not None:
-            self._finish(pos, kind, None, stream_hash.digest(), size)
+            self._finish(pos, kind, stream_hash.head, stream_hash.digest(), size)
             return zpos
         if not is_delta:
             self._finish(pos, kind, data)
@@ -518,6 +548,8 @@ class Scan(State):
 
         Called once per object, so it does the least it can: the counts of
         each type are taken from `otype` once the scan is over (`_count`).
+        Given `oid` and `size`, it was hashed as it streamed: `data` is then
+        None, or the first bytes of a commit (`_HeadHash`).
         """
         if oid is None:
             size = len(data)
@@ -549,9 +581,11 @@ class Scan(State):
                 self.trees[oid] = b""  # no entries
                 self.tree_counts[oid] = 0
         elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
-            self.commit_data = data
-        if data is not None and (not self.planned or pos in self.uses_at or self.uses_of
-                                 or pos in self.remaining):
+            self.commit_data = data[:COMMIT_HEAD]  # the whole message is never needed
+            self.commit_size = size
+        if data is None or len(data) < size:
+            return  # streamed, never held: as a base (if ever) it is rebuilt from the device
+        if not self.planned or pos in self.uses_at or self.uses_of or pos in self.remaining:
             self._keep(pos, oid, kind, data)
 
     def _count(self) -> None:

@@ -19,6 +19,7 @@ from ..format import idx as idxmod
 from ..format import limits, objects, pack
 from ..blockdev.block import BlockDevice, ByteReader
 from ..errors import DamagedImage
+from ..reader.commands import MAX_SHOWN_MESSAGE
 from .report import MAX_PROBLEMS_PER_REGION, MAX_WARNINGS, Report
 from .stream import READ_CHUNK
 
@@ -30,6 +31,11 @@ MAX_HELD_OBJECT = limits.MAX_OBJECT_SIZE
 # Base objects larger than this are hashed while they inflate, not kept.
 STREAM_THRESHOLD = limits.STREAM_THRESHOLD
 DEFAULT_CACHE_BYTES = 64 << 20
+# What is kept of the header's commit: its header lines (as much as a reader
+# reads at open) and room for the first MAX_SHOWN_MESSAGE characters of its
+# message (4 bytes of UTF-8 at most each), what `info` and `verify` show.
+# The rest is hashed as it passes, never held: a message can be gigabytes.
+COMMIT_HEAD = limits.MAX_COMMIT_HEADER + 4 * MAX_SHOWN_MESSAGE + 4
 # "<type> <size>\0", what git hashes before an object's content.
 OBJ_HEADER = {k: f"{name} %d\0".encode() for k, name in pack.TYPE_NAMES.items()}
 
@@ -128,7 +134,8 @@ class State:
         self.trees: dict[bytes, bytes] = {}
         self.tree_counts: dict[bytes, int] = {}  # entries of each of those trees
         self.blob_sizes: dict[bytes, int] = {}
-        self.commit_data: bytes | None = None
+        self.commit_data: bytes | None = None  # its first COMMIT_HEAD bytes at most
+        self.commit_size = 0  # the whole commit's
         # Delta bases (bases.py): the LRU, and from the header pass how many
         # deltas use each entry (by offset, by id) and, for cached bases, how
         # many uses remain.
@@ -174,7 +181,14 @@ class State:
         return rec
 
     def _lane_info(self, pos: int) -> tuple[int, int, int, int, None] | None:
-        """The record of a blob the fast lane took, rebuilt from its columns."""
+        """The record of a blob the fast lane took, rebuilt from its columns.
+
+        None when there is no lane at all: an IDX with 64-bit offsets (or a
+        32-bit one whose high bit a damage set) has no row column, so the
+        scan recorded every entry in `info`.
+        """
+        if self.lane_hlen is None:
+            return None
         offs = self.entry_offsets
         k = bisect_left(offs, pos)
         if k + 1 >= len(offs) or offs[k] != pos or not self.lane_hlen[k]:
