@@ -33,7 +33,10 @@ def key_path(key: str | os.PathLike) -> str:
 def check_key(key: str | os.PathLike) -> str:
     """Before any work: KEY is a readable SSH key and ssh-keygen is there.
     Returns 'TYPE key SHA256:...' (what `verify` will report)."""
-    return ssh.fingerprint(key_path(key))
+    path = key_path(key)
+    described = ssh.fingerprint(path)
+    ssh.usable_without_passphrase(path)
+    return described
 
 
 def sign_commit(payload: bytes, key: str | os.PathLike) -> bytes:

@@ -70,6 +70,7 @@ def run(args: list[str], payload: bytes | None = None) -> tuple[int, str, str]:
 
 def last_line(text: str) -> str:
     """The last non-empty line of ssh-keygen's stderr (its reason), for one-line errors."""
+    text = text.replace("Enter passphrase: ", "")  # the prompt ssh-keygen wrote, answered by nothing
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no reason given"
 
@@ -112,6 +113,23 @@ def fingerprint(key: str) -> str:
         raise DocteurError(f"{key}: not an SSH key ({last_line(err or out)})")
     kind = fields[-1].strip("()") if fields[-1].startswith("(") else "SSH"
     return f"{kind} key {fields[1]}"
+
+
+def usable_without_passphrase(key: str) -> None:
+    """A private key file must open without a passphrase (nothing will type
+    one): `ssh-keygen -y -P ''`, which reads it and prints its public half.
+    A public key file is left to the agent."""
+    try:
+        with open(key, "rb") as f:
+            private = f.read(64).lstrip().startswith(b"-----BEGIN")
+    except OSError:
+        return
+    if not private:
+        return
+    rc, _, err = run(["-y", "-P", "", "-f", key])
+    if rc != 0:
+        raise DocteurError(f"{key}: cannot sign with this key ({last_line(err)}; an encrypted "
+                           "key must be in ssh-agent, named by its public key)")
 
 
 def with_signature_file(signature: bytes, work):
