@@ -28,9 +28,6 @@ Pure: bytes in, values out, standard library only.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 from dataclasses import dataclass
 
 HEADER = b"gpgsig"  # the SHA-1 repositories' signature header (gpgsig-sha256: SHA-256's)
@@ -126,6 +123,10 @@ def ssh_signature_key(signature: bytes) -> tuple[str, str, str] | None:
     """(key type as ssh-keygen names it, its SHA256 fingerprint, namespace)
     of an armored SSH signature (OpenSSH's PROTOCOL.sshsig), read without
     checking anything; None when it is not one."""
+    import base64
+    import binascii
+    import hashlib
+
     text = signature.strip()
     if not (text.startswith(_SSH_BEGIN) and text.endswith(_SSH_END)):
         return None
