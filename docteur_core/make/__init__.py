@@ -93,8 +93,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     ssh-agent) that signs a directory's commit as `git commit -S` with
     gpg.format=ssh would (`docteur_core.sign`); checked before any work. A
     repository's commit keeps its own signature: `sign` with one is a
-    BuildError. Ed25519 and RSA signatures are deterministic, ECDSA ones are
-    not (then two builds differ in the signature, hence the commit id).
+    BuildError. Ed25519 signatures are deterministic; ECDSA ones are not and
+    RSA ones may not be (then two builds differ in the signature, hence in
+    the commit id).
     """
     from . import compat as compat_mod
     from . import identity

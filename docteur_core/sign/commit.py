@@ -4,9 +4,10 @@ The payload is the commit object as it is without a signature; its
 signature (`ssh-keygen -Y sign -n git -f KEY`) is stored as the `gpgsig`
 header where git stores it (`format.signed.add_signature`). An Ed25519
 signature is deterministic (RFC 8032), so the same commit and key give
-the same signed commit, hence the same image; RSA (rsa-sha2-512, PKCS #1
-v1.5) is deterministic too, ECDSA signatures are not (a fresh random
-nonce each time).
+the same signed commit, hence the same image. ECDSA signatures are not (a
+fresh random nonce each time); RSA ones (rsa-sha2-512, PKCS #1 v1.5) were
+with OpenSSH 9.2 and a key file, but an agent or a token may do otherwise,
+so only Ed25519 is promised.
 """
 
 from __future__ import annotations
