@@ -70,7 +70,7 @@ def run(args: list[str], payload: bytes | None = None) -> tuple[int, str, str]:
 
 def last_line(text: str) -> str:
     """The last non-empty line of ssh-keygen's stderr (its reason), for one-line errors."""
-    text = text.replace("Enter passphrase: ", "")  # the prompt ssh-keygen wrote, answered by nothing
+    text = text.replace("Enter passphrase: ", "")  # its prompt, which nothing answered
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "no reason given"
 
