@@ -15,6 +15,8 @@ hypothesis-generated trees and on real repositories:
   `docteur verify` accepts them;
 - `--compat ocaml` images are read completely by every OCaml mode, and the
   OCaml test store gives the OCaml docteur's own commit id;
+- a signed commit (`make --sign`, with and without `--compat ocaml`) is
+  verified and read there as any other;
 - the mismatches this project protects against (executables and links
   invisible to the fast reader, submodules, empty emails, large block sizes).
 """
@@ -500,6 +502,30 @@ def test_large_block_size_made_here_read_by_ocaml(oracle, history, tmp_path):
     assert img.stat().st_size == 3 * 131072  # the third block: the path index region
     same_verify(oracle, img)
     agree(oracle, img, sector=4096)
+
+
+# --- signed commits (make --sign) ---------------------------------------------
+
+@pytest.mark.parametrize("compat", [None, "ocaml"])
+def test_signed_images_verify_and_read_there(oracle, tmp_path, compat):
+    """A gpgsig header is one more header line to the OCaml docteur: its verify
+    accepts the image and prints what ours prints but the signature line, and
+    every reader sees what it sees of the unsigned image."""
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "index.html").write_text("<h1>signed</h1>\n")
+    (src / "docs" / "guide.md").write_text("# guide\n" * 40)
+    img = tmp_path / "signed.img"
+    make_image(src, img, date=DATE, sign=key, compat=compat, warn=lambda _: None)
+    theirs = oracle.verify(img)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = docteur("verify", img).stdout.decode()
+    signature = [line for line in ours.split("\n") if line.startswith("signature\t: ")]
+    assert len(signature) == 1 and signature[0].startswith("signature\t: unknown (ED25519 key")
+    assert ours.replace(signature[0] + "\n", "").encode() == theirs.stdout
+    agree(oracle, img)
 
 
 def test_block_size_above_the_limit_refused(tmp_path):

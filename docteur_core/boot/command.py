@@ -192,7 +192,7 @@ def _pin(args: argparse.Namespace) -> str | None:
             _log(args)(f"pinning commit {head.hex()} (the image's header)")
             return head.hex()
         return None
-    from ..format.layout import pin_of_url
+    from ..format.pin import pin_of_url
 
     return pin_of_url(args.target)
 

@@ -244,21 +244,3 @@ def image_layout(pack_size: int, idx_size: int, block_size: int) -> tuple[int, i
     end_of_idx = idx_offset + idx_size
     return idx_offset, end_of_idx + padding(end_of_idx, block_size)
 
-
-def pin_of_url(source: str) -> str | None:
-    """The commit an http(s) URL names, when its last path segment is
-    `<40 hex>.img` (how images are published: one file per commit, named
-    for it), in lower case; else None. A reader given such a URL and no
-    `--commit` refuses an image holding any other commit: the name is the
-    publisher's promise, and an origin that serves something else lies."""
-    scheme, sep, rest = source.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        return None
-    path = rest.partition("?")[0].partition("#")[0]
-    last = path.rpartition("/")[2]
-    if len(last) != 44 or not last.lower().endswith(".img"):
-        return None
-    digits = last[:40]
-    if any(c not in "0123456789abcdefABCDEF" for c in digits):
-        return None
-    return digits.lower()

@@ -45,6 +45,7 @@ class BuildResult:
     files: int = 0  # regular files in the tree (a path each, duplicates included)
     bytes_in: int = 0  # their total size: what the image compresses
     deltas: int = 0  # PACK entries stored as deltas (of `objects`)
+    signed_by: str = ""  # "ED25519 key SHA256:..." that signed a directory's commit (--sign)
 
 
 def _stderr_warning(text: str) -> None:
@@ -61,7 +62,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                max_object_size: int = MAX_FILE_SIZE, compress: str = "default",
                zopfli_iterations: int | None = None,
                excludes: Sequence[str | bytes] = (), gitignore: bool = False,
-               jobs: int | None = None) -> BuildResult:
+               jobs: int | None = None, sign: str | os.PathLike | None = None) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -88,6 +89,13 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     directory source.
     `jobs`: how many `git pack-objects` run at once (default: $DOCTEUR_JOBS,
     else the usable cores); it never changes the image (see `parallel`).
+    `sign`: an SSH key file (private, or public with its private half in
+    ssh-agent) that signs a directory's commit as `git commit -S` with
+    gpg.format=ssh would (`docteur_core.sign`); checked before any work. A
+    repository's commit keeps its own signature: `sign` with one is a
+    BuildError. Ed25519 signatures are deterministic; ECDSA ones are not and
+    RSA ones may not be (then two builds differ in the signature, hence in
+    the commit id).
     """
     from . import compat as compat_mod
     from . import identity
@@ -122,6 +130,12 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                              "(a repository's commit is stored as it is)")
         from .ignore import Rules, exclude_patterns
         rules = Rules.make(exclude_patterns(excludes), gitignore)
+    signed_by = ""
+    if sign is not None:
+        if src.kind != "directory":
+            raise BuildError(f"{src.display}: {SIGN_REFUSAL}")
+        from ..sign import check_key
+        signed_by = _as_build_error(check_key, sign)  # a readable key, ssh-keygen: before any work
     if src.kind == "directory":
         if branch is not None:
             raise BuildError(f"{src.display}: --branch needs a Git repository, "
@@ -159,6 +173,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                     raw = compat_mod.commit_raw(tree, author_b, when, message_b)
                 else:
                     raw = identity.commit_raw(tree, author_b, when, message_b)
+                if sign is not None:
+                    from ..sign import sign_commit
+                    raw = _as_build_error(sign_commit, raw, sign)
                 commit = writer.add(OBJ_COMMIT, raw).hex()
                 writer.finish()
             except BaseException:
@@ -220,7 +237,23 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                            progress, tail=tail)
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
                        kind=src.kind, source_commit=source_commit, files=files,
-                       bytes_in=bytes_in, deltas=deltas)
+                       bytes_in=bytes_in, deltas=deltas, signed_by=signed_by)
+
+
+SIGN_REFUSAL = ("--sign signs a directory's commit; a Git repository's commit is stored as it "
+                "is, with its own signature if it has one")
+
+
+def _as_build_error(call, *args):
+    """`call(*args)`, its one-line DocteurError (the signing key, ssh-keygen) a BuildError."""
+    from ..errors import DocteurError
+
+    try:
+        return call(*args)
+    except BuildError:
+        raise
+    except DocteurError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def filters_refusal(excludes: Sequence[str | bytes], gitignore: bool) -> str:

@@ -70,6 +70,20 @@ killed with SIGKILL takes its git and ssh processes with it; its temporary
 files ($TMPDIR/docteur-make-PID-*, .IMAGE.docteur-PID-*.tmp) are removed by
 the next build.
 
+With --sign KEY, a directory's commit is signed as `git commit -S` signs
+with gpg.format=ssh and user.signingKey=KEY: `ssh-keygen -Y sign -n git
+-f KEY` over the commit, stored as its gpgsig header. KEY is a private key
+file, or a public key file whose private half is in ssh-agent (an
+encrypted key must be there: nothing asks for a passphrase). Readers
+given --allowed-signers FILE (git's gpg.ssh.allowedSignersFile format)
+then accept the image, and `git verify-commit` agrees. Ed25519 signatures
+are deterministic, so a signed build stays reproducible; RSA and ECDSA
+ones may not be (ECDSA's never are: then two builds differ in the
+signature, hence in the commit id). The OCaml docteur reads and verifies
+signed images as any other (it ignores the signature). A repository's
+commit is stored as it is, with its own signature if it has one: --sign
+with a repository source is a usage error.
+
 With --gitignore, the directory's .gitignore files leave out what `git add`
 (without --force) would leave out; --exclude adds patterns of your own.
 A summary line ends every build on stderr (files and bytes in, image
@@ -125,6 +139,11 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
                              "patterns; .gitignore files are stored unless ignored themselves); "
                              "the user's core.excludesFile is not read. A folder left empty by "
                              "--exclude/--gitignore is left out, as git does")
+    parser.add_argument("--sign", metavar="KEY",
+                        help="sign a directory's commit with this SSH key, as git commit -S "
+                             "with gpg.format=ssh does: a private key file, or a public key "
+                             "whose private half is in ssh-agent; Ed25519 keys sign "
+                             "deterministically, RSA and ECDSA keys may not")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing but errors and warnings (no summary line)")
 
@@ -140,6 +159,11 @@ def run(args: argparse.Namespace) -> int:
         # A usage error, as below: a plain directory has no branches.
         print(f"docteur make: {args.source}: --branch needs a Git repository, and this is a "
               "plain directory", file=sys.stderr)
+        return 2
+    if args.sign is not None and classify(args.source).kind != "directory":
+        # A usage error, as --branch above: a repository's commit is stored as it is.
+        from . import SIGN_REFUSAL
+        print(f"docteur make: {args.source}: {SIGN_REFUSAL}", file=sys.stderr)
         return 2
     if args.exclude or args.gitignore:
         # A usage error, not a build failure: these options mean nothing for a commit.
@@ -173,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
                             compat=args.compat, path_index=args.path_index,
                             compress=args.compress,
                             zopfli_iterations=args.zopfli_iterations,
-                            excludes=args.exclude, gitignore=args.gitignore)
+                            excludes=args.exclude, gitignore=args.gitignore,
+                            sign=args.sign)
     finally:
         if progress is not None:
             progress.close()
@@ -183,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
               f"commit {result.commit}, tree {result.tree}"
               + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
-                 if result.source_commit != result.commit else ""))
+                 if result.source_commit != result.commit else "")
+              + (f", signed with {result.signed_by}" if result.signed_by else ""))
         from .summary import summary_line
         print(summary_line(args.image, result.files, result.bytes_in, result.size,
                            result.objects, result.deltas, time.monotonic() - started),

@@ -253,7 +253,7 @@ class Image:
             from ..blockdev.device import open_device
             name = os.fsdecode(source)
             if pin is None:
-                from ..format.layout import pin_of_url
+                from ..format.pin import pin_of_url
 
                 url_pin = pin_of_url(name)
                 pin = None if url_pin is None else bytes.fromhex(url_pin)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DamagedImage, DocteurError
-from ..format.layout import pin_of_url
+from ..format.pin import pin_of_url
 from .nbdkit import CACHE_BLOCK, Listen, ServeError, auto_cache_size, nbdkit_prefix
 
 # The check's read-ahead: small, its bytes are fetched again by nbdkit.
@@ -85,7 +85,7 @@ def check_remote(url: str, level: str = "quick", commit: str | None = None) -> R
     `remote` check); `full`: `docteur verify` over HTTP (every byte, once).
     `commit` (40 lower-case hex digits, --commit) is the commit the image
     must hold; without it a URL ending in `<40 hex>.img` pins that one
-    (`layout.pin_of_url`). Another commit is `WrongCommit`, whatever the
+    (`format.pin.pin_of_url`). Another commit is `WrongCommit`, whatever the
     level (the header is always read).
     """
     from ..blockdev.block import ByteReader, SectorCache

@@ -80,7 +80,9 @@ def verify_image(device: BlockDevice, quick: bool = False, *,
                  cache_bytes: int = DEFAULT_CACHE_BYTES,
                  max_object_size: int = MAX_HELD_OBJECT,
                  max_paths: int = limits.MAX_PATHS,
-                 max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES) -> Report:
+                 max_lookup_bytes: int = limits.MAX_LOOKUP_BYTES,
+                 commit: str | None = None,
+                 allowed_signers: str | None = None) -> Report:
     """Check everything about the image on `device` (see the module docstring).
 
     The limits are the reader's (format/limits.py): an object over
@@ -88,8 +90,23 @@ def verify_image(device: BlockDevice, quick: bool = False, *,
     paths, a delta base whose rebuild takes more than `max_lookup_bytes`
     are problems, found before the memory or work is spent.
     Never raises for damage, only for I/O errors of the device itself
-    (`DeviceError`).
+    (`DeviceError`), and for what the caller asked it to trust (see `trust`):
+    `commit` (40 hex digits): the header must name it, compared before
+    anything else is read; another is `WrongCommit`. `allowed_signers` (a
+    file in git's allowed signers format; host only, it runs ssh-keygen):
+    the commit must be signed by one of its keys, else `WrongCommit` once
+    the commit has been read and hashed (its `report` attribute holds the
+    report). `Report.signature` says what the signature is, checked
+    against `allowed_signers` when given (otherwise a signed commit is
+    "unknown": signed, not checked).
     """
+    from .trust import check_pin, judge_signature, ready
+
+    ready(allowed_signers)
+    if commit is not None:
+        check_pin(device, commit)
     v = Verifier(device, quick, cache_bytes, max_object_size, max_paths, max_lookup_bytes)
     v.run()
+    v.report.pin = commit
+    judge_signature(v, allowed_signers)
     return v.report

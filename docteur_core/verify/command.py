@@ -9,6 +9,13 @@ image is intact; otherwise every problem goes to stderr, one line each
 over MAX_SHOWN_MESSAGE characters is cut there, as `docteur info` cuts it,
 and a line says so (`message_complete: false` in `--json`): a hostile
 commit may hold gigabytes of message, which verify hashes but never holds.
+A signed commit adds one line after `root`, `signature\t: STATE (...)` (an
+unsigned one none, so the OCaml output stays as it was); `--json` always
+has a `signature` field.
+
+`--commit ID` (or an http(s) URL ending in ID.img) and `--allowed-signers
+FILE` say which image is wanted: another is one line, `wrong image: ...`,
+exit 1 (`verify.trust`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import argparse
 import json
 import sys
 
-from ..errors import DocteurError
+from .. import options
+from ..errors import DocteurError, WrongCommit
 from .report import R_IMAGE
 
 # How the verifier's report starts when the file is no image (format/layout.py's rule).
@@ -32,15 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     offsets, CRC-32s, checksums) against the pack, every object's SHA-1 (the
     Merkle check), and that everything the commit's tree reaches is present.
     Exits 0 only when all of it holds; otherwise prints one line per problem
-    on stderr and exits 1. IMAGE is a file, a block device or an NBD URI
-    (nbd://host:port/export, nbd+unix:///export?socket=PATH).
+    on stderr and exits 1. IMAGE is a file, a block device, an NBD URI
+    (nbd://host:port/export, nbd+unix:///export?socket=PATH) or an http(s)
+    URL.
+
+    Which image: --commit ID refuses any image whose header names another
+    commit, before anything else is read (one line, `wrong image: ...`, exit
+    1); an http(s) URL whose last segment is ID.img pins ID the same way
+    unless --commit is given. --allowed-signers FILE (git's
+    gpg.ssh.allowedSignersFile format) accepts only a commit signed by one
+    of FILE's keys (as `git verify-commit` judges it, with ssh-keygen -Y
+    verify): unsigned, signed by another key, or a signature that does not
+    hold is `wrong image: ...`, exit 1.
+
+    The commit's signature is reported (a `signature` line after `root` for a
+    signed commit, and in --json): good (who FILE says signed it, and the
+    key), bad (it does not hold for this commit), unknown (signed, not
+    checked: no --allowed-signers, a key FILE does not list, or an OpenPGP
+    signature), or none. Repository commits keep their own signatures.
     """
-    parser.add_argument("image", metavar="IMAGE", help="image file, device or NBD URI")
+    parser.add_argument("image", metavar="IMAGE", help="image file, device, NBD URI or URL")
     parser.add_argument("--quick", action="store_true",
                         help="check only the header, signatures, counts, padding and "
                              "checksums (reads every byte once, no per-object work)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON report (fields, counts, checks, problems)")
+    parser.add_argument("--commit", metavar="ID", type=options.commit_id, default=None,
+                        help="the commit the image must hold (40 hex digits), compared with "
+                             "its header before anything else is read; an http(s) URL ending "
+                             "in ID.img pins ID unless --commit says otherwise")
+    parser.add_argument("--allowed-signers", metavar="FILE", default=None,
+                        help="accept only a commit signed by a key of FILE (git's "
+                             "gpg.ssh.allowedSignersFile format, checked with ssh-keygen -Y "
+                             "verify as git verify-commit does)")
     from ..reader.commands import add_limit_arguments
 
     add_limit_arguments(parser, ("max_object_size", "max_paths"))
@@ -87,6 +119,8 @@ def render(report) -> str:
     if report.author is not None:
         lines.append(f"author\t: {ocaml_quoted(report.author.name)} <{report.author.email}>")
     lines.append(f"root\t: {report.tree}")
+    if report.signature is not None and report.signature.state != "none":
+        lines.append(f"signature\t: {report.signature.text()}")
     text = "\n".join(lines) + "\n"
     if report.message:
         text += "\n" + report.message + "\n"
@@ -134,12 +168,29 @@ def run(args: argparse.Namespace) -> int:
 
     from ..progress import for_stderr
 
+    from ..format.pin import pin_of_url
+
+    commit = args.commit if args.commit is not None else pin_of_url(args.image)
+    if args.allowed_signers is not None:
+        from ..sign import readable_signers
+        readable_signers(args.allowed_signers)  # a typo costs one line, not a whole check
     device = open_device(args.image)
     progress = for_stderr(sys.stderr)
     try:
         report = verify_image(device if progress is None else _Counting(device, progress),
                               quick=args.quick, max_object_size=args.max_object_size,
-                              max_paths=args.max_paths)
+                              max_paths=args.max_paths, commit=commit,
+                              allowed_signers=args.allowed_signers)
+    except WrongCommit as exc:
+        refused = getattr(exc, "report", None)
+        if args.json and refused is not None:
+            json.dump(json_safe(refused.to_json()), sys.stdout, indent=2, ensure_ascii=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if commit is not None and args.commit is None and refused is None:
+            raise WrongCommit(f"{exc.what} (by the URL's name, {commit}.img; --commit ID "
+                              "pins another)") from None
+        raise
     finally:
         if progress is not None:
             progress.close()

@@ -10,8 +10,12 @@ nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..format import objects
+
+if TYPE_CHECKING:
+    from ..format.signed import SignatureInfo
 
 # Regions named in problem lines; tests match on them.
 R_IMAGE = "image"
@@ -80,6 +84,11 @@ class Report:
     hidden_warnings: int = 0
     # How delta bases were found: LRU hits, misses, objects rebuilt from the device.
     stats: dict[str, int] = field(default_factory=dict)
+    # The commit the caller pinned (`commit=`), which the header matched.
+    pin: str | None = None
+    # The commit's signature (`format.signed.SignatureInfo`): none, good, bad,
+    # unknown; None when the commit could not be read intact.
+    signature: "SignatureInfo | None" = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +121,8 @@ class Report:
             "root": self.tree,
             "message": self.message,
             "message_complete": self.message_complete,
+            "pin": self.pin,
+            "signature": None if self.signature is None else self.signature.to_json(),
             "size": self.capacity,
             "block_sizes": self.block_sizes,
             "path_index": None if self.path_index is None else
