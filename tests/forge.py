@@ -201,3 +201,105 @@ def simple(files: dict[str, Obj], extra: list[Obj] = ()) -> tuple[list[Obj], byt
     t = Obj("tree", tree(*[("100644", n, o.oid) for n, o in sorted(files.items())]))
     c = Obj("commit", commit(t.oid))
     return [c, t, *files.values(), *extra], c.oid
+
+
+# --- forgeries of a real image: other bytes where an id says what they are ---------
+
+def _idx_table(image: bytes) -> tuple[int, int, int]:
+    """(IDX offset, object count, offset of its id table) of an image."""
+    idx_at = layout.parse_header(image, len(image)).idx_offset
+    count = struct.unpack_from(">I", image, idx_at + layout.IDX_HEADER_SIZE + 1020)[0]
+    return idx_at, count, idx_at + layout.IDX_HEADER_SIZE + layout.FANOUT_SIZE
+
+
+def _find_entry(image: bytes, oid: bytes) -> tuple[int, int]:
+    """(row of `oid` in the IDX, image offset of its pack entry)."""
+    _, count, ids = _idx_table(image)
+    for row in range(count):
+        if image[ids + 20 * row:ids + 20 * row + 20] == oid:
+            (off,) = struct.unpack_from(">I", image, ids + 24 * count + 4 * row)
+            assert not off & 0x80000000, "a 64-bit IDX offset: not handled here"
+            return row, layout.PACK_OFFSET + off
+    raise KeyError(f"{oid.hex()} is not in the image's IDX")
+
+
+def whole_object(image: bytes, oid: bytes) -> tuple[str, bytes]:
+    """(type name, content) of the object `oid`, stored whole (not a delta)."""
+    from docteur_core.format.pack import MAX_ENTRY_HEADER, TYPE_NAMES, inflate_from, \
+        parse_entry_header
+
+    idx_at = _idx_table(image)[0]
+    _, at = _find_entry(image, oid)
+    head = parse_entry_header(image[at:at + MAX_ENTRY_HEADER], f"at {at}")
+    assert head.type in TYPE_NAMES, f"{oid.hex()} is stored as a delta"
+    data, _ = inflate_from(lambda off, n: image[off:off + n], at + head.header_len,
+                           head.size, idx_at, f"at {at}")
+    return TYPE_NAMES[head.type], data
+
+
+def root_tree_id(image: bytes) -> bytes:
+    """The id on the `tree` line of the image's commit."""
+    _, text = whole_object(image, bytes(image[:20]))
+    assert text.startswith(b"tree ")
+    return bytes.fromhex(text[5:45].decode())
+
+
+def deflate_exactly(content: bytes, length: int) -> bytes:
+    """A valid zlib stream of `content` exactly `length` bytes long: some
+    level and strategy, then empty blocks (partial and sync flushes, 10
+    bits and about 5 bytes each) to make up the difference."""
+    for level in range(10):
+        for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED, zlib.Z_HUFFMAN_ONLY,
+                         zlib.Z_RLE, zlib.Z_FIXED):
+            for partial in range(8):
+                for sync in range(length):
+                    c = zlib.compressobj(level, zlib.DEFLATED, 15, 8, strategy)
+                    out = c.compress(content)
+                    out += b"".join(c.flush(zlib.Z_PARTIAL_FLUSH) for _ in range(partial))
+                    out += b"".join(c.flush(zlib.Z_SYNC_FLUSH) for _ in range(sync))
+                    out += c.flush()
+                    if len(out) == length:
+                        assert zlib.decompress(out) == content
+                        return out
+                    if len(out) > length:
+                        break
+    raise ValueError(f"no zlib stream of {len(content)} bytes is {length} bytes long here")
+
+
+def rewrite_object(image: bytes, oid: bytes, content: bytes) -> bytearray:
+    """The image with the entry of `oid` (stored whole) holding `content`,
+    of the same size: deflated again into a stream of the old one's length
+    (deflate_exactly) and its CRC-32 in the IDX fixed. The header, the IDX's ids and
+    offsets, every other entry, the pack's trailer (to which a path index
+    is bound) stay as they were: the pack's checksum (`docteur verify`)
+    and the object's SHA-1 against the id that names it can tell."""
+    from docteur_core.format.pack import MAX_ENTRY_HEADER, inflate_from, parse_entry_header
+
+    out = bytearray(image)
+    idx_at, count, ids = _idx_table(image)
+    row, at = _find_entry(image, oid)
+    head = parse_entry_header(image[at:at + MAX_ENTRY_HEADER], f"at {at}")
+    assert head.type in TYPES.values(), f"{oid.hex()} is stored as a delta"
+    assert len(content) == head.size, "the content must keep the object's size"
+    _, used = inflate_from(lambda off, n: image[off:off + n], at + head.header_len,
+                           head.size, idx_at, f"at {at}")
+    stream = deflate_exactly(content, used)
+    start = at + head.header_len
+    out[start:start + used] = stream
+    crc = zlib.crc32(bytes(out[at:start + used]))
+    struct.pack_into(">I", out, ids + 20 * count + 4 * row, crc)
+    return out
+
+
+def repointed_tree_image(path, name: str = "README.txt") -> tuple[bytes, dict[str, bytes]]:
+    """Write a hand-made image whose root tree, listed in the IDX under its
+    honest id (CRC-32 right), names another blob for `name` than the one
+    the honest tree does: (the commit id, {file: honest content})."""
+    files = {name: b"the file the commit names\n", "other.txt": b"another file\n"}
+    blobs = {n: Obj("blob", data) for n, data in files.items()}
+    honest = Obj("tree", tree(*[("100644", n, b.oid) for n, b in sorted(blobs.items())]))
+    forged = Obj("tree", tree(*[("100644", n, blobs["other.txt"].oid)
+                                for n in sorted(blobs)]), oid=honest.oid)
+    c = Obj("commit", commit(honest.oid, "honest tree, forged entry\n"))
+    path.write_bytes(bytes(build([c, forged, *blobs.values()], c.oid)))
+    return c.oid, files

@@ -7,10 +7,16 @@ byte, for images made by make_image (block sizes 512 and 4096, deltas) and
 by git alone (REF_DELTA), read from a file, through the project's nbdkit
 plugin and nbdfuse, and from an NBD URI. A missing prerequisite (Solo5's
 source, libseccomp-dev, nbdfuse, ...) fails the tests with its reason.
+
+Trust (issue 21): the guest checks every object it reads against its git
+id, back to the header's commit or a pinned one; forged images (tests/forge)
+are refused with no `out` frame at all, and `docteur boot --solo5` pins a
+local image's commit before any server serves it.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import random
@@ -20,12 +26,16 @@ from pathlib import Path
 
 import pytest
 
+from docteur_core import cli
 from docteur_core.boot import solo5
+from docteur_core.boot.solo5 import command as solo5_command
+from docteur_core.boot.solo5 import runner as solo5_runner
 from docteur_core.format import layout, pack
 from docteur_core.make import make_image
 from docteur_core.reader import Image
 from docteur_core.boot.solo5.runner import tender_command
 
+from . import forge
 from .support import PLUGIN, REPO_ROOT, NbdkitServer, git_reference_image
 
 DATE = "2024-01-02T03:04:05Z"
@@ -283,6 +293,15 @@ def test_paths_are_percent_encoded_on_the_command_line(built):
     assert cmd[-3:] == ["--solo5:quiet", "cat", "a%20dir/%C3%BC%20%25.txt"]
 
 
+def test_the_pin_and_no_verify_on_the_command_line():
+    pin = "AB" * 20
+    cmd = tender_command(Path("t"), Path("u"), Path("i"), "sha256", "x", commit=pin,
+                         verify=False)
+    assert cmd[-6:] == ["--solo5:quiet", "-n", "-c", "ab" * 20, "sha256", "x"]
+    with pytest.raises(solo5.Solo5Error, match="not a commit id"):
+        tender_command(Path("t"), Path("u"), Path("i"), "cat", "x", commit="abc")
+
+
 # --- the command line -------------------------------------------------------------
 
 def test_boot_solo5_prints_text_and_describes_binary(built, image, expected):
@@ -312,3 +331,202 @@ def test_boot_solo5_errors_and_statuses(built, image):
     assert proc.returncode == 1
     assert proc.stderr.decode().splitlines() == [
         "docteur boot: ls: the Solo5 guest runs cat PATH or sha256 PATH"]
+
+
+# --- trust: a pinned commit, every object checked (issue 21) -----------------------
+
+README = b"hello from docteur\n"
+
+
+def guest(built, image: Path, *words: str) -> tuple[int, dict[str, bytes]]:
+    """Run the guest with these command-line words; (status, its streams):
+    to tell an empty `out` frame from none at all."""
+    cmd = [str(built.tenders["spt"]), f"--block:storage={image}",
+           str(built.unikernels["spt"]), "--solo5:quiet", *words]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    streams, _ = solo5.parse_console(done.stdout)
+    return done.returncode, streams
+
+
+def refused(built, image: Path, *words: str) -> bytes:
+    """The guest's error line for words: status 1, an err frame, no out frame."""
+    status, streams = guest(built, image, *words)
+    assert status == 1, streams
+    assert "out" not in streams, streams
+    assert len(streams["err"].splitlines()) == 1
+    return streams["err"]
+
+
+@pytest.fixture(scope="module")
+def forged(source, tmp_path_factory):
+    """A good image and its forgeries, each refused for one reason."""
+    folder = tmp_path_factory.mktemp("forged")
+    good = folder / "good.img"
+    make_image(source, good, date=DATE)
+    data = good.read_bytes()
+    images = {"good": good}
+    # The same tree on another date: another valid image, of the same size.
+    images["other"] = folder / "other.img"
+    make_image(source, images["other"], date="2024-01-02T03:04:06Z")
+    # README.txt's blob re-deflated as other bytes of its size, CRC-32 fixed.
+    images["blob"] = folder / "blob.img"
+    images["blob"].write_bytes(forge.rewrite_object(
+        data, pack.object_id("blob", README), README.upper()))
+    # The commit's dates moved by a second, in place (the header's id kept).
+    _, text = forge.whole_object(data, data[:20])
+    images["commit"] = folder / "commit.img"
+    images["commit"].write_bytes(forge.rewrite_object(
+        data, data[:20], text.replace(b" 1704164645 ", b" 1704164646 ")))
+    # A root tree, listed under its honest id, naming another blob.
+    images["tree"] = folder / "tree.img"
+    commit, _ = forge.repointed_tree_image(images["tree"])
+    ids = {name: path.read_bytes()[:20].hex() for name, path in images.items()}
+    assert ids["tree"] == commit.hex()
+    assert ids["blob"] == ids["commit"] == ids["good"] != ids["other"]
+    assert images["other"].stat().st_size == good.stat().st_size
+    return images, ids
+
+
+def test_the_good_image_is_accepted_pinned_and_verified(built, forged, source):
+    images, ids = forged
+    status, streams = guest(built, images["good"], "-c", ids["good"], "cat", "README.txt")
+    assert status == 0 and streams["out"] == README and "err" not in streams
+    names = ["similar/v5.txt", "docs/guide/deep/x.json", "a dir/with space %41.txt"]
+    results = solo5.run_many(images["good"], [("cat", n) for n in names],
+                             commit=ids["good"].upper())
+    check_all(results, {n: (source / n).read_bytes() for n in names})
+
+
+def test_a_re_deflated_blob_is_refused(built, forged):
+    images, _ = forged
+    blob = pack.object_id("blob", README).hex()
+    want = pack.object_id("blob", README.upper()).hex()
+    for verb in ("cat", "sha256"):
+        assert refused(built, images["blob"], verb, "README.txt") == (
+            f"error: damaged image: SHA-1 mismatch: the blob {blob} (/README.txt) "
+            f"hashes to {want}\n").encode()
+    # Everything else in the forgery holds: unverified, the guest prints it.
+    assert solo5.run(images["blob"], "cat", "README.txt", verify=False) == \
+        (0, README.upper(), b"")
+    # Another file of the same image is still read, verified.
+    assert solo5.run(images["blob"], "cat", "link") == (0, b"README.txt", b"")
+
+
+def test_a_forged_commit_is_refused(built, forged):
+    images, ids = forged
+    err = refused(built, images["commit"], "cat", "README.txt")
+    assert err.startswith(f"error: damaged image: SHA-1 mismatch: the commit "
+                          f"{ids['commit']} hashes to ".encode())
+    assert refused(built, images["commit"], "-c", ids["good"], "cat", "README.txt") == err
+    assert solo5.run(images["commit"], "cat", "README.txt", verify=False) == (0, README, b"")
+
+
+def test_a_tree_naming_another_blob_is_refused(built, forged):
+    images, _ = forged
+    err = refused(built, images["tree"], "cat", "README.txt")
+    assert err.startswith(b"error: damaged image: SHA-1 mismatch: the tree ")
+    assert b" (/) hashes to " in err
+    assert solo5.run(images["tree"], "cat", "README.txt", verify=False) == \
+        (0, b"another file\n", b"")
+
+
+def test_another_commit_is_refused_when_pinned(built, forged):
+    images, ids = forged
+    line = (f"error: wrong image: it holds commit {ids['other']}, not the pinned "
+            f"{ids['good']}\n").encode()
+    for words in (["-c", ids["good"]], ["-n", "-c", ids["good"]], ["-c", ids["good"], "-n"]):
+        status, streams = guest(built, images["other"], *words, "cat", "README.txt")
+        assert (status, streams.get("err"), "out" in streams) == (1, line, False)
+        assert streams["log"] == b"1 block reads\n"   # the header's, and no other
+    # Unpinned, it is a valid image: read, checked against its own header.
+    assert solo5.run(images["other"], "cat", "README.txt") == (0, README, b"")
+
+
+def test_an_nbd_export_is_checked_against_its_header(built, forged):
+    images, ids = forged
+    # nbdkit's file plugin: the project's own refuses this forgery at start-up
+    # (its pack's trailer is not the one its path index is bound to).
+    with NbdkitServer("file", f"file={images['blob']}", unix=True) as server:
+        status, out, err = solo5.run(server.uri, "cat", "README.txt")
+        assert (status, out) == (1, b"")
+        assert err.startswith(b"error: damaged image: SHA-1 mismatch: the blob ")
+        assert solo5.run(server.uri, "cat", "empty", commit=ids["good"]) == (0, b"", b"")
+        assert solo5.run(server.uri, "cat", "empty", commit=ids["other"])[0] == 1
+
+
+def test_guest_usage_with_a_bad_pin(built, forged):
+    images, _ = forged
+    for words in (["-c", "abc", "cat", "README.txt"], ["-c", "g" * 40, "cat", "x"],
+                  ["-c"], ["-n"]):
+        status, streams = guest(built, images["good"], *words)
+        assert status == 2 and "out" not in streams
+        assert streams["err"].startswith(b"error: usage: [-n] [-c COMMIT] cat PATH")
+
+
+def boot(argv: list[str], capsysbinary) -> tuple[int, bytes, bytes]:
+    """`docteur boot ARGV` in this process (so a test can swap the server)."""
+    status = cli.main(["boot", *map(str, argv)])
+    captured = capsysbinary.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_boot_solo5_pins_the_local_image_against_a_swapping_server(
+        built, forged, monkeypatch, capsysbinary):
+    """The server serves another valid image (same size) than the file the
+    host read: the pin read from the file's header catches it."""
+    images, ids = forged
+    real = solo5_runner.image_server
+    monkeypatch.setattr(solo5_runner, "image_server",
+                        lambda image, kind="docteur": real(images["other"], kind))
+    status, out, err = boot(["--solo5", "spt", images["good"], "cat", "README.txt"],
+                            capsysbinary)
+    assert (status, out) == (1, b"")
+    assert f"pinning commit {ids['good']}".encode() in err
+    assert err.endswith(f"error: wrong image: it holds commit {ids['other']}, not the "
+                        f"pinned {ids['good']}\n".encode())
+    # The same server, the image it serves pinned: read.
+    status, out, err = boot(["--solo5", "spt", "--commit", ids["other"], images["good"],
+                             "cat", "README.txt"], capsysbinary)
+    assert (status, out) == (0, README)
+
+
+def test_boot_solo5_commit_and_no_verify(built, forged):
+    images, ids = forged
+    proc = docteur("boot", "--solo5", "spt", "--commit", ids["other"], images["good"],
+                   "cat", "README.txt")
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    assert proc.stderr.endswith(f"error: wrong image: it holds commit {ids['good']}, "
+                                f"not the pinned {ids['other']}\n".encode())
+    proc = docteur("boot", "--solo5", "spt", "-q", "--no-server", images["blob"],
+                   "cat", "README.txt")
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    assert proc.stderr.startswith(b"error: damaged image: SHA-1 mismatch: the blob ")
+    proc = docteur("boot", "--solo5", "spt", "-q", "--no-verify", "--server", "file",
+                   images["blob"], "cat", "README.txt")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, README.upper(), b"")
+    # Options between IMAGE and the verb are boot's too.
+    proc = docteur("boot", "--solo5", "spt", "-q", images["good"], "--commit", ids["other"],
+                   "cat", "README.txt")
+    assert proc.returncode == 1 and b"wrong image" in proc.stderr
+
+
+def test_boot_solo5_cannot_check_a_signer(built, forged, tmp_path):
+    images, _ = forged
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")
+    proc = docteur("boot", "--solo5", "spt", "--allowed-signers", signers, images["good"],
+                   "cat", "README.txt")
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    assert b"the Solo5 guest cannot check a signature" in proc.stderr
+
+
+def test_the_trust_options_are_added_once():
+    parser = argparse.ArgumentParser()
+    solo5_command.add_options(parser)
+    solo5_command.add_options(argparse.ArgumentParser())
+    parser2 = argparse.ArgumentParser()
+    from docteur_core.options import add_trust_arguments
+    add_trust_arguments(parser2)
+    solo5_command.add_options(parser2)      # no "conflicting option string"
+    assert parser2.parse_args(["--no-verify"]).verify is False
+    assert parser.parse_args(["--commit", "A" * 40]).commit == "a" * 40

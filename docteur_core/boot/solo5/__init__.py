@@ -17,13 +17,22 @@ zlib, deltas, trees) through `solo5_block_read`.
   first, and returns exactly what the guest printed.
 - command.py: `docteur boot --solo5 spt|hvt|auto IMAGE cat|sha256 PATH`.
 
+Trust: the guest checks every object it reads (the commit, each tree on the
+path, the file) against its git id, back to the header's commit, and the
+file whole before printing a byte; `commit=` pins the commit (a local
+image's, read with `image_commit`, is what `docteur boot --solo5` pins),
+`verify=False` skips the hashing.
+
     from docteur_core.boot import solo5
     tenders, unikernels = solo5.build()
-    status, out, err = solo5.run("disk.img", "cat", "index.html", tender="spt")
+    status, out, err = solo5.run("disk.img", "cat", "index.html", tender="spt",
+                                 commit=solo5.image_commit("disk.img"))
 """
 
 from .toolchain import Built, Solo5Error, build, cache_root, find_solo5_source
-from .runner import RunResult, VERBS, TENDER_CHOICES, parse_console, run, run_many
+from .runner import (RunResult, VERBS, TENDER_CHOICES, image_commit, parse_console, run,
+                     run_many)
 
 __all__ = ["Built", "RunResult", "Solo5Error", "TENDER_CHOICES", "VERBS", "build",
-           "cache_root", "find_solo5_source", "parse_console", "run", "run_many"]
+           "cache_root", "find_solo5_source", "image_commit", "parse_console", "run",
+           "run_many"]

@@ -6,6 +6,13 @@ guest run per command. An image file is served with the project's nbdkit
 plugin and attached with nbdfuse (the whole chain, as `docteur boot` serves
 it to QEMU); `--server file` uses nbdkit's file plugin, `--no-server` gives
 the file to the tender directly; an NBD URI goes through nbdfuse.
+
+Trust: the guest checks every object it reads against its git id, back to
+a commit (`--no-verify` stops that). The commit is `--commit ID` if given;
+else, for a local image file, the one its header names, read here before
+any server starts and passed to the guest as a pin, so that a server or
+device that gives the guest other bytes (another image, even a valid one)
+is caught; for an NBD URI, the guest checks against the header it reads.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import argparse
 import sys
 
 from ..runner import BootError, shown, split_commands
-from .runner import VERBS, is_uri, run_many
+from .runner import VERBS, image_commit, is_uri, run_many
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +33,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-server", action="store_true",
                         help="with --solo5: attach the image file to the tender directly "
                              "(default: serve it with nbdkit and attach it with nbdfuse)")
+    # --commit and --no-verify are `docteur boot`'s (boot/command.py adds
+    # the shared set); added here only if that has not happened yet, so the
+    # guest's pin and checks can be asked for in any case.
+    if "--commit" not in parser._option_string_actions:
+        from ...options import add_trust_arguments
+        add_trust_arguments(parser)
 
 
 def _commands(words: list[str]) -> list[tuple[str, str]]:
@@ -38,14 +51,32 @@ def _commands(words: list[str]) -> list[tuple[str, str]]:
     return commands
 
 
+def trust(args: argparse.Namespace, log) -> tuple[str | None, bool]:
+    """(the commit the guest is pinned to or None, whether it verifies)."""
+    commit, verify = getattr(args, "commit", None), getattr(args, "verify", True)
+    if getattr(args, "allowed_signers", None):
+        raise BootError("--allowed-signers: the Solo5 guest cannot check a signature; "
+                        "pin the commit with --commit ID")
+    if commit is None and not is_uri(args.target):
+        commit = image_commit(args.target)
+        log(f"pinning commit {commit} (the header of {args.target}) for the guest")
+    elif commit is None:
+        log("no --commit: the guest checks the export against its own header's commit")
+    if not verify:
+        log("--no-verify: the guest does not check objects against their ids")
+    return commit, verify
+
+
 def run(args: argparse.Namespace, log) -> int:
     """Run each command in the unikernel; print as `docteur boot` does."""
     if args.mode != "light":
         raise BootError("the Solo5 guest reads in light mode only (drop --mode)")
     commands = _commands(args.command)
+    commit, verify = trust(args, log)
     serve = None if args.no_server or is_uri(args.target) else args.server
     results = run_many(args.target, commands, args.solo5, args.timeout,
-                       memory=args.memory, serve=serve, progress=log)
+                       memory=args.memory, serve=serve, progress=log,
+                       commit=commit, verify=verify)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     for (verb, path), result in zip(commands, results):
         if len(commands) > 1:

@@ -84,10 +84,36 @@ def _last_line(*texts: bytes) -> str:
 
 # --- processes ------------------------------------------------------------------
 
+def check_commit(commit: str | None) -> str | None:
+    """A pinned commit as the guest takes it: 40 hex digits, lower case."""
+    if commit is None:
+        return None
+    text = str(commit).lower()
+    if len(text) != 40 or any(c not in "0123456789abcdef" for c in text):
+        raise Solo5Error(f"{commit!r} is not a commit id: 40 hexadecimal digits are needed")
+    return text
+
+
+def image_commit(image: str | Path) -> str:
+    """The commit id an image file's header names (its first 20 bytes)."""
+    path = Path(image)
+    if not path.is_file():
+        what = "is a directory, not an image" if path.is_dir() else "no such image file"
+        raise Solo5Error(f"{image}: {what}")
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if len(head) != 20:
+        raise Solo5Error(f"{image}: too short for an image (no commit id)")
+    return head.hex()
+
+
 def tender_command(tender: Path, unikernel: Path, image: Path, verb: str, path: str,
-                   memory: int | None = None, sector_size: int | None = None) -> list[str]:
+                   memory: int | None = None, sector_size: int | None = None, *,
+                   commit: str | None = None, verify: bool = True) -> list[str]:
     """The tender's command line; PATH is percent-encoded (Solo5 joins the
-    arguments with spaces, the guest decodes %XX)."""
+    arguments with spaces, the guest decodes %XX). `commit` pins the
+    image's commit (`-c ID`); `verify=False` gives `-n` (no SHA-1 checks)."""
+    commit = check_commit(commit)
     cmd = [str(tender)]
     if memory:
         cmd.append(f"--mem={memory}")
@@ -98,7 +124,8 @@ def tender_command(tender: Path, unikernel: Path, image: Path, verb: str, path: 
     if len(quoted) > MAX_COMMAND_LINE:
         raise Solo5Error(f"path too long for the unikernel's command line "
                          f"({len(quoted)} bytes encoded, at most {MAX_COMMAND_LINE})")
-    return cmd + [str(unikernel), "--solo5:quiet", verb, quoted or "/"]
+    options = ([] if verify else ["-n"]) + (["-c", commit] if commit else [])
+    return cmd + [str(unikernel), "--solo5:quiet", *options, verb, quoted or "/"]
 
 
 def run_tender(cmd: list[str], timeout: float) -> RunResult:
@@ -268,29 +295,40 @@ def run(image_or_uri: str | Path, verb: str, path: str, tender: str = "spt",
         timeout: float = DEFAULT_TIMEOUT, *, memory: int | None = None,
         sector_size: int | None = None, serve: str | None = None,
         cache_dir: str | Path | None = None, solo5_source: str | Path | None = None,
-        progress: Progress | None = None) -> RunResult:
+        progress: Progress | None = None, commit: str | None = None,
+        verify: bool = True) -> RunResult:
     """Run the guest once: `verb` ("cat" or "sha256") on `path` of the image.
 
     `image_or_uri`: an image file (attached directly, or served with nbdkit
     first when `serve` is "docteur" or "file") or an NBD URI (through
     nbdfuse). `tender`: "spt", "hvt" or "auto" (hvt if it works here).
+    `commit` (40 hex digits) pins the image's commit: the guest refuses
+    an image naming another (`error: wrong image: ...`). Without it the
+    guest checks against the image's own header; `image_commit(file)`
+    reads a local file's, to pin it before a server serves the file.
+    `verify` (the default) has the guest check every object it reads, and
+    the file whole before printing it, against its git id, back to that
+    commit (`error: damaged image: SHA-1 mismatch ...`).
     Returns RunResult(status, stdout, stderr): status 0 with the file's
     bytes (or its `sha256 <hex>  <size>` line), or non-zero with one line
     `error: ...` in stderr. Raises Solo5Error when the guest could not run.
     """
     return run_many(image_or_uri, [(verb, path)], tender, timeout, memory=memory,
                     sector_size=sector_size, serve=serve, cache_dir=cache_dir,
-                    solo5_source=solo5_source, progress=progress)[0]
+                    solo5_source=solo5_source, progress=progress, commit=commit,
+                    verify=verify)[0]
 
 
 def run_many(image_or_uri: str | Path, commands: list[tuple[str, str]], tender: str = "spt",
              timeout: float = DEFAULT_TIMEOUT, *, memory: int | None = None,
              sector_size: int | None = None, serve: str | None = None,
              cache_dir: str | Path | None = None, solo5_source: str | Path | None = None,
-             progress: Progress | None = None) -> list[RunResult]:
+             progress: Progress | None = None, commit: str | None = None,
+             verify: bool = True) -> list[RunResult]:
     """`run` for several (verb, path) commands, one guest each, sharing the
     build, the tender choice and the attached block file."""
     progress = progress or _quiet
+    commit = check_commit(commit)
     for verb, _ in commands:
         if verb not in VERBS:
             raise Solo5Error(f"unknown verb {verb!r} for the Solo5 guest (one of "
@@ -301,7 +339,7 @@ def run_many(image_or_uri: str | Path, commands: list[tuple[str, str]], tender: 
     with block_file(image_or_uri, serve, progress) as image:
         for verb, path in commands:
             cmd = tender_command(tenders[chosen], unikernels[chosen], image, verb, path,
-                                 memory, sector_size)
+                                 memory, sector_size, commit=commit, verify=verify)
             started = time.monotonic()
             result, log = run_tender_logged(cmd, timeout)
             results.append(result)

@@ -1,10 +1,18 @@
 /* docteur's Solo5 guest: read one file out of a docteur image.
  *
- *     solo5-spt --block:storage=IMAGE docteur_guest.spt [--solo5:quiet] VERB PATH
+ *     solo5-spt --block:storage=IMAGE docteur_guest.spt [--solo5:quiet] \
+ *         [-n] [-c COMMIT] VERB PATH
  *
  * VERB is `cat` (the file's bytes) or `sha256` ("sha256 <hex>  <size>\n").
  * PATH is percent-encoded by the host (Solo5 joins the arguments with
  * spaces, so a space in a path would be lost otherwise): %XX is byte XX.
+ *
+ * `-c COMMIT` (40 hex digits) pins the commit: an image whose header names
+ * another is refused (`error: wrong image: ...`) before any object is
+ * read. Every object on the way to PATH is checked against its git id
+ * (SHA-1), back to the header's commit (see image.c), and the file whole
+ * before a byte of it is printed (`error: damaged image: SHA-1 mismatch
+ * ...` otherwise); `-n` (no verify) skips those checks, not the pin's.
  *
  * The console is shared with the tender's own messages, so everything the
  * guest says goes in frames the host can find and check:
@@ -120,6 +128,18 @@ static int unescape(const char *text, char *out, size_t *length)
     return 0;
 }
 
+/* 40 hex digits (then a space or the end) as 20 bytes. */
+static int parse_id(const char *text, uint8_t id[20])
+{
+    for (int i = 0; i < 40; i++) {
+        int v = hex_digit(text[i]);
+        if (v < 0)
+            return -1;
+        id[i / 2] = (uint8_t)(i & 1 ? id[i / 2] | v : v << 4);
+    }
+    return text[40] == ' ' || text[40] == 0 ? 0 : -1;
+}
+
 static int word_is(const char *p, const char *word)
 {
     size_t n = strlen(word);
@@ -154,11 +174,15 @@ static void print_digest(const uint8_t *data, uint64_t size)
     frame("out", line, n);
 }
 
+#define USAGE "usage: [-n] [-c COMMIT] cat PATH | sha256 PATH (PATH " \
+              "percent-encoded, COMMIT 40 hex digits)"
+
 int solo5_app_main(const struct solo5_start_info *si)
 {
     static char path[MAX_PATH];
     const char *p = skip_spaces(si->cmdline);
-    int digest;
+    int digest, verify = 1;
+    uint8_t pin[20], *pinned = NULL;
     size_t length;
     uint8_t *data;
     uint64_t size;
@@ -167,19 +191,34 @@ int solo5_app_main(const struct solo5_start_info *si)
         return report("the unikernel has too little memory", 1);
     arena_init(si->heap_start, si->heap_size - STACK_RESERVE);
 
+    for (;;) {
+        if (word_is(p, "-n")) {
+            verify = 0;
+            p = skip_spaces(p + 2);
+        } else if (word_is(p, "-c")) {
+            p = skip_spaces(p + 2);
+            if (parse_id(p, pin))
+                return report(USAGE, 2);
+            pinned = pin;
+            p = skip_spaces(p + 40);
+        } else {
+            break;
+        }
+    }
     if (!word_is(p, "cat") && !word_is(p, "sha256"))
-        return report("usage: cat PATH | sha256 PATH (PATH percent-encoded)", 2);
+        return report(USAGE, 2);
     digest = word_is(p, "sha256");
     p = skip_spaces(p + (digest ? 6 : 3));
     if (!*p || unescape(p, path, &length))
-        return report("usage: cat PATH | sha256 PATH (PATH percent-encoded, "
-                      "at most 4096 bytes)", 2);
+        return report(USAGE " (PATH at most 4096 bytes)", 2);
     while (*p && *p != ' ')
         p++;
     if (*skip_spaces(p))
-        return report("usage: cat PATH | sha256 PATH (one PATH)", 2);
+        return report(USAGE " (one PATH)", 2);
 
-    if (image_open() || image_get(path, length, &data, &size)) {
+    /* Nothing goes on the out stream before image_get has returned: the
+     * file is checked whole first. */
+    if (image_open(pinned, verify) || image_get(path, length, &data, &size)) {
         report_reads();
         return report(error_text, 1);
     }

@@ -4,6 +4,15 @@
  * object with a binary search of the IDX, and inflates pack entries
  * (following OFS_DELTA and REF_DELTA chains) into the arena.
  *
+ * Verified (the default): the IDX only says where an object's entry is;
+ * what the entry holds is trusted once it hashes (git's SHA-1 of
+ * "<type> <size>\0<content>") to the id that named it: the commit to the
+ * header's id (equal to the pin, when one is given), the root tree to the
+ * commit's `tree` line, each tree and the file to their parent tree's
+ * entry. A file is checked whole before the entry point prints a byte of
+ * it. Delta bases need no check of their own: the object they build is
+ * checked. Unverified (-n), only the header's id is compared with a pin.
+ *
  * The image: 20-byte commit id, 8-byte little-endian offset of the IDX, a
  * Git PACK (at offset 28), zero padding, the pack's .idx (version 2), zero
  * padding. Pack offsets in the IDX count from the PACK signature.
@@ -126,6 +135,7 @@ static uint32_t be32(const uint8_t *p)
 /* --- header and IDX ----------------------------------------------------- */
 
 static uint8_t commit_id[20];
+static int verifying;           /* hash every object against its id */
 static uint64_t idx_at;         /* device offset of the IDX: the pack ends before */
 static uint32_t fanout[256];
 static uint32_t count;          /* objects in the pack and the IDX */
@@ -153,7 +163,7 @@ static int read_fanout(void)
     return 0;
 }
 
-int image_open(void)
+int image_open(const uint8_t *pin, int verify)
 {
     uint8_t header[28], pack[12], idx[8];
     if (solo5_block_acquire("storage", &device, &device_info) != SOLO5_R_OK)
@@ -163,6 +173,10 @@ int image_open(void)
     if (read_at(0, header, sizeof header))
         return -1;
     memcpy(commit_id, header, 20);
+    verifying = verify;
+    if (pin && memcmp(pin, commit_id, 20))
+        return fail("wrong image: it holds commit %o, not the pinned %o",
+                    commit_id, pin);
     idx_at = 0;
     for (int i = 7; i >= 0; i--)
         idx_at = idx_at << 8 | header[20 + i];
@@ -558,9 +572,28 @@ static const char *type_name(int type)
     return type >= 1 && type <= 4 ? names[type] : "?";
 }
 
-/* The object `id`, which must be of type `want`. */
-static int load(const uint8_t id[20], int want, uint8_t **data, uint64_t *size)
+/* Git's id of an object: SHA-1 of "<type> <size>\0" and the content. */
+static void object_id(int type, const uint8_t *data, uint64_t size, uint8_t id[20])
 {
+    struct sha1 s;
+    char head[32];
+    size_t n = strlen(type_name(type));
+    memcpy(head, type_name(type), n);
+    head[n++] = ' ';
+    n += fmt_u64(head + n, size);
+    head[n++] = 0;
+    sha1_init(&s);
+    sha1_update(&s, (const uint8_t *)head, n);
+    sha1_update(&s, data, (size_t)size);
+    sha1_final(&s, id);
+}
+
+/* The object `id`, which must be of type `want` and, when verifying, hash
+ * to `id`. `where` names it in messages (a path, or NULL). */
+static int load(const uint8_t id[20], int want, const char *where,
+                uint8_t **data, uint64_t *size)
+{
+    uint8_t got[20];
     uint64_t at;
     int type = 0, found = idx_find(id, &at);
     if (found <= 0)
@@ -571,6 +604,13 @@ static int load(const uint8_t id[20], int want, uint8_t **data, uint64_t *size)
     if (type != want)
         return fail("damaged image: object %o is a %s, not a %s", id,
                     type_name(type), type_name(want));
+    if (!verifying)
+        return 0;
+    object_id(type, *data, *size, got);
+    if (memcmp(got, id, 20))
+        return fail("damaged image: SHA-1 mismatch: the %s %o%s%s%s hashes to %o",
+                    type_name(type), id, where ? " (" : "", where ? where : "",
+                    where ? ")" : "", got);
     return 0;
 }
 
@@ -597,7 +637,7 @@ static int root_tree(uint8_t tree[20])
     uint8_t *data;
     uint64_t size;
     size_t mark = arena_mark();
-    if (load(commit_id, OBJ_COMMIT, &data, &size))
+    if (load(commit_id, OBJ_COMMIT, NULL, &data, &size))
         return -1;
     if (size < 46 || memcmp(data, "tree ", 5) || data[45] != '\n'
             || unhex(data + 5, tree))
@@ -694,7 +734,7 @@ static int walk(const char *path, uint32_t *mode, uint8_t id[20])
         if (*mode != MODE_DIR)
             return fail("%s is not a directory", path_text(path, i));
         memcpy(tid, id, 20);
-        if (load(tid, OBJ_TREE, &tree, &size))
+        if (load(tid, OBJ_TREE, path_text(path, i), &tree, &size))
             return -1;
         found = tree_find(tree, tree + size, tid, path + comp_at[i], comp_len[i],
                           mode, id);
@@ -716,5 +756,5 @@ int image_get(const char *path, size_t length, uint8_t **data, uint64_t *size)
     if (mode == MODE_GITLINK)
         return fail("%s is a submodule: its files are not in the image",
                     path_text(path, comps));
-    return load(id, OBJ_BLOB, data, size);
+    return load(id, OBJ_BLOB, path_text(path, comps), data, size);
 }
