@@ -510,23 +510,23 @@ def test_boot_solo5_commit_and_no_verify(built, forged):
     assert proc.returncode == 1 and b"wrong image" in proc.stderr
 
 
-def test_boot_solo5_cannot_check_a_signer(built, forged, tmp_path):
-    images, _ = forged
-    signers = tmp_path / "allowed_signers"
-    signers.write_text("")
-    proc = docteur("boot", "--solo5", "spt", "--allowed-signers", signers, images["good"],
+def test_boot_checks_a_signer_on_the_host_and_pins_the_guest(built, source, forged, tmp_path):
+    """The guest has no ssh-keygen: `boot --allowed-signers` checks the
+    signature on the host, then pins the guest to the commit it proved."""
+    from .test_sign import allowed_file, keygen
+
+    key = keygen(tmp_path / "alice", "alice@example.com")
+    signers = allowed_file(tmp_path / "allowed", "alice@example.com", key)
+    signed = tmp_path / "signed.img"
+    make_image(source, signed, date=DATE, sign=str(key))
+    proc = docteur("boot", "--solo5", "spt", "--allowed-signers", signers, signed,
                    "cat", "README.txt")
+    assert (proc.returncode, proc.stdout) == (0, README), proc.stderr
+    assert b"is signed by an allowed key; the guest is pinned to it" in proc.stderr
+    images, _ = forged
+    proc = docteur("boot", "--solo5", "spt", "--allowed-signers", signers, images["good"],
+                   "cat", "README.txt")  # unsigned: refused before any guest runs
     assert (proc.returncode, proc.stdout) == (1, b"")
-    assert b"the Solo5 guest cannot check a signature" in proc.stderr
+    assert b"not signed" in proc.stderr and b"docteur boot: booting" not in proc.stderr
 
 
-def test_the_trust_options_are_added_once():
-    parser = argparse.ArgumentParser()
-    solo5_command.add_options(parser)
-    solo5_command.add_options(argparse.ArgumentParser())
-    parser2 = argparse.ArgumentParser()
-    from docteur_core.options import add_trust_arguments
-    add_trust_arguments(parser2)
-    solo5_command.add_options(parser2)      # no "conflicting option string"
-    assert parser2.parse_args(["--no-verify"]).verify is False
-    assert parser.parse_args(["--commit", "A" * 40]).commit == "a" * 40

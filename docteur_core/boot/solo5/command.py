@@ -33,12 +33,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-server", action="store_true",
                         help="with --solo5: attach the image file to the tender directly "
                              "(default: serve it with nbdkit and attach it with nbdfuse)")
-    # --commit and --no-verify are `docteur boot`'s (boot/command.py adds
-    # the shared set); added here only if that has not happened yet, so the
-    # guest's pin and checks can be asked for in any case.
-    if "--commit" not in parser._option_string_actions:
-        from ...options import add_trust_arguments
-        add_trust_arguments(parser)
 
 
 def _commands(words: list[str]) -> list[tuple[str, str]]:
@@ -54,7 +48,7 @@ def _commands(words: list[str]) -> list[tuple[str, str]]:
 def trust(args: argparse.Namespace, log) -> tuple[str | None, bool]:
     """(the commit the guest is pinned to or None, whether it verifies)."""
     commit, verify = getattr(args, "commit", None), getattr(args, "verify", True)
-    if getattr(args, "allowed_signers", None):
+    if getattr(args, "allowed_signers", None):  # `docteur boot` checks it and pins
         raise BootError("--allowed-signers: the Solo5 guest cannot check a signature; "
                         "pin the commit with --commit ID")
     if commit is None and not is_uri(args.target):
