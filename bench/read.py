@@ -178,14 +178,16 @@ class CountingDevice:
         self.device.close()
 
 
-def cold_lookups(img: Path, mode: str, index: bool, paths: list[str]) -> tuple[float, int]:
-    """Mean and max device reads of one lookup on a freshly opened image."""
+def cold_lookups(img: Path, mode: str, index: bool, paths: list[str],
+                 verify: bool = True) -> tuple[float, int]:
+    """Mean and max device reads of one lookup on a freshly opened image
+    (verified: the trees on the path read and hashed too)."""
     from docteur_core.blockdev.block import FileDevice
 
     counts = []
     for p in paths:
         dev = CountingDevice(FileDevice(str(img)))
-        image = Image.open(dev, mode, path_index=index)
+        image = Image.open(dev, mode, path_index=index, verify=verify)
         before = dev.reads
         image.exists(p)
         counts.append(dev.reads - before)
@@ -221,10 +223,11 @@ def bench(spec: str, work: Path, repeat: int) -> list[str]:
             t = statistics.median(o[0] for o in opens)
             mem = statistics.median(o[1] for o in opens)
             mean, top = cold_lookups(img, mode, index, sample[:50 if index else 20])
+            umean, utop = cold_lookups(img, mode, index, sample[:50 if index else 20], False)
             label = f"{mode}{'' if index else ' (no index)'}"
             line = (f"  open {label}: {t * 1000:.2f} ms ({t / t_ls:.3f}x ls-tree), peak memory "
                     f"+{mem / 2**20:.1f} MiB; cold lookup: {mean:.1f} device reads "
-                    f"(max {top})")
+                    f"(max {top}) verified, {umean:.1f} (max {utop}) with --no-verify")
             print(line, flush=True)
             rows.append((name, label, t * 1000, mem / 2**20, mean, top))
 
@@ -240,24 +243,35 @@ def bench(spec: str, work: Path, repeat: int) -> list[str]:
     print(f"  git cat-file --batch (every file): {t_git * 1000:.1f} ms; "
           f"--batch-all-objects --batch: {t_all * 1000:.1f} ms")
 
-    def read_all(mode, index):
+    def read_all(mode, index, verify):
         def run():
-            with Image.open(img, mode, path_index=index) as image:
+            with Image.open(img, mode, path_index=index, verify=verify) as image:
                 size = 0
                 for node in image.files():
-                    size += len(image.get(node.path))
+                    size += len(image.get(node))
                 return size
         return run
 
     reads = []
     for mode in ("fast", "light"):
         for index in (True, False):
-            t, total = timed(read_all(mode, index), repeat)
+            # Verified (the default) and --no-verify, runs interleaved so that
+            # the machine's load weighs on both alike.
+            runs: dict[bool, list[float]] = {True: [], False: []}
+            total = 0
+            for _ in range(repeat):
+                for verify in (False, True):
+                    t = time.perf_counter()
+                    total = read_all(mode, index, verify)()
+                    runs[verify].append(time.perf_counter() - t)
+            t_plain, t = statistics.median(runs[False]), statistics.median(runs[True])
             label = f"{mode}{'' if index else ' (no index)'}"
-            print(f"  read every file ({label}, open+walk+read): {t * 1000:.1f} ms "
-                  f"({total:,} bytes) = {t / t_git:.2f}x cat-file --batch, "
-                  f"{t / t_all:.2f}x --batch-all-objects", flush=True)
+            print(f"  read every file ({label}, open+walk+read): verified {t * 1000:.1f} ms "
+                  f"({total:,} bytes) = {t / t_plain:.3f}x --no-verify's {t_plain * 1000:.1f} "
+                  f"ms, {t / t_git:.2f}x cat-file --batch, {t / t_all:.2f}x "
+                  "--batch-all-objects", flush=True)
             reads.append((label, t))
+            reads.append((label + ", --no-verify", t_plain))
     table = [f"| {name} | {label} | {t:.2f} ms | +{m:.1f} MiB | {mean:.1f} (max {top}) |"
              for name, label, t, m, mean, top in rows]
     table.append(f"| {name} | git ls-tree -r | {t_ls * 1000:.1f} ms | | |")

@@ -206,14 +206,16 @@ def run(args: argparse.Namespace) -> int:
     if args.no_server and not args.solo5:
         raise BootError("--no-server goes with --solo5 (QEMU boots need a server)")
     _check_is_image(args.target)
-    args.commit = _pin(args)
-    args.allowed_signers = None  # checked on the host: the guest gets the commit it proved
     if args.solo5:
         from .solo5 import command as solo5_command
+        if args.allowed_signers is not None:  # the guest cannot: checked here, pinned
+            args.commit = _pin(args)
+            args.allowed_signers = None
         return _with_signals(lambda: solo5_command.run(args, _log(args)))
     segments = split_commands(args.command)
     for segment in segments:
         _check_guest_command(segment)
+    args.commit = _pin(args)
     commands = [reader_command(segment, args.mode, commit=args.commit, verify=args.verify)
                 for segment in segments]
 

@@ -560,14 +560,14 @@ class Image:
         # Down the trees from the root, each hashed against the id its parent
         # names when verifying (the path index, if any, says where they are).
         node = self.root
-        for i, name in enumerate(parts):
+        for name in parts:
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
             _, by_name = self._tree(node.id, node.offset)
             e = by_name.get(name)
+            path = node.path + "/" + name if node.path else name
             if e is None:
-                raise NotFound(f"/{join_path(parts[:i + 1])} does not exist")
-            path = join_path(parts[:i + 1])
+                raise NotFound(f"/{path} does not exist")
             node = Node(path, e.mode, e.id, self._offset(e.id, path))
         return node
 
