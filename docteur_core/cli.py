@@ -21,7 +21,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import DocteurError
+from .errors import DocteurError, UsageError
 
 # Verb modules and the verbs each defines, in the order `--help` lists them.
 # The verbs are written here as well as in each module's COMMANDS so that
@@ -87,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = runners[args.verb]
     try:
         return run(args) or 0
+    except UsageError as exc:
+        print(f"docteur {args.verb}: {exc}", file=sys.stderr)
+        return 2
     except DocteurError as exc:
         print(f"docteur {args.verb}: {exc}", file=sys.stderr)
         # 1, or the verb's own status for trouble (diff: 2, as diff(1),
