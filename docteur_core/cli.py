@@ -10,13 +10,18 @@ and the exit status is 1 (or the verb's `run.error_status`: `diff` uses 2,
 as diff(1) does). A usage mistake, a bad option value included, is
 argparse's: the verb's usage line, exit status 2; option values are checked
 by the shared `options.py` types so each kind is refused in the same words
-by every verb. Ctrl-C exits with 130, without a traceback.
+by every verb. Any `OSError` a verb lets through (a full disk, a folder it
+may not write) is one line naming the path, or standard output, and its
+reason, exit status 1; a closed pipe on standard output is silent. Ctrl-C
+exits with 130, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -79,6 +84,57 @@ def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict
     return parser, runners
 
 
+# Errors of a write that found no room: with no file named, the write was
+# to a descriptor docteur was handed, standard output (every file docteur
+# writes is opened by name, and its errors name it).
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _stdout_broken() -> bool:
+    """Whether standard output refuses its pending bytes (a full device)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    except ValueError:  # closed
+        return False
+    return False
+
+
+def _where(exc: OSError) -> str | None:
+    """The path an OSError is about, "standard output", or None if unknown."""
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return where
+    if exc.errno in _FULL or _stdout_broken():
+        return "standard output"
+    return None
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that the bytes still buffered
+    do not fail again at exit ("Exception ignored ..." and status 120)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a closed stream
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def _os_error(verb: str, exc: OSError, status: int = 1) -> int:
+    """One line for an OSError no verb turned into a DocteurError; `status`."""
+    where = _where(exc)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    print(f"docteur {verb}: " + (f"{where}: " if where else "") + reason, file=sys.stderr)
+    if where == "standard output":
+        _silence_stdout()
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -86,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = runners[args.verb]
     try:
-        return run(args) or 0
+        status = run(args) or 0
+        sys.stdout.flush()  # a full device says so only when the last bytes go out
+        return status
     except UsageError as exc:
         print(f"docteur {args.verb}: {exc}", file=sys.stderr)
         return 2
@@ -98,8 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"docteur {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # `docteur ls -r IMG | head`: the reader left, say nothing
+        _silence_stdout()
         return 1
+    except OSError as exc:
+        return _os_error(args.verb, exc, getattr(run, "error_status", 1))
 
 
 if __name__ == "__main__":
