@@ -10,10 +10,11 @@ and the exit status is 1 (or the verb's `run.error_status`: `diff` uses 2,
 as diff(1) does). A usage mistake, a bad option value included, is
 argparse's: the verb's usage line, exit status 2; option values are checked
 by the shared `options.py` types so each kind is refused in the same words
-by every verb. Any `OSError` a verb lets through (a full disk, a folder it
-may not write) is one line naming the path, or standard output, and its
-reason, exit status 1; a closed pipe on standard output is silent. Ctrl-C
-exits with 130, without a traceback.
+by every verb. An unknown option is the verb's usage error too, with the
+closest known option suggested (`verbparser.py`). Any `OSError` a verb lets
+through (a full disk, a folder it may not write) is one line naming the
+path, or standard output, and its reason, exit status 1; a closed pipe on
+standard output is silent. Ctrl-C exits with 130, without a traceback.
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    from .verbparser import VerbParser
+
     parser = argparse.ArgumentParser(
         prog="docteur",
         description="Turn a directory or a Git repository into a compact, read-only, "
         "verifiable disk image; read files out of it; serve it to guests over NBD.",
     )
     parser.add_argument("--version", action="version", version=f"docteur {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=VerbParser)
     sub.required = True
     runners: dict[str, Callable] = {}
     for name, (add_arguments, run) in _load_commands(verb).items():
