@@ -15,19 +15,22 @@ closest known option suggested (`verbparser.py`). Any `OSError` a verb lets
 through (a full disk, a folder it may not write) is one line naming the
 path, or standard output, and its reason, exit status 1; a closed pipe on
 standard output is silent. Ctrl-C exits with 130, without a traceback.
+
+`docteur --version` imports nothing but this module: not argparse, not a verb.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
-import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .errors import DocteurError, UsageError
+
+if TYPE_CHECKING:
+    import argparse
 
 # Verb modules and the verbs each defines, in the order `--help` lists them.
 # The verbs are written here as well as in each module's COMMANDS so that
@@ -50,6 +53,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 def _load_commands(verb: str | None = None) -> dict[str, tuple[Callable, Callable]]:
     """Every verb's (add_arguments, run), or only those of the module that
     defines `verb` when it is known."""
+    import importlib
+
     names = [m for m, verbs in COMMAND_MODULES.items() if verb in verbs] or list(COMMAND_MODULES)
     commands: dict[str, tuple[Callable, Callable]] = {}
     for name in names:
@@ -64,6 +69,8 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    import argparse
+
     from .verbparser import VerbParser
 
     parser = argparse.ArgumentParser(
@@ -138,9 +145,20 @@ def _os_error(verb: str, exc: OSError, status: int = 1) -> int:
     return status
 
 
+def _version() -> int:
+    """`docteur --version`, before any parser or verb is imported."""
+    try:
+        print(f"docteur {__version__}", flush=True)
+    except OSError as exc:
+        return _os_error("--version", exc)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if list(argv[:1]) == ["--version"]:
+        return _version()
     parser, runners = build_parser(_verb_of(argv))
     args = parser.parse_args(argv)
     run = runners[args.verb]

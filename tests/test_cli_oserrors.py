@@ -78,6 +78,12 @@ def test_a_full_standard_output_is_one_line(images, verb):
     assert proc.stderr == f"docteur {name}: standard output: {FULL}\n"
 
 
+def test_version_to_a_full_device():
+    with open("/dev/full", "w") as full:
+        proc = docteur("--version", stdout=full)
+    assert proc.returncode == 1 and proc.stderr == f"docteur --version: standard output: {FULL}\n"
+
+
 def test_a_closed_pipe_stays_silent(images):
     """`docteur cat IMG big | head -c 10`: the reader left, nothing to say."""
     argv = [sys.executable, "-m", "docteur_core", "cat", str(images["big"]), "blob"]
