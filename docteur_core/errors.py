@@ -80,3 +80,9 @@ class DeviceError(DocteurError):
 
 class BuildError(DocteurError):
     """An image could not be built (bad source, unknown ref, I/O error...)."""
+
+
+class UsageError(DocteurError):
+    """A command line that would do something other than what was meant
+    (`extract IMAGE PATH` with no DEST): one line saying what to type
+    instead, exit status 2 as for argparse's usage errors."""

@@ -319,3 +319,14 @@ def test_make_help_says_how_a_date_without_zone_is_read(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "without a zone (2026-01-01T00:00:00) is read as UTC" in help_text
     assert "a date alone (2026-01-01) is midnight UTC" in help_text
+
+
+@pytest.mark.parametrize("verb", ["ls", "verify", "extract"])
+def test_a_character_device_is_named_not_called_empty(tmp_path, verb):
+    """/dev/zero has no size (lseek gives 0): it was "an empty file"."""
+    args = {"ls": ["/dev/zero"], "verify": ["--json", "/dev/zero"],
+            "extract": ["/dev/zero", tmp_path / "out"]}[verb]
+    proc = docteur(verb, *args)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"docteur {verb}: /dev/zero: not a docteur image "
+                           "(a character device with no size)\n")

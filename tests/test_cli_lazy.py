@@ -54,3 +54,16 @@ def test_an_unknown_verb_is_refused_with_the_whole_list(capsys):
         assert exc.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'nope'" in err and "'make'" in err and "'umount'" in err
+
+
+def test_version_imports_no_verb_and_no_parser():
+    """`docteur --version` took 0.2-0.4 s importing every verb to build the
+    whole parser; the version needs none of it."""
+    loaded = _modules_after("--version")
+    ours = {m for m in loaded if m.startswith("docteur_core")}
+    assert ours <= {"docteur_core", "docteur_core.cli", "docteur_core.errors"}, ours
+    assert "argparse" not in loaded
+    proc = subprocess.run([sys.executable, "-m", "docteur_core", "--version"],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    from docteur_core import __version__
+    assert (proc.returncode, proc.stdout) == (0, f"docteur {__version__}\n")

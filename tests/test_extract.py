@@ -299,3 +299,48 @@ def test_progress_on_a_terminal(repo_image, tmp_path):
     assert shown.startswith(b"\r") and shown.endswith(b"\r\n"), shown  # the pty's newline
     files = sum(1 for p in (tmp_path / "out").rglob("*") if p.is_file() and not p.is_symlink())
     assert f"{files} files, 4 links, ".encode() in shown.rsplit(b"\r", 2)[-2], shown
+
+
+# -- a PATH taken for DEST ------------------------------------------------------
+
+def _docteur_in(cwd: Path, *args) -> subprocess.CompletedProcess:
+    """`docteur` run from `cwd` (relative DESTs), this checkout's package."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "docteur_core", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("dest", ["plain.txt", "run.sh", "a", "a/b/", "link"])
+def test_a_dest_that_is_a_path_of_the_image_is_refused(repo_image, tmp_path, dest):
+    """`extract IMAGE plain.txt` wrote the whole tree into a new folder
+    `plain.txt/` and exited 0: PATH was meant. One line with the command
+    that was probably meant, exit 2 (a usage mistake), nothing written."""
+    _, image = repo_image
+    proc = _docteur_in(tmp_path, "extract", image, dest)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"docteur extract: {dest} is a path in the image")
+    assert f"`docteur extract {image} {dest} DEST`" in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_folder_or_another_name_is_still_dest(repo_image, tmp_path):
+    """The refusal is only for a DEST that is not a folder yet: an existing
+    folder of that name (made on purpose) and a name the image does not
+    hold are written into as before."""
+    _, image = repo_image
+    (tmp_path / "a").mkdir()
+    assert _docteur_in(tmp_path, "extract", image, "a").returncode == 0
+    assert (tmp_path / "a" / "plain.txt").read_bytes() == b"content of plain.txt"
+    assert _docteur_in(tmp_path, "extract", image, "out").returncode == 0
+    assert (tmp_path / "out" / "run.sh").is_file()
+    assert _docteur_in(tmp_path, "extract", image, "plain.txt", "one").returncode == 0
+    assert os.listdir(tmp_path / "one") == ["plain.txt"]
+
+
+def test_a_missing_dest_is_a_usage_error(repo_image, tmp_path):
+    _, image = repo_image
+    proc = _docteur_in(tmp_path, "extract", image)
+    assert proc.returncode == 2 and "the following arguments are required: DEST" in proc.stderr
+    assert proc.stderr.startswith("usage: docteur extract ")
+    assert os.listdir(tmp_path) == []

@@ -229,6 +229,8 @@ def test_the_wheel_holds_the_package_data(dist):
         metadata = wheel.read(f"{dist_info}/METADATA").decode()
         entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
     assert "License-Expression: MIT" in metadata.splitlines()
+    assert "Author: The docteur authors" in metadata.splitlines()
+    assert [line for line in metadata.splitlines() if line.startswith("Project-URL: ")]
     assert "docteur = docteur_core.cli:main" in entry_points
     # Nothing of the clone's tooling or tests in the wheel.
     assert not [n for n in names if n.startswith(("tests/", "nbd_plugin/", "qemu/", ".ci/"))]

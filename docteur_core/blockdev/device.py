@@ -32,8 +32,34 @@ def open_raw_device(spec: str, block_size: int | None = None, *,
     if spec[:6].lower().startswith(("http:", "https:")):
         from .http import HttpDevice
 
+<<<<<<< HEAD
         return HttpDevice(spec, block_size=block_size, pinned=pinned)
     return FileDevice(spec, block_size=block_size)
+=======
+        return HttpDevice(spec, block_size=block_size)
+    device = FileDevice(spec, block_size=block_size)
+    if device.capacity == 0:
+        _refuse_a_device_with_no_size(device, spec)
+    return device
+
+
+def _refuse_a_device_with_no_size(device: FileDevice, spec: str) -> None:
+    """/dev/zero or /dev/null as an image: lseek says 0 bytes, and the
+    not-an-image rule would call it "an empty file". Say what it is. (An
+    empty regular file, or a block device of size 0, is left to the rule.)"""
+    import os
+    import stat
+
+    from ..errors import DeviceError
+
+    mode = os.stat(spec).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    device.close()
+    raise DeviceError(f"{spec}: not a docteur image ({kind} with no size)")
+>>>>>>> edges
 
 
 def open_device(spec: str, block_size: int | None = None, *,

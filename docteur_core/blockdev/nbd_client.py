@@ -180,6 +180,33 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _peer(address: NbdAddress) -> str:
+    """The server's end in the HTTP reader's words: `HOST port N`, or the socket."""
+    if address.socket is not None:
+        return f"socket {address.socket}"
+    return f"{address.host} port {address.port}"
+
+
+def _connect_reason(exc: OSError) -> str:
+    """Why a connection failed, in the system's words ("Connection refused"),
+    not asyncio's ("Connect call failed ('127.0.0.1', 9)"), so NBD and HTTP
+    say the same thing. asyncio keeps the errno but rewrites the text, and
+    for a name with several addresses (localhost) joins them all into one
+    "Multiple exceptions: [Errno 111] ..." message with no errno."""
+    import os
+    import re
+    import socket
+
+    if isinstance(exc, socket.gaierror):  # its negative errno is no strerror
+        return exc.strerror or str(exc)
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    codes = dict.fromkeys(int(n) for n in re.findall(r"\[Errno (\d+)\]", str(exc)))
+    if codes:
+        return "; ".join(os.strerror(n) for n in codes)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 async def _connect(address: NbdAddress, handshake: ClientHandshake,
                    timeout: float) -> tuple[asyncio.Transport, _Connection]:
     loop = asyncio.get_running_loop()
@@ -195,8 +222,8 @@ async def _connect(address: NbdAddress, handshake: ClientHandshake,
     except TimeoutError:
         raise NbdTimeout(f"{address}: no connection within {timeout:g}s") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise NbdConnectionError(f"{address}: cannot connect: {reason}") from None
+        raise NbdConnectionError(f"{address}: cannot reach {_peer(address)}: "
+                                 f"{_connect_reason(exc)}") from None
     try:
         async with asyncio.timeout(timeout):
             await conn.ready

@@ -219,6 +219,26 @@ def _terminal_progress(counts: Counts) -> None:
     sys.stderr.flush()
 
 
+def _refuse_a_path_as_dest(image, args) -> None:
+    """`extract IMAGE README.md` has no PATH: README.md is DEST, and the
+    whole tree would go silently into a new folder of that name. When DEST
+    is not a folder yet but names a path in the image, PATH was surely
+    meant: say what to type instead (a usage error, exit 2). An existing
+    folder is taken as DEST, so `mkdir` first keeps that meaning open."""
+    from ..errors import UsageError
+
+    if args.path or os.path.isdir(args.dest):
+        return
+    try:
+        there = image.exists(args.dest)
+    except DocteurError:  # a name no image holds ("..", "a//b"): a folder's name
+        return
+    if there is not None:
+        raise UsageError(f"{args.dest} is a path in the image, not a folder here: to extract "
+                         f"it, type `docteur extract {args.image} {args.dest} DEST` (or create "
+                         f"the folder {args.dest} first to write the whole tree into it)")
+
+
 def run(args) -> int:
     from ..errors import DamagedImage
     from ..trust import open_image
@@ -226,6 +246,7 @@ def run(args) -> int:
     tty = sys.stderr.isatty()
     try:
         with open_image(args.image, args, max_paths=args.max_paths) as image:
+            _refuse_a_path_as_dest(image, args)
             counts = extract(image, args.path, args.dest, force=args.force,
                              progress=_terminal_progress if tty else None)
     except DamagedImage as exc:

@@ -160,6 +160,73 @@ def pin_line(commit: str, how: str, uri: str) -> str:
             + client_command(commit, uri))
 
 
+def _check_folder_of(option: str, path: Path) -> None:
+    """The folder `path` goes in must exist and be writable, and `path` must
+    not be a folder: nbdkit would find out only once started (a daemon that
+    cannot write its pidfile leaves `serve` waiting for it for two minutes)."""
+    from .nbdkit import ServeError
+
+    folder = Path(os.path.abspath(path)).parent
+    if path.is_dir():
+        raise ServeError(f"{option} {path}: a folder, not a file name")
+    if not folder.is_dir():
+        raise ServeError(f"{option} {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ServeError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def _check_port(ip: str, port: int) -> None:
+    """Bind where nbdkit will (each address `ip` resolves to, with nbdkit's
+    SO_REUSEADDR and IPV6_V6ONLY) and let go: a taken port or an address
+    this machine does not have is one line before the image is checked."""
+    import errno
+    import socket
+
+    from .nbdkit import ServeError
+
+    try:
+        addresses = socket.getaddrinfo(ip, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServeError(f"--ip {ip}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServeError(f"{ip} port {port} is already in use (another server "
+                                     "listens there: choose --port or --unix)") from None
+                raise ServeError(f"cannot listen on {ip} port {port}: "
+                                 f"{exc.strerror or exc}") from None
+
+
+def _check_cache_folder() -> None:
+    """The cache filter's file goes in $TMPDIR (else /var/tmp): a folder
+    that is not there is nbdkit's `mkostemp` error after the check."""
+    from .nbdkit import ServeError
+
+    folder = os.environ.get("TMPDIR") or "/var/tmp"
+    if not os.path.isdir(folder):
+        raise ServeError(f"the cache goes in $TMPDIR, {folder}: no such folder "
+                         "(--cache-dir DIR to choose another, --no-cache for none)")
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """What can be checked before the image is and before nbdkit starts."""
+    if args.pidfile is not None:
+        _check_folder_of("--pidfile", args.pidfile)
+    if args.unix is not None:
+        _check_folder_of("--unix", args.unix)
+    else:
+        _check_port(args.ip, args.port)
+    if not args.no_cache and args.cache_dir is None and not os.path.isdir(args.target):
+        _check_cache_folder()  # (a folder of images is served without the cache)
+
+
 def run(args: argparse.Namespace) -> int:
     from .nbdkit import Listen, Server, ServeError, command, serve_in_background
 
@@ -167,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
     from .imagecheck import check_commit
     from .remote import cache_env, check_cache_dir
 
+    _preflight(args)
     cache = None if args.no_cache else args.cache_size
     env = cache_env(check_cache_dir(args.cache_dir))
     served: tuple[str, str] | None = None  # (commit, how it was pinned)
