@@ -171,10 +171,6 @@ def _pin_line(commit: str, how: str, uri: str) -> str:
             f"docteur cat --commit {commit} {shlex.quote(uri)} PATH")
 
 
-def _cat_knows_commit() -> bool:
-    return "--commit" in docteur("cat", "--help").stdout
-
-
 def test_serve_refuses_an_image_of_another_commit(image, tmp_path):
     disk = tmp_path / "disk.img"
     shutil.copyfile(image["path"], disk)
@@ -206,9 +202,7 @@ def test_serve_with_the_right_commit_prints_it_and_the_client_command(image, tmp
     assert f"commit={image['commit']}" in cmdline(pid)
     client = shlex.split(lines[-1].split("clients pin it with: ", 1)[1])
     client = [*DOCTEUR, *client[1:-1], "README.txt"]
-    if not _cat_knows_commit():  # the readers' --commit comes with point 1
-        client.remove("--commit")
-        client.remove(image["commit"])
+    assert "--commit" in client
     got = subprocess.run(client, capture_output=True, text=True, timeout=120)
     assert (got.returncode, got.stdout) == (0, image["readme"]), got.stderr
     os.kill(pid, signal.SIGTERM)

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = _with_signals(lambda: boot(
         args.target, commands, server=args.server, accel=args.accel,
-        timeout=args.timeout, memory=args.memory, log=_log(args)))
+        timeout=args.timeout, memory=args.memory, log=_log(args), commit=args.commit))
     print_results(result, raw=args.raw, headers=len(commands) > 1)
     return result.status
 

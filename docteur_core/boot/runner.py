@@ -309,14 +309,16 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
 
 def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
          server: str = "docteur", accel: str = "tcg", timeout: float = DEFAULT_TIMEOUT,
-         memory: int = 256, log: Log = _quiet, cache: Path | None = None) -> BootResult:
+         memory: int = 256, log: Log = _quiet, cache: Path | None = None,
+         commit: str | None = None) -> BootResult:
     """Boot a guest on `target` (an image file, an NBD URI or an http(s) URL
     served by nbdkit's curl plugin for the boot), run `commands`.
 
     Each command is the Python argument list to run in the guest (see
     `reader_command`). Serves an image with nbdkit (`server`: "docteur" for
     the project's plugin, "file" for nbdkit's file plugin) for the time of
-    the boot.
+    the boot. `commit`: the commit an http(s) image must hold before it is
+    served (the guest's own `--commit` checks it again on its disk).
     """
     if not commands:
         raise BootError("nothing to run in the guest")
@@ -339,7 +341,7 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
         else:
             if remote:  # nbdkit's curl plugin, the image checked by range reads first
                 from ..serve.remote import remote_server
-                nbd = remote_server(target_text)
+                nbd = remote_server(target_text, commit=commit)
             else:
                 nbd = image_server(Path(target_text), server)
             try:

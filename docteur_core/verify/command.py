@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if args.allowed_signers is not None:
         from ..sign import readable_signers
         readable_signers(args.allowed_signers)  # a typo costs one line, not a whole check
-    device = open_device(args.image)
+    device = open_device(args.image, pinned=commit is not None)
     progress = for_stderr(sys.stderr)
     try:
         report = verify_image(device if progress is None else _Counting(device, progress),
