@@ -32,11 +32,7 @@ def open_raw_device(spec: str, block_size: int | None = None, *,
     if spec[:6].lower().startswith(("http:", "https:")):
         from .http import HttpDevice
 
-<<<<<<< HEAD
         return HttpDevice(spec, block_size=block_size, pinned=pinned)
-    return FileDevice(spec, block_size=block_size)
-=======
-        return HttpDevice(spec, block_size=block_size)
     device = FileDevice(spec, block_size=block_size)
     if device.capacity == 0:
         _refuse_a_device_with_no_size(device, spec)
@@ -59,7 +55,6 @@ def _refuse_a_device_with_no_size(device: FileDevice, spec: str) -> None:
             else "a socket" if stat.S_ISSOCK(mode) else "a special file")
     device.close()
     raise DeviceError(f"{spec}: not a docteur image ({kind} with no size)")
->>>>>>> edges
 
 
 def open_device(spec: str, block_size: int | None = None, *,
