@@ -41,7 +41,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "docteur_core.make.command": ("make",),
     "docteur_core.reader.commands": ("ls", "cat", "stat", "tree", "info"),
     "docteur_core.reader.extract": ("extract",),
-    "docteur_core.reader.diffcommand": ("diff",),
+    "docteur_core.diff.command": ("diff",),
     "docteur_core.verify.command": ("verify",),
     "docteur_core.serve.command": ("serve", "plugin-path"),
     "docteur_core.mount.command": ("mount", "umount"),

@@ -43,7 +43,7 @@ def test_a_reading_verb_imports_neither_builder_nor_boot_nor_verify(tmp_path):
     assert "docteur_core.reader.commands" in loaded
     for other in ("docteur_core.make.command", "docteur_core.boot.command",
                   "docteur_core.verify.command", "docteur_core.serve.command",
-                  "docteur_core.mount.command", "dulwich"):
+                  "docteur_core.mount.command", "docteur_core.diff.command", "dulwich"):
         assert other not in loaded, other
 
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docteur_core.make import make_image
-from docteur_core.reader import diff as diffmod
-from docteur_core.reader import diffcommand
+from docteur_core.diff import command as diffcommand
+from docteur_core.diff import compare as diffmod
 from docteur_core.reader.commands import _name
 from docteur_core.reader.image import Image
 from tests.support import REPO_ROOT, git

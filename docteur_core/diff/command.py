@@ -1,4 +1,4 @@
-"""`docteur diff OLD NEW`: the sides `diff.py` compares, and the verb.
+"""`docteur diff OLD NEW`: the sides `compare.py` compares, and the verb.
 
 A side is an image (file, device or NBD URI), a directory (hashed as
 `docteur make` hashes it: `make/snapshot.py`'s scan and hashing, its modes,
@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import DamagedImage, DocteurError
 from ..format import objects as obj
-from . import diff as diffmod
+from . import compare
 
 # diff(1)'s status for trouble; cli.py reads it (`run.error_status`).
 TROUBLE = 2
@@ -36,7 +36,7 @@ class ImageSide:
         root = image.stat("")
         self.root = (bytes.fromhex(root.id), "")
 
-    def list(self, handle) -> list[diffmod.Entry]:
+    def list(self, handle) -> list[compare.Entry]:
         try:
             return [(obj.encode_name(n.name), n.mode, n.id, n)
                     for n in self.image.entries(handle)]
@@ -103,7 +103,7 @@ class TreeSide:
         self._size = size
         self._close = close
 
-    def list(self, handle) -> list[diffmod.Entry]:
+    def list(self, handle) -> list[compare.Entry]:
         tree_id = handle if isinstance(handle, bytes) else handle[0]
         return [(name, mode, oid, (oid, mode)) for mode, oid, name in self._read_tree(tree_id)]
 
@@ -218,7 +218,7 @@ Exit status as diff(1): 0 when equal, 1 when different, 2 on trouble (a
 usage mistake, an unreadable or damaged side: one line on stderr).
 """
     from .. import options
-    from . import commands
+    from ..reader import commands
 
     for name in ("old", "new"):
         parser.add_argument(name, metavar=name.upper(),
@@ -241,7 +241,7 @@ usage mistake, an unreadable or damaged side: one line on stderr).
 
 
 def run(args: argparse.Namespace) -> int:
-    from .commands import _name
+    from ..reader.commands import _name
 
     def warn(text: str) -> None:
         print(f"docteur diff: warning: {text}", file=sys.stderr)
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
                                     (args.new, args.new_branch, "NEW")):
             sides.append(open_side(spec, args, warn, branch, which))
         a, b = sides
-        changes = list(diffmod.diff_trees(a.list, a.root, b.list, b.root,
+        changes = list(compare.diff_trees(a.list, a.root, b.list, b.root,
                                           max_paths=args.max_paths))
         sizes = []
         if args.stat or args.json:
@@ -266,12 +266,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        doc = diffmod.json_doc(args.old, args.new, changes, sizes)
+        doc = compare.json_doc(args.old, args.new, changes, sizes)
         out.write(json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
     elif args.stat:
-        out.write(diffmod.stat_text(changes, sizes, _name))
+        out.write(compare.stat_text(changes, sizes, _name))
     else:
-        out.write(diffmod.name_status(changes, _name))
+        out.write(compare.name_status(changes, _name))
     out.flush()
     return 1 if changes else 0
 

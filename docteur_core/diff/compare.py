@@ -6,7 +6,7 @@ the side needs to list that entry if it is a tree) and their root's
 `(id, handle)`. The walk never lists a pair of subtrees whose ids are
 equal, so two images that share most of their tree cost what differs, as in
 git; the sides (an image, a directory hashed as `docteur make` would, a
-repository) live in `diffcommand.py`.
+repository) live in `command.py`.
 
 git's rules, which `tests/test_diff.py` checks against git itself:
 
