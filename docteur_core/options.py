@@ -1,4 +1,8 @@
-"""Option values every verb shares: one argparse `type=` function per kind.
+"""Option values every verb shares: one argparse `type=` function per kind,
+and the arguments of every verb that reads an image (the block size, trust,
+the limits). A stage's own option types live with it (`make/options.py`:
+--date, --author, --branch; `serve/options.py`: --cache-size): this module
+imports no stage.
 
 A bad value is then a usage error raised by the verb's own parser: exit
 status 2, the verb's usage line, and the same words whichever verb took
@@ -51,63 +55,6 @@ def seconds(text: str) -> float:
     return value
 
 
-def date(text: str) -> str:
-    """--date: RFC 3339 (its UTC offset kept), a date-time without a zone
-    (read as UTC) or a plain date (midnight UTC). Checked here, kept as
-    given: `make_image` takes the text (`make.identity.parse_date`)."""
-    from .make.identity import parse_date
-
-    return _checked_by_make(parse_date, "date", text)
-
-
-def author(text: str) -> str:
-    """--author 'Name <email>': checked here as the build checks it
-    (`make.identity.parse_author`: a name, an email, not empty), kept as
-    given, so a typo costs a usage line, not a build started for nothing."""
-    from .make.identity import parse_author
-
-    return _checked_by_make(parse_author, "author", text)
-
-
-def _checked_by_make(parse, name: str, text: str) -> str:
-    """`text` if the build's own `parse` takes it, else a usage error in its words."""
-    from .errors import BuildError
-
-    try:
-        parse(text)
-    except BuildError as exc:
-        words = str(exc)  # "<name> '...': why": argparse already names the option
-        prefix = name + " "
-        raise _refuse(words[len(prefix):] if words.startswith(prefix) else words) from None
-    return text
-
-
-def branch(text: str) -> str:
-    """--branch REF (make) and --old-branch/--new-branch REF (diff): a name git
-    may be given (`make.repository.valid_ref`); whether the repository has
-    it is known only when it is read."""
-    from .make.repository import valid_ref
-
-    if not valid_ref(text):
-        raise _refuse(f"{text!r} is not a branch, tag or commit name: it must not be empty, "
-                      "start with '-', or hold a NUL or a newline")
-    return text
-
-
-def cache_size(text: str) -> str:
-    """serve's --cache-size: `auto`, or a size nbdkit's cache filter takes
-    (`serve.sizes`: 64M, 1G, 1048576; at least 1M). Returned as given: nbdkit
-    gets exactly what the user wrote."""
-    if text == "auto":
-        return text
-    from .serve.sizes import cache_size_problem
-
-    why = cache_size_problem(text)
-    if why is not None:
-        raise _refuse(f"{text!r} is {why}")
-    return text
-
-
 def commit_id(text: str) -> str:
     """--commit ID: the commit an image must hold, as 40 hexadecimal digits
     (a full SHA-1 id: an abbreviation could be matched by a forged one).
@@ -133,3 +80,34 @@ def add_trust_arguments(parser) -> None:
                         "every object read back to the commit)")
     parser.add_argument("--verify", dest="verify", action="store_true",
                         help="check every object read (the default; kept for old scripts)")
+
+
+def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",
+                                                "max_paths"))) -> None:
+    """--block-size, the trust options and the limits, for every verb that
+    opens an image."""
+    parser.add_argument("--block-size", metavar="N", type=block_size, default=None,
+                        help="the device's block size (default: probed, or 512)")
+    add_trust_arguments(parser)
+    add_limit_arguments(parser, limits)
+
+
+# The reader's limits as options (format/limits.py): dest -> (metavar, help).
+LIMIT_OPTIONS = {
+    "max_object_size": ("BYTES", "the most bytes held for one object"),
+    "max_lookup_bytes": ("BYTES", "the most bytes built for one lookup, delta chain included"),
+    "max_paths": ("N", "the most paths a walk may name"),
+}
+
+
+def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
+    """--max-object-size, --max-lookup-bytes, --max-paths (those `names`
+    asks for), with the shared defaults: every command that reads an image
+    offers the same limits with the same words."""
+    from .format import limits
+
+    for name in names:
+        metavar, text = LIMIT_OPTIONS[name]
+        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, type=count,
+                            default=getattr(limits, name.upper()),
+                            help=f"{text} (default %(default)s)")

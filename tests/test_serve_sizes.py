@@ -35,7 +35,7 @@ TABLE = ["64M", "64m", "1G", "1048576", "1M", "1024K", "2048S", "2048s", "1T", "
 
 @pytest.mark.parametrize("size", TABLE)
 def test_the_rule_is_nbdkits(size):
-    if size == "auto":  # ours, not nbdkit's: options.cache_size maps it
+    if size == "auto":  # ours, not nbdkit's: serve/options.py's cache_size maps it
         assert cache_size_problem(size) is not None and not nbdkit_takes(size)
         return
     assert (cache_size_problem(size) is None) == nbdkit_takes(size)

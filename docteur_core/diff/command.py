@@ -218,14 +218,14 @@ Exit status as diff(1): 0 when equal, 1 when different, 2 on trouble (a
 usage mistake, an unreadable or damaged side: one line on stderr).
 """
     from .. import options
-    from ..reader import commands
+    from ..make.options import branch
 
     for name in ("old", "new"):
         parser.add_argument(name, metavar=name.upper(),
                             help="an image file, a device, an NBD URI, a directory or a Git "
                                  "repository")
     for name in ("old", "new"):
-        parser.add_argument(f"--{name}-branch", metavar="REF", type=options.branch,
+        parser.add_argument(f"--{name}-branch", metavar="REF", type=branch,
                             help=f"branch, tag or commit of {name.upper()} when it is a local Git "
                                  "repository, as make's --branch names it (main, "
                                  "refs/heads/main, v1.0, a commit id); default: HEAD")
@@ -237,7 +237,7 @@ usage mistake, an unreadable or damaged side: one line on stderr).
                      help="one JSON document on stdout (fields in the README)")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="how images are read, as for ls (default light)")
-    commands.add_reading_arguments(parser)
+    options.add_reading_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .. import options
+from . import options as make_options
 from ..errors import BuildError
 from ..format.layout import DEFAULT_BLOCK_SIZE, block_size_rule
 from ..progress import TerminalProgress as _TerminalProgress
@@ -91,15 +92,15 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
-    parser.add_argument("--branch", metavar="REF", type=options.branch,
+    parser.add_argument("--branch", metavar="REF", type=make_options.branch,
                         help="branch or tag of a repository source (main, refs/heads/main, "
                              "v1.0); default: HEAD")
-    parser.add_argument("--date", metavar="RFC3339", type=options.date,
+    parser.add_argument("--date", metavar="RFC3339", type=make_options.date,
                         help="date of a directory's commit, e.g. 2026-01-01T00:00:00Z or "
                              "2026-01-01T12:00:00+02:00 (its UTC offset is kept); a date-time "
                              "without a zone (2026-01-01T00:00:00) is read as UTC, a date "
                              "alone (2026-01-01) is midnight UTC")
-    parser.add_argument("--author", metavar="'NAME <EMAIL>'", type=options.author,
+    parser.add_argument("--author", metavar="'NAME <EMAIL>'", type=make_options.author,
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")

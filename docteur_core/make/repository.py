@@ -42,7 +42,7 @@ def valid_ref(name: str) -> bool:
     """Whether `name` may be handed to `git rev-parse` as a name at all: not
     empty, no leading '-' (git would read an option: --upload-pack=...), no
     NUL or newline. Pure, so the command lines refuse it while parsing
-    (`options.branch`); whether it names a commit only git can say."""
+    (`make/options.py`'s `branch`); whether it names a commit only git can say."""
     return bool(name) and not name.startswith("-") and not any(c in name for c in "\0\n")
 
 

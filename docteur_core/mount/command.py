@@ -39,7 +39,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     unmounts); `docteur umount MOUNTPOINT` (or `fusermount3 -u`) unmounts.
     MOUNTPOINT must be an existing, empty directory.
     """
-    from ..reader.commands import add_reading_arguments
+    from .. import options
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
                         "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
@@ -53,7 +53,7 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let every user read the mount (FUSE's allow_other; the modes "
                              "above apply, default_permissions); a user other than root needs "
                              "a user_allow_other line in /etc/fuse.conf")
-    add_reading_arguments(parser)
+    options.add_reading_arguments(parser)
 
 
 def add_umount_arguments(parser: argparse.ArgumentParser) -> None:

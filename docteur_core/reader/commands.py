@@ -324,41 +324,9 @@ def _common(parser, verb: str) -> None:
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default): walk the trees for each lookup; fast: build "
                         "a path index first (pays off for many lookups)")
-    add_reading_arguments(parser)
-
-
-def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",
-                                                "max_paths"))) -> None:
-    """--block-size, the trust options and the limits, for every verb that
-    opens an image."""
     from .. import options
 
-    parser.add_argument("--block-size", metavar="N", type=options.block_size, default=None,
-                        help="the device's block size (default: probed, or 512)")
-    options.add_trust_arguments(parser)
-    add_limit_arguments(parser, limits)
-
-
-# The reader's limits as options (format/limits.py): dest -> (metavar, help).
-LIMIT_OPTIONS = {
-    "max_object_size": ("BYTES", "the most bytes held for one object"),
-    "max_lookup_bytes": ("BYTES", "the most bytes built for one lookup, delta chain included"),
-    "max_paths": ("N", "the most paths a walk may name"),
-}
-
-
-def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
-    """--max-object-size, --max-lookup-bytes, --max-paths (those `names`
-    asks for), with the shared defaults: every command that reads an image
-    offers the same limits with the same words."""
-    from .. import options
-    from ..format import limits
-
-    for name in names:
-        metavar, text = LIMIT_OPTIONS[name]
-        parser.add_argument("--" + name.replace("_", "-"), metavar=metavar, type=options.count,
-                            default=getattr(limits, name.upper()),
-                            help=f"{text} (default %(default)s)")
+    options.add_reading_arguments(parser)
 
 
 def _runner(verb: str):

@@ -199,7 +199,7 @@ def add_arguments(parser) -> None:
     --force (then files and links in the way are replaced, directories
     reused). Progress is shown when stderr is a terminal.
     """
-    from . import commands
+    from .. import options
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD URI")
     parser.add_argument("path", metavar="PATH", nargs="?", default="",
@@ -210,7 +210,7 @@ def add_arguments(parser) -> None:
                         help="write into an existing, non-empty DEST")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default) or fast, as for ls")
-    commands.add_reading_arguments(parser, ("max_paths",))
+    options.add_reading_arguments(parser, ("max_paths",))
 
 
 def _terminal_progress(counts: Counts) -> None:

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     from .. import options
     from .nbdkit import DEFAULT_CACHE_SIZE, DEFAULT_IP, DEFAULT_PORT, VERIFY_LEVELS
+    from .options import cache_size
 
     parser.add_argument("target", metavar="IMAGE_OR_DIR_OR_URL",
                         help="an image file, a folder whose *.img files become exports "
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check before serving: quick (default; what `docteur verify "
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
-                        type=options.cache_size,
+                        type=cache_size,
                         help="bound of nbdkit's read cache on disk: bytes, or K, M, G, T "
                              "(powers of 1024) after a whole number, at least 1M, e.g. 64M, "
                              f"1G (default {DEFAULT_CACHE_SIZE}: the image's size, at most 1G; "

@@ -73,9 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept only a commit signed by a key of FILE (git's "
                              "gpg.ssh.allowedSignersFile format, checked with ssh-keygen -Y "
                              "verify as git verify-commit does)")
-    from ..reader.commands import add_limit_arguments
-
-    add_limit_arguments(parser, ("max_object_size", "max_paths"))
+    options.add_limit_arguments(parser, ("max_object_size", "max_paths"))
 
 
 def json_safe(value):
