@@ -3,9 +3,8 @@
 git will not write a pack with a size lie, a delta cycle, an IDX listing
 an id the object does not hash to, or a fanout that decreases; the reader
 and verify tests need exactly those, one at a time. This is the one small
-writer they share: entries are encoded here (with the builder's own
-`entry_header` and `encode_idx_v2`, which import nothing beyond the
-standard library and docteur_core), every field can be overridden, and the
+writer they share: entries are encoded here (with the format's own
+`pack.entry_header` and `idx.encode_idx_v2`, the builder's encoders), every field can be overridden, and the
 image is laid out with the real `layout` rules.
 """
 
@@ -16,9 +15,9 @@ import struct
 import zlib
 
 from docteur_core.format import layout
-from docteur_core.make.packwriter import encode_idx_v2, entry_header
+from docteur_core.format.idx import encode_idx_v2
 from docteur_core.format.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
-                               object_id)
+                                     entry_header, object_id)
 
 TYPES = {"commit": OBJ_COMMIT, "tree": OBJ_TREE, "blob": OBJ_BLOB}
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from docteur_core.make import make_image
-from docteur_core.make.packwriter import OBJ_BLOB, PlainPackWriter, object_id
+from docteur_core.format.pack import object_id
+from docteur_core.make.packwriter import PlainPackWriter
 from docteur_core.make.scratch import sweep
 from docteur_core.make.snapshot import Snapshot
 from docteur_core.errors import BuildError
@@ -97,7 +98,7 @@ def write_fails(snapshot: Snapshot, tmp_path: Path) -> tuple[str, PlainPackWrite
     writer.abort()
     message = str(caught.value)
     assert "\n" not in message
-    assert object_id(OBJ_BLOB, SECRET) not in writer
+    assert object_id("blob", SECRET) not in writer
     return message, writer
 
 

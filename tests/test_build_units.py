@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from docteur_core.make import identity
-from docteur_core.make.packwriter import entry_header, encode_idx_v2, object_id, OBJ_BLOB
+from docteur_core.format.idx import encode_idx_v2
+from docteur_core.format.pack import entry_header, object_id
 from docteur_core.make.source import classify, redact
 from docteur_core.errors import BuildError
 
@@ -58,7 +59,7 @@ def test_entry_header_round_trip(size, type_num):
 
 
 def test_object_id_is_gits():
-    assert object_id(OBJ_BLOB, b"").hex() == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert object_id("blob", b"").hex() == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 
 
 @settings(max_examples=30)

@@ -24,8 +24,7 @@ import pytest
 from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.errors import LimitExceeded
 from docteur_core.format import limits
-from docteur_core.format.pack import OBJ_BLOB
-from docteur_core.make.packwriter import entry_header
+from docteur_core.format.pack import OBJ_BLOB, entry_header
 from docteur_core.reader import Image
 from docteur_core.verify import verify_image
 

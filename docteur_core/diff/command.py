@@ -66,9 +66,9 @@ class _Hasher:
         self.sizes: dict[bytes, int] = {}
 
     def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes:
-        from ..make.packwriter import OBJ_TREE, object_id
+        from ..format.pack import OBJ_TREE, TYPE_NAMES, object_id
 
-        sha = sha or object_id(type_num, data)
+        sha = sha or object_id(TYPE_NAMES[type_num], data)
         if type_num == OBJ_TREE:
             self.trees[sha] = bytes(data)
         else:

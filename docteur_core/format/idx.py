@@ -130,3 +130,36 @@ def lookup(pread: Pread, idx: Idx, oid: bytes) -> int | None:
     """The pack offset of `oid`, or None when the IDX does not list it."""
     i = find(pread, idx, oid)
     return None if i is None else offset_of(pread, idx, i)
+
+
+def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
+    """An .idx version 2 for (raw sha, offset, crc32) entries, in any order
+    (the builder's; a reader never writes one, nor imports hashlib here)."""
+    import hashlib
+
+    entries = sorted(entries)
+    fanout = [0] * 256
+    for sha, _, _ in entries:
+        fanout[sha[0]] += 1
+    total = 0
+    for i in range(256):
+        total += fanout[i]
+        fanout[i] = total
+    large: list[int] = []
+    offsets = []
+    for _, offset, _ in entries:
+        if offset < LARGE_OFFSET_FLAG:
+            offsets.append(offset)
+        else:
+            offsets.append(LARGE_OFFSET_FLAG | len(large))
+            large.append(offset)
+    parts = [
+        b"\xfftOc", struct.pack(">I", 2), struct.pack(">256I", *fanout),
+        b"".join(sha for sha, _, _ in entries),
+        struct.pack(f">{len(entries)}I", *(crc for _, _, crc in entries)),
+        struct.pack(f">{len(entries)}I", *offsets),
+        struct.pack(f">{len(large)}Q", *large),
+        pack_checksum,
+    ]
+    body = b"".join(parts)
+    return body + hashlib.sha1(body).digest()

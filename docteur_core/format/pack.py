@@ -65,6 +65,19 @@ class EntryHeader:
         self.base_id = base_id  # REF_DELTA: raw id of the base
 
 
+def entry_header(type_num: int, size: int) -> bytes:
+    """The variable-length type+size header of a pack entry."""
+    byte = (type_num << 4) | (size & 0x0F)
+    size >>= 4
+    out = bytearray()
+    while size:
+        out.append(byte | 0x80)
+        byte = size & 0x7F
+        size >>= 7
+    out.append(byte)
+    return bytes(out)
+
+
 def parse_entry_header(buf: bytes, where: str, max_size: int | None = DEFAULT_MAX_OBJECT_SIZE
                        ) -> EntryHeader:
     """Parse an entry header at the start of `buf` (pass MAX_ENTRY_HEADER bytes).

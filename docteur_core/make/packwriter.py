@@ -15,60 +15,13 @@ import struct
 import zlib
 from typing import BinaryIO
 
+from ..format.idx import encode_idx_v2
 from ..format.pack import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, TYPE_NAMES  # noqa: F401 (re-exported)
-from ..format.pack import object_id as _object_id
+from ..format.pack import entry_header, object_id
 
 # Fast compression: this pack lives for seconds and is re-read once.
 TEMP_ZLIB_LEVEL = 1
 CHUNK = 1 << 20
-
-
-def entry_header(type_num: int, size: int) -> bytes:
-    """The variable-length type+size header of a pack entry."""
-    byte = (type_num << 4) | (size & 0x0F)
-    size >>= 4
-    out = bytearray()
-    while size:
-        out.append(byte | 0x80)
-        byte = size & 0x7F
-        size >>= 7
-    out.append(byte)
-    return bytes(out)
-
-
-def object_id(type_num: int, data: bytes) -> bytes:
-    """Raw SHA-1 of a git object, as git hashes it."""
-    return _object_id(TYPE_NAMES[type_num], data)
-
-
-def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> bytes:
-    """An .idx version 2 for (raw sha, offset, crc32) entries, in any order."""
-    entries = sorted(entries)
-    fanout = [0] * 256
-    for sha, _, _ in entries:
-        fanout[sha[0]] += 1
-    total = 0
-    for i in range(256):
-        total += fanout[i]
-        fanout[i] = total
-    large: list[int] = []
-    offsets = []
-    for _, offset, _ in entries:
-        if offset < 0x80000000:
-            offsets.append(offset)
-        else:
-            offsets.append(0x80000000 | len(large))
-            large.append(offset)
-    parts = [
-        b"\xfftOc", struct.pack(">I", 2), struct.pack(">256I", *fanout),
-        b"".join(sha for sha, _, _ in entries),
-        struct.pack(f">{len(entries)}I", *(crc for _, _, crc in entries)),
-        struct.pack(f">{len(entries)}I", *offsets),
-        struct.pack(f">{len(large)}Q", *large),
-        pack_checksum,
-    ]
-    body = b"".join(parts)
-    return body + hashlib.sha1(body).digest()
 
 
 class PlainPackWriter:
@@ -97,7 +50,7 @@ class PlainPackWriter:
     def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes:
         """Add an object held in memory; return its raw id."""
         if sha is None:
-            sha = object_id(type_num, data)
+            sha = object_id(TYPE_NAMES[type_num], data)
         if sha in self._entries:
             return sha
         record = entry_header(type_num, len(data)) + zlib.compress(data, TEMP_ZLIB_LEVEL)

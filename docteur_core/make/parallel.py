@@ -44,8 +44,8 @@ from typing import Callable, Sequence
 
 from .. import children
 from ..errors import BuildError
+from ..format.idx import encode_idx_v2
 from .gitrun import DEPTH, WINDOW, GitRepo, git_command, git_env, last_line, run_git, start_git
-from .packwriter import encode_idx_v2
 
 # About this much object content per part. Fixed: it decides the cut points,
 # so changing it changes the images (as any change of the delta search does).

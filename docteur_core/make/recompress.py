@@ -34,8 +34,8 @@ import zlib
 from typing import Callable
 
 from ..errors import BuildError
+from ..format.idx import encode_idx_v2
 from ..format.pack import MAX_ENTRY_HEADER, OBJ_OFS_DELTA, parse_entry_header
-from .packwriter import encode_idx_v2
 from .pathindex import idx_offsets
 
 LEVELS = ("default", "max")
