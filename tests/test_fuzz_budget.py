@@ -1,6 +1,6 @@
 """The fuzzing harness at a small budget: every outcome clean or OK (issue 13).
 
-`bench/fuzz.py` mutates small real images (pack entry headers, deltas, zlib
+`fuzz/fuzz.py` mutates small real images (pack entry headers, deltas, zlib
 streams, IDX tables, trees, the commit) and runs each through every reader
 entry point, `verify` and the plugin's start-up check in a subprocess under
 an address-space cap and a timeout. A fixed seed makes the cases the same
@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FUZZ = ROOT / "bench" / "fuzz.py"
+FUZZ = ROOT / "fuzz" / "fuzz.py"
 
 SEED = "ci-1"
 CASES = 120
 
 
 def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("docteur_bench_fuzz", FUZZ)
+    spec = importlib.util.spec_from_file_location("docteur_fuzz", FUZZ)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Fuzz every reader entry point with damaged and hostile images (issue 13).
 
-    python3 bench/fuzz.py --seed 1 --budget 2000          # 2,000 cases
-    python3 bench/fuzz.py --seed 1 --budget 600s          # for 10 minutes
-    python3 bench/fuzz.py --json summary.json --findings _work/fuzz-findings
+    python3 fuzz/fuzz.py --seed 1 --budget 2000          # 2,000 cases
+    python3 fuzz/fuzz.py --seed 1 --budget 600s          # for 10 minutes
+    python3 fuzz/fuzz.py --json summary.json --findings _work/fuzz-findings
 
 Why: random damage is mostly caught by zlib's and the IDX's checksums; the
 bugs live where an image is *well formed but hostile* (a delta that builds
@@ -1499,7 +1499,7 @@ def save_finding(root: Path, key: str, result: dict, row: dict, image: bytes, se
             cmd = "docteur " + " ".join(map(_q, argv))
         lines.append(f"  {r['outcome']:9} {r['op']:22} {r['detail']}")
         lines.append(f"            $ {cmd}")
-    lines += ["", f"replay: python3 bench/fuzz.py --seed {seed} --replay {result['index']} "
+    lines += ["", f"replay: python3 fuzz/fuzz.py --seed {seed} --replay {result['index']} "
               f"--mem-mb {mem_mb} --timeout {timeout:g}"]
     (d / "README.txt").write_text("\n".join(lines) + "\n", errors="backslashreplace")
     return d
