@@ -49,7 +49,7 @@ def _check_guest_command(segment: list[str]) -> None:
     from .runner import BootError
     from ..reader.commands import VERBS
 
-    # Options are the guest's to judge (docteur_core/guest.py): skip them as
+    # Options are the guest's to judge (docteur_core/reader/guest.py): skip them as
     # it does, keep the positional words.
     words: list[str] = []
     rest = list(segment)

@@ -3,7 +3,7 @@
 Runs on a bare interpreter (`python3 -S`, nothing but this package on
 PYTHONPATH), typically on `/dev/vda` inside a VM, or on an NBD URI. The
 verbs are the `docteur` command's (ls, cat, stat, tree, info), shared with
-`reader_command.py`; the arguments are parsed by hand so that start-up
+`commands.py`; the arguments are parsed by hand so that start-up
 imports nothing but the reader.
 
 Options: `--mode fast|light` (default light), `--commit ID` (the image must

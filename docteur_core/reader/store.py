@@ -1,6 +1,6 @@
 """Git objects out of an image, read through a byte-range callable.
 
-`Store` is the object layer under the path API (`reader.py`). Opening one
+`Store` is the object layer under the path API (`image.py`). Opening one
 reads the image header, the PACK header and the IDX head (magic, version,
 fanout): nothing else, so a light-mode boot touches a handful of sectors.
 Objects are then found with a binary search in the IDX that reads only the

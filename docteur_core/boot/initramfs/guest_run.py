@@ -9,7 +9,7 @@ failing (or crashing) cannot change what the next one sees.
 
 The serial console is a text channel that the kernel, the tty layer and
 QEMU may each touch, so the output crosses it in base64, between markers
-that carry its length and SHA-256: the host (docteur_core/boot.py) decodes
+that carry its length and SHA-256: the host (docteur_core/boot/runner.py) decodes
 it and knows the bytes arrived intact.
 
     =====DOCTEUR-BEGIN n=====

@@ -10,7 +10,7 @@ zlib, deltas, trees) through `solo5_block_read`.
 
 - guest/: the unikernel's C sources (freestanding; zlib built with Z_SOLO
   from Debian's zlib source) with its manifest and GNUmakefile.
-- build.py: builds Solo5's tenders (solo5-spt, solo5-hvt) and the guest for
+- toolchain.py: builds Solo5's tenders (solo5-spt, solo5-hvt) and the guest for
   both, from Solo5's source tarball, into a cache keyed by the inputs.
 - runner.py: runs the guest on an image file or an NBD export (through
   nbdfuse), optionally serving a file with the project's nbdkit plugin

@@ -1,6 +1,6 @@
 """`docteur boot --solo5 spt|hvt|auto IMAGE cat|sha256 PATH [';' ...]`.
 
-Lives here rather than in boot_command.py, which only hands over to it:
+Lives here rather than in boot/command.py, which only hands over to it:
 the Solo5 guest has its own verbs (cat, sha256), no reader modes and one
 guest run per command. An image file is served with the project's nbdkit
 plugin and attached with nbdfuse (the whole chain, as `docteur boot` serves
