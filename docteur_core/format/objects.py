@@ -50,10 +50,6 @@ class TreeEntry:
         return self.mode == MODE_LINK
 
     @property
-    def is_gitlink(self) -> bool:
-        return self.mode == MODE_GITLINK
-
-    @property
     def is_file(self) -> bool:
         return self.mode & 0o170000 == 0o100000
 

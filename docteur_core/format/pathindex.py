@@ -320,12 +320,6 @@ def valid_parent(parent: bytes) -> bool:
     return not parent or all(valid_name(p) for p in parent.split(b"/"))
 
 
-def valid_key(key: bytes) -> bool:
-    """parent NUL name: a normalised parent path, a name without `/`."""
-    parent, nul, name = key.partition(b"\0")
-    return bool(nul) and valid_name(name) and valid_parent(parent)
-
-
 def has_magic(last: bytes) -> bool:
     """Whether the image's last 4096 bytes start with a super block's magic."""
     return len(last) >= SUPER_SIZE and last[-SUPER_SIZE:-SUPER_SIZE + 8] == MAGIC
