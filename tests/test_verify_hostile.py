@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from docteur_core.blockdev.block import MemoryDevice
-from docteur_core.format.pack import entry_header
 from docteur_core.format.pack import OBJ_OFS_DELTA
 from docteur_core.verify import verify_image
 

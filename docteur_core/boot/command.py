@@ -73,7 +73,8 @@ def _check_guest_command(segment: list[str]) -> None:
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
-    from .runner import ACCELS, DEFAULT_TIMEOUT, MODES, SERVERS
+    from ..serve.nbdkit import SERVERS
+    from .runner import ACCELS, DEFAULT_TIMEOUT, MODES
 
     parser.add_argument("--mode", choices=MODES, default="light",
                         help="the reader's mode in the guest: light (default) walks the "

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 from .. import children
 from ..errors import DocteurError
 from ..serve import nbdkit
-from ..serve.nbdkit import SERVERS, Listen, Server, ServeError  # noqa: F401 (SERVERS: for the CLI)
+from ..serve.nbdkit import Listen, Server, ServeError
 
 GUEST_DEVICE = "/dev/vda"
 MODES = ("fast", "light")

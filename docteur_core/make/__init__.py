@@ -101,7 +101,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     from . import identity
     from .gitrun import GitRepo, check_object_sizes, run_git
     from .image import check_output, write_image
-    from .packwriter import OBJ_COMMIT, PlainPackWriter
+    from ..format.pack import OBJ_COMMIT
+    from .packwriter import PlainPackWriter
     from .parallel import pack_objects_parallel
     from .remote import fetch
     from .repository import open_repository, resolve
@@ -268,7 +269,8 @@ def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,
     """--compat ocaml on a repository: (commit, tree) of the image, rewritten if need be."""
     from . import compat as compat_mod
     from .gitrun import run_git
-    from .packwriter import OBJ_COMMIT, PlainPackWriter
+    from ..format.pack import OBJ_COMMIT
+    from .packwriter import PlainPackWriter
 
     pack_dir = os.path.join(repo.object_dir, "pack")
     writer = PlainPackWriter(os.path.join(pack_dir, "pack-compat"))

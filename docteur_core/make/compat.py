@@ -242,7 +242,7 @@ class TreeRewriter:
         self.busy.append(folder)
         from dulwich.objects import Tree
 
-        from .packwriter import OBJ_TREE
+        from ..format.pack import OBJ_TREE
 
         out = Tree()
         for e in self.folders.get(folder, []):

@@ -16,8 +16,7 @@ import zlib
 from typing import BinaryIO
 
 from ..format.idx import encode_idx_v2
-from ..format.pack import OBJ_BLOB, OBJ_COMMIT, OBJ_TREE, TYPE_NAMES  # noqa: F401 (re-exported)
-from ..format.pack import entry_header, object_id
+from ..format.pack import OBJ_BLOB, TYPE_NAMES, entry_header, object_id
 
 # Fast compression: this pack lives for seconds and is re-read once.
 TEMP_ZLIB_LEVEL = 1

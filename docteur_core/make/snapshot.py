@@ -48,8 +48,9 @@ from dulwich.objects import Tree
 from ..errors import BuildError
 from ..format.limits import MAX_FILE_SIZE
 from ..format.objects import MODE_FILE, MODE_LINK, refused_name
+from ..format.pack import OBJ_BLOB, OBJ_TREE
 from .ignore import GITIGNORE, Rules, compile_patterns, gitignore_lines
-from .packwriter import OBJ_BLOB, OBJ_TREE, PlainPackWriter
+from .packwriter import PlainPackWriter
 
 # Files up to this size are read in one call; larger ones are streamed.
 WHOLE_READ_LIMIT = 32 << 20

@@ -13,7 +13,7 @@ import zlib
 
 from ..format import layout, pack
 from ..errors import DamagedImage, LimitExceeded
-from .state import MAX_DELTA_DEPTH, MAX_HELD_OBJECT, State, Unresolvable, at_offset
+from .state import MAX_DELTA_DEPTH, State, Unresolvable, at_offset
 from .stream import Stream
 
 

@@ -27,7 +27,7 @@ from itertools import chain
 from operator import itemgetter
 
 from ..errors import DamagedImage
-from ..format import objects, pack
+from ..format import objects
 from ..format import pathindex as pix
 from .report import R_PATH_INDEX
 from .state import State, at_offset

@@ -23,8 +23,8 @@ from ..format import layout, objects, pack
 from ..format.limits import INFLATE_STEP
 from ..errors import DamagedImage
 from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
-from .state import (COMMIT_HEAD, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, MAX_PROBLEMS_PER_REGION,
-                    OBJ_HEADER, STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset,
+from .state import (COMMIT_HEAD, MAX_DELTA_DEPTH, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
+                    STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset,
                     hex_id)
 from .stream import Stream
 
