@@ -15,15 +15,12 @@ reads only the sectors it touches: the IDX is never loaded whole.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from ..errors import DamagedImage
-from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE
+from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE, Pread
 
 HEAD_SIZE = IDX_HEADER_SIZE + FANOUT_SIZE
 LARGE_OFFSET_FLAG = 0x80000000
-
-Pread = Callable[[int, int], bytes]
 
 
 class Idx:

@@ -20,8 +20,13 @@ Everything here is pure: bytes in, values out.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from ..errors import DamagedImage, NotAnImage
+
+# A byte-range read, `pread(offset, length) -> bytes`: how every decoder
+# below the reader reaches an image without doing I/O itself.
+Pread = Callable[[int, int], bytes]
 
 COMMIT_ID_SIZE = 20
 HEADER_SIZE = 28

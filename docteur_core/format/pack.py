@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 
 from ..errors import DamagedImage, LimitExceeded
-from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
+from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION, Pread
 from .limits import MAX_OBJECT_SIZE
 
 OBJ_COMMIT = 1
@@ -35,8 +35,6 @@ BASE_TYPES = frozenset(TYPE_NAMES)
 # OFS_DELTA distance (at most 10 bytes) and a REF_DELTA id (20 bytes).
 MAX_ENTRY_HEADER = 32
 DEFAULT_MAX_OBJECT_SIZE = MAX_OBJECT_SIZE  # one limit for reader, verify, plugin
-
-Pread = Callable[[int, int], bytes]
 
 
 def parse_pack_header(data: bytes, where: str = "pack") -> int:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ..errors import DamagedImage
 from ..format import pathindex as pix
+from ..format.layout import Pread
 
-Pread = Callable[[int, int], bytes]
 DEFAULT_CACHE_NODES = 256
 ROOT = -1
 

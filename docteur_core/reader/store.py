@@ -48,12 +48,11 @@ from collections.abc import Callable
 from ..format import idx as idxmod
 from ..format import layout
 from ..errors import DamagedImage, DeviceError, LimitExceeded
+from ..format.layout import Pread
 from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
                    OBJ_REF_DELTA, TYPE_NAMES, apply_delta, check_delta, delta_sizes,
                    object_id, parse_entry_header, parse_pack_header, write_delta)
-
-Pread = Callable[[int, int], bytes]
 
 DEFAULT_MAX_DELTA_DEPTH = 10_000
 # An upper bound, filled only by what is read. Reading ten releases of a

@@ -22,13 +22,11 @@ Levels:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from docteur_core.blockdev.block import BlockDevice, ByteReader
 from docteur_core.errors import DamagedImage, DocteurError, WrongCommit
 from docteur_core.format import layout
-
-Pread = Callable[[int, int], bytes]
+from docteur_core.format.layout import Pread
 
 LEVELS = ("none", "quick", "full")
 
