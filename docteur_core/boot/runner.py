@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,26 +206,24 @@ def _tail(console: str, lines: int = 25) -> str:
     return "last console lines:\n" + "\n".join("  | " + line for line in kept)
 
 
-def parse_nbd_uri(uri: str) -> dict[str, str]:
-    """QEMU `-drive` options for an `nbd://` or `nbd+unix://` URI."""
-    parts = urllib.parse.urlsplit(uri)
-    export = urllib.parse.unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    options: dict[str, str] = {}
-    if parts.scheme in ("nbd", "nbd+tcp"):
-        if not parts.hostname:
-            raise BootError(f"no host in NBD URI {uri!r}")
-        options = {"server.type": "inet", "server.host": parts.hostname,
-                   "server.port": str(parts.port or 10809)}
-    elif parts.scheme == "nbd+unix":
-        socket_path = urllib.parse.parse_qs(parts.query).get("socket", [""])[0]
-        if not socket_path:
-            raise BootError(f"no socket= in NBD URI {uri!r}")
-        options = {"server.type": "unix", "server.path": socket_path}
+def nbd_drive_options(uri: str) -> dict[str, str]:
+    """QEMU `-drive` options for an `nbd://` or `nbd+unix://` URI, read by
+    the NBD client's own parser (`blockdev.nbd_client.parse_nbd_uri`), so
+    `docteur boot` takes and refuses the URIs `docteur cat` does."""
+    from ..blockdev.nbd_client import parse_nbd_uri
+    from ..blockdev.nbd_protocol import NbdError
+
+    try:
+        address = parse_nbd_uri(uri)
+    except NbdError as exc:
+        raise BootError(str(exc)) from None
+    if address.socket is not None:
+        options = {"server.type": "unix", "server.path": address.socket}
     else:
-        raise BootError(f"not an NBD URI: {uri!r} (nbd://HOST:PORT/EXPORT or "
-                        "nbd+unix:///EXPORT?socket=PATH)")
-    if export:
-        options["export"] = export
+        options = {"server.type": "inet", "server.host": str(address.host),
+                   "server.port": str(address.port)}
+    if address.export:
+        options["export"] = address.export
     return options
 
 
@@ -325,7 +322,7 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
     append = kernel_append(commands)
     target_text = str(target)
     remote = target_text[:6].lower().startswith(("http:", "https:"))
-    uri_drive = (drive_option(parse_nbd_uri(target_text))
+    uri_drive = (drive_option(nbd_drive_options(target_text))
                  if "://" in target_text and not remote else None)
     if uri_drive is None and not remote and not Path(target_text).is_file():
         what = "is a directory, not an image" if Path(target_text).is_dir() else "no such image file"
@@ -348,7 +345,7 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
                 nbd.start()
             except ServeError as exc:
                 raise BootError(f"nbdkit could not serve {target_text}: {exc}") from None
-            drive = drive_option(parse_nbd_uri(nbd.uri))
+            drive = drive_option(nbd_drive_options(nbd.uri))
             plugin = ("nbdkit's curl plugin" if remote else
                       "the docteur plugin" if server == "docteur" else "nbdkit's file plugin")
             log(f"serving {target_text} with {plugin} on {nbd.uri}")
