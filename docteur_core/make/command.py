@@ -87,7 +87,11 @@ with a repository source is a usage error.
 With --gitignore, the directory's .gitignore files leave out what `git add`
 (without --force) would leave out; --exclude adds patterns of your own.
 A summary line ends every build on stderr (files and bytes in, image
-bytes out and the ratio, objects and deltas, time), unless --quiet.
+bytes out and the ratio, objects and deltas, time), unless --quiet; the line
+on stdout (image, size, objects, commit and tree ids) is printed even then.
+On a terminal a status line shows progress, erased before any warning; with
+stderr elsewhere, --compress max prints a line when zopfli starts, one every
+30 s at most, and one when it is done.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
@@ -145,7 +149,9 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
                              "whose private half is in ssh-agent; Ed25519 keys sign "
                              "deterministically, RSA and ECDSA keys may not")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing but errors and warnings (no summary line)")
+                        help="nothing on stderr but errors and warnings (no status line, "
+                             "no summary line); the line on stdout (commit and tree ids) "
+                             "is data and stays")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,6 +195,14 @@ def run(args: argparse.Namespace) -> int:
     progress = None
     if not args.quiet and sys.stderr.isatty():
         progress = _TerminalProgress(sys.stderr)
+    elif not args.quiet and args.compress == "max":
+        progress = _ZopfliLines(sys.stderr)
+
+    def warn(text: str) -> None:
+        if progress is not None:
+            progress.close()  # the status line ends before any other message
+        print(f"docteur make: warning: {text}", file=sys.stderr)
+
     started = time.monotonic()
     try:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
@@ -198,23 +212,53 @@ def run(args: argparse.Namespace) -> int:
                             compress=args.compress,
                             zopfli_iterations=args.zopfli_iterations,
                             excludes=args.exclude, gitignore=args.gitignore,
-                            sign=args.sign)
+                            sign=args.sign, warn=warn)
     finally:
         if progress is not None:
             progress.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    # Standard output is data (scripts read the commit from it): --quiet keeps it.
+    print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
+          f"commit {result.commit}, tree {result.tree}"
+          + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
+             if result.source_commit != result.commit else "")
+          + (f", signed with {result.signed_by}" if result.signed_by else ""))
     if not args.quiet:
-        print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
-              f"commit {result.commit}, tree {result.tree}"
-              + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
-                 if result.source_commit != result.commit else "")
-              + (f", signed with {result.signed_by}" if result.signed_by else ""))
         from .summary import summary_line
         print(summary_line(args.image, result.files, result.bytes_in, result.size,
                            result.objects, result.deltas, time.monotonic() - started),
               file=sys.stderr)
     return 0
+
+
+class _ZopfliLines:
+    """--compress max when stderr is no terminal: zopfli's progress as a few
+    whole lines (no carriage return) instead of a minute of silence: the
+    line it starts with, one every INTERVAL seconds at most, and its last.
+    Every other status text is left out (the rest of a build is quick)."""
+
+    INTERVAL = 30.0
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.shown: float | None = None
+
+    def __call__(self, text: str) -> None:
+        import re
+        import time
+
+        if not text.startswith("Compressing (zopfli"):
+            return
+        now = time.monotonic()
+        m = re.search(r"(\d+)/(\d+) entries", text)
+        last = m is not None and m[1] == m[2]
+        if self.shown is None or last or now - self.shown >= self.INTERVAL:
+            self.shown = now
+            print(f"docteur make: {text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 COMMANDS = {"make": (add_arguments, run)}
