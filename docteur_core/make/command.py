@@ -49,15 +49,17 @@ both its modes (its fast reader and its list see 100644 files only, a
 submodule makes its light reader fail, an empty email makes a commit
 unreadable to it): files are stored as 100644, symbolic links as the
 content of what they name inside SOURCE (a file, or a copy of a folder;
-refused when the target leaves SOURCE, is missing, or contains the link),
-submodules and empty emails are refused. A directory's commit is made as
+refused when the target leaves SOURCE or contains the link; a dangling link
+is left out with a warning), submodules and empty emails are refused. A directory's commit is made as
 the OCaml builder makes it: author and committer "Dr. Greenthumb
 <noreply@cypress.hill>" (or --author), no message (or --message), dated
 --date, else $SOURCE_DATE_EPOCH, else now with the local UTC offset. A
 repository whose tree needs rewriting gets a new commit: its own with the
 tree replaced (same parents, author, committer, dates and message; a
-signature dropped). Without --compat ocaml, one warning says how many
-entries the OCaml fast reader will not see.
+signature dropped). Without --compat ocaml, executables, links and
+submodules are stored as git stores them, and the OCaml docteur's fast
+reader will not see them: -v says how many in the summary line (not a
+warning: it matters only to users of the OCaml readers).
 
 IMAGE is written atomically: a failed or interrupted build leaves no
 IMAGE, and an existing IMAGE untouched. An existing IMAGE that is not a
@@ -114,8 +116,8 @@ stderr elsewhere, --compress max prints a line when zopfli starts, one every
     parser.add_argument("--compat", choices=("ocaml",), default=None,
                         help="ocaml: an image the OCaml docteur reads completely, in both its "
                              "modes: files stored as 100644, symbolic links as the content of "
-                             "their target (refused when it leaves SOURCE), submodules and empty "
-                             "emails refused, a directory's commit made as the OCaml builder "
+                             "their target (refused when it leaves SOURCE; a dangling link left "
+                             "out with a warning), submodules and empty emails refused, a directory's commit made as the OCaml builder "
                              "makes it (author Dr. Greenthumb <noreply@cypress.hill>, no "
                              "message); a repository's commit gets the rewritten tree when one "
                              "is needed (see the README)")
@@ -148,6 +150,10 @@ stderr elsewhere, --compress max prints a line when zopfli starts, one every
                              "with gpg.format=ssh does: a private key file, or a public key "
                              "whose private half is in ssh-agent; Ed25519 keys sign "
                              "deterministically, RSA and ECDSA keys may not")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="the summary line also says what the OCaml docteur's fast "
+                             "reader will not see (executables, links, submodules), when "
+                             "there is any and --compat ocaml was not given")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="nothing on stderr but errors and warnings (no status line, "
                              "no summary line); the line on stdout (commit and tree ids) "
@@ -226,9 +232,11 @@ def run(args: argparse.Namespace) -> int:
           + (f", signed with {result.signed_by}" if result.signed_by else ""))
     if not args.quiet:
         from .summary import summary_line
-        print(summary_line(args.image, result.files, result.bytes_in, result.size,
-                           result.objects, result.deltas, time.monotonic() - started),
-              file=sys.stderr)
+        line = summary_line(args.image, result.files, result.bytes_in, result.size,
+                            result.objects, result.deltas, time.monotonic() - started)
+        if args.verbose and result.ocaml_note:
+            line += f"; {result.ocaml_note}"
+        print(line, file=sys.stderr)
     return 0
 
 

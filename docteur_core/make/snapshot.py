@@ -208,6 +208,8 @@ class Snapshot:
                 continue
             if self.compat and stat.S_ISLNK(child_st.st_mode):
                 child_st = self._follow(os.path.join(path, name))
+                if child_st is None:  # dangling: nothing to store, warned
+                    continue
             yield name, child_st
 
     def _gitignore(self, dir_fd: int, folder: bytes) -> list:
@@ -249,12 +251,19 @@ class Snapshot:
         return BuildError(f"{show(link)}: symbolic link to {target} {why} "
                           "(--compat ocaml stores a link as the content of its target)")
 
-    def _follow(self, link: bytes) -> os.stat_result:
-        """compat: what a link names, as the OCaml builder's `Unix.stat` sees it."""
+    def _follow(self, link: bytes) -> os.stat_result | None:
+        """compat: what a link names, as the OCaml builder's `Unix.stat` sees it;
+        None for a dangling link (left out with a warning)."""
         try:
             st = os.stat(link)
-        except FileNotFoundError:
-            raise self._refuse(link, "points to nothing") from None
+        except (FileNotFoundError, NotADirectoryError):
+            from .compat import dangling_text
+            try:
+                target = show(os.readlink(link))
+            except OSError:
+                target = "?"
+            self.warn(dangling_text(show(link), target))
+            return None
         except OSError as exc:
             raise self._refuse(link, f"cannot be followed ({exc.strerror})") from None
         real = os.path.realpath(link)
