@@ -32,7 +32,10 @@ A directory is hashed exactly as `git add` + `git write-tree` would (modes
 files included); empty folders are kept as empty trees; a Git repository
 nested in a subfolder is stored as its files, its .git skipped with a warning
 (git would store a gitlink); sockets, FIFOs and devices are skipped with a
-warning. It gets a synthetic commit whose date is --date, else
+warning. Owner, group, other permission bits, setuid, mtimes, xattrs and hard
+links are not kept (git's model): a file only its owner or group may read
+(0600, 0640, 0700...) becomes readable by everyone, and one warning says how
+many there are. It gets a synthetic commit whose date is --date, else
 $SOURCE_DATE_EPOCH, else now.
 
 The image holds one commit and everything reachable from its tree, packed
