@@ -14,7 +14,8 @@ from ..progress import TerminalProgress as _TerminalProgress
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Build an image from a directory, a Git repository or a remote URL.
 
-SOURCE is a directory (path or file:///abs/path), a local Git repository
+SOURCE is a directory (path, file:///abs/path, or relativize://rel/path as the
+OCaml docteur spells a path relative to the current folder), a local Git repository
 (a work tree with .git, or a bare one: its committed objects are used, not
 its working files), or a remote repository (https://, http:// with
 credentials in the URL if needed, git://, ssh://, or git@host:path), which
@@ -91,6 +92,10 @@ with a repository source is a usage error.
 
 With --gitignore, the directory's .gitignore files leave out what `git add`
 (without --force) would leave out; --exclude adds patterns of your own.
+The OCaml docteur.make's spellings are accepted as they mean the same here:
+-b REF (--branch), -d DATE (--date), --bs N (--block-size), relativize://PATH;
+its default branch differs (refs/heads/master there, HEAD here).
+
 A summary line ends every build on stderr (files and bytes in, image
 bytes out and the ratio, objects and deltas, time), unless --quiet; the line
 on stdout (image, size, objects, commit and tree ids) is printed even then.
@@ -102,12 +107,18 @@ stderr elsewhere, --compress max prints a line when zopfli starts, one every
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
     parser.add_argument("--branch", metavar="REF", type=options.branch,
                         help="branch or tag of a repository source (main, refs/heads/main, "
-                             "v1.0); default: HEAD")
+                             "v1.0); also -b REF, as the OCaml docteur.make spells it; "
+                             "default: HEAD, the repository's own default branch (the "
+                             "OCaml docteur.make's default is refs/heads/master: pass -b "
+                             "refs/heads/master for its image of a repository whose HEAD is "
+                             "another branch)")
     parser.add_argument("--date", metavar="RFC3339", type=options.date,
-                        help="date of a directory's commit, e.g. 2026-01-01T00:00:00Z or "
+                        help="date of a directory's commit (also -d DATE, as the OCaml "
+                             "docteur.make spells it), e.g. 2026-01-01T00:00:00Z or "
                              "2026-01-01T12:00:00+02:00 (its UTC offset is kept); a date-time "
                              "without a zone (2026-01-01T00:00:00) is read as UTC, a date "
                              "alone (2026-01-01) is midnight UTC")
+    _ocaml_spellings(parser)
     parser.add_argument("--author", metavar="'NAME <EMAIL>'", type=options.author,
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
@@ -115,7 +126,8 @@ stderr elsewhere, --compress max prints a line when zopfli starts, one every
     parser.add_argument("--block-size", metavar="N", type=options.block_size,
                         default=DEFAULT_BLOCK_SIZE,
                         help=f"block size the image is padded to: {block_size_rule()} "
-                             f"(default {DEFAULT_BLOCK_SIZE})")
+                             f"(default {DEFAULT_BLOCK_SIZE}; also --bs N, as the OCaml "
+                             "docteur.make spells it)")
     parser.add_argument("--compat", choices=("ocaml",), default=None,
                         help="ocaml: an image the OCaml docteur reads completely, in both its "
                              "modes: files stored as 100644, symbolic links as the content of "
@@ -241,6 +253,19 @@ def run(args: argparse.Namespace) -> int:
             line += f"; {result.ocaml_note}"
         print(line, file=sys.stderr)
     return 0
+
+
+def _ocaml_spellings(parser: argparse.ArgumentParser) -> None:
+    """The OCaml docteur.make's options, as its announcement types them: the
+    same meaning, so the same destination (separate options, so that a bad
+    value is refused with the spelling typed and the long options keep their
+    shared wording: `argument --block-size: ...` from every verb)."""
+    parser.add_argument("-b", dest="branch", metavar="REF", type=options.branch,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("-d", dest="date", metavar="RFC3339", type=options.date,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--bs", dest="block_size", metavar="N", type=options.block_size,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 class _ZopfliLines:
