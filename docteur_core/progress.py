@@ -25,9 +25,11 @@ class TerminalProgress:
         self.width = len(text)
 
     def close(self) -> None:
+        """Erase the status line (a later call writes a new one)."""
         if self.width:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
+            self.width = 0
 
 
 def for_stderr(stream: TextIO, quiet: bool = False) -> TerminalProgress | None:

@@ -70,7 +70,7 @@ def test_generated_trees_read_back_identically(spec):
         tmp = Path(tmp)
         src = source_of(spec, tmp)
         result = make_image(src, tmp / "out.img", date=DATE,
-                   warn=lambda w: w.startswith("the OCaml docteur's fast reader") or pytest.fail(w))
+                            warn=lambda w: " that others may not read " in w or pytest.fail(w))
         checked = check_image(tmp / "out.img", tmp)
         assert (checked.commit, checked.tree, checked.objects) == (
             result.commit, result.tree, result.objects)
@@ -189,7 +189,49 @@ def test_special_files_are_skipped_with_a_warning(tmp_path):
                            str(src), str(tmp_path / "t.img")], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stderr == f"docteur make: warning: {src}/fifo: skipped (FIFO)\n"
-    assert proc.stdout == ""
+    assert proc.stdout.startswith(f"{tmp_path / 't.img'}: ")  # -q keeps stdout's data
+
+
+def test_files_only_their_owner_or_group_may_read_are_counted_in_one_warning(tmp_path):
+    """The image keeps git's modes only (100644, 100755): a file others may
+    not read becomes readable by everyone. One line says how many, like the
+    skipped FIFOs; what others may read already is not counted."""
+    src = tmp_path / "src"
+    (src / "keys").mkdir(parents=True)
+    modes = {"keys/id.pem": 0o600, "keys/shared.txt": 0o640, "keys/run.sh": 0o700,
+             "public.txt": 0o644, "others-only.txt": 0o604, "tool.sh": 0o755}
+    for rel, mode in modes.items():
+        (src / rel).write_text(f"{rel}\n")
+        os.chmod(src / rel, mode)
+    os.symlink("keys/id.pem", src / "link")  # a link has no permissions of its own
+    warnings = []
+    result = make_image(src, tmp_path / "a.img", date=DATE, warn=warnings.append)
+    assert warnings == [
+        f"3 files that others may not read ({src}/keys/id.pem, mode 0600, ...) "
+        "are readable by everyone in the image: it keeps git's modes only, 100644 and 100755 "
+        "(see \"What an image keeps\" in the README)"]
+    checked = check_image(tmp_path / "a.img", tmp_path)
+    listing = image_listing(checked.git_dir, checked.commit)
+    assert listing[b"keys/id.pem"][0] == listing[b"keys/shared.txt"][0] == "100644"
+    assert listing[b"keys/run.sh"][0] == "100755"
+    assert result.files == 6
+    # On the command line: one warning line, also under -q (a warning, not chatter).
+    proc = subprocess.run([sys.executable, "-m", "docteur_core", "make", "-q", "--date", DATE,
+                           str(src), str(tmp_path / "b.img")], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stderr == f"docteur make: warning: {warnings[0]}\n"
+    # One such file: the singular.
+    for rel in ("keys/shared.txt", "keys/run.sh"):
+        os.chmod(src / rel, 0o644)
+    warnings.clear()
+    make_image(src, tmp_path / "c.img", date=DATE, warn=warnings.append)
+    assert warnings == [
+        f"1 file that others may not read ({src}/keys/id.pem, mode 0600) is "
+        "readable by everyone in the image: it keeps git's modes only, 100644 and 100755 "
+        "(see \"What an image keeps\" in the README)"]
+    # None: no warning.
+    os.chmod(src / "keys/id.pem", 0o644)
+    make_image(src, tmp_path / "d.img", date=DATE, warn=pytest.fail)
 
 
 def test_nested_git_entries_are_skipped(tmp_path):

@@ -330,3 +330,34 @@ def test_a_character_device_is_named_not_called_empty(tmp_path, verb):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == (f"docteur {verb}: /dev/zero: not a docteur image "
                            "(a character device with no size)\n")
+
+
+@pytest.fixture(scope="module")
+def site_images(tmp_path_factory) -> dict[bool, Path]:
+    """The example site, with and without a path index."""
+    folder = tmp_path_factory.mktemp("missing-paths")
+    images = {}
+    for index in (True, False):
+        images[index] = folder / f"site-{index}.img"
+        make_image(SITE, images[index], date=DATE, path_index=index)
+    return images
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["path-index", "no-path-index"])
+@pytest.mark.parametrize("mode", ["light", "fast"])
+@pytest.mark.parametrize("path, message", [
+    ("nope", "/nope does not exist"),
+    ("docs/nope.md", "/docs/nope.md does not exist"),
+    ("nope/deeper/x.md", "/nope/deeper/x.md does not exist (/nope does not exist)"),
+    ("docs/guide/gone/x.md", "/docs/guide/gone/x.md does not exist "
+                             "(/docs/guide/gone does not exist)"),
+    ("/docs//nope/x", "/docs/nope/x does not exist (/docs/nope does not exist)"),
+])
+def test_a_missing_path_is_named_whole(site_images, index, mode, path, message):
+    """The error names the path asked for, then the first part missing: every
+    way a reader looks a path up (path index, trees walked, the fast index)."""
+    proc = docteur("cat", "--mode", mode, site_images[index], path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        1, "", f"docteur cat: {message}\n")
+    proc = docteur("ls", "--mode", mode, site_images[index], path)
+    assert (proc.returncode, proc.stderr) == (1, f"docteur ls: {message}\n")

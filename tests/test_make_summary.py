@@ -24,7 +24,8 @@ from tests.test_build_oracle import check_image
 DATE = "2026-01-01T00:00:00Z"
 
 LINE = re.compile(r"(?P<image>.+): (?P<files>[\d,]+) files?, (?P<bytes_in>[\d.]+ [KMGTP]?B) in "
-                  r"-> (?P<out>[\d.]+ [KMGTP]?B) out(?: \((?P<ratio>[\d.]+)%\))?, "
+                  r"-> (?P<out>[\d.]+ [KMGTP]?B) out"
+                  r"(?: \((?:(?P<ratio>[\d.]+)%|larger by (?P<larger>[\d.]+ [KMGTP]?B))\))?, "
                   r"(?P<objects>[\d,]+) objects? \((?P<deltas>[\d,]+) deltas?\), "
                   r"(?P<seconds>[\d.]+) s")
 
@@ -90,10 +91,40 @@ def test_directory_summary(tmp_path):
     proc = make("--date", DATE, tmp_path / "src", image)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.decode().splitlines()
-    # One line, after the warning about what the OCaml fast reader cannot see.
-    assert len(lines) == 2 and "warning" in lines[0], lines
-    assert lines[1].startswith(f"{image}: ")
-    check_line(lines[1], image, files, bytes_in, tmp_path)
+    # One line: no warning about what the OCaml fast reader cannot see.
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{image}: ")
+    check_line(lines[0], image, files, bytes_in, tmp_path)
+
+
+OCAML_NOTE = ("; the OCaml docteur's fast reader and its list will not see 1 executable and "
+              "1 symbolic link (they see 100644 files only); --compat ocaml stores executables "
+              "and links as plain files")
+
+
+def test_verbose_says_once_what_the_ocaml_fast_reader_misses(tmp_path):
+    """Not a warning on every build with an executable or a link: -v adds it
+    to the summary line; -q (which wins over -v) says nothing; --compat ocaml
+    has nothing to say."""
+    files, bytes_in = versions_tree(tmp_path / "src")
+    image = tmp_path / "out.img"
+    proc = make("-v", "--date", DATE, tmp_path / "src", image)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.decode().splitlines()
+    assert line.endswith(OCAML_NOTE), line
+    check_line(line[:-len(OCAML_NOTE)], image, files, bytes_in, tmp_path)
+    quiet = make("-q", "-v", "--date", DATE, tmp_path / "src", image)
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    compat = make("-v", "--compat", "ocaml", "--date", DATE, tmp_path / "src", image)
+    assert compat.returncode == 0
+    (line,) = compat.stderr.decode().splitlines()
+    assert LINE.fullmatch(line), line
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.txt").write_text("only a plain file\n")
+    proc = make("-v", "--date", DATE, plain, image)
+    (line,) = proc.stderr.decode().splitlines()
+    assert LINE.fullmatch(line), line
 
 
 @pytest.mark.parametrize("compress", ["default", "max"])
@@ -110,12 +141,33 @@ def test_repository_summary(tmp_path, compress):
     check_line(lines[-1], image, files, bytes_in, tmp_path)
 
 
-def test_quiet_prints_nothing(tmp_path):
+def test_quiet_keeps_the_commit_line(tmp_path):
+    """-q quiets stderr only: stdout is data (the commit a script deploys)."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a").write_bytes(b"a\n")
-    proc = make("-q", "--date", DATE, tmp_path / "src", tmp_path / "out.img")
+    image = tmp_path / "out.img"
+    loud = make("--date", DATE, tmp_path / "src", image)
+    proc = make("-q", "--date", DATE, tmp_path / "src", image)
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert proc.stdout == loud.stdout
+    commit = check_image(image, tmp_path).commit
+    assert re.fullmatch(rf"{re.escape(str(image))}: \d+ bytes, 3 objects, commit {commit}, "
+                        r"tree [0-9a-f]{40}\n", proc.stdout.decode())
+
+
+def test_a_tiny_input_says_how_much_larger(tmp_path):
+    """27 bytes make an image of kilobytes (header, IDX, padding, path index):
+    the line says by how much it is larger, not 24651.9%."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_bytes(b"x" * 27)
+    image = tmp_path / "out.img"
+    proc = make("--date", DATE, tmp_path / "src", image)
     assert proc.returncode == 0
-    assert (proc.stdout, proc.stderr) == (b"", b"")
+    line = proc.stderr.decode().splitlines()[-1]
+    m = LINE.fullmatch(line)
+    assert m and m["bytes_in"] == "27 B" and m["ratio"] is None, line
+    assert m["larger"] == human_bytes(image.stat().st_size - 27)
+    assert "%" not in line
 
 
 def test_empty_source_has_no_ratio(tmp_path):
@@ -133,7 +185,11 @@ def test_the_documented_example():
         "disk.img: 1,104 files, 9.2 MB in -> 254 KB out (2.8%), 3,450 objects "
         "(2,901 deltas), 4.1 s")
     assert summary_line("x.img", 1, 10, 512, 1, 1, 0.04) == (
-        "x.img: 1 file, 10 B in -> 512 B out (5120.0%), 1 object (1 delta), 0.0 s")
+        "x.img: 1 file, 10 B in -> 512 B out (larger by 502 B), 1 object (1 delta), 0.0 s")
+    assert summary_line("x.img", 1, 27, 6_700, 3, 0, 0.04) == (
+        "x.img: 1 file, 27 B in -> 6.7 KB out (larger by 6.7 KB), 3 objects (0 deltas), 0.0 s")
+    assert summary_line("x.img", 1, 1000, 1000, 3, 0, 0.04) == (
+        "x.img: 1 file, 1.0 KB in -> 1.0 KB out (100.0%), 3 objects (0 deltas), 0.0 s")
 
 
 @pytest.mark.parametrize("n, text", [(0, "0 B"), (999, "999 B"), (1000, "1.0 KB"),

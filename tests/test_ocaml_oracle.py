@@ -141,12 +141,11 @@ def test_generated_trees_ocaml_verify_and_readers_agree(oracle, spec, tmp_path_f
     src.mkdir()
     materialise(src, spec)
     img = tmp / "out.img"
-    warnings = []
-    make_image(src, img, date=DATE, warn=warnings.append)
+    result = make_image(src, img, date=DATE, warn=pytest.fail)  # a note, not a warning
     same_verify(oracle, img)
     nodes = agree(oracle, img)
     hidden = sum(1 for m in nodes.values() if m in (oc.MODE_EXEC, oc.MODE_LINK))
-    assert len(warnings) == (1 if hidden else 0), warnings
+    assert bool(result.ocaml_note) == bool(hidden), result.ocaml_note
 
 
 @SETTINGS
@@ -233,12 +232,12 @@ def history(tmp_path_factory) -> Path:
 
 def test_real_repository_default_image(oracle, history, tmp_path):
     img = tmp_path / "repo.img"
-    warnings = []
-    result = make_image(history, img, warn=warnings.append)
+    result = make_image(history, img, warn=pytest.fail)  # no warning: a note
     assert result.commit == git("rev-parse", "HEAD", cwd=history).decode().strip()
-    assert warnings == ["the OCaml docteur's fast reader and its list will not see 1 "
-                        "executable and 3 symbolic links (they see 100644 files only); "
-                        "--compat ocaml stores executables and links as plain files"]
+    assert result.ocaml_note == ("the OCaml docteur's fast reader and its list will not see 1 "
+                                 "executable and 3 symbolic links (they see 100644 files "
+                                 "only); --compat ocaml stores executables and links as plain "
+                                 "files")
     assert b"second" in same_verify(oracle, img)
     nodes = agree(oracle, img)
     # the mismatch itself: the fast readers do not see run.sh nor the links
@@ -369,7 +368,6 @@ def one_line_refusal(source, tmp_path, *extra) -> str:
 @pytest.mark.parametrize("target, why", [
     ("/etc/hostname", "leads outside SOURCE"),
     ("../../outside", "leads outside SOURCE"),
-    ("missing", "points to nothing"),
     (".", "leads to a folder that contains it (a cycle)"),
     ("..", "leads to a folder that contains it (a cycle)"),
 ])
@@ -383,6 +381,64 @@ def test_compat_refuses_links_it_cannot_store(tmp_path, target, why):
     assert err == (f"docteur make: {src}/sub/link: symbolic link to {target} {why} "
                    "(--compat ocaml stores a link as the content of its target)")
     docteur("make", "-q", src, tmp_path / "default.img")  # stored as a link by default
+
+
+def dangling_links(root: Path) -> list[str]:
+    """Links to nothing, beside ordinary content; their paths, as SOURCE-relative."""
+    (root / "sub" / "deep").mkdir(parents=True)
+    (root / "sub" / "f.txt").write_text("f\n")
+    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "good").symlink_to("sub/f.txt")
+    (root / "sub" / "missing").symlink_to("no-such-file")      # the target is missing
+    (root / "sub" / "through").symlink_to("f.txt/x")           # through a file
+    (root / "chain").symlink_to("sub/missing")                  # to a dangling link
+    (root / "sub" / "deep" / "only").symlink_to("../../gone")   # its folder left empty
+    return ["chain", "sub/deep/only", "sub/missing", "sub/through"]
+
+
+def check_dangling_left_out(oracle, proc, img: Path, where: str, dangling: list[str],
+                            targets: dict[str, str]) -> None:
+    assert proc.returncode == 0, proc.stderr
+    warnings = proc.stderr.decode().splitlines()[:-1]  # then the summary line
+    assert sorted(warnings) == sorted(
+        f"docteur make: warning: {where}{path}: skipped (symbolic link to {targets[path]}, "
+        "which does not exist: --compat ocaml stores a link as the content of its target)"
+        for path in dangling)
+    same_verify(oracle, img)
+    nodes = agree(oracle, img)  # every OCaml mode reads everything that is there
+    assert not set(dangling) & set(nodes)
+    assert nodes["good"] == nodes["run.sh"] == oc.MODE_FILE
+    assert nodes["sub/deep"] == oc.MODE_DIR  # kept, empty, as the OCaml builder keeps folders
+    for mode in oc.MODES:
+        assert oracle.list(mode, img, "sub") == [("deep", "dictionary"), ("f.txt", "value")]
+
+
+def test_compat_leaves_dangling_links_out_of_a_directory(oracle, tmp_path):
+    """A dangling link has nothing the OCaml side could read: left out, with
+    one warning each, and the rest of an ordinary tree builds."""
+    src = tmp_path / "src"
+    dangling = dangling_links(src)
+    targets = {p: os.readlink(src / p) for p in dangling}
+    img = tmp_path / "x.img"
+    proc = docteur("make", "--compat", "ocaml", "--date", DATE, src, img, check_rc=None)
+    check_dangling_left_out(oracle, proc, img, f"{src}/", dangling, targets)
+    # By default the links are stored as links, as git stores them.
+    with_links = tmp_path / "links.img"
+    docteur("make", "-q", "--date", DATE, src, with_links)
+    with Image.open(str(with_links)) as image:
+        assert all(nodes_of(image)[p] == oc.MODE_LINK for p in dangling)
+
+
+def test_compat_leaves_dangling_links_out_of_a_repository(oracle, tmp_path):
+    repo = tmp_path / "repo"
+    dangling = dangling_links(repo)
+    targets = {p: os.readlink(repo / p) for p in dangling}
+    git("init", "-q", cwd=repo)
+    commit_all(repo)
+    img = tmp_path / "x.img"
+    proc = docteur("make", "--compat", "ocaml", repo, img, check_rc=None)
+    check_dangling_left_out(oracle, proc, img, f"{repo}: ", dangling, targets)
 
 
 def test_compat_refuses_links_leaving_a_repository(tmp_path):
@@ -424,11 +480,13 @@ def test_submodule_refused_under_compat_warned_by_default(oracle, with_submodule
                    "OCaml docteur's light reader fails on submodules, so --compat ocaml "
                    "refuses them")
     img = tmp_path / "default.img"
-    proc = docteur("make", "-q", repo, img)
-    assert proc.stderr.decode() == (
-        "docteur make: warning: the OCaml docteur's fast reader and its list will not see 1 "
+    assert docteur("make", "-q", repo, img).stderr == b""  # no warning on every build
+    proc = docteur("make", "-v", repo, img)  # -v says it, once, in the summary line
+    assert proc.stderr.decode().endswith(
+        "; the OCaml docteur's fast reader and its list will not see 1 "
         "submodule (they see 100644 files only, and its light reader fails on a submodule); "
         "--compat ocaml stores executables and links as plain files and refuses submodules\n")
+    assert proc.stderr.count(b"\n") == 1
     # What the refusal protects against: the OCaml light reader raises on it
     # (an uncaught exception, which the harness prints as EXN), the fast ones
     # do not see it; everything else reads.

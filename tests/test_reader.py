@@ -389,7 +389,8 @@ def test_guest_entry_point_bare_python(small, mode, tmp_path):
     r = _run(*guest, "info", env=env, cwd=tmp_path)
     assert r.returncode == 0 and result.commit.encode() in r.stdout
     r = _run(*guest, "cat", "no/such", env=env, cwd=tmp_path)
-    assert (r.returncode, r.stdout, r.stderr) == (1, b"", b"docteur cat: /no does not exist\n")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, b"", b"docteur cat: /no/such does not exist (/no does not exist)\n")
     r = _run(*guest, "frobnicate", env=env, cwd=tmp_path)
     assert r.returncode == 2 and b"unknown verb" in r.stderr
     # Nothing outside the standard library and docteur_core was imported.

@@ -253,11 +253,48 @@ def test_damaged_images_are_reported(built, image, tmp_path):
         assert len(r.stderr.splitlines()) == 1
 
 
-def test_a_timeout_unmounts_and_stops_everything(built, image):
-    before = set(Path("/tmp").glob("docteur-nbdfuse-*"))
-    with pytest.raises(solo5.Solo5Error, match="did not finish within"):
-        solo5.run(image, "cat", "README.txt", serve="docteur", timeout=0.0)
-    assert set(Path("/tmp").glob("docteur-nbdfuse-*")) == before
+def stalled_cache(built, folder: Path, fifo: Path, argv: Path) -> Path:
+    """A cache whose build is found as it is, with an spt tender that cannot
+    finish: a script that writes its arguments to `argv`, then waits to read
+    `fifo`, which nobody ever opens for writing (the test holds it)."""
+    final = built.tenders["spt"].parent
+    cache = folder / "cache"
+    mine = cache / final.relative_to(solo5.cache_root())
+    mine.mkdir(parents=True)
+    for path in [*built.unikernels.values(), built.tenders["hvt"]]:
+        os.symlink(path, mine / path.name)
+    tender = mine / built.tenders["spt"].name
+    tender.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > '{argv}'\n"
+                      f"exec cat '{fifo}'\n")
+    tender.chmod(0o755)
+    os.mkfifo(fifo)
+    return cache
+
+
+def test_a_timeout_unmounts_and_stops_everything(built, image, tmp_path):
+    """The whole chain (nbdkit, nbdfuse, the tender) is set up, and the
+    tender can never finish: it waits on a FIFO only the test could open.
+    So the timeout fires whatever the machine's load, and everything the
+    run started is stopped and unmounted."""
+    from .support import processes
+
+    fifo, argv = tmp_path / "never.fifo", tmp_path / "tender.argv"
+    cache = stalled_cache(built, tmp_path, fifo, argv)
+    with pytest.raises(solo5.Solo5Error, match="did not finish within 1 s"):
+        solo5.run(image, "cat", "README.txt", serve="docteur", timeout=1.0, cache_dir=cache)
+    # The tender was started on the file nbdfuse attached (the chain was up).
+    words = argv.read_text().splitlines()
+    block = [w for w in words if w.startswith("--block:storage=")]
+    assert len(block) == 1 and block[0].endswith("/mnt/image"), words
+    # This run's folder (not a glob of /tmp: other runs may be attaching
+    # theirs meanwhile) is unmounted and gone.
+    folder = Path(block[0].split("=", 1)[1]).parent.parent
+    assert folder.name.startswith("docteur-nbdfuse-"), folder
+    assert not os.path.ismount(folder / "mnt") and not folder.exists()
+    left = [(pid, cmd) for pid, cmd in processes()
+            if any(str(fifo).encode() in w or str(image).encode() in w for w in cmd)
+            and pid != os.getpid()]
+    assert left == []
 
 
 def test_the_build_is_cached(built):

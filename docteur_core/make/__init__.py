@@ -46,6 +46,10 @@ class BuildResult:
     bytes_in: int = 0  # their total size: what the image compresses
     deltas: int = 0  # PACK entries stored as deltas (of `objects`)
     signed_by: str = ""  # "ED25519 key SHA256:..." that signed a directory's commit (--sign)
+    # What the OCaml docteur's fast reader will not see ("" when it sees
+    # everything, and always under --compat ocaml): `make -v` says it in
+    # its summary line; no warning, since it matters only to OCaml readers.
+    ocaml_note: str = ""
 
 
 def _stderr_warning(text: str) -> None:
@@ -73,8 +77,10 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     `compat`): files as 100644, links as their targets' content, no
     submodules, no empty emails, a directory's commit as the OCaml builder
     makes it; `BuildResult.source_commit` is the repository's commit when
-    the image's had to be rewritten. Without it, one warning names what the
-    OCaml docteur's fast reader will not see.
+    the image's had to be rewritten; a dangling link is left out with a
+    warning (the OCaml side could not read it). Without it,
+    `BuildResult.ocaml_note` names what the OCaml docteur's fast reader will
+    not see (no warning: that matters only to users of the OCaml readers).
     `max_object_size`: a source holding a bigger object is refused before
     the delta search (a directory's, before anything is read). The default
     is the readers' own limit, so the builder never makes an image they
@@ -207,11 +213,11 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                 warn(compat_mod.empty_email_text(commit, roles))
             unreadable = compat_mod.Unreadable()
             if ocaml:
-                commit, tree = _rewrite_for_ocaml(repo, commit, raw_commit, src.display, tmp)
+                commit, tree = _rewrite_for_ocaml(repo, commit, raw_commit, src.display, tmp,
+                                                  warn)
             else:
                 unreadable = compat_mod.count_unreadable(repo, commit)
-        if not ocaml and unreadable.warning():
-            warn(unreadable.warning())
+        ocaml_note = "" if ocaml else (unreadable.warning() or "")
         pack_path = pack_objects_parallel(repo, commit, os.path.join(tmp, "image"), progress,
                                           jobs)
         idx_path = pack_path[:-len(".pack")] + ".idx"
@@ -238,7 +244,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                            progress, tail=tail)
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
                        kind=src.kind, source_commit=source_commit, files=files,
-                       bytes_in=bytes_in, deltas=deltas, signed_by=signed_by)
+                       bytes_in=bytes_in, deltas=deltas, signed_by=signed_by,
+                       ocaml_note=ocaml_note)
 
 
 SIGN_REFUSAL = ("--sign signs a directory's commit; a Git repository's commit is stored as it "
@@ -265,7 +272,7 @@ def filters_refusal(excludes: Sequence[str | bytes], gitignore: bool) -> str:
 
 
 def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,
-                       tmp: str) -> tuple[str, str]:
+                       tmp: str, warn: Callable[[str], None]) -> tuple[str, str]:
     """--compat ocaml on a repository: (commit, tree) of the image, rewritten if need be."""
     from . import compat as compat_mod
     from .gitrun import run_git
@@ -275,7 +282,7 @@ def _rewrite_for_ocaml(repo, commit: str, raw_commit: bytes, display: str,
     pack_dir = os.path.join(repo.object_dir, "pack")
     writer = PlainPackWriter(os.path.join(pack_dir, "pack-compat"))
     try:
-        rewriter = compat_mod.TreeRewriter(repo, commit, display, writer.add)
+        rewriter = compat_mod.TreeRewriter(repo, commit, display, writer.add, warn)
         if not rewriter.needed():
             writer.abort()
             tree = run_git(repo, "rev-parse", f"{commit}^{{tree}}").decode().strip()

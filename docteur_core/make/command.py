@@ -15,7 +15,8 @@ from ..progress import TerminalProgress as _TerminalProgress
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Build an image from a directory, a Git repository or a remote URL.
 
-SOURCE is a directory (path or file:///abs/path), a local Git repository
+SOURCE is a directory (path, file:///abs/path, or relativize://rel/path as the
+OCaml docteur spells a path relative to the current folder), a local Git repository
 (a work tree with .git, or a bare one: its committed objects are used, not
 its working files), or a remote repository (https://, http:// with
 credentials in the URL if needed, git://, ssh://, or git@host:path), which
@@ -33,7 +34,10 @@ A directory is hashed exactly as `git add` + `git write-tree` would (modes
 files included); empty folders are kept as empty trees; a Git repository
 nested in a subfolder is stored as its files, its .git skipped with a warning
 (git would store a gitlink); sockets, FIFOs and devices are skipped with a
-warning. It gets a synthetic commit whose date is --date, else
+warning. Owner, group, other permission bits, setuid, mtimes, xattrs and hard
+links are not kept (git's model): a file only its owner or group may read
+(0600, 0640, 0700...) becomes readable by everyone, and one warning says how
+many there are. It gets a synthetic commit whose date is --date, else
 $SOURCE_DATE_EPOCH, else now.
 
 The image holds one commit and everything reachable from its tree, packed
@@ -50,15 +54,17 @@ both its modes (its fast reader and its list see 100644 files only, a
 submodule makes its light reader fail, an empty email makes a commit
 unreadable to it): files are stored as 100644, symbolic links as the
 content of what they name inside SOURCE (a file, or a copy of a folder;
-refused when the target leaves SOURCE, is missing, or contains the link),
-submodules and empty emails are refused. A directory's commit is made as
+refused when the target leaves SOURCE or contains the link; a dangling link
+is left out with a warning), submodules and empty emails are refused. A directory's commit is made as
 the OCaml builder makes it: author and committer "Dr. Greenthumb
 <noreply@cypress.hill>" (or --author), no message (or --message), dated
 --date, else $SOURCE_DATE_EPOCH, else now with the local UTC offset. A
 repository whose tree needs rewriting gets a new commit: its own with the
 tree replaced (same parents, author, committer, dates and message; a
-signature dropped). Without --compat ocaml, one warning says how many
-entries the OCaml fast reader will not see.
+signature dropped). Without --compat ocaml, executables, links and
+submodules are stored as git stores them, and the OCaml docteur's fast
+reader will not see them: -v says how many in the summary line (not a
+warning: it matters only to users of the OCaml readers).
 
 IMAGE is written atomically: a failed or interrupted build leaves no
 IMAGE, and an existing IMAGE untouched. An existing IMAGE that is not a
@@ -87,19 +93,33 @@ with a repository source is a usage error.
 
 With --gitignore, the directory's .gitignore files leave out what `git add`
 (without --force) would leave out; --exclude adds patterns of your own.
+The OCaml docteur.make's spellings are accepted as they mean the same here:
+-b REF (--branch), -d DATE (--date), --bs N (--block-size), relativize://PATH;
+its default branch differs (refs/heads/master there, HEAD here).
+
 A summary line ends every build on stderr (files and bytes in, image
-bytes out and the ratio, objects and deltas, time), unless --quiet.
+bytes out and the ratio, objects and deltas, time), unless --quiet; the line
+on stdout (image, size, objects, commit and tree ids) is printed even then.
+On a terminal a status line shows progress, erased before any warning; with
+stderr elsewhere, --compress max prints a line when zopfli starts, one every
+30 s at most, and one when it is done.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
     parser.add_argument("--branch", metavar="REF", type=make_options.branch,
                         help="branch or tag of a repository source (main, refs/heads/main, "
-                             "v1.0); default: HEAD")
+                             "v1.0); also -b REF, as the OCaml docteur.make spells it; "
+                             "default: HEAD, the repository's own default branch (the "
+                             "OCaml docteur.make's default is refs/heads/master: pass -b "
+                             "refs/heads/master for its image of a repository whose HEAD is "
+                             "another branch)")
     parser.add_argument("--date", metavar="RFC3339", type=make_options.date,
-                        help="date of a directory's commit, e.g. 2026-01-01T00:00:00Z or "
+                        help="date of a directory's commit (also -d DATE, as the OCaml "
+                             "docteur.make spells it), e.g. 2026-01-01T00:00:00Z or "
                              "2026-01-01T12:00:00+02:00 (its UTC offset is kept); a date-time "
                              "without a zone (2026-01-01T00:00:00) is read as UTC, a date "
                              "alone (2026-01-01) is midnight UTC")
+    _ocaml_spellings(parser)
     parser.add_argument("--author", metavar="'NAME <EMAIL>'", type=make_options.author,
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
@@ -107,12 +127,13 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
     parser.add_argument("--block-size", metavar="N", type=options.block_size,
                         default=DEFAULT_BLOCK_SIZE,
                         help=f"block size the image is padded to: {block_size_rule()} "
-                             f"(default {DEFAULT_BLOCK_SIZE})")
+                             f"(default {DEFAULT_BLOCK_SIZE}; also --bs N, as the OCaml "
+                             "docteur.make spells it)")
     parser.add_argument("--compat", choices=("ocaml",), default=None,
                         help="ocaml: an image the OCaml docteur reads completely, in both its "
                              "modes: files stored as 100644, symbolic links as the content of "
-                             "their target (refused when it leaves SOURCE), submodules and empty "
-                             "emails refused, a directory's commit made as the OCaml builder "
+                             "their target (refused when it leaves SOURCE; a dangling link left "
+                             "out with a warning), submodules and empty emails refused, a directory's commit made as the OCaml builder "
                              "makes it (author Dr. Greenthumb <noreply@cypress.hill>, no "
                              "message); a repository's commit gets the rewritten tree when one "
                              "is needed (see the README)")
@@ -145,8 +166,14 @@ bytes out and the ratio, objects and deltas, time), unless --quiet.
                              "with gpg.format=ssh does: a private key file, or a public key "
                              "whose private half is in ssh-agent; Ed25519 keys sign "
                              "deterministically, RSA and ECDSA keys may not")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="the summary line also says what the OCaml docteur's fast "
+                             "reader will not see (executables, links, submodules), when "
+                             "there is any and --compat ocaml was not given")
     parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing but errors and warnings (no summary line)")
+                        help="nothing on stderr but errors and warnings (no status line, "
+                             "no summary line); the line on stdout (commit and tree ids) "
+                             "is data and stays")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,6 +217,14 @@ def run(args: argparse.Namespace) -> int:
     progress = None
     if not args.quiet and sys.stderr.isatty():
         progress = _TerminalProgress(sys.stderr)
+    elif not args.quiet and args.compress == "max":
+        progress = _ZopfliLines(sys.stderr)
+
+    def warn(text: str) -> None:
+        if progress is not None:
+            progress.close()  # the status line ends before any other message
+        print(f"docteur make: warning: {text}", file=sys.stderr)
+
     started = time.monotonic()
     try:
         result = make_image(args.source, args.image, branch=args.branch, date=args.date,
@@ -199,23 +234,68 @@ def run(args: argparse.Namespace) -> int:
                             compress=args.compress,
                             zopfli_iterations=args.zopfli_iterations,
                             excludes=args.exclude, gitignore=args.gitignore,
-                            sign=args.sign)
+                            sign=args.sign, warn=warn)
     finally:
         if progress is not None:
             progress.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    # Standard output is data (scripts read the commit from it): --quiet keeps it.
+    print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
+          f"commit {result.commit}, tree {result.tree}"
+          + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
+             if result.source_commit != result.commit else "")
+          + (f", signed with {result.signed_by}" if result.signed_by else ""))
     if not args.quiet:
-        print(f"{args.image}: {result.size} bytes, {result.objects} objects, "
-              f"commit {result.commit}, tree {result.tree}"
-              + (f" (rewritten from commit {result.source_commit} for --compat ocaml)"
-                 if result.source_commit != result.commit else "")
-              + (f", signed with {result.signed_by}" if result.signed_by else ""))
         from .summary import summary_line
-        print(summary_line(args.image, result.files, result.bytes_in, result.size,
-                           result.objects, result.deltas, time.monotonic() - started),
-              file=sys.stderr)
+        line = summary_line(args.image, result.files, result.bytes_in, result.size,
+                            result.objects, result.deltas, time.monotonic() - started)
+        if args.verbose and result.ocaml_note:
+            line += f"; {result.ocaml_note}"
+        print(line, file=sys.stderr)
     return 0
+
+
+def _ocaml_spellings(parser: argparse.ArgumentParser) -> None:
+    """The OCaml docteur.make's options, as its announcement types them: the
+    same meaning, so the same destination (separate options, so that a bad
+    value is refused with the spelling typed and the long options keep their
+    shared wording: `argument --block-size: ...` from every verb)."""
+    parser.add_argument("-b", dest="branch", metavar="REF", type=make_options.branch,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("-d", dest="date", metavar="RFC3339", type=make_options.date,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--bs", dest="block_size", metavar="N", type=options.block_size,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+class _ZopfliLines:
+    """--compress max when stderr is no terminal: zopfli's progress as a few
+    whole lines (no carriage return) instead of a minute of silence: the
+    line it starts with, one every INTERVAL seconds at most, and its last.
+    Every other status text is left out (the rest of a build is quick)."""
+
+    INTERVAL = 30.0
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.shown: float | None = None
+
+    def __call__(self, text: str) -> None:
+        import re
+        import time
+
+        if not text.startswith("Compressing (zopfli"):
+            return
+        now = time.monotonic()
+        m = re.search(r"(\d+)/(\d+) entries", text)
+        last = m is not None and m[1] == m[2]
+        if self.shown is None or last or now - self.shown >= self.INTERVAL:
+            self.shown = now
+            print(f"docteur make: {text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 COMMANDS = {"make": (add_arguments, run)}

@@ -18,8 +18,11 @@ date's UTC offset) or now (with the local UTC offset).
 
 `--compat ocaml` does the same, refusing with one line what the OCaml
 builder would crash on or what would leave SOURCE: a link whose target is
-outside SOURCE, a dangling link, a link to a folder that contains it (a
-cycle), a submodule, an empty email. A repository's tree is rewritten the
+outside SOURCE, a link to a folder that contains it (a cycle), a submodule,
+an empty email. A dangling link (its target, or a folder on the way, does
+not exist) has no content to store and nothing the OCaml readers could
+read: it is left out, with a warning naming it (the OCaml builder would
+stop there). A repository's tree is rewritten the
 same way (100755 -> 100644, a link -> what it names inside the tree); when
 that changes the tree, the image's commit is the repository's commit with
 its tree replaced (same parents, author, committer, dates and message; a
@@ -59,7 +62,7 @@ class Unreadable:
         return self.executables + self.links + self.submodules
 
     def warning(self) -> str | None:
-        """The one line `make` prints without --compat ocaml, or None."""
+        """What `make -v` adds to its summary line without --compat ocaml, or None."""
         if not self.total:
             return None
         parts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in
@@ -164,10 +167,11 @@ def _show(path: bytes) -> str:
 class TreeRewriter:
     """Rewrites a repository's tree for the OCaml docteur; writes new trees with `add`."""
 
-    def __init__(self, repo: GitRepo, commit: str, display: str, add) -> None:
+    def __init__(self, repo: GitRepo, commit: str, display: str, add, warn=None) -> None:
         self.repo = repo
         self.display = display
         self.add = add  # add(type_num, raw) -> raw id
+        self.warn = warn or (lambda text: None)  # a dangling link, left out
         self.folders = _list_tree(repo, commit)
         self.by_path: dict[bytes, _Entry] = {}
         for parent, entries in self.folders.items():
@@ -190,10 +194,10 @@ class TreeRewriter:
             self.targets[sha] = run_git(self.repo, "cat-file", "blob", sha)
         return self.targets[sha]
 
-    def _refuse(self, link: bytes, why: str) -> BuildError:
+    def _refuse(self, link: bytes, why: str, error=BuildError) -> BuildError:
         target = _show(self._target(self.by_path[link].sha))
-        return BuildError(f"{self.display}: {_show(link)}: symbolic link to {target} {why} "
-                          "(--compat ocaml stores a link as the content of its target)")
+        return error(f"{self.display}: {_show(link)}: symbolic link to {target} {why} "
+                     "(--compat ocaml stores a link as the content of its target)")
 
     def _resolve(self, link: bytes) -> tuple[bytes, _Entry | None]:
         """What the link at `link` names, links on the way followed: (path, entry).
@@ -212,7 +216,7 @@ class TreeRewriter:
                 if comp in (b"", b"."):
                     continue
                 if entry is not None and entry.mode != MODE_TREE:
-                    raise self._refuse(link, "goes through a file")
+                    raise self._refuse(link, "goes through a file", Dangling)
                 if comp == b"..":
                     if not parts:
                         raise self._refuse(link, "leads outside SOURCE")
@@ -222,7 +226,7 @@ class TreeRewriter:
                 path = b"/".join(parts + [comp])
                 entry = self.by_path.get(path)
                 if entry is None:
-                    raise self._refuse(link, "points to nothing")
+                    raise self._refuse(link, "points to nothing", Dangling)
                 if entry.mode == MODE_LINK:
                     hops[0] += 1
                     if hops[0] > MAX_LINK_HOPS:
@@ -253,7 +257,12 @@ class TreeRewriter:
             elif mode == MODE_TREE:
                 sha = self.tree(path)
             elif mode == MODE_LINK:
-                where, target = self._resolve(path)
+                try:
+                    where, target = self._resolve(path)
+                except Dangling:
+                    self.warn(dangling_text(f"{self.display}: {_show(path)}",
+                                            _show(self._target(sha))))
+                    continue
                 if target is None or target.mode == MODE_TREE:
                     if any(where in (b"", b) or b.startswith(where + b"/") for b in self.busy):
                         raise self._refuse(path, "leads to a folder that contains it (a cycle)")
@@ -267,6 +276,16 @@ class TreeRewriter:
         new = self.add(OBJ_TREE, out.as_raw_string()).hex()
         self.memo[folder] = new
         return new
+
+
+class Dangling(BuildError):
+    """A link whose target does not exist (inside the tree being rewritten)."""
+
+
+def dangling_text(where: str, target: str) -> str:
+    """The warning for a dangling link left out under --compat ocaml."""
+    return (f"{where}: skipped (symbolic link to {target}, which does not exist: "
+            "--compat ocaml stores a link as the content of its target)")
 
 
 def replace_tree(raw_commit: bytes, tree_hex: str) -> bytes:

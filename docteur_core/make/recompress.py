@@ -229,6 +229,9 @@ def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path:
             pos = len(head)
             saved = 0
             shown = 0.0  # when the progress line was last rewritten
+            if progress is not None:  # it may take minutes: say so at once
+                progress(f"Compressing (zopfli, {iterations} iterations): "
+                         f"0/{total} entries, 0 bytes saved")
             for i, (e, stream) in enumerate(zip(entries, _results(
                     fd, entries, pool, iterations, workers, max_reencode))):
                 new_offset[e.offset] = pos

@@ -5,6 +5,9 @@
 - directories: 040000; an empty one becomes the empty tree so it still lists
   (git itself cannot record it, so this is the one place we differ);
 - sockets, FIFOs and devices are skipped with a warning;
+- permissions are git's: 100644 or 100755, nothing else. Files that others
+  may not read (0600, 0640, 0700...) become readable by everyone in the
+  image: one warning says how many (and names one), once all are read;
 - with `--exclude` / `--gitignore`, what `git add` would leave out is left
   out (see `ignore`), and a folder emptied by that too; IMAGE and its
   temporary files, when they lie inside SOURCE, are never packed;
@@ -86,6 +89,8 @@ class Snapshot:
         self.progress = progress
         self.files = 0
         self.bytes = 0
+        # (path, mode) of the files others may not read (see `_private_warning`)
+        self.private: list[tuple[bytes, int]] = []
         self._last = 0.0
         # folder path -> its entries (name, lstat, or stat through a link in compat)
         self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
@@ -132,6 +137,8 @@ class Snapshot:
                     break
                 if stat.S_ISREG(mode):
                     self._check_size(child, st.st_size)
+                    if not mode & stat.S_IROTH:
+                        self.private.append((child, stat.S_IMODE(mode)))
                 elif not stat.S_ISLNK(mode):
                     kind = ("socket" if stat.S_ISSOCK(mode) else "FIFO" if stat.S_ISFIFO(mode)
                             else "device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
@@ -159,6 +166,16 @@ class Snapshot:
                         self.progress(f"Scanning files: {entries} entries")
         self._listing = listing
         self._last = 0.0
+
+    def _private_warning(self) -> str:
+        """One line for the files others may not read (once every file is read)."""
+        n = len(self.private)
+        first, mode = min(self.private)
+        example = f"{show(first)}, mode {mode:04o}"
+        return (f"{n} file{'s' if n != 1 else ''} that others may not read "
+                f"({example}{', ...' if n > 1 else ''}) {'is' if n == 1 else 'are'} "
+                "readable by everyone in the image: it keeps git's modes only, 100644 and "
+                "100755 (see \"What an image keeps\" in the README)")
 
     def _check_size(self, path: bytes, size: int) -> None:
         if size > self.max_object_size:
@@ -209,6 +226,8 @@ class Snapshot:
                 continue
             if self.compat and stat.S_ISLNK(child_st.st_mode):
                 child_st = self._follow(os.path.join(path, name))
+                if child_st is None:  # dangling: nothing to store, warned
+                    continue
             yield name, child_st
 
     def _gitignore(self, dir_fd: int, folder: bytes) -> list:
@@ -250,12 +269,19 @@ class Snapshot:
         return BuildError(f"{show(link)}: symbolic link to {target} {why} "
                           "(--compat ocaml stores a link as the content of its target)")
 
-    def _follow(self, link: bytes) -> os.stat_result:
-        """compat: what a link names, as the OCaml builder's `Unix.stat` sees it."""
+    def _follow(self, link: bytes) -> os.stat_result | None:
+        """compat: what a link names, as the OCaml builder's `Unix.stat` sees it;
+        None for a dangling link (left out with a warning)."""
         try:
             st = os.stat(link)
-        except FileNotFoundError:
-            raise self._refuse(link, "points to nothing") from None
+        except (FileNotFoundError, NotADirectoryError):
+            from .compat import dangling_text
+            try:
+                target = show(os.readlink(link))
+            except OSError:
+                target = "?"
+            self.warn(dangling_text(show(link), target))
+            return None
         except OSError as exc:
             raise self._refuse(link, f"cannot be followed ({exc.strerror})") from None
         real = os.path.realpath(link)
@@ -289,6 +315,8 @@ class Snapshot:
                 sha = writer.add(OBJ_TREE, raw).hex().encode()
                 if not stack:
                     self._report(final=True)
+                    if self.private:  # said once the build can no longer fail on a read
+                        self.warn(self._private_warning())
                     self._listing = None  # its memory is not needed by the delta search
                     return sha.decode()
                 stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, sha)

@@ -1,5 +1,8 @@
 """What SOURCE names: a directory, a local repository, or a remote one.
 
+`file:///abs/path` and the OCaml docteur's `relativize://rel/path` (relative
+to the current folder) name local paths.
+
 Pure classification plus a few `lstat`s; nothing is read or fetched here.
 Git's own rule decides the scp form (`host:path` is remote when no `/`
 comes before the first `:`), except that an existing local path wins.
@@ -54,6 +57,12 @@ def classify(source: str) -> Source:
             if parts.netloc not in ("", "localhost"):
                 raise BuildError(f"{source}: file:// URLs must name a local path")
             return local(unquote(parts.path), source)
+        if scheme == "relativize":
+            # The OCaml docteur's spelling of a path relative to the current
+            # folder (its announcement's `docteur.make relativize://site ...`):
+            # host and path joined, a leading slash dropped, as it reads it.
+            parts = urlsplit(source)
+            return local(unquote(parts.netloc + parts.path).lstrip("/") or ".", source)
         if scheme in REMOTE_SCHEMES:
             return Source("remote", source)
         raise BuildError(f"{source}: unsupported URL scheme '{scheme}'")

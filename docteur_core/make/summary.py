@@ -2,6 +2,11 @@
 
     req.img: 1,104 files, 8.6 MB in -> 341 KB out (4.0%), 432 objects (291 deltas), 2.5 s
 
+The ratio is the image's size in percent of the files' bytes; an image
+that is not smaller than them (a few bytes in: an image has a header, an
+IDX, padding to the block size and a path index) says by how much it is
+larger instead, `27 B in -> 6.7 KB out (larger by 6.7 KB)`.
+
 As mksquashfs ends with its ratio: what the build did, readable at a
 glance. The counts come from what was built (the scan's files, the pack's
 entries), not from git's progress text, so `--compress max` and repository
@@ -31,7 +36,12 @@ def human_bytes(n: int) -> str:
 def summary_line(image: str, files: int, bytes_in: int, size: int, objects: int,
                  deltas: int, seconds: float) -> str:
     """The summary line (without the program's name): see the module docstring."""
-    ratio = f" ({100 * size / bytes_in:.1f}%)" if bytes_in else ""
+    if not bytes_in:
+        ratio = ""
+    elif size <= bytes_in:
+        ratio = f" ({100 * size / bytes_in:.1f}%)"
+    else:  # a tiny or incompressible input: how much bigger, not 24651.9%
+        ratio = f" (larger by {human_bytes(size - bytes_in)})"
     return (f"{image}: {files:,} file{'s' if files != 1 else ''}, "
             f"{human_bytes(bytes_in)} in -> {human_bytes(size)} out{ratio}, "
             f"{objects:,} object{'s' if objects != 1 else ''} "

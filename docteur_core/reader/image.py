@@ -517,7 +517,8 @@ class Image:
             for i in range(1, len(parts)):
                 above = find(pix.key_of(obj.encode_name(join_path(parts[:i]))))
                 if above is None:
-                    raise NotFound(f"/{join_path(parts[:i])} does not exist")
+                    raise NotFound(f"/{joined} does not exist "
+                                   f"(/{join_path(parts[:i])} does not exist)")
                 if above.mode != obj.MODE_DIR:
                     raise NotADirectory(f"/{join_path(parts[:i])} is not a directory")
             raise NotFound(f"/{joined} does not exist")
@@ -553,7 +554,9 @@ class Image:
             for i in range(1, len(parts) + 1):
                 above = self._nodes.get(join_path(parts[:i]))
                 if above is None:
-                    raise NotFound(f"/{join_path(parts[:i])} does not exist")
+                    where = join_path(parts[:i])
+                    raise NotFound(f"/{join_path(parts)} does not exist"
+                                   + (f" (/{where} does not exist)" if i < len(parts) else ""))
                 if above.mode != obj.MODE_DIR:
                     raise NotADirectory(f"/{above.path} is not a directory")
             raise NotFound(f"/{join_path(parts)} does not exist")  # pragma: no cover
@@ -567,7 +570,9 @@ class Image:
             e = by_name.get(name)
             path = node.path + "/" + name if node.path else name
             if e is None:
-                raise NotFound(f"/{path} does not exist")
+                asked = join_path(parts)
+                raise NotFound(f"/{asked} does not exist"
+                               + (f" (/{path} does not exist)" if path != asked else ""))
             node = Node(path, e.mode, e.id, self._offset(e.id, path))
         return node
 

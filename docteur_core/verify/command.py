@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     offsets, CRC-32s, checksums) against the pack, every object's SHA-1 (the
     Merkle check), and that everything the commit's tree reaches is present.
     Exits 0 only when all of it holds; otherwise prints one line per problem
-    on stderr and exits 1. IMAGE is a file, a block device, an NBD URI
+    on stderr and exits 1. -q prints nothing for an intact image, as the
+    OCaml docteur.verify -q. IMAGE is a file, a block device, an NBD URI
     (nbd://host:port/export, nbd+unix:///export?socket=PATH) or an http(s)
     URL.
 
@@ -65,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checksums (reads every byte once, no per-object work)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON report (fields, counts, checks, problems)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing for an intact image (no commit lines, no status "
+                             "line): the exit status says it, as the OCaml docteur.verify -q; "
+                             "problems are still printed, and --json still prints its report")
     parser.add_argument("--commit", metavar="ID", type=options.commit_id, default=None,
                         help="the commit the image must hold (40 hex digits), compared with "
                              "its header before anything else is read; an http(s) URL ending "
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         from ..sign import readable_signers
         readable_signers(args.allowed_signers)  # a typo costs one line, not a whole check
     device = open_device(args.image, pinned=commit is not None)
-    progress = for_stderr(sys.stderr)
+    progress = for_stderr(sys.stderr, quiet=args.quiet)
     try:
         report = verify_image(device if progress is None else _Counting(device, progress),
                               quick=args.quick, max_object_size=args.max_object_size,
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(json_safe(report.to_json()), out, indent=2, ensure_ascii=False)
         out.write("\n")
-    elif report.ok:
+    elif report.ok and not args.quiet:
         out.write(render(report))
     out.flush()
     for line in report.warning_lines():
