@@ -363,8 +363,9 @@ def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
 
 
 def test_a_cold_verified_lookup_reads_one_object_per_component_and_no_idx(built):
-    """Verified, the index only places the trees on the path: each is read
-    (and hashed) once, the file too, and the IDX is never searched."""
+    """Verified, the index only places the trees on the path: each is proven
+    once (its listing in the index re-encoded and hashed, else the tree read
+    and hashed), the file read and hashed, and the IDX is never searched."""
     img, _, _ = built
     data = img.read_bytes()
     dev = CountingDevice(data)
@@ -374,8 +375,8 @@ def test_a_cold_verified_lookup_reads_one_object_per_component_and_no_idx(built)
     store.locate = lambda oid: searched.append(oid)  # an IDX search would land here
     inflated = store.objects_inflated
     assert image.get("d3/e1/f0010.txt") == b"file 10\n" + b"x" * 10
-    # root tree, d3, d3/e1, the file (the commit was read at open)
-    assert store.objects_inflated - inflated == 4
+    # At most the root tree, d3, d3/e1 and the file (the commit was read at open).
+    assert store.objects_inflated - inflated <= 4
     assert searched == []
 
 

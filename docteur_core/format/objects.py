@@ -137,10 +137,12 @@ def refused_name(name: bytes, mode: int) -> bool:
     return False
 
 
-def _may_be_refused(data: bytes) -> bool:
+def may_be_refused(data: bytes) -> bool:
     """A cheap test that clears almost every tree: a name `refused_name`
     refuses holds `.g`/`.G`, `~1`, a backslash or a code point HFS+
-    ignores (its UTF-8 starts with 0xE2 0x80/0x81 or 0xEF 0xBB)."""
+    ignores (its UTF-8 starts with 0xE2 0x80/0x81 or 0xEF 0xBB). `data`
+    holds the names only (joined by "/", which no name holds): a tree's
+    raw ids would match by chance."""
     return (b".g" in data or b".G" in data or b"~1" in data or b"\\" in data
             or b"\xe2\x80" in data or b"\xe2\x81" in data or b"\xef\xbb" in data)
 
@@ -187,7 +189,7 @@ def parse_tree_raw(data: bytes, where: str, max_entries: int | None = None
         covered = 0
     if covered == len(data):
         if (len(set(names)) == len(names) and b"." not in names and b".." not in names
-                and not _may_be_refused(data)):
+                and not may_be_refused(b"/".join(names))):
             return list(zip(map(_MODE_TEXTS.__getitem__, mode_texts), ids, names))
     return _parse_tree_checked(data, where, max_entries)
 

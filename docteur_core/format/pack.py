@@ -603,10 +603,14 @@ def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
 # gone through it (or hashlib is loaded anyway), then OpenSSL takes over.
 SLOW_SHA1_BYTES = 1 << 20
 _slow_hashed = 0
+_sha1_of = None  # the constructor in use, once chosen
 
 
 def sha1(head: bytes = b""):
     """A SHA-1 object started with `head` (see SLOW_SHA1_BYTES)."""
+    global _sha1_of
+    if _sha1_of is not None:
+        return _sha1_of(head)
     if _slow_hashed <= SLOW_SHA1_BYTES and "hashlib" not in sys.modules:
         try:
             from _sha1 import sha1 as slow
@@ -616,14 +620,18 @@ def sha1(head: bytes = b""):
             return slow(head)
     import hashlib
 
-    return hashlib.sha1(head)
+    _sha1_of = hashlib.sha1  # for good: nothing is gained by going back
+    return _sha1_of(head)
 
 
 def object_id(type_name: str, data: bytes) -> bytes:
     """The raw SHA-1 git gives an object of this type and content."""
     global _slow_hashed
 
-    h = sha1(f"{type_name} {len(data)}\0".encode("ascii"))
-    _slow_hashed += len(data)
+    if _sha1_of is not None:
+        h = _sha1_of(b"%s %d\0" % (type_name.encode("ascii"), len(data)))
+    else:
+        _slow_hashed += len(data)
+        h = sha1(b"%s %d\0" % (type_name.encode("ascii"), len(data)))
     h.update(data)
     return h.digest()

@@ -89,8 +89,10 @@ class Snapshot:
         self.progress = progress
         self.files = 0
         self.bytes = 0
-        # (path, mode) of the files others may not read (see `_private_warning`)
+        # (path, mode) of the files others may not read (see `_private_warning`),
+        # said only when an image is written (`docteur diff` hashes a folder too)
         self.private: list[tuple[bytes, int]] = []
+        self.for_image = output is not None
         self._last = 0.0
         # folder path -> its entries (name, lstat, or stat through a link in compat)
         self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
@@ -315,7 +317,7 @@ class Snapshot:
                 sha = writer.add(OBJ_TREE, raw).hex().encode()
                 if not stack:
                     self._report(final=True)
-                    if self.private:  # said once the build can no longer fail on a read
+                    if self.private and self.for_image:  # once no read can fail the build
                         self.warn(self._private_warning())
                     self._listing = None  # its memory is not needed by the delta search
                     return sha.decode()

@@ -50,7 +50,7 @@ from ..errors import (DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotF
 from ..format import limits
 from ..format import pathindex as pix
 from ..format.trail import Trail
-from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
+from ..format.pack import DEFAULT_MAX_OBJECT_SIZE, object_id
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
 TYPE_CHECKING = False
@@ -189,6 +189,9 @@ class Image:
         # it, it only places objects (see the module's "Trust").
         self._index_answers = path_index is not None and not store.verify
         self._partial = None  # a reader.partial.PartialReads, made by get_partial
+        self._last_listed: tuple[str, dict[bytes, pix.Entry] | None] | None = None
+        # (tree id, its entries' offsets) of the last tree `_tree_from_index` proved.
+        self._index_offsets: tuple[bytes, list[int | None]] | None = None
         sup = None if path_index is None else path_index.sup
         cid = store.commit_id
         if pin is not None and pin != cid:
@@ -335,15 +338,22 @@ class Image:
 
     # -- trees -------------------------------------------------------------
 
-    def _tree(self, tree_id: bytes, offset: int | None = None
+    def _tree(self, tree_id: bytes, offset: int | None = None, path: str | None = None
               ) -> tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]:
+        """The entries of a tree (and by name), parsed once while kept.
+        Verified, with a path index and the tree's `path`, the index's
+        listing of that directory is tried first (`_tree_from_index`)."""
         parsed = self._trees.pop(tree_id, None)
         if parsed is not None:
             self._trees[tree_id] = parsed  # most recently used last
             return parsed
-        _, raw = self.store.read_object(tree_id, "tree", offset)
-        # No tree may name more than a whole walk may: counted as parsed.
-        entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
+        entries = None
+        if path is not None and self.path_index is not None and self.store.verify:
+            entries = self._tree_from_index(tree_id, path)
+        if entries is None:
+            _, raw = self.store.read_object(tree_id, "tree", offset)
+            # No tree may name more than a whole walk may: counted as parsed.
+            entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
         parsed = (entries, {e.name: e for e in entries})
         if self._nodes is None:  # light mode, or fast mode's index build
             self._trees_entries += len(entries)
@@ -352,8 +362,10 @@ class Image:
             self._trees[tree_id] = parsed
         return parsed
 
-    def _walk_trees(self, top: Node) -> Iterator[tuple[Node, list[obj.TreeEntry]]]:
-        """Every directory under `top` (included), depth first, each with its entries.
+    def _walk_trees(self, top: Node) -> Iterator[tuple[Node, list[obj.TreeEntry],
+                                                     list[int | None]]]:
+        """Every directory under `top` (included), depth first, each with its
+        entries and where they are, when known (`_placed`).
 
         Iterative; a tree that contains itself (only a damaged image can say
         so) is reported as damage, more than `max_paths` paths or
@@ -373,7 +385,7 @@ class Image:
             if item.id in on_path:
                 raise DamagedImage(f"tree {item.id.hex()} contains itself",
                                    f"path /{item.path}")
-            entries, _ = self._tree(item.id, item.offset)
+            entries, _ = self._tree(item.id, item.offset, item.path)
             paths += len(entries)
             if paths > self.max_paths:
                 raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
@@ -384,14 +396,14 @@ class Image:
                 raise LimitExceeded(f"the trees' paths add up to more than "
                                     f"{self.max_path_bytes} bytes", f"path /{item.path}",
                                     "max_path_bytes")
-            yield item, entries
+            offsets = self._placed(item.id, item.path, entries)
+            yield item, entries, offsets
             on_path.add(item.id)
             stack.append(item.id)
             prefix = item.path + "/" if item.path else ""
-            for e in reversed(entries):
-                if e.is_dir:
-                    path = prefix + e.name
-                    stack.append(Node(path, e.mode, e.id, self._offset(e.id, path)))
+            for e, offset in zip(reversed(entries), reversed(offsets)):
+                if e.mode == obj.MODE_DIR:
+                    stack.append(Node(prefix + e.name, e.mode, e.id, offset))
 
     def count_paths(self, path: str | bytes = "") -> tuple[int, int]:
         """(paths, bytes of those paths) under a directory, refused past the limits.
@@ -447,6 +459,72 @@ class Image:
                     stack.append((e.id, hint, child, False))
         return memo[top.id]
 
+    def _listed(self, path: str) -> dict[bytes, pix.Entry] | None:
+        """The path index's entries of the directory at `path`, by raw name
+        (None when the index is damaged there); the last one is kept, for
+        the tree and the placement of its entries alike."""
+        last = self._last_listed
+        if last is not None and last[0] == path:
+            return last[1]
+        raw = obj.encode_name(path)
+        try:
+            found = self.path_index.listing(raw)
+        except DamagedImage:  # a damaged map: the trees and the IDX still know
+            listed = None
+        else:
+            cut = len(raw) + 1 if path else 1
+            listed = {e.key[cut:]: e for e in found}
+        self._last_listed = (path, listed)
+        return listed
+
+    def _tree_from_index(self, tree_id: bytes, path: str) -> list[obj.TreeEntry] | None:
+        """The tree `tree_id` at `path`, rebuilt from the path index's listing
+        of that directory, if that listing encodes (as git writes a tree) to
+        bytes whose id is `tree_id`; else None (the tree is then read).
+
+        The listing is then exactly the tree the parent names, proven by its
+        hash as a tree read from the pack would be, and the tree need not be
+        read, inflated nor parsed: a verified walk costs one listing per
+        directory (which also places its entries), not a listing and a tree.
+        """
+        listed = self._listed(path)
+        if listed is None:
+            return None
+        rows = sorted(listed.items(), key=lambda kv: kv[0] + b"/" if kv[1].mode == obj.MODE_DIR
+                      else kv[0])
+        data = b"".join([b"%o %s\0%s" % (e.mode, name, e.id) for name, e in rows])
+        if object_id("tree", data) != tree_id:
+            return None
+        if len(rows) > self.max_paths or obj.may_be_refused(b"/".join(listed)):
+            # The parse's guards say it in their words (limits, .git names).
+            return obj.parse_tree(data, f"tree {tree_id.hex()}", self.max_paths)
+        self._index_offsets = (tree_id, [e.offset or None for _, e in rows])
+        decode = obj.decode_name
+        return [obj.TreeEntry(decode(name), e.mode, e.id) for name, e in rows]
+
+    def _placed(self, tree_id: bytes, path: str, entries: list[obj.TreeEntry]
+                ) -> list[int | None]:
+        """Where each of a directory's `entries` is in the pack, when known
+        without an IDX search: fast mode's table, or the path index (one
+        listing of the directory places all of them; a hint, as in
+        `_offset`): a walk costs a listing per directory, not a lookup per
+        path."""
+        by_id = self.store._by_id
+        if by_id is not None:
+            return [None if (f := by_id.get(e.id)) is None else f[0] for e in entries]
+        if self.path_index is None:
+            return [None] * len(entries)
+        last = self._index_offsets
+        if last is not None and last[0] == tree_id:  # the listing that proved the tree
+            return last[1]
+        where = self._listed(path) or {}
+        encode = obj.encode_name
+        out: list[int | None] = []
+        for e in entries:
+            hint = where.get(encode(e.name))
+            out.append(hint.offset or None if hint is not None and hint.id == e.id else None)
+        return out
+
     def _offset(self, oid: bytes, path: str | None = None) -> int | None:
         """Where `oid` is in the pack, when known without an IDX search:
         fast mode's table, or the path index's entry for `path` when it
@@ -485,7 +563,7 @@ class Image:
         nodes: dict[str, Node] = {"": self.root}
         children: dict[str, list[obj.TreeEntry]] = {}
         by_id = self.store._by_id
-        for d, entries in self._walk_trees(self.root):
+        for d, entries, _ in self._walk_trees(self.root):
             children[d.path] = entries
             prefix = d.path + "/" if d.path else ""
             for e in entries:
@@ -566,7 +644,7 @@ class Image:
         for name in parts:
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
-            _, by_name = self._tree(node.id, node.offset)
+            _, by_name = self._tree(node.id, node.offset, node.path)
             e = by_name.get(name)
             path = node.path + "/" + name if node.path else name
             if e is None:
@@ -583,7 +661,7 @@ class Image:
             return [obj.TreeEntry(name, e.mode, e.id) for name, e in self._listing(node)]
         if self._children is not None:
             return self._children[node.path]
-        return self._tree(node.id, node.offset)[0]
+        return self._tree(node.id, node.offset, node.path)[0]
 
     def _content(self, node: Node) -> bytes:
         if node.mode == obj.MODE_DIR:
@@ -659,8 +737,9 @@ class Image:
                 raise NotADirectory(f"/{node.path} is not a directory")
             return [Node(prefix + name, e.mode, e.id, e.offset or None)
                     for name, e in self._listing(node)]
-        return [Node(prefix + e.name, e.mode, e.id, self._offset(e.id, prefix + e.name))
-                for e in self._entries(node)]
+        entries = self._entries(node)
+        return [Node(prefix + e.name, e.mode, e.id, offset)
+                for e, offset in zip(entries, self._placed(node.id, node.path, entries))]
 
     def digest(self, path: str | bytes) -> str:
         """The git object id (hex) of a file or directory."""
@@ -736,11 +815,10 @@ class Image:
                 # simple and stable; `tree` re-orders as it needs.
                 stack.extend(reversed(subdirs))
             return
-        for d, entries in self._walk_trees(top):
+        for d, entries, offsets in self._walk_trees(top):
             prefix = d.path + "/" if d.path else ""
-            for e in entries:
-                path = prefix + e.name
-                yield Node(path, e.mode, e.id, self._offset(e.id, path))
+            for e, offset in zip(entries, offsets):
+                yield Node(prefix + e.name, e.mode, e.id, offset)
 
     def files(self, path: str | bytes | Node = "") -> Iterator[Node]:
         """Every file and link under `path`."""
