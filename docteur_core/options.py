@@ -65,8 +65,19 @@ def commit_id(text: str) -> str:
 
 
 def add_trust_arguments(parser) -> None:
-    """--commit, --no-verify and --allowed-signers: what every verb that
-    reads an image trusts (see docs in the README's "Trust")."""
+    """--commit, --allowed-signers and --no-verify: what every verb that
+    reads an image trusts (see the README's "Trust")."""
+    add_pin_arguments(parser)
+    parser.add_argument("--no-verify", dest="verify", action="store_false", default=True,
+                        help="do not check objects against their ids (the default checks "
+                        "every object read back to the commit)")
+    parser.add_argument("--verify", dest="verify", action="store_true",
+                        help="check every object read (the default; kept for old scripts)")
+
+
+def add_pin_arguments(parser) -> None:
+    """--commit and --allowed-signers: which image is wanted (`verify`
+    checks every object anyway, so it takes these alone)."""
     parser.add_argument("--commit", metavar="ID", type=commit_id, default=None,
                         help="the commit the image must hold (40 hex digits): any other "
                         "is refused before a byte is read; an http(s) URL ending in "
@@ -75,11 +86,6 @@ def add_trust_arguments(parser) -> None:
                         help="accept a commit signed by a key of FILE (git's "
                         "gpg.ssh.allowedSignersFile format, checked with ssh-keygen -Y "
                         "verify) instead of a pinned id")
-    parser.add_argument("--no-verify", dest="verify", action="store_false", default=True,
-                        help="do not check objects against their ids (the default checks "
-                        "every object read back to the commit)")
-    parser.add_argument("--verify", dest="verify", action="store_true",
-                        help="check every object read (the default; kept for old scripts)")
 
 
 def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",

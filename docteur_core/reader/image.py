@@ -190,8 +190,9 @@ class Image:
         self._index_answers = path_index is not None and not store.verify
         self._partial = None  # a reader.partial.PartialReads, made by get_partial
         self._last_listed: tuple[str, dict[bytes, pix.Entry] | None] | None = None
-        # (tree id, its entries' offsets) of the last tree `_tree_from_index` proved.
-        self._index_offsets: tuple[bytes, list[int | None]] | None = None
+        # tree id -> its entries' offsets, for the trees `_tree_from_index`
+        # proved and `_trees` keeps (evicted with them).
+        self._offsets_of: dict[bytes, list[int | None]] = {}
         sup = None if path_index is None else path_index.sup
         cid = store.commit_id
         if pin is not None and pin != cid:
@@ -358,7 +359,9 @@ class Image:
         if self._nodes is None:  # light mode, or fast mode's index build
             self._trees_entries += len(entries)
             while self._trees and self._trees_entries > self._trees_limit:
-                self._trees_entries -= len(self._trees.pop(next(iter(self._trees)))[0])
+                oldest = next(iter(self._trees))
+                self._offsets_of.pop(oldest, None)
+                self._trees_entries -= len(self._trees.pop(oldest)[0])
             self._trees[tree_id] = parsed
         return parsed
 
@@ -498,7 +501,7 @@ class Image:
         if len(rows) > self.max_paths or obj.may_be_refused(b"/".join(listed)):
             # The parse's guards say it in their words (limits, .git names).
             return obj.parse_tree(data, f"tree {tree_id.hex()}", self.max_paths)
-        self._index_offsets = (tree_id, [e.offset or None for _, e in rows])
+        self._offsets_of[tree_id] = [e.offset or None for _, e in rows]
         decode = obj.decode_name
         return [obj.TreeEntry(decode(name), e.mode, e.id) for name, e in rows]
 
@@ -514,9 +517,9 @@ class Image:
             return [None if (f := by_id.get(e.id)) is None else f[0] for e in entries]
         if self.path_index is None:
             return [None] * len(entries)
-        last = self._index_offsets
-        if last is not None and last[0] == tree_id:  # the listing that proved the tree
-            return last[1]
+        known = self._offsets_of.get(tree_id)
+        if known is not None:  # from the listing that proved the tree: where the
+            return known  # tree is (another release's folder), its entries are the same
         where = self._listed(path) or {}
         encode = obj.encode_name
         out: list[int | None] = []
@@ -573,6 +576,7 @@ class Image:
         self._nodes = nodes
         self._children = children
         self._trees.clear()
+        self._offsets_of.clear()
         self._trees_entries = 0
         self._trees_limit = _PARSED_ENTRIES
 

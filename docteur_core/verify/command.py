@@ -70,14 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print nothing for an intact image (no commit lines, no status "
                              "line): the exit status says it, as the OCaml docteur.verify -q; "
                              "problems are still printed, and --json still prints its report")
-    parser.add_argument("--commit", metavar="ID", type=options.commit_id, default=None,
-                        help="the commit the image must hold (40 hex digits), compared with "
-                             "its header before anything else is read; an http(s) URL ending "
-                             "in ID.img pins ID unless --commit says otherwise")
-    parser.add_argument("--allowed-signers", metavar="FILE", default=None,
-                        help="accept only a commit signed by a key of FILE (git's "
-                             "gpg.ssh.allowedSignersFile format, checked with ssh-keygen -Y "
-                             "verify as git verify-commit does)")
+    options.add_pin_arguments(parser)
     options.add_limit_arguments(parser, ("max_object_size", "max_paths"))
 
 
