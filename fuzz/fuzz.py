@@ -1143,23 +1143,25 @@ def operations(case: Case, image: str, rng: random.Random) -> list[dict]:
     d = rng.choice(m.dirs + [""])
     ops = []
     for mode in ("light", "fast"):
-        for ver in ([], ["--verify"]):
+        for ver in (["--no-verify"], []):  # unverified (only a SHA-1 tells), verified
             o = ["--mode", mode] + ver
             ops += [
-                {"kind": "cli", "argv": ["ls", *o, image, d], "name": f"ls {mode}{' verify' if ver else ''}"},
-                {"kind": "cli", "argv": ["cat", *o, image, p], "name": f"cat {mode}{' verify' if ver else ''}",
-                 "check": "cat", "verify": bool(ver)},
-                {"kind": "cli", "argv": ["stat", *o, image, p], "name": f"stat {mode}{' verify' if ver else ''}",
-                 "check": "stat", "verify": bool(ver)},
-                {"kind": "cli", "argv": ["tree", *o, image], "name": f"tree {mode}{' verify' if ver else ''}"},
-                {"kind": "cli", "argv": ["info", *o, image], "name": f"info {mode}{' verify' if ver else ''}"},
+                {"kind": "cli", "argv": ["ls", *o, image, d], "name": f"ls {mode}{' no-verify' if ver else ''}"},
+                {"kind": "cli", "argv": ["cat", *o, image, p], "name": f"cat {mode}{' no-verify' if ver else ''}",
+                 "check": "cat", "verify": not ver},
+                {"kind": "cli", "argv": ["stat", *o, image, p], "name": f"stat {mode}{' no-verify' if ver else ''}",
+                 "check": "stat", "verify": not ver},
+                {"kind": "cli", "argv": ["tree", *o, image], "name": f"tree {mode}{' no-verify' if ver else ''}"},
+                {"kind": "cli", "argv": ["info", *o, image], "name": f"info {mode}{' no-verify' if ver else ''}"},
             ]
-    for mode, ver, verb in (("light", [], ["cat", p]), ("fast", [], ["cat", p]),
-                            ("fast", ["--verify"], ["cat", p]), ("light", [], ["info"]),
-                            ("fast", [], ["tree"]), ("light", [], ["stat", p])):
+    nv = ["--no-verify"]
+    for mode, ver, verb in (("light", nv, ["cat", p]), ("fast", nv, ["cat", p]),
+                            ("fast", [], ["cat", p]), ("light", [], ["cat", p]),
+                            ("light", nv, ["info"]), ("fast", [], ["tree"]),
+                            ("light", nv, ["stat", p])):
         ops.append({"kind": "guest", "argv": [image, "--mode", mode, *ver, *verb],
-                    "name": f"guest {verb[0]} {mode}{' verify' if ver else ''}",
-                    "check": verb[0] if verb[0] in ("cat", "stat") else None, "verify": bool(ver)})
+                    "name": f"guest {verb[0]} {mode}{' no-verify' if ver else ''}",
+                    "check": verb[0] if verb[0] in ("cat", "stat") else None, "verify": not ver})
     ops += [
         {"kind": "cli", "argv": ["verify", image], "name": "verify", "check": "accept"},
         {"kind": "cli", "argv": ["verify", "--quick", image], "name": "verify --quick"},

@@ -190,6 +190,7 @@ class Image:
         self._index_answers = path_index is not None and not store.verify
         self._partial = None  # a reader.partial.PartialReads, made by get_partial
         self._last_listed: tuple[str, dict[bytes, pix.Entry] | None] | None = None
+        self._last_dir: Node | None = None  # where the last tree walk of `_lookup` got to
         # tree id -> its entries' offsets, for the trees `_tree_from_index`
         # proved and `_trees` keeps (evicted with them).
         self._offsets_of: dict[bytes, list[int | None]] = {}
@@ -643,9 +644,20 @@ class Image:
                     raise NotADirectory(f"/{above.path} is not a directory")
             raise NotFound(f"/{join_path(parts)} does not exist")  # pragma: no cover
         # Down the trees from the root, each hashed against the id its parent
-        # names when verifying (the path index, if any, says where they are).
+        # names when verifying (the path index, if any, says where they are);
+        # from the last directory reached instead, when the path is in it (a
+        # mount's lookups come a directory at a time: at 3,000 levels, a walk
+        # from the root per lookup made `find` quadratic).
         node = self.root
-        for name in parts:
+        steps = parts
+        last = self._last_dir
+        if last is not None and parts:
+            joined = join_path(parts)
+            if joined == last.path:
+                return last
+            if joined.rpartition("/")[0] == last.path:
+                node, steps = last, parts[-1:]
+        for name in steps:
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
             _, by_name = self._tree(node.id, node.offset, node.path)
@@ -655,7 +667,11 @@ class Image:
                 asked = join_path(parts)
                 raise NotFound(f"/{asked} does not exist"
                                + (f" (/{path} does not exist)" if path != asked else ""))
+            if node.mode == obj.MODE_DIR:
+                self._last_dir = node
             node = Node(path, e.mode, e.id, self._offset(e.id, path))
+        if node.mode == obj.MODE_DIR:
+            self._last_dir = node
         return node
 
     def _entries(self, node: Node) -> list[obj.TreeEntry]:
