@@ -450,3 +450,25 @@ def test_every_single_byte_flip(victims, kind, verify):
         good, bad = _read_all(bytes(broken), expect, mode, verify)
         reported += bad > 0
     assert reported > (end - idx_at) // 2  # most flips are caught, not ignored
+
+
+def test_a_cached_entry_is_checked_against_each_crc_it_is_asked_for(victims):
+    """A damaged IDX that points a second id at an entry already read (and
+    kept) must not get that entry's bytes: the cache remembers which CRC-32
+    it checked, and checks again against another (found by the corruption
+    fuzz: `v2/tiny` read as `v1/tiny`'s bytes, without verify)."""
+    data, expect = victims["ofs"]
+    with open_image(data, "light", verify=False) as image:
+        ids = {p: bytes.fromhex(image.digest(p)) for p in ("v1/tiny", "v2/tiny")}
+        where = {p: image.store.locate(oid)[0] for p, oid in ids.items()}
+    idx = struct.unpack_from("<Q", data, 20)[0]
+    count = struct.unpack_from(">I", data, idx + 8 + 1020)[0]
+    names = idx + 8 + 1024
+    rows = [data[names + 20 * i:names + 20 * i + 20] for i in range(count)]
+    broken = bytearray(data)
+    row = rows.index(ids["v2/tiny"])
+    struct.pack_into(">I", broken, names + 24 * count + 4 * row, where["v1/tiny"] - 28)
+    with open_image(bytes(broken), "light", verify=False) as image:
+        assert image.get("v1/tiny") == expect["v1/tiny"]  # read and kept
+        with pytest.raises(DamagedImage, match="CRC-32"):
+            image.get("v2/tiny")

@@ -128,8 +128,10 @@ class Store:
         # Filled by load_index(): raw id -> (absolute offset, crc); offset -> crc.
         self._by_id: dict[bytes, tuple[int, int]] | None = None
         self._crc_at: dict[int, int] | None = None
-        # offset -> (type name, data, entry length, crc checked)
-        self._cache: OrderedDict[int, tuple[str, bytes, int, bool]] = OrderedDict()
+        # offset -> (type name, data, entry length, the CRC-32 its bytes were
+        # checked against, or None): a later lookup that expects another CRC
+        # there (a damaged IDX pointing two ids at one entry) checks again.
+        self._cache: OrderedDict[int, tuple[str, bytes, int, int | None]] = OrderedDict()
         self._cached_bytes = 0
         self.objects_inflated = 0
         # What the last `_read_at` built (bytes of work, deltas applied), for
@@ -692,12 +694,13 @@ class Store:
             return None
         self._cache.move_to_end(pos)
         typ, data, length, checked = hit
-        if crc is not None and not checked:
+        if crc is not None and crc != checked:
             self._check_cached_crc(pos, length, crc, where)
-            self._cache[pos] = (typ, data, length, True)
+            self._cache[pos] = (typ, data, length, crc)
         return typ, data
 
-    def _cache_put(self, pos: int, typ: str, data: bytes, length: int, checked: bool) -> None:
+    def _cache_put(self, pos: int, typ: str, data: bytes, length: int,
+                   checked: int | None) -> None:
         size = len(data)
         if size > self.cache_bytes // 2:
             return
@@ -753,7 +756,7 @@ class Store:
             if eh.type in BASE_TYPES:
                 base, length = self._inflate_entry(cur, eh, buf, cur_crc, cur_where)
                 base_type = TYPE_NAMES[eh.type]
-                self._cache_put(cur, base_type, base, length, cur_crc is not None)
+                self._cache_put(cur, base_type, base, length, cur_crc)
                 if not chain and len(base) <= self.max_lookup_bytes:
                     # An object stored whole (most of them): no delta to
                     # apply, no work to add up.
@@ -803,6 +806,6 @@ class Store:
             if work > limit:
                 raise self._too_much_work(work, len(chain), where)
             base = apply_delta(base, delta, w, self.max_object_size, mutable=True)
-            self._cache_put(p, base_type, base, length, c is not None)
+            self._cache_put(p, base_type, base, length, c)
         self._last_work, self._last_depth = work, len(chain)
         return base_type, base
