@@ -14,6 +14,9 @@ and no PYTHONPATH.
 - installed from it: make, verify, serve (background), ls/cat over NBD,
   nbdinfo, and raw `nbdkit python "$(docteur plugin-path)"` going to the
   background with a relative image=;
+- the README's quick tour, its lines that need only docteur and git, as
+  written, and its host line for the guest's entry point; the reading
+  verbs' --help names http(s):// URLs;
 - (slow) `docteur boot` from the installed package;
 - the sdist holds the test suite and what the README names, and part of the
   suite passes from the unpacked sdist, importing docteur_core from there.
@@ -310,6 +313,44 @@ def test_installed_plugin_dumps_its_version(installed, workdir):
     assert f"docteur_version={version}" in dumped.splitlines(), dumped
     package_lines = [line for line in dumped.splitlines() if line.startswith("docteur_package=")]
     assert package_lines == [f"docteur_package={plugin.resolve().parents[1]}"], dumped
+
+
+
+def readme_tour() -> list[str]:
+    """The README's quick tour, one command line a list item, comments off."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("## A quick tour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_tour_runs_from_the_installed_wheel(installed, tmp_path):
+    """The quick tour's lines that need only docteur and git (its first line,
+    through `diff`) run as written, in an empty folder outside the clone,
+    each with exit status 0; its reading lines read what its first line
+    wrote. So does the README's host line for the guest's entry point."""
+    work = outside_the_clone(tmp_path)
+    env = installed.env()
+    tour = readme_tour()
+    offline = tour[:[i for i, line in enumerate(tour) if line.startswith("docteur diff")][0] + 1]
+    assert len(offline) >= 7 and offline[1].startswith("docteur make "), offline
+    outputs = {}
+    for line in offline:
+        outputs[line] = run(["sh", "-ec", line], cwd=work, env=env, timeout=120).stdout
+    assert (work / "disk.img").is_file() and (work / "out" / "index.html").is_file()
+    read = outputs["docteur ls disk.img docs; docteur cat disk.img index.html"]
+    assert b"guide.md" in read and read.endswith((work / "site" / "index.html").read_bytes())
+    # The README's host line for the guest's entry point (no -S: in a venv,
+    # docteur_core is in site-packages).
+    readme = (REPO_ROOT / "README.md").read_text()
+    (guest,) = [line.split("  #")[0].strip() for line in readme.splitlines()
+                if "-m docteur_core.reader.guest disk.img" in line]
+    guest = guest.replace(" [--mode fast]", " --mode fast").replace("PATH", "docs/guide.md")
+    assert run(["sh", "-ec", guest], cwd=work, env=env).stdout \
+        == (work / "site" / "docs" / "guide.md").read_bytes()
+    # The reading verbs say in --help that an http(s):// URL works.
+    for verb in ("ls", "cat", "stat", "tree", "info", "extract", "diff", "mount", "verify"):
+        helped = run(["docteur", verb, "--help"], cwd=work, env=env).stdout.decode()
+        assert "http(s)://" in helped, verb
 
 
 @pytest.mark.slow

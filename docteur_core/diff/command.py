@@ -1,6 +1,6 @@
 """`docteur diff OLD NEW`: the sides `compare.py` compares, and the verb.
 
-A side is an image (file, device or NBD URI), a directory (hashed as
+A side is an image (file, device, NBD URI or http(s):// URL), a directory (hashed as
 `docteur make` hashes it: `make/snapshot.py`'s scan and hashing, its modes,
 links and skipped entries, but no pack is written), or a local Git
 repository (its HEAD commit's tree, as `make` would pack it, or the
@@ -202,9 +202,9 @@ def open_side(spec: str, args, warn, branch: str | None = None, which: str = "OL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Show which paths differ between two images, or an image and a directory.
 
-OLD and NEW are each an image (a file, a device, or an NBD URI), a
-directory (hashed as `docteur make` would hash it, without building an
-image: same modes, links stored as links, .git, sockets, FIFOs and devices
+OLD and NEW are each an image (a file, a device, an NBD URI or an
+http(s):// URL), a directory (hashed as `docteur make` would hash it,
+without building an image: same modes, links stored as links, .git, sockets, FIFOs and devices
 skipped), or a local Git repository (its HEAD commit's tree, as make would
 pack it; --old-branch/--new-branch name another commit as make's --branch
 does, so `docteur diff REPO REPO --old-branch v1.0 --new-branch main` is
@@ -222,8 +222,8 @@ usage mistake, an unreadable or damaged side: one line on stderr).
 
     for name in ("old", "new"):
         parser.add_argument(name, metavar=name.upper(),
-                            help="an image file, a device, an NBD URI, a directory or a Git "
-                                 "repository")
+                            help="an image file, a device, an NBD URI, an http(s):// URL, a "
+                                 "directory or a Git repository")
     for name in ("old", "new"):
         parser.add_argument(f"--{name}-branch", metavar="REF", type=branch,
                             help=f"branch, tag or commit of {name.upper()} when it is a local Git "

@@ -41,8 +41,9 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     """
     from .. import options
 
-    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
-                        "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD "
+                        "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH), "
+                        "or an http(s):// URL (read by range requests)")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     parser.add_argument("--mode", choices=("fast", "light"), default="fast",
                         help="fast (default): index every path at mount time (instant "

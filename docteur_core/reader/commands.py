@@ -308,8 +308,9 @@ def run_verb(image, verb: str, args: list[str], out: BinaryIO, flags=frozenset()
 
 def _common(parser, verb: str) -> None:
     _, lo, hi, _ = VERBS[verb]
-    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD "
-                        "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)")
+    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD "
+                        "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH), "
+                        "or an http(s):// URL (read by range requests)")
     if hi:
         parser.add_argument("path", metavar="PATH", nargs=None if lo else "?", default="",
                             help="a /-separated path in the image")

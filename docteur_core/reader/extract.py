@@ -201,7 +201,8 @@ def add_arguments(parser) -> None:
     """
     from .. import options
 
-    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, or an NBD URI")
+    parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD URI, "
+                        "or an http(s):// URL (read by range requests)")
     parser.add_argument("path", metavar="PATH", nargs="?", default="",
                         help="a directory of the image (default: the root), or a file, "
                         "link or submodule, written into DEST under its own name")

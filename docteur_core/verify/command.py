@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     checked: no --allowed-signers, a key FILE does not list, or an OpenPGP
     signature), or none. Repository commits keep their own signatures.
     """
-    parser.add_argument("image", metavar="IMAGE", help="image file, device, NBD URI or URL")
+    parser.add_argument("image", metavar="IMAGE", help="image file, device, NBD URI or http(s):// URL")
     parser.add_argument("--quick", action="store_true",
                         help="check only the header, signatures, counts, padding and "
                              "checksums (reads every byte once, no per-object work)")
