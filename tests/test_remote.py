@@ -442,3 +442,53 @@ def test_serve_refuses_a_missing_cache_dir_in_one_line(origin, tmp_path):
     line = one_line(docteur("serve", "--unix", tmp_path / "s.sock", "--cache-dir",
                             tmp_path / "absent", f"{server.url}/image.img"))
     assert "--cache-dir" in line and "no such folder" in line
+
+
+def test_a_full_verify_over_http_fetches_each_byte_about_once(tmp_path):
+    """`docteur verify URL` and `serve --verify full`'s check read the pack
+    twice (the plan of delta bases, then the scan); over HTTP each byte
+    must cross the network about once (nginx's own count of bytes sent),
+    not twice. The image is larger than the reader's 4 MiB of kept chunks,
+    so those cannot hide a second pass."""
+    from docteur_core.serve.remote import check_remote
+
+    root = tmp_path / "www"
+    root.mkdir()
+    src = make_source(tmp_path / "src", seed=15)
+    (src / "0-first.bin").write_bytes(os.urandom(6 << 20))  # early in the pack
+    for i in range(300):
+        (src / "docs" / f"page{i}.txt").write_text(f"page {i}\n" + "some words again\n" * (i * 7))
+    made = subprocess.run([*DOCTEUR, "make", "-q", src, root / "image.img"], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    size = (root / "image.img").stat().st_size
+    assert size > 6 << 20
+    with Nginx(root) as server:
+        url = f"{server.url}/image.img"
+        local = docteur("verify", root / "image.img")
+        before = len(server.log_lines())
+        remote = docteur("verify", url)
+        assert (remote.returncode, remote.stdout) == (0, local.stdout), remote.stderr
+        sent = sum(line[1] for line in server.log_lines()[before:])
+        assert size <= sent <= 1.2 * size, (sent, size)
+
+        before = len(server.log_lines())
+        checked = check_remote(url, "full")
+        sent = sum(line[1] for line in server.log_lines()[before:])
+        assert checked.commit_hex in local.stdout.decode()
+        assert size <= sent <= 1.2 * size, (sent, size)
+
+
+def test_a_spooled_device_reads_each_byte_once():
+    from docteur_core.blockdev.block import MemoryDevice
+    from docteur_core.blockdev.spool import SpooledDevice
+
+    data = bytes(range(256)) * 40_000 + b"tail"  # not a multiple of anything
+    inner = MemoryDevice(data, block_size=512)
+    with SpooledDevice(inner, chunk=64 << 10) as dev:
+        assert dev.capacity == len(data)
+        for offset, length in [(0, 512), (1 << 20, 3 << 20), (0, len(data) + 508),
+                               (len(data) - len(data) % 512, 1024), (512, 4096)]:
+            assert dev.read(offset, length) == data[offset:offset + length]
+        assert sum(n for _, n in inner.reads) <= len(data) + (64 << 10)
+        assert dev.read(len(data) + 1024 - (len(data) + 1024) % 512, 512) == b""
+    assert inner.closed

@@ -108,7 +108,9 @@ def check_remote(url: str, level: str = "quick", commit: str | None = None) -> R
             if pin is not None:  # before downloading the whole image
                 check_commit(check_header(ByteReader(device).pread, size).commit_hex, pin,
                              pinned_by, shown(url))
-            report = verify_image(SectorCache(device))
+            from ..blockdev.spool import SpooledDevice
+
+            report = verify_image(SectorCache(SpooledDevice(device)))
             if not report.ok:
                 raise ImageRejected(report.problem_lines())
             found, tree = report.commit, report.tree

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     on stderr and exits 1. -q prints nothing for an intact image, as the
     OCaml docteur.verify -q. IMAGE is a file, a block device, an NBD URI
     (nbd://host:port/export, nbd+unix:///export?socket=PATH) or an http(s)
-    URL.
+    URL (fetched once by range requests: what the check reads twice is kept
+    in a temporary file in $TMPDIR, up to the image's size).
 
     Which image: --commit ID refuses any image whose header names another
     commit, before anything else is read (one line, `wrong image: ...`, exit
@@ -160,6 +161,7 @@ class _Counting:
 
 def run(args: argparse.Namespace) -> int:
     from ..blockdev.device import open_device
+    from ..blockdev.http_range import is_http_url
     from . import verify_image
 
     from ..progress import for_stderr
@@ -170,7 +172,16 @@ def run(args: argparse.Namespace) -> int:
     if args.allowed_signers is not None:
         from ..sign import readable_signers
         readable_signers(args.allowed_signers)  # a typo costs one line, not a whole check
-    device = open_device(args.image, pinned=commit is not None)
+    if not args.quick and is_http_url(args.image):
+        # Over HTTP the full check's two passes over the pack (the plan of
+        # delta bases, then the scan) would fetch it twice: each byte once.
+        from ..blockdev.block import SectorCache
+        from ..blockdev.device import open_raw_device
+        from ..blockdev.spool import SpooledDevice
+
+        device = SectorCache(SpooledDevice(open_raw_device(args.image, pinned=commit is not None)))
+    else:
+        device = open_device(args.image, pinned=commit is not None)
     progress = for_stderr(sys.stderr, quiet=args.quiet)
     try:
         report = verify_image(device if progress is None else _Counting(device, progress),
