@@ -23,7 +23,8 @@ from tests.plugin_support import SYSTEM_PYTHON, make_source
 from tests.support import alive, free_port, git_reference_image, one_line, wait_gone
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
-REPLACED = "the image was replaced after nbdkit started"
+REPLACED = "the image was replaced after the server started"
+RESTART = "restart the server to serve the new image"
 # A deadline against hangs only: nothing is asserted about how long things take.
 PATIENCE = 60.0
 
@@ -423,6 +424,11 @@ def test_a_replaced_image(images, tmp_path, cache):
         if cache:
             # New clients are refused: the cache holds blocks of the old image.
             assert got.returncode != 0 and got.stdout == b""
+            # The client says why and what to do (the plugin's export list
+            # gives the reason NBD's refusal does not carry), in one line.
+            said = got.stderr.decode()
+            assert f"export '' refused by the server: {live}: {REPLACED}" in said, said
+            assert RESTART in said and said.count("\n") == 1, said
             assert subprocess.run(["nbdcopy", uri, "null:"], capture_output=True,
                                   timeout=PATIENCE).returncode != 0
             assert f"{live}: {REPLACED}" in nbdkit_log(nbdkit)
@@ -447,6 +453,34 @@ def test_a_replaced_image(images, tmp_path, cache):
                      "first_same": True}
     assert status == 0, err
     assert wait_gone(nbdkit)
+
+
+def test_a_replacement_of_another_commit_is_refused_with_the_reason(images, tmp_path):
+    """commit= pins the image: a rebuilt image holding another commit is not
+    served, and the client's error names both commits (not `export ''
+    not found`); a server that lists no reason keeps NBD's own words."""
+    from docteur_core.blockdev.block import ByteReader
+    from docteur_core.blockdev.nbd_client import NbdDevice
+    from docteur_core.blockdev.nbd_protocol import NbdExportNotFound
+    from docteur_core.serve.nbdkit import PLUGIN
+    from tests.support import NbdkitServer
+
+    live = copy_image(images, "one", tmp_path / "disk.img")
+    one, two = images["one"]["commit"], images["two"]["commit"]
+    with NbdkitServer("python", str(PLUGIN), f"image={live}", f"commit={one}",
+                      unix=True) as srv:
+        with NbdDevice(srv.uri) as before:
+            _replace(images, live, "two")
+            with pytest.raises(NbdExportNotFound) as info:
+                NbdDevice(srv.uri)
+            # the connection opened before keeps reading the image it opened
+            assert ByteReader(before).pread(0, before.capacity) == images["one"]["data"]
+    message = str(info.value)
+    assert message == (f"{srv.uri}: export '' refused by the server: {live}: wrong image: it holds "
+                       f"commit {two}, not {one} (pinned by commit=)"), message
+    with NbdkitServer("file", f"dir={tmp_path}", unix=True) as srv:
+        with pytest.raises(NbdExportNotFound, match=r"export 'nope' not found$"):
+            NbdDevice(f"nbd+unix:///nope?socket={srv.socket}")
 
 
 # -- help and plugin-path --------------------------------------------------------------

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from .block import check_aligned, check_block_size, clip
 from .nbd_protocol import (
-    DEFAULT_PORT, ClientHandshake, ExportInfo, NbdError, NbdProtocolError, ReplyParser,
+    DEFAULT_PORT, ClientHandshake, ExportInfo, NbdError, NbdExportNotFound, NbdProtocolError,
+    ReplyParser,
     encode_disconnect, encode_read,
 )
 
@@ -258,7 +259,15 @@ class AsyncNbdClient:
                       timeout: float = DEFAULT_TIMEOUT,
                       connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> "AsyncNbdClient":
         address = _address(target)
-        transport, conn = await _connect(address, ClientHandshake(address.export), connect_timeout)
+        try:
+            transport, conn = await _connect(address, ClientHandshake(address.export),
+                                             connect_timeout)
+        except NbdExportNotFound as exc:
+            reason = await _refusal(address, connect_timeout)
+            if reason is None:
+                raise
+            raise NbdExportNotFound(f"{address}: export {address.export!r} refused by the "
+                                    f"server: {reason}", exc.code) from None
         return cls(address, transport, conn, timeout)
 
     @property
@@ -368,6 +377,26 @@ async def list_exports(target: NbdAddress | str, *,
     conn.broken = NbdConnectionError(f"{address}: closed")  # nothing more to read
     transport.close()  # after the NBD_OPT_ABORT already written
     return handshake.exports
+
+
+REFUSED = "refused: "
+
+
+async def _refusal(address: NbdAddress, timeout: float) -> str | None:
+    """Why the server refuses `address`'s export, when its export list says
+    so: NBD's option reply for a failed NBD_OPT_GO carries no reason, the
+    docteur plugin lists a refused export with the description
+    "refused: REASON" (a replaced image while pinned, another commit than
+    commit=, a damaged replacement). None when the list says nothing."""
+    try:
+        exports = await list_exports(address, timeout=timeout)
+    except NbdError:
+        return None
+    said = [description for name, description in exports
+            if name == address.export or (address.export == "" and len(exports) == 1)]
+    if len(said) == 1 and said[0].startswith(REFUSED):
+        return said[0][len(REFUSED):]
+    return None
 
 
 def choose_block_size(info: ExportInfo, requested: int | None = None) -> int:

@@ -203,9 +203,10 @@ def _check_fd(fd, path, level):
     key = _file_key(st)
     pinned = _pinned.get(path)
     if pinned is not None and pinned != key:
-        raise ImageRefused(f"{path}: the image was replaced after nbdkit started; with pin=true "
-                           "(docteur serve's cache) only the first one is served: restart "
-                           "the server")
+        raise ImageRefused(f"{path}: the image was replaced after the server started, and "
+                           "a cached server (pin=true, `docteur serve` without --no-cache) "
+                           "serves only the first one: restart the server to serve the new "
+                           "image (`docteur serve --no-cache` serves replacements)")
     done = _checked.get(key)
     if done is not None and imagecheck.LEVELS.index(done[0]) >= imagecheck.LEVELS.index(level):
         return _pinned_commit(done[1], path)
