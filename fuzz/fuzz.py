@@ -1626,7 +1626,13 @@ def main(argv=None) -> int:
                               f"{len(findings)} distinct", file=sys.stderr, flush=True)
             except KeyboardInterrupt:
                 print("interrupted: the summary covers the cases finished", file=sys.stderr)
-            pool.terminate()
+                pool.terminate()
+            else:
+                # Every case answered: the workers take their sentinel and exit.
+                # (Pool.terminate here once left a worker blocked on the task
+                # queue's lock and terminate's join waiting on it for good.)
+                pool.close()
+                pool.join()
         elapsed = time.monotonic() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
