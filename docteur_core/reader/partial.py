@@ -51,18 +51,11 @@ SPOOLS = 2
 
 
 class Spool:
-    """A large blob, proven by its SHA-1, in a temporary file (verified reads)."""
+    """A large blob, proven by its SHA-1, in a temporary file (verified
+    reads): `Store.spool_entry`'s file, kept for reads at any offset."""
 
     def __init__(self, store, oid: bytes, pos: int, crc, where, eh, buf) -> None:
-        import tempfile
-
-        self.file = tempfile.TemporaryFile(prefix="docteur-verify-")
-        try:
-            store._stream_checked(oid, pos, crc, where, eh, buf, "blob", self.file.write)
-            self.file.flush()
-        except BaseException:
-            self.file.close()
-            raise
+        self.file = store.spool_entry(oid, pos, crc, where, eh, buf, "blob")
 
     def read(self, offset: int, length: int) -> bytes:
         import os
@@ -208,13 +201,7 @@ class PartialReads:
         pos, crc, where, eh, buf = store._whole_entry(oid, offset_hint)
         if (eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and store.verify
                 and pos not in store._cache):
-            try:
-                spool = Spool(store, oid, pos, crc, where, eh, buf)
-            except OSError as exc:
-                from ..errors import DeviceError
-
-                raise DeviceError(f"cannot spool {oid.hex()} ({eh.size} bytes) to check it "
-                                  f"before reading it: {exc.strerror or exc}") from None
+            spool = Spool(store, oid, pos, crc, where, eh, buf)
             self.spools[oid] = spool
             while len(self.spools) > SPOOLS:
                 self.spools.popitem(last=False)[1].close()

@@ -414,31 +414,41 @@ class Store:
 
     def _spooled(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None,
                  write: Callable[[bytes], object]) -> None:
-        """Stream a large entry through a temporary file: hashed on the way
-        in, written out only once its id is proven. A second read of the
-        device instead could be answered with other bytes (a lying server):
-        the spool is the one copy both the hash and the output see."""
+        """Stream a large entry through `spool_entry`'s file: written out
+        only once its id is proven."""
+        with self.spool_entry(oid, offset, crc, where, eh, buf, expect) as spool:
+            while True:
+                piece = spool.read(INFLATE_STEP)
+                if not piece:
+                    break
+                write(piece)
+
+    def spool_entry(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None):
+        """A temporary file holding a large entry's content, hashed (and its
+        type and size checked) on the way in, positioned at its start: the
+        one copy both the hash and every later read see (reading the device
+        again could be answered with other bytes, by a lying server). The
+        caller closes it. A disk that fails is one line saying what to do."""
         import tempfile
 
         try:
             spool = tempfile.TemporaryFile(prefix="docteur-verify-")
         except OSError as exc:
             raise DeviceError(f"cannot make a temporary file to check {oid.hex()} before "
-                              f"writing it ({exc.strerror or exc}); set TMPDIR, or pass "
+                              f"using it ({exc.strerror or exc}); set TMPDIR, or pass "
                               "--no-verify") from None
-        with spool:
-            try:
-                self._stream_checked(oid, offset, crc, where, eh, buf, expect, spool.write)
-                spool.seek(0)
-            except OSError as exc:
-                raise DeviceError(f"cannot spool {oid.hex()} ({eh.size} bytes) to check it "
-                                  f"before writing it: {exc.strerror or exc}; free space in "
-                                  "TMPDIR, or pass --no-verify") from None
-            while True:
-                piece = spool.read(INFLATE_STEP)
-                if not piece:
-                    break
-                write(piece)
+        try:
+            self._stream_checked(oid, offset, crc, where, eh, buf, expect, spool.write)
+            spool.seek(0)
+        except OSError as exc:
+            spool.close()
+            raise DeviceError(f"cannot spool {oid.hex()} ({eh.size} bytes) to check it "
+                              f"before using it: {exc.strerror or exc}; free space in "
+                              "TMPDIR, or pass --no-verify") from None
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     def verified_size(self, oid: bytes, offset: int | None = None) -> int:
         """The size of a blob, proven by hashing its content (a header, even
