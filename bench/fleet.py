@@ -3,7 +3,7 @@
     python3 bench/fleet.py [--corpus DIR] [--hosts 3] [--clients 2] [--files 150]
                            [--rounds 3] [--no-guest] [--work DIR] [--cache-size SIZE]
 
-- The origin: a real nginx (tests/nginx.py) serving a folder where the image
+- The origin: a real nginx (tests/helpers/nginx.py) serving a folder where the image
   is published under the name of its commit (COMMIT.img), with an access
   log (status, bytes sent, request, Range, User-Agent per request).
 - N hosts: each its own `docteur serve URL` (nbdkit's curl plugin and cache
@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.nginx import Nginx  # noqa: E402
+from tests.helpers.nginx import Nginx  # noqa: E402
 
 DOCTEUR = [sys.executable, "-m", "docteur_core"]
 CORPUS = Path.home() / ".cache" / "docteur-corpus" / "django"

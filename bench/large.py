@@ -17,7 +17,7 @@ build), then deletes everything unless --keep.
 
 Why not a CI test: the build needs the source, the builder's scratch pack,
 git's pack and the image at once, about 4x the data (~9 GiB for 2.2 GiB).
-`tests/test_large_image.py` forces the 64-bit table on a small pack instead.
+`tests/format/test_large_image.py` forces the 64-bit table on a small pack instead.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from docteur_core.format import layout  # noqa: E402
 from docteur_core.serve.nbdkit import DEFAULT_CACHE_SIZE, Listen, Server, command  # noqa: E402
-from tests.support import git  # noqa: E402
+from tests.helpers.support import git  # noqa: E402
 
 FILE_MIB = 16
 GOALS = {"seq": 0.8, "rand": 0.5}

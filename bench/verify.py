@@ -207,7 +207,7 @@ def bench_image(image: Path, repeat: int, nbd: bool) -> dict:
         if nbd:
             sys.path.insert(0, str(ROOT))
             from docteur_core.blockdev.device import open_device
-            from tests.support import NbdkitServer
+            from tests.helpers.support import NbdkitServer
 
             with NbdkitServer("file", f"file={image}", unix=True) as server:
                 def over_nbd():

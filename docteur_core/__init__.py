@@ -11,7 +11,7 @@ what they load to `cat` or `ls` a file) imports no `typing`, `dataclasses`,
 `re`, `hashlib`, `datetime`, `threading` or `asyncio`: small value classes
 use `__slots__` or `collections.namedtuple`, type-only names sit under
 `if TYPE_CHECKING:`, and what only some verbs need is imported where it is
-used. tests/test_guest_imports.py holds it to that.
+used. tests/reader/test_guest_imports.py holds it to that.
 """
 
 __version__ = "0.1.0"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # The verbs are written here as well as in each module's COMMANDS so that
 # `docteur cat` imports only the reader's module, not the builder, the
 # boot code and the verifier (a tenth of a second of imports on every
-# call); tests/test_cli_lazy.py keeps the two in step.
+# call); tests/cli/test_lazy_imports.py keeps the two in step.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "docteur_core.make.command": ("make",),
     "docteur_core.reader.commands": ("ls", "cat", "stat", "tree", "info"),

@@ -66,7 +66,7 @@ def commit_id(text: str) -> str:
 
 def add_trust_arguments(parser) -> None:
     """--commit, --allowed-signers and --no-verify: what every verb that
-    reads an image trusts (see the README's "Trust")."""
+    reads an image trusts (see docs/trust.md)."""
     add_pin_arguments(parser)
     parser.add_argument("--no-verify", dest="verify", action="store_false", default=True,
                         help="do not check objects against their ids (the default checks "

@@ -234,7 +234,7 @@ usage mistake, an unreadable or damaged side: one line on stderr).
                      help="PATH | OLD -> NEW sizes in bytes (- where a side has no blob), "
                           "then a summary line")
     out.add_argument("--json", action="store_true",
-                     help="one JSON document on stdout (fields in the README)")
+                     help="one JSON document on stdout (fields in docs/reading.md)")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="how images are read, as for ls (default light)")
     options.add_reading_arguments(parser)

@@ -8,7 +8,7 @@ equal, so two images that share most of their tree cost what differs, as in
 git; the sides (an image, a directory hashed as `docteur make` would, a
 repository) live in `command.py`.
 
-git's rules, which `tests/test_diff.py` checks against git itself:
+git's rules, which `tests/diff/test_diff.py` checks against git itself:
 
 - entries are merged in git's tree order (a tree's name sorts as if it
   ended with `/`), and a subtree's changes come where the subtree sorts, so
@@ -175,7 +175,7 @@ def _json_text(raw: bytes) -> str:
 
 def json_doc(old: str, new: str, changes: list[Change],
              sizes: list[tuple[int | None, int | None]]) -> dict:
-    """One document with stable field names (see the README)."""
+    """One document with stable field names (see docs/reading.md)."""
     out = []
     for c, (old_size, new_size) in zip(changes, sizes):
         e: dict[str, Any] = {

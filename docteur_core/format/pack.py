@@ -222,7 +222,7 @@ def apply_delta(base: bytes, delta: bytes, where: str,
     through `_apply_fast`, which builds valid deltas in the fewest steps
     and gives up (None) on anything else; only then does the checked walk
     (`_delta_ops`) run, from the start, to raise the exact error (or build
-    the rare valid form the fast loop leaves out). tests/reference_git.py
+    the rare valid form the fast loop leaves out). tests/helpers/reference_git.py
     holds the plain loop this must agree with, on valid and on garbage
     deltas. With `mutable` the result is the bytearray it was built in (no
     second copy), for callers that never hand it out as is.
@@ -301,7 +301,7 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
       costs twice as much: an object per piece, then a pass over them);
       `t > dst_size` is still checked on every copy so a hostile delta
       cannot build more than it declares (inserts are bounded by the delta).
-    tests/test_delta_fast.py holds it to tests/reference_git.py.
+    tests/format/test_delta_fast.py holds it to tests/helpers/reference_git.py.
     """
     out = bytearray()
     t = 0
@@ -380,7 +380,7 @@ def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
     """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
 
     The checked walk: every check git's own loop makes, in its order, with
-    docteur's words (tests/reference_git.py is the plain loop it must agree
+    docteur's words (tests/helpers/reference_git.py is the plain loop it must agree
     with). The fast loops leave every damaged delta to it: `apply_delta`
     builds from it when `_apply_fast` gives up, `check_delta` and
     `write_delta` walk with it when their fast passes do. A piece is

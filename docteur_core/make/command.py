@@ -136,7 +136,7 @@ stderr elsewhere, --compress max prints a line when zopfli starts, one every
                              "out with a warning), submodules and empty emails refused, a directory's commit made as the OCaml builder "
                              "makes it (author Dr. Greenthumb <noreply@cypress.hill>, no "
                              "message); a repository's commit gets the rewritten tree when one "
-                             "is needed (see the README)")
+                             "is needed (see docs/make.md)")
     parser.add_argument("--no-path-index", dest="path_index", action="store_false",
                         help="leave out the path index region (after the IDX) that lets "
                              "readers open the image in O(1) and look paths up without "

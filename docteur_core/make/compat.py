@@ -1,6 +1,6 @@
 """What the OCaml docteur can read, and `--compat ocaml`: images it reads completely.
 
-Measured with the OCaml docteur's own programs (see tests/test_ocaml_oracle.py):
+Measured with the OCaml docteur's own programs (see tests/oracles/test_ocaml_docteur.py):
 - its fast reader, and `list` in both modes, see regular files stored as
   100644 only: executables (100755) and symbolic links (120000) are
   invisible to them (its `analyze.ml` indexes 100644 blobs only);

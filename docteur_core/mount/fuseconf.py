@@ -5,7 +5,7 @@ Only root may pass FUSE's allow_other freely; any other user needs a
 and libfuse reports it in words of its own after the work has started.
 Checking first gives one line that says what to change. The reading of
 the file is fusermount3's (libfuse util/fusermount.c, `read_conf`; checked
-against the real fusermount3 by tests/test_mount_allow_other.py): only
+against the real fusermount3 by tests/mount/test_allow_other.py): only
 lines ending in a newline count, a '#' starts a comment, blanks around are
 stripped, and the rest must be exactly `user_allow_other`.
 """

@@ -321,7 +321,7 @@ def _common(parser, verb: str) -> None:
                             help="add each file's size in bytes, as git ls-tree -l")
     if verb in FLAGS and "--json" in FLAGS[verb]:
         parser.add_argument("--json", action="store_true",
-                            help="one JSON document on stdout (fields in the README)")
+                            help="one JSON document on stdout (fields in docs/reading.md)")
     parser.add_argument("--mode", choices=("fast", "light"), default="light",
                         help="light (default): walk the trees for each lookup; fast: build "
                         "a path index first (pays off for many lookups)")

@@ -7,7 +7,7 @@ is nbdkit's `nbdkit_parse_size` (decimal digits, then at most one of
 b k m g t p e, powers of 1024, or s, 512-byte sectors, in either case;
 at most 2**63 - 1 bytes) and the cache filter's own floor of 1 MiB
 ("cache-max-size is too small"), measured on nbdkit 1.32 and checked
-against the real nbdkit by tests/test_serve_sizes.py. A leading blank or
+against the real nbdkit by tests/serve/test_cache_sizes.py. A leading blank or
 '+', which nbdkit's strtoimax lets through, is refused here: nobody means it.
 """
 
