@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 # call); tests/cli/test_lazy_imports.py keeps the two in step.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "docteur_core.make.command": ("make",),
-    "docteur_core.reader.commands": ("ls", "cat", "stat", "tree", "info"),
-    "docteur_core.reader.extract": ("extract",),
+    "docteur_core.files.command": ("ls", "cat", "stat", "tree", "info"),
+    "docteur_core.files.extract": ("extract",),
     "docteur_core.diff.command": ("diff",),
     "docteur_core.verify.command": ("verify",),
     "docteur_core.serve.command": ("serve", "plugin-path"),

@@ -139,7 +139,7 @@ def test_walks_read_each_tree_of_a_deep_image_once(verify):
 
 
 def test_extract_and_diff_of_a_deep_image_read_each_tree_once(tmp_path):
-    from docteur_core.reader.extract import extract
+    from docteur_core.files.extract import extract
 
     depth = 3000
     objs, cid = _deep(depth)

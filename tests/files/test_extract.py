@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from docteur_core.make import make_image
 from docteur_core.reader import Image
-from docteur_core.reader.extract import extract
+from docteur_core.files.extract import extract
 
 from tests.helpers.forge import Obj, hostile_image, tree
 from tests.helpers.treegen import GENERATED_DATE as DATE, git_trees as trees

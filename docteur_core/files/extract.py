@@ -90,7 +90,7 @@ def _top(image, path: str) -> list:
     """What goes into DEST: a directory's entries, or a single file, link or
     submodule at PATH written under its own name (as `unsquashfs -d DEST
     IMAGE FILE` does)."""
-    from .image import NotADirectory
+    from ..reader.image import NotADirectory
 
     try:
         top = image.entries(path)
