@@ -49,7 +49,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ..errors import BuildError, DocteurError
+from ..errors import BuildError, DamagedImage, DocteurError
 from ..format import idx as idxmod
 from ..format import layout
 from ..format.pack import TYPE_NAMES, object_id
@@ -104,7 +104,7 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
         idx = idxmod.parse_head(pread(header.idx_offset, idxmod.HEAD_SIZE), header.idx_offset)
         idxmod.check_fits(idx, size)
     except DocteurError as exc:
-        raise BuildError(f"{path}: not usable as a base image: {exc}") from None
+        raise BuildError(f"{path}: not usable as a base image ({exc}); nothing was written") from None
     n = idx.count
     tables = pread(idx.base + idxmod.HEAD_SIZE, 28 * n)
     offsets = list(struct.unpack_from(f">{n}I", tables, 24 * n))
@@ -123,6 +123,8 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
     pack_end, why = layout.locate_pack_trailer(pread, header.idx_offset, size, pack_sha)
     if pack_end is None:
         raise _damaged(path, why)
+    _check_tail(pread, path, size, pack_end, header.idx_offset,
+                header.idx_offset + len(idx_bytes), pack_sha)
     pack_len = pack_end - layout.PACK_OFFSET
     head = pread(layout.PACK_OFFSET, layout.PACK_HEADER_SIZE)
     if head[:4] != layout.PACK_SIGNATURE or struct.unpack_from(">I", head, 4)[0] != 2:
@@ -148,6 +150,33 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
         f.write(idx_bytes)
     return Base(path, header.commit_id,
                 frozenset(names[20 * i:20 * i + 20] for i in range(n)), name + ".pack")
+
+
+def _check_tail(pread, path: str, size: int, pack_end: int, idx_offset: int, idx_end: int,
+                pack_sha: bytes) -> None:
+    """What follows the IDX fits the layout: a truncated or extended image is
+    refused even though its PACK and IDX are whole. The padding, or the path
+    index region's super block (its CRC, its copy of the PACK checksum, a
+    region that starts where the IDX padding ends); the region's nodes are
+    not read: a rebuild makes its own."""
+    from ..format import pathindex
+
+    if size - idx_end <= layout.MAX_BLOCK_SIZE and layout.fitting_block_sizes(
+            pack_end, idx_offset, idx_end, size):
+        if layout.last_nonzero(pread, idx_end, size) is not None:
+            raise _damaged(path, f"the padding after the IDX (offset {idx_end}) is not zeros")
+        return
+    if size - idx_end < pathindex.SUPER_SIZE:
+        raise _damaged(path, f"{size - idx_end} bytes after the IDX fit no block size: "
+                             "truncated?")
+    try:
+        sup = pathindex.parse_super(pread(size - pathindex.SUPER_SIZE, pathindex.SUPER_SIZE),
+                                    size)
+    except DamagedImage as exc:
+        raise _damaged(path, f"{exc.what}: truncated?") from None
+    if sup.pack_checksum != pack_sha or not layout.fitting_block_sizes(
+            pack_end, idx_offset, idx_end, sup.region_start):
+        raise _damaged(path, "its path index region does not belong to its PACK and IDX")
 
 
 def _copy_checked(fd: int, path: str, out_path: str, pack_len: int, starts: list[int],
