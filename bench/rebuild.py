@@ -2,6 +2,7 @@
 """Time `docteur make --base OLD.img` (a redeploy) against a full build, same run.
 
 usage: python3 bench/rebuild.py CORPUS [--leave-out NAME] [--runs N] [--workdir DIR]
+                                       [--source directory,repository]
 
 CORPUS is a folder of release folders, as ../shared/corpus/fetch-sdists.sh
 makes them (`fetch-sdists.sh Django 11 /tmp/bench/django11`). OLD's source
@@ -15,7 +16,11 @@ children, peak RSS):
 3. `docteur make --base old.img CORPUS rebuilt.img`, the rebuild.
 
 All with the same --date, so the full build and the rebuild hold the same
-commit (checked). Reported: times and their ratio (goal: rebuild <= 0.10 x
+commit (checked). `--source repository` (default: both kinds, one after
+the other) does the same with a Git repository of two commits, OLD_SOURCE
+then CORPUS (old.img from the first, tagged `old`): there a rebuild hashes
+nothing, git already knows every object id, while a directory's rebuild
+still reads and hashes every file. Reported: times and their ratio (goal: rebuild <= 0.10 x
 full), sizes and their ratio (goal: within 1 %), and the reuse: objects of
 the rebuilt image that OLD held, and entries whose compressed bytes are
 OLD's as stored (a share of the PACK's bytes).
@@ -80,6 +85,8 @@ def main() -> int:
                     "(default: the newest folder by version number)")
     ap.add_argument("--runs", type=int, default=1, help="best of N for each build")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--source", default="directory,repository",
+                    help="which kinds of source to measure (default: both)")
     args = ap.parse_args()
     releases = sorted((p.name for p in args.corpus.iterdir() if p.is_dir()), key=version_key)
     left = args.leave_out or releases[-1]
@@ -94,13 +101,59 @@ def main() -> int:
     for name in releases:
         if name != left:
             os.system(f"cp -al '{args.corpus / name}' '{old_src / name}'")
+    print(f"corpus {args.corpus}: {len(releases)} releases; OLD without {left}")
+    for kind in args.source.split(","):
+        if kind == "directory":
+            run(args, work / "directory", old_src, args.corpus, [], [], len(releases))
+        elif kind == "repository":
+            repo = repository(work / "repo.git", old_src, args.corpus / left, left)
+            run(args, work / "repository", repo, repo, ["--branch", "old"], [], len(releases))
+        else:
+            raise SystemExit(f"--source {kind}: directory or repository")
+    return 0
+
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost",
+           "GIT_AUTHOR_DATE": DATE, "GIT_COMMITTER_DATE": DATE,
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+
+
+def repository(git_dir: Path, old_src: Path, added: Path, name: str) -> Path:
+    """A bare repository: OLD_SOURCE committed (tag `old`), then with release `name` added."""
+    import subprocess
+
+    if git_dir.exists():
+        shutil.rmtree(git_dir)
+    env = dict(os.environ, **GIT_ENV, GIT_DIR=str(git_dir), GIT_WORK_TREE=str(old_src))
+
+    def g(*a):
+        subprocess.run(["git", *a], env=env, check=True, cwd=old_src,
+                       stdout=subprocess.DEVNULL)
+
+    subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+    g("add", "-A", "--force", ".")
+    g("commit", "-q", "-m", "old")
+    g("tag", "old")
+    os.system(f"cp -al '{added}' '{old_src / name}'")
+    try:
+        g("add", "-A", "--force", ".")
+        g("commit", "-q", "-m", f"add {name}")
+    finally:
+        shutil.rmtree(old_src / name)
+    return git_dir
+
+
+def run(args, work: Path, old_source: Path, source: Path, old_opts: list[str],
+        opts: list[str], releases: int) -> None:
+    work.mkdir(parents=True, exist_ok=True)
     make = [sys.executable, "-m", "docteur_core", "make", "-q", "--date", DATE]
-    print(f"corpus {args.corpus}: {len(releases)} releases; OLD without {left}; {load()}")
-    old = best(make + [str(old_src), str(work / "old.img")], args.runs)
-    print(f"old.img ({len(releases) - 1} releases), full build: {old}")
-    full = best(make + [str(args.corpus), str(work / "full.img")], args.runs)
-    print(f"full.img ({len(releases)} releases), full build:   {full}")
-    rebuilt = best(make + ["--base", str(work / "old.img"), str(args.corpus),
+    print(f"-- {work.name} source; {load()}")
+    old = best(make + old_opts + [str(old_source), str(work / "old.img")], args.runs)
+    print(f"old.img ({releases - 1} releases), full build: {old}")
+    full = best(make + opts + [str(source), str(work / "full.img")], args.runs)
+    print(f"full.img ({releases} releases), full build:   {full}")
+    rebuilt = best(make + opts + ["--base", str(work / "old.img"), str(source),
                            str(work / "rebuilt.img")], args.runs)
     print(f"rebuilt.img, --base old.img:             {rebuilt}")
     print(f"load after: {load()}")
@@ -120,7 +173,6 @@ def main() -> int:
     print(f"reuse: {len(held):,} of {len(new_entries):,} objects held by OLD "
           f"({len(held) / len(new_entries):.1%}); {len(same):,} entries as OLD stored them, "
           f"{same_bytes:,} of {pack_size:,} PACK bytes ({same_bytes / pack_size:.1%})")
-    return 0
 
 
 if __name__ == "__main__":

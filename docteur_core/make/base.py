@@ -104,7 +104,8 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
         idx = idxmod.parse_head(pread(header.idx_offset, idxmod.HEAD_SIZE), header.idx_offset)
         idxmod.check_fits(idx, size)
     except DocteurError as exc:
-        raise BuildError(f"{path}: not usable as a base image ({exc}); nothing was written") from None
+        raise BuildError(f"{path}: not usable as a base image ({exc}); "
+                         "nothing was written") from None
     n = idx.count
     tables = pread(idx.base + idxmod.HEAD_SIZE, 28 * n)
     offsets = list(struct.unpack_from(f">{n}I", tables, 24 * n))
@@ -114,7 +115,8 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
     large_table = pread(idx.large_at(0), 8 * len(large))
     for i, o in enumerate(offsets):
         if o & idxmod.LARGE_OFFSET_FLAG:
-            offsets[i] = struct.unpack_from(">Q", large_table, 8 * (o & ~idxmod.LARGE_OFFSET_FLAG))[0]
+            k = o & ~idxmod.LARGE_OFFSET_FLAG
+            offsets[i] = struct.unpack_from(">Q", large_table, 8 * k)[0]
     trailer = pread(idx.trailer_at(len(large)), 40)
     idx_bytes = pread(idx.base, idx.size(len(large)))
     if hashlib.sha1(idx_bytes[:-20]).digest() != idx_bytes[-20:]:
