@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,11 @@ from docteur_core.errors import BuildError
 from docteur_core.format import idx as idxmod
 from docteur_core.format import layout
 from docteur_core.make import make_image
-from tests import ocaml_oracle as oc
-from tests.support import GIT_ENV, git
-from tests.test_build_oracle import check_image, image_listing, source_listing
+from tests.helpers import ocaml_oracle as oc
+from tests.helpers.cli import docteur, refusal
+from tests.helpers.gitoracle import check_image, image_listing, source_listing
+from tests.helpers.support import GIT_ENV, git
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DATE = "2026-01-02T03:04:05Z"
 
 
@@ -81,12 +80,6 @@ def built(tmp_path_factory):
     return tmp, new_src, old, full, full_result, new, result
 
 
-def docteur(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "docteur_core", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
-
-
 def test_the_rebuild_holds_the_full_builds_commit_and_git_agrees(built, tmp_path):
     tmp, new_src, old, full, full_result, new, result = built
     assert (result.commit, result.tree) == (full_result.commit, full_result.tree)
@@ -116,7 +109,7 @@ def test_both_verifies_accept_the_rebuild(built):
     assert ours.returncode == 0, ours.stderr
     theirs = oc.Oracle(oc.built()).verify(new)
     assert theirs.returncode == 0, theirs.stderr
-    assert theirs.stdout.decode() == ours.stdout
+    assert theirs.stdout == ours.stdout
 
 
 def test_a_rebuild_is_deterministic_whatever_the_core_count(built, tmp_path):
@@ -203,7 +196,7 @@ def test_rebuilding_in_place_replaces_the_base(built, tmp_path):
     shutil.copy(old, img)
     proc = docteur("make", "--date", DATE, "--base", img, new_src, img)
     assert proc.returncode == 0, proc.stderr
-    assert "objects reused from" in proc.stderr
+    assert b"objects reused from" in proc.stderr
     assert img.read_bytes() == new.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["site.img"]
 
@@ -219,11 +212,9 @@ def _regions(image: bytes) -> int:
 
 
 def _refused(proc: subprocess.CompletedProcess, where: Path) -> str:
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert str(where) in lines[0]
-    return lines[0]
+    line = refusal(proc)  # exit 1, one line, no traceback
+    assert str(where) in line
+    return line
 
 
 def test_a_truncated_base_is_refused_and_nothing_written(built, tmp_path):
