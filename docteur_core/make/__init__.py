@@ -133,6 +133,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     iterations = DEFAULT_ITERATIONS if zopfli_iterations is None else zopfli_iterations
     check_available(compress, iterations)
     image = check_output(os.fspath(output))
+    base_path = None if base is None else os.fspath(base)
+    if base_path is not None and not os.path.exists(base_path):
+        raise BuildError(f"{base_path}: no such base image")  # before any work
     src = classify(os.fspath(source))
     warn = warn or _stderr_warning
     if author is not None:
@@ -176,15 +179,14 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                             max_object_size=max_object_size, rules=rules, output=image)
         snapshot.scan()
 
-    base_path = None if base is None else os.fspath(base)
-    if base_path is not None and not os.path.exists(base_path):
-        raise BuildError(f"{base_path}: no such base image")
     with scratch_dir() as tmp:
         old = None
         if base_path is not None:
             # Checked and copied first: OLD may be IMAGE, and a damaged one stops the build
             # before any work.
             from .base import open_base
+            if progress is not None:
+                progress(f"Checking the base image {base_path}")
             pack_git = os.path.join(tmp, "snapshot.git" if src.kind == "directory"
                                     else "base.git")
             run_git(None, "init", "-q", "--bare", "--object-format=sha1", pack_git)
