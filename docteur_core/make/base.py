@@ -103,6 +103,8 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
         header = layout.parse_header(pread(0, layout.HEADER_SIZE), size)
         idx = idxmod.parse_head(pread(header.idx_offset, idxmod.HEAD_SIZE), header.idx_offset)
         idxmod.check_fits(idx, size)
+    except BuildError:
+        raise  # pread's own line: already names the base
     except DocteurError as exc:
         raise BuildError(f"{path}: not usable as a base image ({exc}); "
                          "nothing was written") from None
