@@ -216,7 +216,7 @@ def _check_cache_folder() -> None:
                          "(--cache-dir DIR to choose another, --no-cache for none)")
 
 
-def _preflight(args: argparse.Namespace) -> None:
+def _preflight(args: argparse.Namespace, remote: bool) -> None:
     """What can be checked before the image is and before nbdkit starts."""
     if args.pidfile is not None:
         _check_folder_of("--pidfile", args.pidfile)
@@ -224,8 +224,107 @@ def _preflight(args: argparse.Namespace) -> None:
         _check_folder_of("--unix", args.unix)
     else:
         _check_port(args.ip, args.port)
-    if not args.no_cache and args.cache_dir is None and not os.path.isdir(args.target):
-        _check_cache_folder()  # (a folder of images is served without the cache)
+    if remote and not args.no_cache and args.cache_dir is None:
+        _check_cache_folder()  # (only a URL is served through the cache filter)
+
+
+def _serves_generations(args: argparse.Namespace, target: Path) -> bool:
+    """An image file (not a folder), without --no-cache: served by the front
+    (front.py), one nbdkit per client, each given the image of its time."""
+    return not args.no_cache and not target.is_dir()
+
+
+def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
+               served: tuple[str, str] | None) -> int:
+    """`docteur serve IMAGE`: docteur listens, checks, and hands each client
+    to an nbdkit of its own (front.py); a rebuilt image is served to new
+    clients while connected ones keep the old one."""
+    from .front import Front, listen_sockets, remove_socket
+    from .generations import Generations
+    from .nbdkit import Listen, ServeError, check_installed
+    from ..errors import DocteurError
+
+    from .workdir import sweep
+
+    check_installed()
+    sweep()  # the folders of --no-cache servers killed before they could clean up
+    generations = Generations(str(target), args.verify, pin, "--commit")
+    try:
+        generations.start()
+    except DocteurError as exc:
+        raise ServeError(f"{generations.path}: {exc}") from None
+    listen = Listen(args.ip, args.port, args.unix)
+    try:
+        sockets = listen_sockets(listen)
+    except BaseException:
+        generations.close()
+        raise
+    front = Front(generations, sockets)
+
+    if not args.foreground:
+        # The sockets listen already (clients wait in their backlog); stdout
+        # is written before the fork, so that a failing one leaves no server.
+        print(listen.uri, flush=True)
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the server, in the background
+            status = 0
+            try:
+                os.setsid()
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, _interrupt)
+                front.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            except BaseException:
+                status = 1
+            finally:
+                try:
+                    front.close()
+                    remove_socket(listen)
+                    if args.pidfile is not None and args.pidfile.read_text().strip() == \
+                            str(os.getpid()):
+                        args.pidfile.unlink()
+                except BaseException:
+                    pass
+                os._exit(status)
+        for sock in sockets:
+            sock.close()
+        generations.close()
+        if args.pidfile is not None:
+            args.pidfile.write_text(f"{pid}\n")
+        print(f"docteur serve: serving {target} at {listen.uri} (pid {pid}; "
+              f"stop it with `kill {pid}`)", file=sys.stderr)
+        if served is not None:
+            print(pin_line(*served, listen.uri), file=sys.stderr)
+        return 0
+
+    previous = {sig: signal.signal(sig, _interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    front.log = sys.stderr
+    try:
+        if args.pidfile is not None:
+            args.pidfile.write_text(f"{os.getpid()}\n")
+        print(listen.uri, flush=True)
+        print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        if served is not None:
+            print(pin_line(*served, listen.uri), file=sys.stderr, flush=True)
+        front.serve_forever()
+    except KeyboardInterrupt:
+        print("docteur serve: stopped", file=sys.stderr)
+        return 0
+    finally:
+        front.close()
+        if args.pidfile is not None:
+            args.pidfile.unlink(missing_ok=True)
+        remove_socket(listen)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    raise ServeError("stopped")  # (serve_forever returns only by an exception)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     from .imagecheck import check_commit
     from .remote import cache_env, check_cache_dir
 
-    _preflight(args)
+    _preflight(args, is_http_url(args.target))
     cache = None if args.no_cache else args.cache_size
     env = cache_env(check_cache_dir(args.cache_dir))
     served: tuple[str, str] | None = None  # (commit, how it was pinned)
@@ -274,9 +373,6 @@ def run(args: argparse.Namespace) -> int:
                 served = (args.commit, "pinned by --commit")
             elif found is not None:
                 served = (found, "the image's header")
-                if cache is not None:
-                    # the cache pins the file served; this pins what was printed
-                    plugin_pin = found
 
         def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
             return command(target, listen, verify=args.verify, cache_size=cache,
@@ -287,6 +383,8 @@ def run(args: argparse.Namespace) -> int:
         if not _stale_socket(args.unix):
             raise ServeError(f"{args.unix} already exists (another server's socket?)")
         args.unix.unlink()
+    if not is_http_url(args.target) and _serves_generations(args, target):
+        return _run_front(args, target, plugin_pin, served)
     listen = Listen(args.ip, args.port, args.unix)
 
     if not args.foreground:

@@ -23,7 +23,7 @@ def daemons():
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
             continue
-        if alive(pid) and "nbdkit" in cmdline(pid)[0]:
+        if alive(pid) and ("nbdkit" in cmdline(pid)[0] or "docteur_core" in cmdline(pid)):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -4,8 +4,6 @@ oracle; a good SIZE reaches nbdkit exactly as written."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 
 import pytest
@@ -14,7 +12,6 @@ from hypothesis import strategies as st
 
 from docteur_core import cli
 from docteur_core.serve.sizes import cache_size_problem
-from tests.helpers.support import wait_gone
 from tests.helpers import cli as run
 from tests.helpers.serving import cmdline, copy_image
 
@@ -99,16 +96,18 @@ def test_a_bad_cache_size_starts_nothing(images, tmp_path):
 
 
 @pytest.mark.parametrize("size", ["64m", "2048S", "1073741824"])
-def test_a_good_cache_size_reaches_nbdkit_as_written(images, tmp_path, daemons, size):
+def test_a_good_cache_size_reaches_nbdkit_as_written(images, tmp_path, size):
+    """The cache filter serves URLs (an image file is read by nbdkit's file
+    plugin, one nbdkit per client): nbdkit.command passes SIZE as written,
+    and nbdkit serves with it."""
+    from docteur_core.serve.nbdkit import Listen, Server, command
+
     image = copy_image(images, "one", tmp_path / "disk.img")
-    pidfile = tmp_path / "nbdkit.pid"
-    daemons.append(pidfile)
-    proc = docteur("serve", "--unix", tmp_path / "s.sock", "--pidfile", pidfile,
-                   "--cache-size", size, image)
-    assert proc.returncode == 0, proc.stderr
-    pid = int(pidfile.read_text())
-    assert f"cache-max-size={size}" in cmdline(pid)
-    got = cat(proc.stdout.strip(), "README.txt")
+
+    def argv(listen, pidfile):
+        return command(image, listen, cache_size=size, pidfile=pidfile, exit_with_parent=True)
+
+    with Server(argv, Listen(unix=tmp_path / "s.sock")) as server:
+        assert f"cache-max-size={size}" in cmdline(server.proc.pid)
+        got = cat(server.uri, "README.txt")
     assert got.returncode == 0 and got.stdout == (images["one"]["src"] / "README.txt").read_bytes()
-    os.kill(pid, signal.SIGTERM)
-    assert wait_gone(pid)

@@ -89,6 +89,10 @@ def test_an_address_this_machine_does_not_have(image):
             "cannot listen on 192.0.2.1 port", "Cannot assign requested address")
 
 
-def test_a_missing_cache_folder(image, tmp_path):
-    refused(serve(image, "--port", free_port(), env={"TMPDIR": str(tmp_path / "gone")}),
+def test_a_missing_cache_folder(tmp_path):
+    """Only a URL is served through nbdkit's cache filter (an image file is
+    read by nbdkit's file plugin): its folder is checked before the origin
+    is asked anything (nobody listens on port 9)."""
+    refused(serve("http://127.0.0.1:9/disk.img", "--port", free_port(),
+                  env={"TMPDIR": str(tmp_path / "gone")}),
             f"$TMPDIR, {tmp_path / 'gone'}: no such folder")

@@ -34,7 +34,7 @@ class Served:
         self.uri = f"nbd+unix:///?socket={sock}"
         self.pidfile = sock.with_suffix(".pid")
         self.proc = subprocess.Popen(
-            [*DOCTEUR, "serve", "--foreground", "--unix", str(sock), "--pidfile",
+            [*DOCTEUR, "serve", "--foreground", "--no-cache", "--unix", str(sock), "--pidfile",
              str(self.pidfile), str(image)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env={**os.environ, "TMPDIR": str(tmpdir)}, start_new_session=True)
         line = self.proc.stdout.readline()  # printed once nbdkit listens
