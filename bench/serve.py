@@ -9,10 +9,14 @@ Three servers of the same image, in one run, side by side:
     file           nbdkit's file plugin: the reference, all C
     docteur        the docteur plugin alone (`docteur serve --no-cache`):
                    every read enters Python
-    docteur serve  the plugin behind nbdkit's cache filter, exactly the
-                   command line `docteur serve` runs (built with
-                   docteur_core.serve.nbdkit.command): repeated reads are
+    plugin + cache filter
+                   the plugin behind nbdkit's cache filter, as `docteur
+                   serve IMAGE` ran it until it served rebuilt images (now
+                   `docteur boot`'s and a URL's way): repeated reads are
                    served by the filter, in C
+    docteur serve  `docteur serve --foreground IMAGE` itself: docteur
+                   listens and hands each client to an nbdkit of its own,
+                   the file plugin on the image's descriptor (serve/front.py)
 
 Each is measured with the image in the page cache (it is read once first):
 a sequential read of the whole export (`nbdcopy URI null:`) and random 4 KiB
@@ -130,6 +134,30 @@ def random_iops(uri: str, seconds: int) -> float:
     return json.loads(out[out.index("{"):])["jobs"][0]["read"]["iops"]
 
 
+class Front:
+    """`docteur serve --foreground --unix SOCKET IMAGE`, exactly as users run
+    it: docteur listens and runs one nbdkit (file plugin) per client."""
+
+    def __init__(self, image: Path, sock: Path) -> None:
+        self.uri = f"nbd+unix:///?socket={sock}"
+        self.argv = [sys.executable, "-m", "docteur_core", "serve", "--foreground",
+                     "--unix", str(sock), str(image)]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Front":
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        if line.strip() != self.uri:
+            self.stop()
+            raise SystemExit(f"docteur serve did not start: {line!r}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
 def servers_for(image: Path, tmp: Path, cache_size: str, variants: list[str]) -> dict:
     """name -> Server (not started), each on its own Unix socket."""
 
@@ -144,7 +172,8 @@ def servers_for(image: Path, tmp: Path, cache_size: str, variants: list[str]) ->
     servers = {
         "file": make("file", server="file", cache_size=None),
         "docteur (--no-cache)": make("docteur", cache_size=None),
-        "docteur serve (cache)": make("serve", cache_size=cache_size),
+        "plugin + cache filter": make("serve", cache_size=cache_size),
+        "docteur serve": Front(image, tmp / "front.sock"),
     }
     for i, keys in enumerate(variants):
         servers[f"docteur {keys} (--no-cache)"] = make(
@@ -228,7 +257,8 @@ def main() -> int:
                 server.start()
             print("commands:", flush=True)
             for name, server in servers.items():
-                print(f"  {name}: {' '.join(server.proc.args)}", flush=True)
+                args = server.proc.args
+                print(f"  {name}: {' '.join(map(str, args))}", flush=True)
             r = measure(servers, size, rounds, seconds)
         finally:
             for server in servers.values():

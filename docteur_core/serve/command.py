@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     env = cache_env(check_cache_dir(args.cache_dir))
     served: tuple[str, str] | None = None  # (commit, how it was pinned)
     if is_http_url(args.target):
-        from .remote import check_remote, curl_command
+        from .remote import check_remote, url_command
 
         image = check_remote(args.target, args.verify, args.commit)
         target = shown(args.target)
@@ -349,11 +349,14 @@ def run(args: argparse.Namespace) -> int:
               + ("" if image.pin_header else "; the origin gives no ETag or Last-Modified: "
                  "nbdkit cannot detect a replaced object, clients that pin the commit can"),
               file=sys.stderr, flush=True)
+        if image.head is not None:
+            print(f"docteur serve: {image.head}: served by docteur's plugin with range GETs "
+                  "(nbdkit's curl plugin asks HEAD for the size)", file=sys.stderr, flush=True)
         served = (image.commit_hex, f"pinned by {image.pinned_by}" if image.pinned_by
                   else "the image's header")
 
         def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
-            return curl_command(image, listen, cache_size=cache, foreground=foreground,
+            return url_command(image, listen, cache_size=cache, foreground=foreground,
                                 exit_with_parent=foreground, pidfile=pidfile)
     else:
         target = Path(args.target)

@@ -12,6 +12,16 @@ Keys:
                     file plugin does). A relative path is made absolute
                     when nbdkit reads it, before nbdkit goes to the
                     background (and changes directory to /).
+    url=URL         (with commit=) serve the image at an http(s) URL, read with
+                    range GETs (docteur_core/blockdev/http.py: the first
+                    request pins the object's ETag, else Last-Modified,
+                    and later ones send it back, so a replaced object is
+                    an error, never a mix). For origins that refuse HEAD,
+                    such as an S3 URL presigned for GET only, where
+                    nbdkit's curl plugin cannot learn the size: `docteur
+                    serve URL` uses it then, behind the cache filter.
+                    The header's commit must be commit=; verify= does
+                    not apply (`docteur serve` checked the URL).
     dir=FOLDER      serve every FOLDER/*.img (relative: as image=); the export name is the file
                     name without ".img" ("site" for site.img; "site.img" is
                     accepted too). Images added later are served as well.
@@ -116,7 +126,7 @@ from docteur_core.serve import imagecheck
 API_VERSION = 2
 magic_config_key = "image"
 
-KEYS = ("image", "dir", "default", "verify", "thread_model", "pin", "commit", "help")
+KEYS = ("image", "dir", "url", "default", "verify", "thread_model", "pin", "commit", "help")
 THREAD_MODELS = ("serialize_requests", "parallel")
 MAX_REQUEST = 32 * 1024 * 1024
 PREFERRED_MIN = 4096
@@ -135,7 +145,7 @@ class BadConfig(Exception):
     """Shown by nbdkit as `BadConfig: <what is wrong>`."""
 
 
-_cfg = {"image": None, "dir": None, "default": None, "verify": "quick",
+_cfg = {"image": None, "dir": None, "url": None, "default": None, "verify": "quick",
         "thread_model": "serialize_requests", "pin": None, "commit": None}
 _REPEATABLE = ("verify", "thread_model")
 # (dev, ino, size, mtime_ns, ctime_ns) -> (level, ImageInfo) of images already
@@ -167,6 +177,8 @@ def config(key, value):
         value = value == "true"
     if _cfg.get(key) is not None and key not in _REPEATABLE:
         raise BadConfig(f"{key}= given twice")
+    if key == "url" and not value.lower().startswith(("http://", "https://")):
+        raise BadConfig(f"url={value!r}: an http:// or https:// URL is needed")
     if key in ("image", "dir"):
         # nbdkit changes directory to / when it goes to the background.
         value = os.path.abspath(value)
@@ -275,9 +287,14 @@ def _dir_exports():
 
 
 def config_complete():
-    image, folder = _cfg["image"], _cfg["dir"]
-    if (image is None) == (folder is None):
-        raise BadConfig("give exactly one of image=PATH or dir=FOLDER (see help=1)")
+    image, folder, url = _cfg["image"], _cfg["dir"], _cfg["url"]
+    if sum(v is not None for v in (image, folder, url)) != 1:
+        raise BadConfig("give exactly one of image=PATH, dir=FOLDER or url=URL (see help=1)")
+    if url is not None:
+        if _cfg["commit"] is None:
+            raise BadConfig("url= needs commit=ID, the commit the image must hold")
+        _open_url(url)
+        return
     if _cfg["default"] is not None and folder is None:
         raise BadConfig("default= only makes sense with dir=")
     if _cfg["commit"] is not None and folder is not None:
@@ -311,12 +328,14 @@ def _default_name():
 
 
 def default_export(readonly, is_tls):
-    if _cfg["image"] is not None:
+    if _cfg["dir"] is None:
         return ""
     return _default_name()
 
 
 def list_exports(readonly, is_tls):
+    if _cfg["url"] is not None:
+        return [("", _remote["info"].description)]
     exports = {"": _cfg["image"]} if _cfg["image"] is not None else _dir_exports()
     out = []
     for name, path in exports.items():
@@ -326,6 +345,60 @@ def list_exports(readonly, is_tls):
             description = f"refused: {exc}"
         out.append((name, description))
     return out
+
+
+# With url=: the one HttpDevice every connection reads through (it has its
+# own lock), and what its header says.
+_remote = {}
+
+
+def _open_url(url):
+    """Open `url` (range GETs), check its header and commit: a refusal stops
+    nbdkit with one line, before any client."""
+    from docteur_core.blockdev.block import ByteReader
+    from docteur_core.blockdev.http import HttpDevice
+    from docteur_core.blockdev.http_range import shown
+
+    try:
+        device = HttpDevice(url, pinned=True)
+        header = imagecheck.check_header(ByteReader(device).pread, device.capacity)
+        imagecheck.check_commit(header.commit_hex, _cfg["commit"], "commit=", "it")
+    except DocteurError as exc:
+        raise ImageRefused(f"{shown(url)}: {exc}") from None
+    size = device.capacity
+    _remote["device"] = device
+    _remote["info"] = imagecheck.ImageInfo(
+        size, header.commit_hex, None, imagecheck.inferred_block_size(header.idx_offset, size),
+        ((0, size, imagecheck.EXTENT_DATA),))
+    _remote["shown"] = shown(url)
+
+
+class RemoteHandle:
+    """One connection to the url= image: the shared device."""
+
+    __slots__ = ("info", "path", "device")
+
+    def __init__(self):
+        self.info = _remote["info"]
+        self.path = _remote["shown"]
+        self.device = _remote["device"]
+
+
+def _remote_pread(h, buf, offset):
+    """Bytes of the url= image into `buf`, 512-aligned underneath."""
+    n = len(buf)
+    start = offset - offset % 512
+    end = min(-(-(offset + n) // 512) * 512, h.info.size)
+    try:
+        data = h.device.read(start, end - start)
+    except DocteurError as exc:
+        nbdkit.set_error(errno.EIO)
+        raise OSError(errno.EIO, f"{h.path}: {exc}") from None
+    piece = data[offset - start:offset - start + n]
+    if len(piece) != n:
+        nbdkit.set_error(errno.EIO)
+        raise OSError(errno.EIO, f"{h.path}: short read at {offset}")
+    buf[:] = piece
 
 
 def _path_for(name):
@@ -354,6 +427,8 @@ class Handle:
 
 
 def open(readonly):
+    if _cfg["url"] is not None:
+        return RemoteHandle()
     path = _path_for(nbdkit.export_name())
     fd = _open_image(path)
     try:
@@ -365,7 +440,8 @@ def open(readonly):
 
 
 def close(h):
-    os.close(h.fd)
+    if isinstance(h, Handle):
+        os.close(h.fd)
 
 
 def get_size(h):
@@ -396,6 +472,8 @@ _preadv = os.preadv
 
 
 def pread(h, buf, offset, flags):
+    if h.__class__ is RemoteHandle:
+        return _remote_pread(h, buf, offset)
     if _preadv(h.fd, (buf,), offset) != len(buf):
         _read_rest(h, buf, offset)
 
@@ -414,6 +492,8 @@ def _read_rest(h, buf, offset):
 
 
 def cache(h, count, offset, flags):
+    if h.__class__ is RemoteHandle:
+        return
     os.posix_fadvise(h.fd, offset, count, os.POSIX_FADV_WILLNEED)
 
 

@@ -59,6 +59,7 @@ class RemoteImage:
     bytes_read: int  # what the check fetched from the origin
     requests: int
     pinned_by: str | None = None  # "--commit", "the URL's name" or None (the header's)
+    head: str | None = None  # why nbdkit's curl plugin cannot serve it (HEAD), or None
 
     @property
     def description(self) -> str:
@@ -122,9 +123,46 @@ def check_remote(url: str, level: str = "quick", commit: str | None = None) -> R
             if level == "quick":
                 tree = _commit_tree(SectorCache(device), found)
         return RemoteImage(url, size, found, tree, pin_header(device.validator),
-                           device.bytes_fetched, device.requests, pinned_by)
+                           device.bytes_fetched, device.requests, pinned_by,
+                           head_problem(url, size))
     finally:
         device.close()
+
+
+def head_problem(url: str, size: int, timeout: float = 30.0) -> str | None:
+    """Why nbdkit's curl plugin could not serve `url`, or None if it can.
+
+    The curl plugin (nbdkit 1.32) learns the size from a HEAD request and
+    wants `Accept-Ranges: bytes` in its answer; an origin may refuse HEAD
+    (an S3 URL presigned for GET only answers 403) or answer it without
+    either. The check's range GETs worked, so such a URL is then served by
+    the docteur plugin reading with range GETs (`plugin_url_command`).
+    Redirects are followed, as curl follows them."""
+    import urllib.error
+    import urllib.request
+
+    from ..blockdev.http_range import shown
+
+    request = urllib.request.Request(url, method="HEAD",
+                                     headers={"User-Agent": "docteur-serve"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+            length = response.headers.get("Content-Length")
+            ranges = response.headers.get("Accept-Ranges", "")
+            final = response.geturl()
+    except urllib.error.HTTPError as exc:
+        return f"the origin answers HEAD with HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return f"HEAD failed: {getattr(exc, 'reason', None) or exc}"
+    if url[:6].lower() == "https:" and final[:6].lower() != "https:":
+        return "HEAD is redirected to plain http"
+    if status != 200 or length != str(size):
+        return (f"the origin's answer to HEAD (HTTP {status}, Content-Length {length}) "
+                f"does not give the size of {shown(url)}")
+    if "bytes" not in ranges.lower():
+        return "the origin's answer to HEAD does not say Accept-Ranges: bytes"
+    return None
 
 
 def _commit_tree(device, commit_hex: str) -> str:
@@ -185,6 +223,41 @@ def curl_command(image: RemoteImage, listen: Listen, *, cache_size: str | None =
     return argv
 
 
+def plugin_url_command(image: RemoteImage, listen: Listen, *,
+                       cache_size: str | None = "auto", foreground: bool = True,
+                       exit_with_parent: bool = False,
+                       pidfile: str | Path | None = None) -> list[str]:
+    """The nbdkit command line serving `image` with the docteur plugin's
+    url= (range GETs, no HEAD: `head_problem`), pinned to the checked
+    commit, described as curl_command describes it, behind the cache filter
+    unless `cache_size` is None."""
+    from .nbdkit import PLUGIN
+
+    argv = nbdkit_prefix(listen, foreground=foreground, exit_with_parent=exit_with_parent,
+                         pidfile=pidfile)
+    argv.append("--filter=exportname")
+    if cache_size is not None:
+        argv.append("--filter=cache")
+    argv += ["python", str(PLUGIN), f"url={image.url}", f"commit={image.commit_hex}",
+             f"exportdesc=fixed:{image.description}"]
+    if cache_size is not None:
+        if cache_size == "auto":
+            cache_size = auto_cache_size(image.size)
+        argv += ["cache-on-read=true", f"cache-min-block-size={CACHE_BLOCK}"]
+        if cache_size:
+            argv.append(f"cache-max-size={cache_size}")
+    return argv
+
+
+def url_command(image: RemoteImage, listen: Listen, **options) -> list[str]:
+    """nbdkit's curl plugin where the origin answers HEAD, else the docteur
+    plugin's range GETs."""
+    if image.head is None:
+        return curl_command(image, listen, **options)
+    options.pop("timeout", None)
+    return plugin_url_command(image, listen, **options)
+
+
 def cache_env(cache_dir: Path | None) -> dict[str, str] | None:
     """nbdkit's environment: TMPDIR is where the cache filter puts its file."""
     if cache_dir is None:
@@ -204,6 +277,6 @@ def remote_server(url: str, verify: str = "quick", cache_size: str | None = None
     from .nbdkit import Server
 
     image = check_remote(url, verify, commit)
-    return Server(lambda listen, pidfile: curl_command(
+    return Server(lambda listen, pidfile: url_command(
         image, listen, cache_size=cache_size, exit_with_parent=True, pidfile=pidfile),
         Listen(port=0))

@@ -13,6 +13,7 @@ Locations (all serve the same `root` folder):
     /denied/     403
     /loop/       a redirect to itself (a loop)
     /hop/NAME    a 302 to /NAME (one redirect, then ranges)
+    /gethonly/   403 to HEAD, ranges to GET: an S3 URL presigned for GET only
 The access log has one line per request: status, bytes sent, request,
 range, user agent.
 """
@@ -57,6 +58,10 @@ http {{
         location /denied/ {{ return 403; }}
         location /loop/ {{ return 302 /loop/again; }}
         location ~ ^/hop/(.*)$ {{ return 302 /$1$is_args$args; }}
+        location /gethonly/ {{
+            alias {root}/;
+            if ($request_method = HEAD) {{ return 403; }}
+        }}
     }}
 {tls_server}}}
 """

@@ -179,7 +179,11 @@ def test_a_bad_image_in_dir_stops_nbdkit(good, tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    ((), "give exactly one of image=PATH or dir=FOLDER"),
+    ((), "give exactly one of image=PATH, dir=FOLDER or url=URL"),
+    (("url=http://127.0.0.1:9/x.img",), "url= needs commit=ID"),
+    (("url=ftp://example/x.img", "commit=" + "a" * 40), "url='ftp://example/x.img': an http"),
+    (("url=http://127.0.0.1:9/x.img", "commit=" + "a" * 40),
+     "127.0.0.1:9/x.img: cannot reach 127.0.0.1 port 9"),
     (("image=/nonexistent/disk.img",), "/nonexistent/disk.img: cannot open: No such file"),
     (("frobnicate=1",), "unknown key 'frobnicate'"),
     (("verify=sometimes",), "verify='sometimes': must be one of none, quick, full"),
