@@ -13,33 +13,39 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Serve an image (or a folder of *.img) over NBD, read-only, with nbdkit.
 
-    Runs `nbdkit python PLUGIN image=IMAGE` (the project's plugin, see
-    `docteur plugin-path`) with nbdkit's cache filter in front, so repeated
-    reads are served in C. The image is checked before any client connects
-    (--verify, as `docteur verify --quick` by default); a refused image, a
-    taken port or a missing nbdkit is one line and exit status 1.
+    An image file: docteur checks it (--verify, as `docteur verify --quick`
+    by default), listens, and hands each client to an nbdkit of its own
+    (`nbdkit --single`, its file plugin reading the checked file): every
+    byte is served in C, as fast as nbdkit's file plugin. A folder, and an
+    image with --no-cache, are served by `nbdkit python PLUGIN` (the
+    project's plugin, see `docteur plugin-path`). A refused image, a taken
+    port or a missing nbdkit is one line and exit status 1.
 
     Prints the NBD URI clients should use on stdout (nbd://127.0.0.1:10809/
     by default: loopback only; --ip 0.0.0.0 for every address). Like nbdkit,
     it then goes to the background (stop it with `kill $(cat PIDFILE)` or
     the pid it prints); with --foreground it stays attached and Ctrl-C stops
-    it and everything it started.
+    it and everything it started (open connections included).
 
-    Cache: the image's blocks as clients read them, in a sparse file in
-    $TMPDIR (default /var/tmp) deleted when nbdkit exits: at most the
-    image's size (--cache-size auto), or 1G for an image over 1G, or what
-    --cache-size says. While cached,
-    the image is pinned: replacing the file (mv new.img disk.img) makes new
-    clients fail until a restart; with --no-cache a replacement is served to
-    new clients (and checked first). A folder is served without the cache.
+    Rebuilding while serving (`docteur make site disk.img` again, or `mv
+    new.img disk.img`): clients already connected keep reading the image
+    they opened, to the end; the next client to connect waits while the new
+    file is checked, then gets it. A replacement that fails its check (or
+    holds another commit than --commit) is refused: new clients are told
+    why and what to do (docteur's clients print it; qemu and libnbd show the
+    server's message) until a good image is put there. See docs/serving.md.
 
     A URL (http:// or https://, presigned query strings kept as they are):
     nbdkit's curl plugin fetches only the ranges clients read, its cache
-    filter keeps them in --cache-dir (bounded by --cache-size). The check
+    filter keeps them in a sparse file in --cache-dir (default $TMPDIR, else
+    /var/tmp; bounded by --cache-size), deleted when nbdkit exits. An origin
+    that refuses HEAD (an S3 URL presigned for GET only), which the curl
+    plugin needs for the size, is read by the docteur plugin with range
+    GETs instead, behind the same cache. The check
     before serving cannot hash the whole image without downloading it, so
     for a URL --verify quick reads only the header, the IDX's head and the
     commit object (SHA-1 checked): a few KiB. --verify full runs `docteur
-    verify` over HTTP (about twice the image downloaded). The object's ETag (else Last-Modified) is
+    verify` over HTTP (the image downloaded once). The object's ETag (else Last-Modified) is
     pinned: nbdkit sends it with every request (If-Match), so an object
     replaced at the origin makes reads fail rather than mix two images.
     The export's description names the commit. An https URL is served over
@@ -47,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     neither ETag nor Last-Modified only under a pin (below).
 
     Pin: --commit ID is the commit the image must hold; another one is
-    refused before nbdkit starts (one line, exit status 1), and for an
-    image file the plugin keeps refusing one (a replaced file). A URL whose
+    refused before serving (one line, exit status 1), and for an image
+    file a replacement holding another one is refused too. A URL whose
     last segment is ID.img (40 hex digits) pins ID unless --commit says
     otherwise. The commit served (the pinned one, else the header's) is
     printed on stderr with the client command that pins it, e.g.
@@ -75,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stay in the foreground until Ctrl-C (default: background, "
                              "as nbdkit does)")
     parser.add_argument("--pidfile", type=Path, metavar="FILE",
-                        help="write nbdkit's pid there")
+                        help="write the server's pid there (for an image file "
+                             "docteur serve's own, which runs one nbdkit per client; "
+                             "nbdkit's otherwise)")
     parser.add_argument("--commit", metavar="ID", type=options.commit_id, default=None,
                         help="the commit the image must hold (40 hex digits): another one "
                              "is refused before serving; an http(s) URL ending in ID.img "
@@ -85,16 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
                         type=cache_size,
-                        help="bound of nbdkit's read cache on disk: bytes, or K, M, G, T "
+                        help="for a URL: bound of nbdkit's read cache on disk: bytes, or K, "
+                             "M, G, T "
                              "(powers of 1024) after a whole number, at least 1M, e.g. 64M, "
                              f"1G (default {DEFAULT_CACHE_SIZE}: the image's size, at most 1G; "
                              "a bound below the image's size costs speed)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="no cache filter: every read enters the Python plugin "
-                             "(for a URL: goes to the origin)")
+                        help="for a URL: no cache filter, every read goes to the origin; "
+                             "for an image file: served by the Python plugin (every read "
+                             "enters Python: about 0.4x the default's speed)")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR",
-                        help="folder of nbdkit's cache file (default $TMPDIR, else /var/tmp); "
-                             "one per server: the file is deleted when nbdkit exits")
+                        help="for a URL: folder of nbdkit's cache file (default $TMPDIR, "
+                             "else /var/tmp); the file is deleted when nbdkit exits")
 
 
 def _port(text: str) -> int:

@@ -137,7 +137,10 @@ class Front:
         """One client: its generation's nbdkit, or the reason it is refused."""
         try:
             generation = self.generations.current()
-        except (Refused, OSError, DocteurError) as exc:  # (a failing disk while checking)
+        except Exception as exc:  # Refused, or a failing disk while checking: said, not fatal
+            if not isinstance(exc, (Refused, DocteurError, OSError)):
+                exc = Refused(f"{self.generations.path}: cannot check the image: "
+                              f"{type(exc).__name__}: {exc}")
             self.say(f"a client was refused: {exc}")
             threading.Thread(target=_refuse, args=(conn, str(exc)), daemon=True).start()
             return
@@ -153,8 +156,8 @@ class Front:
                     stdin=conn, stdout=conn,
                     stderr=self.log if self.log is not None else subprocess.DEVNULL,
                     pass_fds=(generation.fd,)))
-        except ServeError as exc:
-            self.say(str(exc))
+        except (ServeError, OSError) as exc:  # no nbdkit, no more processes: the client
+            self.say(f"a client could not be served: {exc}")  # sees its connection closed
 
     def reap(self) -> None:
         self._children = [proc for proc in self._children if proc.poll() is None]

@@ -44,7 +44,11 @@ Keys:
                     it: once the file has been replaced, new clients are
                     refused (restart nbdkit to serve the new one). For use
                     behind nbdkit's cache filter, whose cache is shared by
-                    every connection and would mix the two images.
+                    every connection and would mix the two images. (`docteur
+                    serve IMAGE` no longer needs it: it runs one nbdkit per
+                    client, its file plugin on the image checked for that
+                    client, so rebuilt images are served at C speed; see
+                    docs/serving.md.)
     thread_model=serialize_requests
                     (default) one request at a time per connection;
                     connections (the plugin allows multi-conn) still run in
