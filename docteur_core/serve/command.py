@@ -249,11 +249,10 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
     """`docteur serve IMAGE`: docteur listens, checks, and hands each client
     to an nbdkit of its own (front.py); a rebuilt image is served to new
     clients while connected ones keep the old one."""
+    from ..errors import DocteurError
     from .front import Front, listen_sockets, remove_socket
     from .generations import Generations
     from .nbdkit import Listen, ServeError, check_installed
-    from ..errors import DocteurError
-
     from .workdir import sweep
 
     check_installed()
@@ -263,7 +262,9 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
         generations.start()
     except DocteurError as exc:
         raise ServeError(f"{generations.path}: {exc}") from None
-    listen = Listen(args.ip, args.port, args.unix)
+    # absolute: the server in the background leaves the current folder (as nbdkit does)
+    listen = Listen(args.ip, args.port, args.unix.absolute() if args.unix else None)
+    pidfile = args.pidfile.absolute() if args.pidfile is not None else None
     try:
         sockets = listen_sockets(listen)
     except BaseException:
@@ -281,6 +282,7 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
             status = 0
             try:
                 os.setsid()
+                os.chdir("/")
                 devnull = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
@@ -295,9 +297,8 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
                 try:
                     front.close()
                     remove_socket(listen)
-                    if args.pidfile is not None and args.pidfile.read_text().strip() == \
-                            str(os.getpid()):
-                        args.pidfile.unlink()
+                    if pidfile is not None and pidfile.read_text().strip() == str(os.getpid()):
+                        pidfile.unlink()
                 except BaseException:
                     pass
                 os._exit(status)
