@@ -438,7 +438,8 @@ def test_a_rebuild_while_serving(images, tmp_path):
         assert got.returncode == 0 and got.stdout == b"second build\n", got.stderr
         assert whole_export(uri) == second
         holders.append(_hold_open(uri))  # connected to the second image
-        assert len(connection_nbdkits(pid)) == 2  # one per connected client
+        # one per connected client (those of the clients gone exit with them)
+        wait_for(lambda: len(connection_nbdkits(pid)) == 2, "the two holders' nbdkits alone")
 
         # A damaged rebuild: new clients are told why and what to do.
         damaged = tmp_path / "staged.img"
