@@ -2,7 +2,7 @@
 for GET only does (403): nbdkit's curl plugin (1.32) asks HEAD for the size
 and has no option to be told it, so such a URL is served by the docteur
 plugin reading with range GETs (url=), behind the cache filter. A real nginx
-refuses HEAD under /gethonly/ (tests/nginx.py); real nbdkit, real clients."""
+refuses HEAD under /gethonly/ (tests/helpers/nginx.py); real nbdkit, real clients."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import urllib.request
 
 import pytest
 
-from tests.nginx import Nginx
-from tests.plugin_support import make_source
-from tests.test_remote import DOCTEUR, Served, docteur
+from tests.helpers.cli import DOCTEUR, docteur
+from tests.helpers.nginx import Nginx
+from tests.helpers.plugin_support import make_source
+from tests.reader.test_http_images import Served
+
+pytestmark = [pytest.mark.nginx, pytest.mark.nbdkit]
 
 SECRET = "X-Amz-Signature=0123456789abcdef"
 
