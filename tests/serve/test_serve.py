@@ -496,7 +496,8 @@ def test_a_rebuild_of_another_commit_under_commit_is_refused(images, tmp_path):
             assert ByteReader(before).pread(0, before.capacity) == images["one"]["data"]
         assert got.returncode == 1
         assert (f"export '' refused by the server: {live}: the image was replaced by one that "
-                f"cannot be served: wrong image: it holds commit {two}, not {one} (pinned by --commit)"
+                f"cannot be served: wrong image: it holds commit {two}, not {one} "
+                "(pinned by --commit)"
                 in got.stderr.decode()), got.stderr
         server.stop(signal.SIGTERM)
     finally:
