@@ -93,9 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--quick` checks), full (every object), none (the header)")
     parser.add_argument("--cache-size", default=DEFAULT_CACHE_SIZE, metavar="SIZE",
                         type=cache_size,
-                        help="for a URL: bound of nbdkit's read cache on disk: bytes, or K, "
-                             "M, G, T "
-                             "(powers of 1024) after a whole number, at least 1M, e.g. 64M, "
+                        help="for a URL: bound of nbdkit's read cache on disk: bytes, or "
+                             "K, M, G, T (powers of 1024) after a whole number, at least 1M, "
+                             "e.g. 64M, "
                              f"1G (default {DEFAULT_CACHE_SIZE}: the image's size, at most 1G; "
                              "a bound below the image's size costs speed)")
     parser.add_argument("--no-cache", action="store_true",
@@ -335,7 +335,7 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
         remove_socket(listen)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    raise ServeError("stopped")  # (serve_forever returns only by an exception)
+    return 0  # (not reached: serve_forever ends only by an exception)
 
 
 def run(args: argparse.Namespace) -> int:
