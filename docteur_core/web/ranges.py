@@ -4,11 +4,12 @@
 bytes:
 
 - None: answer the whole body (200) — the header is not `bytes=` ranges,
-  is malformed (a server may ignore it: nginx and Apache do), asks for
-  more than MAX_RANGES ranges, or ranges that add up to more than the
-  body twice over (overlapping ranges are a way to make a server send a
-  file many times: Apache answers them whole too);
-- []: none of them can be satisfied (416, `Content-Range: bytes */size`);
+  asks for more than MAX_RANGES ranges, or ranges that add up to more
+  than the body twice over (overlapping ranges are a way to make a server
+  send a file many times: Apache answers them whole too);
+- []: none of them can be satisfied (416, `Content-Range: bytes */size`),
+  or the ranges are malformed (RFC 9110 allows ignoring or refusing them:
+  416, as nginx does);
 - else the satisfiable ranges as (first, last) inclusive, in the order
   asked (an unsatisfiable one among others is left out).
 
@@ -37,11 +38,11 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
             return None
         first, dash, last = part.partition("-")
         if not dash:
-            return None
+            return []
         first, last = first.strip(" \t"), last.strip(" \t")
         if not first:  # a suffix: the last N bytes
             if not last.isdigit() or not last.isascii():
-                return None
+                return []
             n = int(last)
             if n == 0 or size == 0:
                 continue
@@ -49,16 +50,16 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
             continue
         if not first.isdigit() or not first.isascii() \
                 or (last and (not last.isdigit() or not last.isascii())):
-            return None
+            return []
         start = int(first)
         end = int(last) if last else size - 1
         if last and end < start:
-            return None
+            return []  # as nginx: the whole header cannot be satisfied
         if start >= size:
             continue
         found.append((start, min(end, size - 1)))
     if not asked:
-        return None
+        return []
     if sum(b - a + 1 for a, b in found) > 2 * size + 1024:
         return None
     return found
