@@ -15,12 +15,13 @@ touching the image:
 
 Rules (what users expect of a static server; docs/http.md):
 - GET and HEAD; another method is 405 with `Allow: GET, HEAD`;
-- a path is percent-decoded segment by segment; an encoded slash or
-  backslash (%2F, %5C), a `.` or `..` segment (raw or encoded), a NUL, or
+- a path is percent-decoded segment by segment; an encoded slash (%2F),
+  a `.` or `..` segment (raw or encoded), a NUL, or
   a name git refuses to check out (`.git` and its aliases,
   `format.objects.refused_name`) is 404 before the image is asked: nothing
   outside the tree or inside a repository's control files is ever named;
-  empty segments (`//`) are merged, as nginx does;
+  empty segments (`//`) are merged, as nginx does; a backslash is a
+  character of a name (git's trees have no other separator than `/`);
 - a folder without its trailing slash is a 301 to it with the slash; with
   it, its `index.html` (a file) is served, or, with `listing`, an HTML
   list of its entries (weak ETag: the tree's id), else 404;
@@ -157,8 +158,8 @@ def split_target(target: str) -> tuple[str, str]:
             target = rest[slash:] if slash >= 0 else "/"
         else:
             raise NotHere(400, "the request target is not a path")
-    path, _, query = target.partition("?")
-    return path.partition("#")[0], query
+    path, _, query = target.partition("#")[0].partition("?")
+    return path, query
 
 
 def target_key(path: str) -> tuple[tuple[str, ...], bool]:
@@ -169,7 +170,7 @@ def target_key(path: str) -> tuple[tuple[str, ...], bool]:
         if not raw:
             continue
         low = raw.lower()
-        if "%2f" in low or "%5c" in low:
+        if "%2f" in low:
             raise NotHere(404, "an encoded slash")
         seg = _unquote(raw)
         if seg in (b".", b"..") or b"\0" in seg or b"/" in seg:
