@@ -12,9 +12,11 @@ with `os.sendfile` from the checked temporary file, never read into
 memory.
 
 A connection answers its requests in order (pipelining), one at a time;
-it is not read while more than OUTPUT_LIMIT bytes wait to be sent. An idle
-keep-alive connection, a request head that does not complete, or a client
-that does not read, is closed after IDLE seconds. One access-log line per
+no request of it is answered while more than OUTPUT_LIMIT bytes wait to be
+sent, and it is closed if more than INPUT_LIMIT bytes of requests pile up
+meanwhile. An idle keep-alive connection, a request head that does not
+complete, or a client that reads nothing, is closed after IDLE seconds
+(a slow download that makes progress is not idle). One access-log line per
 request goes to `log` (the combined log format, control characters
 escaped), written once per turn of the loop.
 """
@@ -36,6 +38,7 @@ from .site import REASONS, NotHere, Site, http_date, split_target, target_key
 
 IDLE = 60.0
 OUTPUT_LIMIT = 1 << 20
+INPUT_LIMIT = 1 << 20
 RECV = 1 << 16
 SENDFILE_STEP = 1 << 22
 MAX_CONNECTIONS = 1000
@@ -221,6 +224,11 @@ class Server:
             return
         conn.seen = time.monotonic()
         conn.parser.feed(data)
+        if len(conn.parser.buffer) > INPUT_LIMIT:
+            # Requests piling up behind one still being answered: a client
+            # that does not wait for its answers is not given memory.
+            self._close(conn)
+            return
         self._serve(conn)
 
     def _serve(self, conn: _Connection) -> None:
@@ -359,6 +367,7 @@ class Server:
         with `more`, answer the requests it has sent since."""
         out = conn.out
         sock = conn.sock
+        before = conn.pending
         try:
             while out:
                 seg = out[0]
@@ -383,6 +392,8 @@ class Server:
         except OSError:
             self._close(conn)
             return
+        if conn.pending != before:  # a slow download is not an idle connection
+            conn.seen = time.monotonic()
         if out:
             if not conn.writing:
                 conn.writing = True

@@ -438,3 +438,17 @@ def test_pinned_to_its_commit(site):
     commit = image.read_bytes()[:20].hex()
     with HttpServer(image, "-q", "--commit", commit) as s:
         assert _get(s, "/style.css")[0] == 200
+
+
+def test_an_image_over_nbd(site):
+    """IMAGE may be an NBD URI, as for the other reading verbs: the site
+    served through a real nbdkit is the same site."""
+    from tests.support import NbdkitServer
+
+    src, image = site
+    with NbdkitServer("file", f"file={image}", extra_options=("--readonly",)) as nbd:
+        with HttpServer(nbd.uri, "-q") as s:
+            status, headers, body = _get(s, "/docs/page.html")
+            assert status == 200 and body == (src / "docs" / "page.html").read_bytes()
+            assert headers["ETag"] == f'"{_blob_id(src / "docs" / "page.html")}"'
+            assert _get(s, "/large.bin")[2] == (src / "large.bin").read_bytes()
