@@ -461,15 +461,17 @@ def serve_http(target: str | Path, command: list[str], host: str, port: int, *,
         proc = children.start(cmd, error=BootError, hint="install Debian's qemu-system-x86",
                               stdout=subprocess.PIPE, stderr=errors)
         try:
-            return _follow(proc, errors, timeout, ready, line)
+            return _follow(proc, errors, timeout, ready, line, log)
         finally:
             children.stop(proc)
 
 
-def _follow(proc, errors, timeout: float, ready, line) -> int:
+def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int:
     """Read the console of a live guest (see `serve_http`)."""
-    deadline = time.monotonic() + timeout
+    booted = time.monotonic()
+    deadline = booted + timeout
     live = started = False
+    live_at = booted
     pending = b""
     seen: list[str] = []
     fd = proc.stdout.fileno()
@@ -497,6 +499,7 @@ def _follow(proc, errors, timeout: float, ready, line) -> int:
             del seen[:-50]
             if not live:
                 live = _LIVE.fullmatch(text.strip()) is not None
+                live_at = time.monotonic()
                 if _FAILED.fullmatch(text.strip()):
                     raise BootError(f"the guest failed: {text.strip()}\n"
                                     + _tail("\n".join(seen)))
@@ -505,6 +508,9 @@ def _follow(proc, errors, timeout: float, ready, line) -> int:
                 raise BootError("the guest's server stopped\n" + _tail("\n".join(seen)))
             if not started and " on http://" in text:
                 started = True
+                now = time.monotonic()
+                log(f"the guest's server listens {now - booted:.1f} s after QEMU started, "
+                    f"{now - live_at:.2f} s after the guest's runner started it")
                 ready(text)
             elif not started and text.startswith("docteur http: "):
                 raise BootError(f"the guest's server did not start: {text[14:]}")

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import sys
 
+# A guest has little memory (256 MB by default) and its /tmp is in it:
+# each reader's object cache and the server's bodies are kept smaller than
+# on a host.
+GUEST_CACHE_BYTES = 24 << 20
+
 USAGE = ("usage: python3 -m docteur_core.web.guest DEVICE [--listen HOST:PORT] [--commit ID] "
          "[--no-verify] [--listing] [--readers N] [--mode fast|light] [--block-size N] [-q]")
 
@@ -93,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             first = Image.open(device, mode, verify=verify, commit=commit,
-                               block_size=block_size)
+                               block_size=block_size, cache_bytes=GUEST_CACHE_BYTES)
             images.append(first)
             pinned = first.store.commit_id
             for _ in range(readers - 1):
                 images.append(Image.open(device, mode, verify=verify, commit=pinned,
-                                         block_size=block_size))
+                                         block_size=block_size,
+                                         cache_bytes=GUEST_CACHE_BYTES))
             return serve(images, address, listing=listing, quiet=quiet, say=say,
-                         source=device)
+                         source=device, cache_bytes=GUEST_CACHE_BYTES)
         finally:
             for image in images:
                 image.close()

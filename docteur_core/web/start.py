@@ -10,7 +10,7 @@ def _interrupt(signum, frame):
 
 
 def serve(images: list, listen: tuple[str, int], *, listing: bool, quiet: bool,
-          say, source: str) -> int:
+          say, source: str, cache_bytes: int | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; the shared end of `docteur http` and
     the guest's server. `say` writes a line on stderr."""
     import errno
@@ -22,7 +22,8 @@ def serve(images: list, listen: tuple[str, int], *, listing: bool, quiet: bool,
     from .site import Site
 
     commit = images[0].commit_info(0)
-    site = Site(int(commit.date.timestamp()), listing=listing)
+    site = Site(int(commit.date.timestamp()), listing=listing,
+                **({} if cache_bytes is None else {"cache_bytes": cache_bytes}))
     try:
         server = Server(site, images, listen, access_log=not quiet)
     except OSError as exc:
