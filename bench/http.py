@@ -46,7 +46,7 @@ import urllib.request
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.nginx import Nginx  # noqa: E402
+from tests.helpers.nginx import Nginx  # noqa: E402
 
 WALK = """\
 paths = {%s}

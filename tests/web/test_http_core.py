@@ -17,8 +17,8 @@ from docteur_core.web.ranges import parse_ranges
 from docteur_core.web.request import BadRequest, RequestParser, parse_head
 from docteur_core.web.site import (Entity, NotHere, Site, http_date, parse_http_date,
                                    quote_path, split_target, target_key)
-from tests import forge
-from tests.forge import Obj
+from tests.helpers import forge
+from tests.helpers.forge import Obj
 
 
 # --- request heads -------------------------------------------------------------

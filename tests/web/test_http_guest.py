@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
-from tests.web.server_process import DOCTEUR
+from tests.helpers.support import free_port
+from tests.helpers.http_server import DOCTEUR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.nbdkit]
 
 BOOT_PATIENCE = 600.0
 

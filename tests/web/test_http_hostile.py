@@ -11,9 +11,9 @@ import subprocess
 import pytest
 
 from docteur_core.format.pack import object_id
-from tests import forge
-from tests.forge import Obj
-from tests.web.server_process import DOCTEUR, HttpServer
+from tests.helpers import forge
+from tests.helpers.forge import Obj
+from tests.helpers.http_server import DOCTEUR, HttpServer
 
 SECRET = b"SECRET-BYTES-" * 40
 

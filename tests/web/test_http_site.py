@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.nginx import Nginx
-from tests.web.server_process import DOCTEUR, HttpServer
+from tests.helpers.nginx import Nginx
+from tests.helpers.http_server import DOCTEUR, HttpServer
 
 DATE = "2021-03-04T05:06:07+00:00"
 EPOCH = 1614834367
@@ -227,6 +227,7 @@ RANGES = ["bytes=0-0", "bytes=0-9", "bytes=5-", "bytes=-7", "bytes=-100000000",
           "bytes=abc", "bytes=1-1,1-1,1-1", "bytes=0-0, 2-2 ,4-4"]
 
 
+@pytest.mark.nginx
 @pytest.mark.parametrize("name", ["docs/page.html", "large.bin"])
 def test_ranges_answer_as_nginx_does(site, server, name):
     """Same statuses, same Content-Range, same bytes (parts of a multipart
@@ -440,10 +441,11 @@ def test_pinned_to_its_commit(site):
         assert _get(s, "/style.css")[0] == 200
 
 
+@pytest.mark.nbdkit
 def test_an_image_over_nbd(site):
     """IMAGE may be an NBD URI, as for the other reading verbs: the site
     served through a real nbdkit is the same site."""
-    from tests.support import NbdkitServer
+    from tests.helpers.support import NbdkitServer
 
     src, image = site
     with NbdkitServer("file", f"file={image}", extra_options=("--readonly",)) as nbd:

@@ -1,4 +1,4 @@
-"""A real `docteur http` process for the web tests: started on a port the
+"""A real `docteur http` process for the web tests (tests/web/): started on a port the
 system chooses (--listen 127.0.0.1:0), its URL read from its first line on
 stderr, its access log collected, stopped (and waited for) on exit."""
 
