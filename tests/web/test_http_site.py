@@ -454,3 +454,19 @@ def test_an_image_over_nbd(site):
             assert status == 200 and body == (src / "docs" / "page.html").read_bytes()
             assert headers["ETag"] == f'"{_blob_id(src / "docs" / "page.html")}"'
             assert _get(s, "/large.bin")[2] == (src / "large.bin").read_bytes()
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_it_cleanly(site, sig):
+    import signal
+
+    _, image = site
+    s = HttpServer(image, "-q").start()
+    try:
+        assert _get(s, "/style.css")[0] == 200
+        s.proc.send_signal(getattr(signal, sig))
+        s.proc.wait(timeout=60)
+    finally:
+        status = s.stop()
+    assert status == 0
+    assert s.stderr_rest == "docteur http: stopped\n"
