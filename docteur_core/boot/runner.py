@@ -394,7 +394,8 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
 
 
 GUEST_HTTP_PORT = 80
-_LIVE = re.compile(r"=====DOCTEUR-LIVE (\d+)=====")
+_LIVE = re.compile(r"=====DOCTEUR-LIVE (\d+) init=([0-9.]+) runner=([0-9.]+) "
+                   r"now=([0-9.]+)=====")
 
 
 def web_command(*, commit: str | None, verify: bool = True, listing: bool = False,
@@ -472,6 +473,8 @@ def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int
     deadline = booted + timeout
     live = started = False
     live_at = booted
+    user_space = 0.0  # seconds from the guest's user space start to the LIVE line
+    to_runner = 0.0   # ... to the runner's start (modules, disk, network, Python)
     pending = b""
     seen: list[str] = []
     fd = proc.stdout.fileno()
@@ -498,8 +501,12 @@ def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int
             seen.append(text)
             del seen[:-50]
             if not live:
-                live = _LIVE.fullmatch(text.strip()) is not None
+                match = _LIVE.fullmatch(text.strip())
+                live = match is not None
                 live_at = time.monotonic()
+                if match:
+                    user_space = float(match.group(4)) - float(match.group(2))
+                    to_runner = float(match.group(3)) - float(match.group(2))
                 if _FAILED.fullmatch(text.strip()):
                     raise BootError(f"the guest failed: {text.strip()}\n"
                                     + _tail("\n".join(seen)))
@@ -510,7 +517,10 @@ def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int
                 started = True
                 now = time.monotonic()
                 log(f"the guest's server listens {now - booted:.1f} s after QEMU started, "
-                    f"{now - live_at:.2f} s after the guest's runner started it")
+                    f"{user_space + now - live_at:.2f} s after the guest's user space did "
+                    f"({to_runner:.2f} s to its runner: modules, disk, network, Python; "
+                    f"{user_space - to_runner:.2f} s of imports; {now - live_at:.2f} s to "
+                    "open the image and listen)")
                 ready(text)
             elif not started and text.startswith("docteur http: "):
                 raise BootError(f"the guest's server did not start: {text[14:]}")

@@ -21,8 +21,9 @@ it and knows the bytes arrived intact.
     =====DOCTEUR-DONE count=N start=UPTIME end=UPTIME=====
 
 A long-running command, the web server (`-m docteur_core.web.guest`, for
-`docteur boot --http`), runs live instead: after a `=====DOCTEUR-LIVE n=====`
-line its stderr and stdout are the console itself (its start line, then
+`docteur boot --http`), runs live instead: after a `=====DOCTEUR-LIVE n
+init=UPTIME runner=UPTIME now=UPTIME=====` line (when user space started,
+when this runner did, and now) its stderr and stdout are the console itself (its start line, then
 one access-log line per request, read by the host as they come), until
 it stops (then its END marker, with nothing captured).
 
@@ -189,7 +190,9 @@ def run(argv, index):
 def run_live(argv, index):
     """Run the web server with the console as its stdout and stderr, after
     a LIVE marker; return (status, b"", b"") once it stops."""
-    emit(b"\n=====DOCTEUR-LIVE %d=====\n" % index)
+    init = os.environ.get("DOCTEUR_INIT_UPTIME", "0")
+    emit(b"\n=====DOCTEUR-LIVE %d init=%s runner=%.2f now=%.2f=====\n"
+         % (index, init.encode(), RUNNER_STARTED, uptime()))
     null_fd = os.open("/dev/null", os.O_RDONLY)
     pid = os.fork()
     if pid == 0:
@@ -233,8 +236,12 @@ def uptime():
         return 0.0
 
 
+RUNNER_STARTED = 0.0
+
+
 def main():
-    started = uptime()
+    global RUNNER_STARTED
+    started = RUNNER_STARTED = uptime()
     with open("/proc/cmdline") as f:
         commands = commands_from_cmdline(f.read())
     if any(argv[:2] == READER for argv in commands):
