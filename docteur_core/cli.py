@@ -45,6 +45,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "docteur_core.verify.command": ("verify",),
     "docteur_core.serve.command": ("serve", "plugin-path"),
     "docteur_core.mount.command": ("mount", "umount"),
+    "docteur_core.web.command": ("http",),
     "docteur_core.boot.command": ("boot",),
     "docteur_core.demo.command": ("demo",),
 }

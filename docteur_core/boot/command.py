@@ -20,8 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     The exit status is the first non-zero status of the guest's commands.
     The kernel and the initramfs are built on first use (docteur_core/boot/guest_image.py).
+
+    A web site: with --http [HOST:]PORT the guest runs the web server of
+    `docteur http` on its disk instead of commands, and HOST:PORT on this
+    machine (HOST 127.0.0.1 by default) is forwarded to it (QEMU's user
+    network). Its start line and one access-log line per request show on
+    stderr; it serves until Ctrl-C, or `docteur boot --stop` from another
+    shell (--stop --http PORT: only that one). A guest keeps the image it
+    booted on: rebuild the image, restart the guest to serve the new one.
+
+        docteur boot site.img --http 8080          http://127.0.0.1:8080/
+        docteur boot --stop
     """
-    parser.add_argument("target", metavar="IMAGE_OR_URI",
+    parser.add_argument("target", metavar="IMAGE_OR_URI", nargs="?",
                         help="an image file (served with nbdkit for the boot), an NBD URI, "
                              "or an http(s):// URL (served by nbdkit's curl plugin)")
     _add_options(parser)
@@ -96,6 +107,13 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
                         help="write the guest's output exactly, binary included")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="do not report the steps on stderr")
+    parser.add_argument("--http", metavar="[HOST:]PORT", type=_forward, default=None,
+                        help="run the web server in the guest, HOST:PORT here forwarded to "
+                        "it (HOST: 127.0.0.1 unless given), until Ctrl-C or --stop")
+    parser.add_argument("--listing", action="store_true",
+                        help="with --http: list a folder without index.html (default: 404)")
+    parser.add_argument("--stop", action="store_true",
+                        help="stop the guests serving --http (with --http PORT: that one)")
     from .solo5.command import add_options as add_solo5_options
     add_solo5_options(parser)
 
@@ -120,6 +138,18 @@ def _leading_options(args: argparse.Namespace) -> None:
             leading.append(words.pop(0))
     parser.parse_args(leading, namespace=args)
     args.command = words
+
+
+def _forward(text: str) -> tuple[str, int]:
+    from ..web.server import parse_listen
+
+    try:
+        host, port = parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if port == 0:
+        raise argparse.ArgumentTypeError("a forwarded port must be given (not 0)")
+    return host, port
 
 
 def _interrupt(signum, frame):
@@ -198,10 +228,57 @@ def _pin(args: argparse.Namespace) -> str | None:
     return pin_of_url(args.target)
 
 
+def _run_http(args: argparse.Namespace) -> int:
+    """`docteur boot IMAGE --http [HOST:]PORT`: the guest's web server."""
+    from . import webstate
+    from .runner import BootError, serve_http, web_command
+
+    if args.command:
+        raise BootError(f"--http runs the web server, not {' '.join(args.command)!r}: "
+                        "give no command")
+    if args.solo5:
+        raise BootError("--http boots QEMU, not a Solo5 guest")
+    host, port = args.http
+    _check_is_image(args.target)
+    args.commit = _pin(args)
+    command = web_command(commit=args.commit, verify=args.verify, listing=args.listing,
+                          mode=args.mode)
+    log = _log(args)
+    url = f"http://{host}:{port}/"
+
+    def ready(text: str) -> None:
+        print(f"docteur boot: the guest serves {args.target} on {url} "
+              f"({text.split(' (', 1)[1].split(')')[0] if ' (' in text else 'started'}); "
+              "Ctrl-C or `docteur boot --stop` stops it", file=sys.stderr, flush=True)
+
+    def line(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def work() -> int:
+        with webstate.registered(host, port, args.target):
+            try:
+                return serve_http(args.target, command, host, port, server=args.server,
+                                  accel=args.accel, memory=args.memory, timeout=args.timeout,
+                                  log=log, commit=args.commit, ready=ready, line=line)
+            except KeyboardInterrupt:
+                log("stopped the guest")
+                return 0
+
+    return _with_signals(work)
+
+
 def run(args: argparse.Namespace) -> int:
     from .runner import BootError, boot, print_results, reader_command, split_commands
 
     _leading_options(args)
+    if args.stop:
+        from . import webstate
+
+        return webstate.stop_all(None if args.http is None else args.http[1], _log(args))
+    if args.target is None:
+        raise BootError("an IMAGE_OR_URI is needed (or --stop)")
+    if args.http is not None:
+        return _run_http(args)
     if not args.command:
         raise BootError("no command for the guest (e.g. `cat PATH` or `ls`)")
     if args.no_server and not args.solo5:

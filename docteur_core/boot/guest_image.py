@@ -53,10 +53,16 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 GUEST_PYTHON = Path(os.path.realpath("/usr/bin/python3"))
 BUSYBOX = Path("/bin/busybox")
 META_PACKAGE = "linux-image-amd64"
-# What a virtio-blk disk on QEMU's PCI bus needs; dependencies are added.
-WANTED_MODULES = ["virtio_pci", "virtio_blk"]
+# What a virtio-blk disk on QEMU's PCI bus needs, and the virtio network
+# card of `docteur boot --http`; dependencies are added.
+WANTED_MODULES = ["virtio_pci", "virtio_blk", "virtio_net"]
+# Where the network modules are in the kernel package (fetched into a
+# kernel cached before they were wanted: `_add_net_modules`).
+NET_MODULE_PATTERNS = ["./lib/modules/*/kernel/drivers/net/virtio_net.ko*",
+                       "./lib/modules/*/kernel/drivers/net/net_failover.ko*",
+                       "./lib/modules/*/kernel/net/core/failover.ko*"]
 BUSYBOX_APPLETS = ["sh", "mount", "mkdir", "insmod", "poweroff", "usleep", "sleep",
-                   "dmesg", "cat", "ls", "echo"]
+                   "dmesg", "cat", "ls", "echo", "ip"]
 KEEP_INITRDS = 4
 
 Log = Callable[[str], None]
@@ -157,6 +163,7 @@ def ensure_kernel(cache: Path, log: Log = _quiet, refresh: bool = False) -> Kern
         kernel = _kernel_at(root)
         if kernel:
             extract_vmlinux(kernel, log)
+            _add_net_modules(kernel, cache, log)
             return kernel
     (cache / "kernel").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache / "kernel", prefix="fetch-") as tmp:
@@ -176,7 +183,8 @@ def ensure_kernel(cache: Path, log: Log = _quiet, refresh: bool = False) -> Kern
         tar = _run(["tar", "-x", "-C", str(unpacked), "--wildcards",
                     "./boot/vmlinuz-*", "./lib/modules/*/modules.builtin",
                     "./lib/modules/*/kernel/drivers/virtio/*",
-                    "./lib/modules/*/kernel/drivers/block/virtio_blk.ko*"],
+                    "./lib/modules/*/kernel/drivers/block/virtio_blk.ko*",
+                    *NET_MODULE_PATTERNS],
                    stdin=tar_input.stdout)
         tar_input.stdout.close()
         if tar_input.wait() != 0 or tar.returncode != 0:
@@ -190,10 +198,46 @@ def ensure_kernel(cache: Path, log: Log = _quiet, refresh: bool = False) -> Kern
     if not kernel:
         raise GuestBuildError(f"{deb.name} holds no kernel image")
     extract_vmlinux(kernel, log)
+    _add_net_modules(kernel, cache, log)
     tmp_selected = selected.with_suffix(".tmp")
     tmp_selected.write_text(name + "\n")
     tmp_selected.replace(selected)
     return kernel
+
+
+def _has_net_modules(kernel: Kernel) -> bool:
+    return any(kernel.modules.glob("kernel/drivers/net/virtio_net.ko*"))
+
+
+def _add_net_modules(kernel: Kernel, cache: Path, log: Log = _quiet) -> None:
+    """Add the network modules to a kernel cached before they were wanted:
+    its package fetched again, only those files unpacked next to the
+    others (nothing a running boot uses is replaced)."""
+    if _has_net_modules(kernel):
+        return
+    with tempfile.TemporaryDirectory(dir=cache / "kernel", prefix="fetch-") as tmp:
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o755)
+        log(f"fetching the network modules of {kernel.package}")
+        deb = _apt_download(kernel.package.rsplit("_", 1)[0], tmp_path, log)
+        unpacked = tmp_path / "root"
+        unpacked.mkdir()
+        tar_input = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                     stdout=subprocess.PIPE)
+        tar = _run(["tar", "-x", "-C", str(unpacked), "--wildcards", *NET_MODULE_PATTERNS],
+                   stdin=tar_input.stdout)
+        tar_input.stdout.close()
+        if tar_input.wait() != 0 or tar.returncode != 0:
+            raise GuestBuildError(f"could not unpack the network modules of {deb.name}: "
+                                  + tar.stderr.decode(errors="replace").strip())
+        for found in sorted(unpacked.rglob("*.ko*")):
+            target = kernel.root / found.relative_to(unpacked)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".tmp")
+            shutil.copyfile(found, partial)
+            partial.replace(target)
+    if not _has_net_modules(kernel):
+        raise GuestBuildError(f"{kernel.package} holds no virtio_net module")
 
 
 def _kernel_at(root: Path) -> Kernel | None:

@@ -123,9 +123,11 @@ def encode_commands(commands: Sequence[Sequence[str]]) -> str:
     return base64.urlsafe_b64encode(zlib.compress(b"".join(parts), 9)).decode()
 
 
-def kernel_append(commands: Sequence[Sequence[str]]) -> str:
-    """The kernel command line that asks the guest to run `commands`."""
-    append = f"{BASE_APPEND} docteur.cmds={encode_commands(commands)}"
+def kernel_append(commands: Sequence[Sequence[str]], net: bool = False) -> str:
+    """The kernel command line that asks the guest to run `commands`
+    (`net`: with its network card up, initramfs/init)."""
+    append = (f"{BASE_APPEND}{' docteur.net=1' if net else ''} "
+              f"docteur.cmds={encode_commands(commands)}")
     if len(append) >= MAX_COMMAND_LINE:
         raise BootError(f"the commands do not fit on the kernel command line "
                         f"({len(append)} bytes, at most {MAX_COMMAND_LINE - 1}): "
@@ -261,13 +263,26 @@ def prepare_guest(log: Log = _quiet, cache: Path | None = None):
 
 
 def qemu_command(kernel: Path, initrd: Path, drive: str, append: str,
-                 accel: str = "tcg", memory: int = 256) -> list[str]:
+                 accel: str = "tcg", memory: int = 256,
+                 forward: tuple[str, int, int] | None = None) -> list[str]:
+    """QEMU's command line; `forward` (host address, host port, guest port):
+    a virtio network card on QEMU's user network, that host port forwarded
+    to the guest's."""
     if accel not in ACCELS:
         raise BootError(f"unknown accelerator {accel!r} (one of {', '.join(ACCELS)})")
-    return ["qemu-system-x86_64", "-accel", accel, "-m", str(memory),
-            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", append, "-drive", drive]
+    cmd = ["qemu-system-x86_64", "-accel", accel, "-m", str(memory),
+           "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+           "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+           "-append", append, "-drive", drive]
+    if forward is not None:
+        host, port, guest_port = forward
+        for value in (host,):
+            if "," in value or ":" in value or "-" in value:
+                raise BootError(f"{value!r} cannot be a forwarded address (an IPv4 "
+                                "address or a name is needed)")
+        cmd += ["-netdev", f"user,id=net0,hostfwd=tcp:{host}:{port}-:{guest_port}",
+                "-device", "virtio-net-pci,netdev=net0"]
+    return cmd
 
 
 def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, float]:
@@ -304,6 +319,49 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
     return console, time.monotonic() - started
 
 
+class _Drive:
+    """The guest's disk for the time of a boot: an NBD URI as it is, or an
+    image (a file, an http(s) URL) served by nbdkit, stopped on exit."""
+
+    def __init__(self, target: str | Path, server: str, commit: str | None, log: Log) -> None:
+        self.target = str(target)
+        self.server = server
+        self.commit = commit
+        self.log = log
+        self.nbd = None
+        self.remote = self.target[:6].lower().startswith(("http:", "https:"))
+        self.uri_drive = (drive_option(nbd_drive_options(self.target))
+                          if "://" in self.target and not self.remote else None)
+        if self.uri_drive is None and not self.remote and not Path(self.target).is_file():
+            what = ("is a directory, not an image" if Path(self.target).is_dir()
+                    else "no such image file")
+            raise BootError(f"{self.target}: {what}")
+
+    def __enter__(self) -> str:
+        """The `-drive` option."""
+        if self.uri_drive is not None:
+            self.log(f"using the NBD export {self.target}")
+            return self.uri_drive
+        if self.remote:  # nbdkit's curl plugin, the image checked by range reads first
+            from ..serve.remote import remote_server
+            self.nbd = remote_server(self.target, commit=self.commit)
+        else:
+            self.nbd = image_server(Path(self.target), self.server)
+        try:
+            self.nbd.start()
+        except ServeError as exc:
+            self.nbd = None
+            raise BootError(f"nbdkit could not serve {self.target}: {exc}") from None
+        plugin = ("nbdkit's curl plugin" if self.remote else
+                  "the docteur plugin" if self.server == "docteur" else "nbdkit's file plugin")
+        self.log(f"serving {self.target} with {plugin} on {self.nbd.uri}")
+        return drive_option(nbd_drive_options(self.nbd.uri))
+
+    def __exit__(self, *exc) -> None:
+        if self.nbd:
+            self.nbd.stop()
+
+
 def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
          server: str = "docteur", accel: str = "tcg", timeout: float = DEFAULT_TIMEOUT,
          memory: int = 256, log: Log = _quiet, cache: Path | None = None,
@@ -320,46 +378,154 @@ def boot(target: str | Path, commands: Sequence[Sequence[str]], *,
     if not commands:
         raise BootError("nothing to run in the guest")
     append = kernel_append(commands)
-    target_text = str(target)
-    remote = target_text[:6].lower().startswith(("http:", "https:"))
-    uri_drive = (drive_option(nbd_drive_options(target_text))
-                 if "://" in target_text and not remote else None)
-    if uri_drive is None and not remote and not Path(target_text).is_file():
-        what = "is a directory, not an image" if Path(target_text).is_dir() else "no such image file"
-        raise BootError(f"{target_text}: {what}")
+    drive_of = _Drive(target, server, commit, log)
     guest = prepare_guest(log, cache)
     if guest.built:
         log(f"built the guest (kernel {guest.kernel_version}) in {guest.seconds:.1f} s")
-    nbd = None
-    try:
-        if uri_drive is not None:
-            drive = uri_drive
-            log(f"using the NBD export {target_text}")
-        else:
-            if remote:  # nbdkit's curl plugin, the image checked by range reads first
-                from ..serve.remote import remote_server
-                nbd = remote_server(target_text, commit=commit)
-            else:
-                nbd = image_server(Path(target_text), server)
-            try:
-                nbd.start()
-            except ServeError as exc:
-                raise BootError(f"nbdkit could not serve {target_text}: {exc}") from None
-            drive = drive_option(nbd_drive_options(nbd.uri))
-            plugin = ("nbdkit's curl plugin" if remote else
-                      "the docteur plugin" if server == "docteur" else "nbdkit's file plugin")
-            log(f"serving {target_text} with {plugin} on {nbd.uri}")
+    with drive_of as drive:
         log(f"booting the guest ({accel}, {len(commands)} command"
             f"{'' if len(commands) == 1 else 's'})")
         console, seconds = run_qemu(qemu_command(guest.kernel, guest.initrd, drive, append,
                                                  accel, memory), timeout, log)
-    finally:
-        if nbd:
-            nbd.stop()
     results, (started, finished) = _parse_console(console, commands)
     log(f"the guest powered off after {seconds:.1f} s (its commands ran from "
         f"{started:.1f} s to {finished:.1f} s of its uptime)")
     return BootResult(results, seconds, console, started, finished)
+
+
+GUEST_HTTP_PORT = 80
+_LIVE = re.compile(r"=====DOCTEUR-LIVE (\d+) init=([0-9.]+) runner=([0-9.]+) "
+                   r"now=([0-9.]+)=====")
+
+
+def web_command(*, commit: str | None, verify: bool = True, listing: bool = False,
+                mode: str = "light", quiet: bool = False) -> list[str]:
+    """The Python arguments that run the web server on the guest's disk."""
+    args = ["-m", "docteur_core.web.guest", GUEST_DEVICE, "--listen",
+            f"0.0.0.0:{GUEST_HTTP_PORT}", "--mode", mode]
+    if commit:
+        args += ["--commit", commit]
+    if not verify:
+        args.append("--no-verify")
+    if listing:
+        args.append("--listing")
+    if quiet:
+        args.append("-q")
+    return args
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A host port QEMU could not forward, refused in one line before a boot."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise BootError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BootError(f"cannot listen on {host}:{port}: the port is taken (another "
+                                "server is on it); choose another with --http "
+                                "[HOST:]PORT") from None
+            raise BootError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def serve_http(target: str | Path, command: list[str], host: str, port: int, *,
+               server: str = "docteur", accel: str = "tcg", memory: int = 256,
+               timeout: float = DEFAULT_TIMEOUT, log: Log = _quiet,
+               cache: Path | None = None, commit: str | None = None,
+               ready: Callable[[str], None] = _quiet,
+               line: Callable[[str], None] = _quiet) -> int:
+    """Boot a guest that runs the web server `command` (`web_command`) on
+    `target`, `host:port` forwarded to it; call `ready(its start line)`
+    once it listens (within `timeout` seconds of the boot), then `line`
+    for each line it writes (its access log), until KeyboardInterrupt (the
+    guest and nbdkit are then stopped) or the guest stops (BootError, with
+    the console's last lines)."""
+    check_port_free(host, port)
+    append = kernel_append([command], net=True)
+    drive_of = _Drive(target, server, commit, log)
+    guest = prepare_guest(log, cache)
+    if guest.built:
+        log(f"built the guest (kernel {guest.kernel_version}) in {guest.seconds:.1f} s")
+    with drive_of as drive, tempfile.TemporaryFile() as errors:
+        cmd = qemu_command(guest.kernel, guest.initrd, drive, append, accel, memory,
+                           forward=(host, port, GUEST_HTTP_PORT))
+        log(f"booting the guest ({accel}), {host}:{port} forwarded to its port "
+            f"{GUEST_HTTP_PORT}")
+        proc = children.start(cmd, error=BootError, hint="install Debian's qemu-system-x86",
+                              stdout=subprocess.PIPE, stderr=errors)
+        try:
+            return _follow(proc, errors, timeout, ready, line, log)
+        finally:
+            children.stop(proc)
+
+
+def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int:
+    """Read the console of a live guest (see `serve_http`)."""
+    booted = time.monotonic()
+    deadline = booted + timeout
+    live = started = False
+    live_at = booted
+    user_space = 0.0  # seconds from the guest's user space start to the LIVE line
+    to_runner = 0.0   # ... to the runner's start (modules, disk, network, Python)
+    pending = b""
+    seen: list[str] = []
+    fd = proc.stdout.fileno()
+    while True:
+        wait = 1.0 if started else max(0.0, min(1.0, deadline - time.monotonic()))
+        if not started and time.monotonic() >= deadline:
+            raise BootError(f"the guest's server did not start within {timeout:.0f} s\n"
+                            + _tail("\n".join(seen)))
+        ready_fds, _, _ = select.select([fd], [], [], wait)
+        if not ready_fds:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            status = proc.wait()
+            errors.seek(0)
+            message = errors.read().decode(errors="replace").strip()
+            raise BootError(f"the guest stopped (QEMU exit status {status}"
+                            + (f": {message}" if message else "") + ")\n"
+                            + _tail("\n".join(seen)))
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            text = raw.decode(errors="replace").strip("\r")
+            seen.append(text)
+            del seen[:-50]
+            if not live:
+                match = _LIVE.fullmatch(text.strip())
+                live = match is not None
+                live_at = time.monotonic()
+                if match:
+                    user_space = float(match.group(4)) - float(match.group(2))
+                    to_runner = float(match.group(3)) - float(match.group(2))
+                if _FAILED.fullmatch(text.strip()):
+                    raise BootError(f"the guest failed: {text.strip()}\n"
+                                    + _tail("\n".join(seen)))
+                continue
+            if text.startswith(MARK):
+                raise BootError("the guest's server stopped\n" + _tail("\n".join(seen)))
+            if not started and " on http://" in text:
+                started = True
+                now = time.monotonic()
+                log(f"the guest's server listens {now - booted:.1f} s after QEMU started, "
+                    f"{user_space + now - live_at:.2f} s after the guest's user space did "
+                    f"({to_runner:.2f} s to its runner: modules, disk, network, Python; "
+                    f"{user_space - to_runner:.2f} s of imports; {now - live_at:.2f} s to "
+                    "open the image and listen)")
+                ready(text)
+            elif not started and text.startswith("docteur http: "):
+                raise BootError(f"the guest's server did not start: {text[14:]}")
+            elif text:
+                line(text)
 
 
 # --- showing results ------------------------------------------------------------

@@ -726,6 +726,24 @@ class Image:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
         return self.store.stream_object(node.id, write, "blob", node.offset)
 
+    def node(self, path: str | bytes | Node) -> Node:
+        """What the image holds at `path` (NotFound, NotADirectory): its
+        mode, id and, when known, offset; a Node handed to `get`, `content`
+        or `entries` needs no second lookup."""
+        return self._lookup(path)
+
+    def content(self, path: str | bytes | Node):
+        """A file's bytes, checked before they are returned: bytes for a
+        file built whole, a temporary file (positioned at its start, the
+        caller's to close) for a large one (`Store.content`). Nothing is
+        returned for a damaged or forged object: DamagedImage instead."""
+        node = self._lookup(path)
+        if node.mode == obj.MODE_DIR:
+            raise NotAFile(f"/{node.path} is a directory")
+        if node.mode == obj.MODE_GITLINK:
+            raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
+        return self.store.content(node.id, "blob", node.offset)
+
     def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` (fewer at the end). A large file stored
         whole is inflated only as far as needed, from where the last read

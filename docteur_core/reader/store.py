@@ -412,6 +412,35 @@ class Store:
             self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
         return eh.size
 
+    def content(self, oid: bytes, expect: str | None = "blob", offset: int | None = None):
+        """The content of `oid`, checked before it is returned: as bytes when
+        it is built whole (up to STREAM_THRESHOLD, or a delta's result up to
+        that), else as a temporary file positioned at its start, which the
+        caller closes (a large entry stored whole: `spool_entry`'s file, the
+        one copy hashed; a large delta's result: written there once proven).
+        For a server that must not send a byte of a file before the whole of
+        it is checked (docteur_core/web): unlike `stream_object`, no second
+        copy of a spooled entry is made. Without `verify`, a spooled entry is
+        checked against its CRC-32 before it is returned."""
+        offset, crc, where, eh, buf = self._whole_entry(oid, offset)
+        cached = offset in self._cache
+        if eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD and not cached:
+            return self.spool_entry(oid, offset, crc, where, eh, buf, expect)
+        if (eh.type not in BASE_TYPES and not cached
+                and _declared_result(eh, buf) > STREAM_THRESHOLD):
+            import tempfile
+
+            spool = tempfile.TemporaryFile(prefix="docteur-content-")
+            try:
+                self._stream_delta(oid, offset, crc, where, eh, buf, expect, spool.write)
+                spool.seek(0)
+            except BaseException:
+                spool.close()
+                raise
+            return spool
+        first = (eh, buf) if eh.size <= self.max_object_size else None
+        return self._object_at(oid, expect, offset, crc, first)[1]
+
     def _spooled(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None,
                  write: Callable[[bytes], object]) -> None:
         """Stream a large entry through `spool_entry`'s file: written out

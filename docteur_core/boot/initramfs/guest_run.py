@@ -20,6 +20,13 @@ it and knows the bytes arrived intact.
     ...
     =====DOCTEUR-DONE count=N start=UPTIME end=UPTIME=====
 
+A long-running command, the web server (`-m docteur_core.web.guest`, for
+`docteur boot --http`), runs live instead: after a `=====DOCTEUR-LIVE n
+init=UPTIME runner=UPTIME now=UPTIME=====` line (when user space started,
+when this runner did, and now) its stderr and stdout are the console itself (its start line, then
+one access-log line per request, read by the host as they come), until
+it stops (then its END marker, with nothing captured).
+
 Only built-in modules and os are used (and the reader, for the commands
 that run it): nothing here may depend on what the initramfs's trimmed
 standard library happens to hold.
@@ -80,6 +87,7 @@ def commands_from_cmdline(cmdline):
 
 
 READER = ["-m", "docteur_core.reader.guest"]
+WEB = ["-m", "docteur_core.web.guest"]
 
 
 def _preloaded_reader():
@@ -96,11 +104,30 @@ def _preloaded_reader():
     return guest
 
 
+def _preloaded_web():
+    """docteur_core.web.guest with the modules the server needs at start."""
+    import docteur_core.web.guest as guest
+    import docteur_core.web.start  # noqa: F401
+    import docteur_core.web.server  # noqa: F401
+    import docteur_core.web.site  # noqa: F401
+    import docteur_core.reader.image  # noqa: F401
+    return guest
+
+
 def _child(argv):
     """In the forked child: run the command, never return."""
     status = 0
     try:
-        if argv[:2] == READER:
+        if argv[:2] == WEB:
+            guest = _preloaded_web()
+            sys.argv = ["docteur_core.web.guest"] + argv[2:]
+            try:
+                status = guest.main(argv[2:]) or 0
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        elif argv[:2] == READER:
             guest = _preloaded_reader()
             sys.argv = ["docteur_core.reader.guest"] + argv[2:]
             try:
@@ -119,7 +146,7 @@ def _child(argv):
         except BaseException:
             os.write(2, ("guest_run: %s: %r\n" % (" ".join(argv), exc)).encode())
         finally:
-            os._exit(1 if argv[:2] == READER else 127)  # 127: exec failed
+            os._exit(1 if argv[:2] in (READER, WEB) else 127)  # 127: exec failed
     os._exit(status if isinstance(status, int) and 0 <= status < 256 else 1)
 
 
@@ -130,6 +157,8 @@ def run(argv, index):
     fork of this (already loaded) interpreter; anything else is the argument
     list of a fresh `python3 -S`.
     """
+    if argv[:2] == WEB:
+        return run_live(argv, index)
     out_path = "%s/out.%d" % (SCRATCH, index)
     err_path = "%s/err.%d" % (SCRATCH, index)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -156,6 +185,25 @@ def run(argv, index):
     os.unlink(out_path)
     os.unlink(err_path)
     return status, out, err
+
+
+def run_live(argv, index):
+    """Run the web server with the console as its stdout and stderr, after
+    a LIVE marker; return (status, b"", b"") once it stops."""
+    init = os.environ.get("DOCTEUR_INIT_UPTIME", "0")
+    emit(b"\n=====DOCTEUR-LIVE %d init=%s runner=%.2f now=%.2f=====\n"
+         % (index, init.encode(), RUNNER_STARTED, uptime()))
+    null_fd = os.open("/dev/null", os.O_RDONLY)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(null_fd, 0)
+        except BaseException:
+            os._exit(127)
+        _child(argv)
+    os.close(null_fd)
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), b"", b""
 
 
 def fingerprint(data):
@@ -188,8 +236,12 @@ def uptime():
         return 0.0
 
 
+RUNNER_STARTED = 0.0
+
+
 def main():
-    started = uptime()
+    global RUNNER_STARTED
+    started = RUNNER_STARTED = uptime()
     with open("/proc/cmdline") as f:
         commands = commands_from_cmdline(f.read())
     if any(argv[:2] == READER for argv in commands):
@@ -197,6 +249,11 @@ def main():
             _preloaded_reader()
         except BaseException:
             pass  # each command will report the error itself
+    if any(argv[:2] == WEB for argv in commands):
+        try:
+            _preloaded_web()
+        except BaseException:
+            pass
     for index, argv in enumerate(commands, 1):
         begun = time.monotonic()
         status, out, err = run(argv, index)

@@ -37,8 +37,11 @@ EXCLUDES = [
 ALWAYS = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1",
           "encodings.ascii", "os", "runpy"]
 # The parts of docteur_core the guest runs: the package's own __init__ and
-# errors, and the format, block-device and reader subpackages.
-GUEST_PARTS = ("__init__.py", "errors.py", "format", "blockdev", "reader")
+# errors, the format, block-device and reader subpackages, and the web
+# server but its host command (`docteur http`'s argparse and trust checks).
+GUEST_PARTS = ("__init__.py", "errors.py", "format", "blockdev", "reader",
+               "web/__init__.py", "web/request.py", "web/ranges.py", "web/site.py",
+               "web/server.py", "web/start.py", "web/guest.py")
 
 
 def guest_sources(package_root):
