@@ -5,7 +5,8 @@ an id the object does not hash to, or a fanout that decreases; the reader
 and verify tests need exactly those, one at a time. This is the one small
 writer they share: entries are encoded here (with the format's own
 `pack.entry_header` and `idx.encode_idx_v2`, the builder's encoders), every field can be overridden, and the
-image is laid out with the real `layout` rules.
+image is laid out with the real `layout` rules. Delta sizes and offset
+distances come from fuzz/gitbytes.py, the fuzzer's independent encoders.
 """
 
 from __future__ import annotations
@@ -19,18 +20,9 @@ from docteur_core.format.idx import encode_idx_v2
 from docteur_core.format.pack import (OBJ_BLOB, OBJ_COMMIT, OBJ_OFS_DELTA, OBJ_REF_DELTA, OBJ_TREE,
                                      entry_header, object_id)
 
+from fuzz.gitbytes import ofs_encode as ofs_distance, varint  # noqa: E402 (see gitbytes)
+
 TYPES = {"commit": OBJ_COMMIT, "tree": OBJ_TREE, "blob": OBJ_BLOB}
-
-
-def varint(n: int) -> bytes:
-    """A size in a delta's header: 7 bits a byte, least significant first."""
-    out = bytearray()
-    while True:
-        c = n & 0x7F
-        n >>= 7
-        out.append(c | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def copy_op(off: int, size: int) -> bytes:
@@ -45,17 +37,6 @@ def copy_op(off: int, size: int) -> bytes:
             code |= 0x10 << i
             args.append((size >> 8 * i) & 255)
     return bytes([code]) + args
-
-
-def ofs_distance(distance: int) -> bytes:
-    """An OFS_DELTA's distance back to its base, in git's offset encoding."""
-    out = [distance & 0x7F]
-    distance >>= 7
-    while distance:
-        distance -= 1
-        out.insert(0, 0x80 | (distance & 0x7F))
-        distance >>= 7
-    return bytes(out)
 
 
 def make_delta(base: bytes, target: bytes) -> bytes:
