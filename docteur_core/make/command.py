@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from . import filters_refusal, make_image
+    from . import MakeOptions, make_image
+    from .pipeline import filters_refusal
     from .source import classify
 
     if args.branch is not None and classify(args.source).kind == "directory":
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.sign is not None and classify(args.source).kind != "directory":
         # A usage error, as --branch above: a repository's commit is stored as it is.
-        from . import SIGN_REFUSAL
+        from .pipeline import SIGN_REFUSAL
         print(f"docteur make: {args.source}: {SIGN_REFUSAL}", file=sys.stderr)
         return 2
     if args.exclude or args.gitignore:
@@ -243,14 +244,14 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     try:
-        result = make_image(args.source, args.image, branch=args.branch, date=args.date,
-                            author=args.author, message=args.message,
-                            block_size=args.block_size, progress=progress,
-                            compat=args.compat, path_index=args.path_index,
-                            compress=args.compress,
-                            zopfli_iterations=args.zopfli_iterations,
-                            excludes=args.exclude, gitignore=args.gitignore,
-                            sign=args.sign, warn=warn, base=args.base)
+        options = MakeOptions(branch=args.branch, date=args.date, author=args.author,
+                              message=args.message, block_size=args.block_size,
+                              compat=args.compat, path_index=args.path_index,
+                              compress=args.compress,
+                              zopfli_iterations=args.zopfli_iterations,
+                              excludes=tuple(args.exclude), gitignore=args.gitignore,
+                              sign=args.sign, base=args.base)
+        result = make_image(args.source, args.image, options, progress=progress, warn=warn)
     finally:
         if progress is not None:
             progress.close()
