@@ -60,7 +60,8 @@ A record (varints are LEB128, at most 10 bytes):
             other page: varint page offset, varint page length
 
 Records come in post-order (a tree's after those it names), so every
-reference is to a record already placed; the root's is last.
+reference is to a record already placed; the root's is last, alone in its
+page, which is the inline page when it fits (a lookup starts with no read).
 
 Determinism: the same trees and IDX give the same records; the pages are
 zlib level 9, so the same zlib gives the same bytes (`docteur verify`
@@ -311,7 +312,9 @@ def encode(root: bytes, entries_of: Callable[[bytes], TreeRows],
             return r if r.page is not None else Ref(None, 0, r.inner)
 
         record = encode_record(rows, position_of, offset_of, ref_of, None)
-        if pages.raw and len(pages.raw) + len(record) > PAGE_RAW:
+        # The root's record alone in the last page, which then fits in the
+        # super block: a lookup starts with no read.
+        if pages.raw and (len(pages.raw) + len(record) > PAGE_RAW or tid == root):
             pages.flush()
             record = encode_record(rows, position_of, offset_of, ref_of, None)
         if len(pages.raw) + len(record) > MAX_PAGE_RAW:
