@@ -16,7 +16,7 @@ Version 2 is sized like the trees it describes:
 - an object is named by its position in the IDX (which holds its id and CRC
   already), and placed by its pack offset, stored as the difference from the
   entry before it (git writes a folder's objects near each other);
-- records are packed into pages of about 16 KiB, each deflated.
+- records are packed into pages of about 32 KiB, each deflated.
 
 Placement (the OCaml docteur's layout is kept byte for byte before it):
 
@@ -92,7 +92,7 @@ SUPER_HEAD = struct.Struct("<8sHBBI20s20s20sQQQQQIIQI32s")
 ROOT_REF = struct.Struct("<IQII")  # inner offset, page offset, page length, inline length
 INLINE_AT = SUPER_HEAD.size + ROOT_REF.size  # 188
 INLINE_ROOM = CRC_AT - INLINE_AT
-PAGE_RAW = 16 * 1024  # records are packed into pages of about this many bytes
+PAGE_RAW = 32 * 1024  # records are packed into pages of about this many bytes
 MAX_PAGE_RAW = 1 << 26  # what a page may inflate to (a directory of ~a million names)
 KINDS = (MODE_FILE, MODE_EXEC, MODE_LINK, MODE_DIR, MODE_GITLINK)
 KIND_OF = {m: k for k, m in enumerate(KINDS)}
