@@ -193,6 +193,7 @@ class PathIndexCheck(State):
         held: set[tuple[int, int]] = set()
         checked: dict[pix.Ref, bytes] = {}  # record -> the tree it was checked against
         paths: dict[bytes, int] = {}
+        counts: dict[bytes, tuple[int, list[bytes]]] = {}  # trees being checked
         stack: list[tuple[bytes, pix.Ref, bool]] = [(root, sup.root_ref, False)]
         on_path: set[bytes] = set()
         root_count = None
@@ -201,9 +202,8 @@ class PathIndexCheck(State):
             if leaving:
                 on_path.discard(tid)
                 if tid not in paths:
-                    paths[tid] = len(self._tree_entries(tid)) + sum(
-                        paths[oid] for mode, oid, _ in self._tree_entries(tid)
-                        if mode == objects.MODE_DIR)
+                    n, subdirs = counts.pop(tid)
+                    paths[tid] = n + sum(paths[oid] for oid in subdirs)
                 continue
             seen = checked.get(ref)
             if seen is not None:
@@ -230,6 +230,8 @@ class PathIndexCheck(State):
                                f"entries, the tree {len(entries)}")
             stack.append((tid, ref, True))
             on_path.add(tid)
+            counts[tid] = (len(entries), [oid for mode, oid, _ in entries
+                                          if mode == objects.MODE_DIR])
             for row, (mode, oid, name) in zip(rows, entries):
                 what = None
                 if row.name != name or row.mode != mode:
