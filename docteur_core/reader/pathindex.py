@@ -4,7 +4,8 @@ Opening one reads the image's last 4096 bytes (the super block, which holds
 the root's record when it fits) and the PACK's 20-byte trailer it is bound
 to. A lookup then reads one page per directory on the path (a tree's record:
 its entries' names, kinds, IDX positions and pack offsets), and the id of
-the entry it answers from the IDX's name table (one 20-byte read). Decoded
+the entry it answers from the IDX's name table (one 20-byte read; after a
+few hundred, as in a walk, the table is read whole, once). Decoded
 records are kept in a small LRU bounded by count, and the last directory
 reached is kept, so lookups in path order cost no page read.
 
@@ -31,6 +32,7 @@ from ..format.layout import Pread
 
 DEFAULT_CACHE_RECORDS = 256
 DEFAULT_CACHE_PAGES = 8
+NAMES_AFTER = 512  # ids read one by one before the IDX's name table is read whole
 
 
 def probe(pread: Pread, capacity: int) -> bytes | None:
@@ -68,6 +70,8 @@ class PathIndex:
         self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self.nodes_read = 0  # pages read from the device (the name the benches use)
         self._last: tuple[bytes, Record] | None = None  # the last directory reached
+        self._names: bytes | None = None  # the IDX's name table, once many ids were read
+        self._ids_read = 0
 
     @classmethod
     def open(cls, pread: Pread, capacity: int, commit: bytes, *, pack_start: int,
@@ -162,12 +166,24 @@ class PathIndex:
         return rec
 
     def id_at(self, position: int) -> bytes:
-        """The object id at an IDX position (one 20-byte read)."""
-        at = self.idx.name_at(position)
-        data = self.pread(at, 20)
-        if len(data) != 20:
-            raise DamagedImage("truncated IDX name table", f"offset {at}")
-        return data
+        """The object id at an IDX position: one 20-byte read, until
+        `NAMES_AFTER` of them have been made; then the IDX's whole name
+        table is read once (20 bytes an object) and kept, so that a walk
+        of every path costs one sequential read, not one per path."""
+        names = self._names
+        if names is None:
+            self._ids_read += 1
+            if self._ids_read <= NAMES_AFTER:
+                at = self.idx.name_at(position)
+                data = self.pread(at, 20)
+                if len(data) != 20:
+                    raise DamagedImage("truncated IDX name table", f"offset {at}")
+                return data
+            at, size = self.idx.name_at(0), 20 * self.idx.count
+            names = self._names = self.pread(at, size)
+            if len(names) != size:
+                raise DamagedImage("truncated IDX name table", f"offset {at}")
+        return names[20 * position:20 * position + 20]
 
     def _entry(self, key: bytes, row: pix.Row) -> pix.Entry:
         oid = row.gitlink if row.position is None else self.id_at(row.position)

@@ -234,3 +234,19 @@ def test_hostile_records_with_good_checksums_are_refused():
     # A root reference outside the pages: refused at open.
     with pytest.raises(DamagedImage, match="outside"):
         fake.open(_reseal(fake, fake.data, lambda s: struct.pack_into("<Q", s, 172, 1 << 40)))
+
+
+def test_a_walk_reads_the_idx_name_table_once_not_an_id_at_a_time():
+    from docteur_core.reader.pathindex import NAMES_AFTER
+
+    fake = Fake(_wide(1, 20))  # 2,000 files in 100 folders
+    reads: list[int] = []
+    index = fake.open(reads=reads)
+    seen = {}
+    for path, (mode, oid) in fake.paths.items():
+        if mode == MODE_DIR:
+            for e in index.listing(path):
+                seen[e.path] = e.id
+    assert seen == {p: oid for p, (m, oid) in fake.paths.items() if p.count(b"/")}
+    lo, hi = fake.idx.name_at(0), fake.idx.name_at(fake.idx.count)
+    assert len([o for o in reads if lo <= o < hi]) == NAMES_AFTER + 1

@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 
 from docteur_core.blockdev.block import MemoryDevice
-from docteur_core.format import pathindex as pix
 from docteur_core.make import make_image
 from docteur_core.reader import Image
 
