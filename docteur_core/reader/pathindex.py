@@ -32,6 +32,7 @@ from ..format.layout import Pread
 
 DEFAULT_CACHE_RECORDS = 256
 DEFAULT_CACHE_PAGES = 8
+CACHE_PAGE_BYTES = 4 << 20
 NAMES_AFTER = 512  # ids read one by one before the IDX's name table is read whole
 
 
@@ -68,6 +69,7 @@ class PathIndex:
         self.cache_records = cache_records
         self._records: OrderedDict[pix.Ref, Record] = OrderedDict()
         self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._page_bytes = 0
         self.nodes_read = 0  # pages read from the device (the name the benches use)
         self._last: tuple[bytes, Record] | None = None  # the last directory reached
         self._names: bytes | None = None  # the IDX's name table, once many ids were read
@@ -125,8 +127,12 @@ class PathIndex:
                 raise DamagedImage("page runs past the end of the device", where)
         raw = pix.inflate_page(data, where)
         self._pages[key] = raw
-        if len(self._pages) > DEFAULT_CACHE_PAGES:
-            self._pages.popitem(last=False)
+        self._page_bytes += len(raw)
+        # Bounded in count and in bytes (a hostile page may inflate to
+        # MAX_PAGE_RAW): the newest is always kept.
+        while len(self._pages) > 1 and (len(self._pages) > DEFAULT_CACHE_PAGES
+                                        or self._page_bytes > CACHE_PAGE_BYTES):
+            self._page_bytes -= len(self._pages.popitem(last=False)[1])
         return raw
 
     def record(self, ref: pix.Ref) -> Record:

@@ -176,8 +176,8 @@ class PathIndexCheck(State):
             key = (ref.page, ref.length)
             raw = pages.get(key)
             if raw is None:
-                if len(pages) > 64:  # the tiling is checked from the keys
-                    held.update(k for k in pages)
+                if len(pages) > 64 or sum(map(len, pages.values())) > 64 << 20:
+                    held.update(pages)  # the tiling is checked from the keys
                     pages.clear()
                 data = (sup.inline if ref.page == area
                         else self.reader.pread(sup.nodes_start + ref.page, ref.length))
