@@ -6,7 +6,7 @@ to. A lookup then reads one page per directory on the path (a tree's record:
 its entries' names, kinds, IDX positions and pack offsets), and the id of
 the entry it answers from the IDX's name table (one 20-byte read; after a
 few hundred, as in a walk, the table is read whole, once). Decoded
-records are kept in a small LRU bounded by count, and the last directory
+records are kept in an LRU bounded by their rows, and the last directory
 reached is kept, so lookups in path order cost no page read.
 
 Every record is checked when decoded (the page's zlib stream whole, names
@@ -30,7 +30,7 @@ from ..format import pathindex as pix
 from ..format.idx import Idx
 from ..format.layout import Pread
 
-DEFAULT_CACHE_RECORDS = 256
+DEFAULT_CACHE_ROWS = 50_000
 DEFAULT_CACHE_PAGES = 8
 CACHE_PAGE_BYTES = 4 << 20
 NAMES_AFTER = 512  # ids read one by one before the IDX's name table is read whole
@@ -59,15 +59,16 @@ class PathIndex:
     """Lookups and listings of one image's path index. Not thread-safe."""
 
     def __init__(self, pread: Pread, capacity: int, sup: pix.Super, *, pack_start: int,
-                 idx: Idx, cache_records: int = DEFAULT_CACHE_RECORDS) -> None:
+                 idx: Idx, cache_rows: int = DEFAULT_CACHE_ROWS) -> None:
         self.pread = pread
         self.capacity = capacity
         self.sup = sup
         self.pack_start = pack_start
         self.idx = idx
         self.area = capacity - pix.SUPER_SIZE - sup.nodes_start
-        self.cache_records = cache_records
+        self.cache_rows = cache_rows
         self._records: OrderedDict[pix.Ref, Record] = OrderedDict()
+        self._record_rows = 0
         self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._page_bytes = 0
         self.nodes_read = 0  # pages read from the device (the name the benches use)
@@ -78,7 +79,7 @@ class PathIndex:
     @classmethod
     def open(cls, pread: Pread, capacity: int, commit: bytes, *, pack_start: int,
              idx: Idx, data: bytes | None = None,
-             cache_records: int = DEFAULT_CACHE_RECORDS) -> "PathIndex | None":
+             cache_rows: int = DEFAULT_CACHE_ROWS) -> "PathIndex | None":
         """The image's path index, None when it has none (or one of another
         version); DamagedImage when it has one that is damaged or bound to
         another image."""
@@ -102,7 +103,7 @@ class PathIndex:
             raise DamagedImage(f"the path index is bound to pack {sup.pack_checksum.hex()}, "
                                f"the image's PACK ends with {trailer.hex()}", where)
         return cls(pread, capacity, sup, pack_start=pack_start, idx=idx,
-                   cache_records=cache_records)
+                   cache_rows=cache_rows)
 
     # -- records ---------------------------------------------------------------
 
@@ -148,8 +149,12 @@ class PathIndex:
                                  self._where(ref))
         hit = Record(rows, ref)
         self._records[ref] = hit
-        if len(self._records) > self.cache_records:
-            self._records.popitem(last=False)
+        self._record_rows += len(rows)
+        # Bounded by rows, as light mode's parsed trees are: a walk of ten
+        # releases lists each shared folder ten times, so thousands of
+        # small records must stay; the newest is always kept.
+        while len(self._records) > 1 and self._record_rows > self.cache_rows:
+            self._record_rows -= len(self._records.popitem(last=False)[1].rows)
         return hit
 
     def directory(self, path: bytes) -> Record | None:
