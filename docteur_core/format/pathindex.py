@@ -365,6 +365,22 @@ def version_of(data: bytes) -> int:
     return struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
 
 
+def parse_binding(data: bytes, capacity: int) -> tuple[int, bytes, int]:
+    """(version, pack checksum, region start) of a super block of version 1
+    or 2, its magic and CRC-32 checked: what a tool that does not read the
+    index (`make --base`) needs to know the region belongs to the PACK."""
+    where = f"{REGION} super block at offset {capacity - SUPER_SIZE}"
+    if len(data) != SUPER_SIZE or data[:8] != MAGIC:
+        raise DamagedImage("no path index super block", where)
+    if zlib.crc32(memoryview(data)[:CRC_AT]) != struct.unpack_from("<I", data, CRC_AT)[0]:
+        raise DamagedImage("super block CRC-32 does not match", where)
+    version = version_of(data)
+    if version not in (LEGACY, VERSION):
+        raise DamagedImage(f"path index version {version}, this docteur knows {LEGACY} "
+                           f"and {VERSION}", where)
+    return version, bytes(data[36:56]), struct.unpack_from("<Q", data, 100)[0]
+
+
 def parse_super(data: bytes, capacity: int) -> Super:
     """Decode and check the super block (the image's last 4096 bytes)."""
     at = capacity - SUPER_SIZE

@@ -271,7 +271,7 @@ def test_fuzzed_region_gives_the_tree_walks_bytes_or_an_error(built, data):
 
 
 def test_a_lying_index_or_another_images_is_an_error_never_other_bytes(built, tmp_path):
-    from tests.forge import rebuilt_path_index
+    from tests.helpers.forge import rebuilt_path_index
 
     img, _, src = built
     data = img.read_bytes()

@@ -72,7 +72,7 @@ def _entry_of(image: bytes, path: str) -> tuple[bytes, int, int]:
 def _repointed_index(image: bytes, path: str, to: str) -> bytes:
     """The path index entry of `path` points at `to`'s object (offset and
     IDX position), every checksum of the region sealed again."""
-    from tests.forge import rebuilt_path_index
+    from tests.helpers.forge import rebuilt_path_index
 
     oid, _, _ = _entry_of(image, path)
     other, offset, _ = _entry_of(image, to)
