@@ -52,7 +52,7 @@ from ..errors import (DamagedImage, LimitExceeded, NotADirectory, NotAFile, NotF
 from ..format import limits
 from ..format import pathindex as pix
 from ..format.trail import Trail
-from ..format.pack import DEFAULT_MAX_OBJECT_SIZE
+from ..format.pack import DEFAULT_MAX_OBJECT_SIZE, object_id
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
 TYPE_CHECKING = False
@@ -66,6 +66,11 @@ DEFAULT_MAX_PATHS = limits.MAX_PATHS
 DEFAULT_MAX_PATH_BYTES = limits.MAX_PATH_BYTES
 # Light mode keeps recently parsed trees, bounded by their total entries.
 _PARSED_ENTRIES = 50_000
+# Verified, with a path index: once a walk has read this many trees from the
+# pack, the IDX's name table is read whole and the next trees are proven from
+# the index's records instead (`_tree_from_index`); a cold lookup never gets
+# there, and reads no 20 bytes an object.
+_TREES_BEFORE_NAMES = 64
 
 
 def split_path(path: str | bytes) -> tuple[str, ...]:
@@ -196,6 +201,7 @@ class Image:
         # tree id -> its entries' offsets, as the path index placed them, for
         # the trees `_trees` keeps (evicted with them).
         self._offsets_of: dict[bytes, list[int | None]] = {}
+        self._trees_read = 0  # trees read from the pack (see _TREES_BEFORE_NAMES)
         sup = None if path_index is None else path_index.sup
         cid = store.commit_id
         if pin is not None and pin != cid:
@@ -345,14 +351,21 @@ class Image:
               ) -> tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]:
         """The entries of a tree (and by name), parsed once while kept. The
         tree is read where `offset` says (the path index's word, when there
-        is one) and hashed against `tree_id` when verifying."""
+        is one) and hashed against `tree_id` when verifying; in a verified
+        walk, it is proven from the index's record instead once the IDX's
+        names are at hand (`_tree_from_index`)."""
         parsed = self._trees.pop(tree_id, None)
         if parsed is not None:
             self._trees[tree_id] = parsed  # most recently used last
             return parsed
-        _, raw = self.store.read_object(tree_id, "tree", offset)
-        # No tree may name more than a whole walk may: counted as parsed.
-        entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
+        entries = None
+        if path is not None and self.path_index is not None and self.store.verify:
+            entries = self._tree_from_index(tree_id, path)
+        if entries is None:
+            _, raw = self.store.read_object(tree_id, "tree", offset)
+            self._trees_read += 1
+            # No tree may name more than a whole walk may: counted as parsed.
+            entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
         parsed = (entries, {e.name: e for e in entries})
         if self._nodes is None:  # light mode, or fast mode's index build
             self._trees_entries += len(entries)
@@ -474,6 +487,39 @@ class Image:
         listed = None if rows is None else {r.name: r for r in rows}
         self._last_listed = (path, listed)
         return listed
+
+    def _tree_from_index(self, tree_id: bytes, path: str) -> list[obj.TreeEntry] | None:
+        """The tree `tree_id` at `path`, rebuilt from the path index's record
+        of that directory and the IDX's names at the positions it gives, if
+        that encodes (as git writes a tree) to bytes whose id is `tree_id`;
+        else None (the tree is then read from the pack).
+
+        The record is then exactly the tree the parent names, proven by its
+        hash as a tree read from the pack would be, without reading, maybe
+        resolving deltas for, and inflating it. Only once a walk has read
+        `_TREES_BEFORE_NAMES` trees: the IDX's whole name table is read then.
+        """
+        index = self.path_index
+        if not index.names_loaded and self._trees_read < _TREES_BEFORE_NAMES:
+            return None
+        listed = self._listed(path)
+        if listed is None:
+            return None
+        rows = list(listed.values())  # in the record's order, which must be the tree's
+        try:
+            index.load_names()
+            ids = [r.gitlink if r.position is None else index.id_at(r.position) for r in rows]
+        except DamagedImage:  # a damaged map: the tree is read from the pack
+            return None
+        data = b"".join([b"%o %s\0%s" % (r.mode, r.name, oid) for r, oid in zip(rows, ids)])
+        if object_id("tree", data) != tree_id:
+            return None
+        if len(rows) > self.max_paths or obj.may_be_refused(b"/".join(listed)):
+            # The parse's guards say it in their words (limits, .git names).
+            return obj.parse_tree(data, f"tree {tree_id.hex()}", self.max_paths)
+        self._offsets_of[tree_id] = [None if r.position is None else r.offset for r in rows]
+        decode = obj.decode_name
+        return [obj.TreeEntry(decode(r.name), r.mode, oid) for r, oid in zip(rows, ids)]
 
     def _placed(self, tree_id: bytes, path: str, entries: list[obj.TreeEntry]
                 ) -> list[int | None]:

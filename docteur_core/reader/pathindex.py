@@ -176,11 +176,24 @@ class PathIndex:
         self._last = (path, rec)
         return rec
 
+    @property
+    def names_loaded(self) -> bool:
+        return self._names is not None
+
+    def load_names(self) -> None:
+        """Read the IDX's whole name table once (20 bytes an object)."""
+        if self._names is None:
+            at, size = self.idx.name_at(0), 20 * self.idx.count
+            names = self.pread(at, size)
+            if len(names) != size:
+                raise DamagedImage("truncated IDX name table", f"offset {at}")
+            self._names = names
+
     def id_at(self, position: int) -> bytes:
         """The object id at an IDX position: one 20-byte read, until
         `NAMES_AFTER` of them have been made; then the IDX's whole name
-        table is read once (20 bytes an object) and kept, so that a walk
-        of every path costs one sequential read, not one per path."""
+        table is read once and kept, so that a walk of every path costs one
+        sequential read, not one per path."""
         names = self._names
         if names is None:
             self._ids_read += 1
@@ -190,10 +203,8 @@ class PathIndex:
                 if len(data) != 20:
                     raise DamagedImage("truncated IDX name table", f"offset {at}")
                 return data
-            at, size = self.idx.name_at(0), 20 * self.idx.count
-            names = self._names = self.pread(at, size)
-            if len(names) != size:
-                raise DamagedImage("truncated IDX name table", f"offset {at}")
+            self.load_names()
+            names = self._names
         return names[20 * position:20 * position + 20]
 
     def _entry(self, key: bytes, row: pix.Row) -> pix.Entry:

@@ -347,3 +347,34 @@ def test_the_plugins_check_covers_the_region(built):
         bad[at] ^= 0x20
         with pytest.raises(imagecheck.ImageRejected, match="path index"):
             imagecheck.check_image(MemoryDevice(bytes(bad)))
+
+
+def test_a_verified_walk_proves_trees_from_the_records_once_the_names_are_read(
+        built, monkeypatch):
+    """Past a few trees read from the pack, a verified walk reads the IDX's
+    name table once and proves each next tree from its record (re-encoded as
+    git writes a tree, hashed against the id its parent names); a record
+    that lies (an IDX position of another object) fails that hash, and its
+    tree is read from the pack: the same bytes either way."""
+    from docteur_core.reader import image as image_mod
+    from tests.helpers.forge import rebuilt_path_index
+
+    img, _, _ = built
+    data = img.read_bytes()
+    monkeypatch.setattr(image_mod, "_TREES_BEFORE_NAMES", 0)
+    with Image.open(MemoryDevice(data), mode="light", path_index=False) as truth:
+        want = {n.path: truth.get(n) for n in truth.files()}
+        a_id = bytes.fromhex(truth.digest("d3/e1/f0010.txt"))
+        b_id = bytes.fromhex(truth.digest("d4/e2/f0011.txt"))
+    for mode in ("fast", "light"):
+        with Image.open(MemoryDevice(data), mode=mode) as image:
+            assert {n.path: image.get(n) for n in image.files()} == want
+            assert image._trees_read == 0 and image.path_index.names_loaded
+    with Image.open(MemoryDevice(data), mode="light", verify=False, path_index=False) as plain:
+        idx = plain.store.idx
+        names = [plain.store.pread(idx.name_at(i), 20) for i in range(idx.count)]
+    lying = rebuilt_path_index(data, positions={a_id: names.index(b_id)})
+    for mode in ("fast", "light"):
+        with Image.open(MemoryDevice(lying), mode=mode) as image:
+            assert {n.path: image.get(n) for n in image.files()} == want
+            assert image._trees_read == 1  # d3/e1's, from the pack
