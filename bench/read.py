@@ -208,8 +208,8 @@ def bench(spec: str, work: Path, repeat: int) -> list[str]:
         files = list(image.files())
         objects = image.store.object_count
         sup = image.path_index.sup
-    print(f"  {len(files):,} files, {objects:,} objects; path index: {sup.node_count} nodes, "
-          f"height {sup.height}")
+    print(f"  {len(files):,} files, {objects:,} objects; path index: {sup.records:,} trees "
+          f"in {sup.pages:,} pages")
     deepest = max(files, key=lambda n: (n.path.count("/"), n.path)).path
     rows = []
 
@@ -284,38 +284,11 @@ def bench(spec: str, work: Path, repeat: int) -> list[str]:
 
 
 def synthetic(n: int) -> list[str]:
-    """A path index of n generated paths, without building the image around it:
-    its height, its size, and the nodes read by cold lookups at 4 KiB."""
-    import random
+    """A path index of n generated paths, without building the image around it
+    (bench/pathindex.py): its size and the reads of cold lookups."""
+    from pathindex import synthetic as encode_synthetic
 
-    from docteur_core.format import pathindex as pix
-    from docteur_core.reader.pathindex import PathIndex
-
-    t = time.perf_counter()
-    entries, dirs = [], set()
-    for i in range(n):
-        d = f"a{i // 10000:03d}/b{i // 100 % 100:02d}"
-        for parent in (d.split("/")[0], d):
-            if parent not in dirs:
-                dirs.add(parent)
-                entries.append(pix.Entry(pix.key_of(parent.encode()), 0o40000, bytes(20), 40, 0))
-        path = f"{d}/file{i:07d}.txt".encode()
-        entries.append(pix.Entry(pix.key_of(path), 0o100644, bytes(20), 40 + i % 1000, 20))
-    region = pix.encode(entries, commit=bytes(20), pack_checksum=bytes(20), tree=bytes(20),
-                        commit_offset=40, tree_offset=40, pack_end=2000, region_start=4096,
-                        root_count=0, block_size=4096)
-    built = time.perf_counter() - t
-    data = bytes(4096) + region
-    sup = pix.parse_super(data[-4096:], len(data))
-    reads = []
-    for e in random.Random(2).sample(entries, 200):
-        index = PathIndex(lambda o, k: data[o:o + k], len(data), sup, pack_start=40)
-        assert index.find(e.key) == e
-        reads.append(index.nodes_read)
-    line = (f"synthetic {len(entries):,} paths: region {len(region) / 2**20:.1f} MiB, "
-            f"{sup.node_count:,} nodes, height {sup.height} under the super block; cold "
-            f"lookup {statistics.mean(reads):.2f} node reads (max {max(reads)}); "
-            f"encoded in {built:.1f} s")
+    line = encode_synthetic(n)
     print("\n  " + line, flush=True)
     return [f"| {line} | | | | |"]
 

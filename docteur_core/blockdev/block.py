@@ -256,7 +256,7 @@ class SectorCache(_DeviceBase):
         self._stream_next = -1
         if bypass_blocks is None:
             # Past 4 KiB a read is an object's compressed bytes (the reader's
-            # IDX probes, entry headers and path index nodes are smaller),
+            # IDX probes, entry headers and path index super block are smaller),
             # read once and kept by the store as an object: splitting it
             # into cached sectors cost reading every file of Linux ~0.3 s.
             bypass_blocks = max(1, min(max_blocks // 4, (4 << 10) // self.block_size))

@@ -1,50 +1,72 @@
-"""The path index region: every path of the image, sorted, in 4 KiB nodes.
+"""The path index region, version 2: one record per distinct tree, in compressed pages.
 
 Fast mode used to pay at every boot what the builder already knew: read the
 whole IDX and walk every tree. The path index is that walk, done once by
 `docteur make` and stored after the IDX region, so that opening an image
-costs one read (the super block) and a cold lookup a few more.
+costs one read (the super block) and a lookup a read per directory on the
+path at most (the root's record is in the super block).
+
+Version 1 stored every path again (its key, mode, id, offset and size), so
+on ten releases of a project side by side the index was half the image.
+Version 2 is sized like the trees it describes:
+- a tree shared by many paths (the same folder in ten releases) has one
+  record, and every directory entry naming it points at that record;
+- a name is stored once per distinct tree, prefix-compressed against the
+  name before it, and never with its parent's path;
+- an object is named by its position in the IDX (which holds its id and CRC
+  already), and placed by its pack offset, stored as the difference from the
+  entry before it (git writes a folder's objects near each other);
+- records are packed into pages of about 32 KiB, each deflated.
 
 Placement (the OCaml docteur's layout is kept byte for byte before it):
 
     ... IDX, zero padding (1..block_size bytes)  <- the image as it was
     region start    zero padding (0..block_size - 1 bytes)
-    nodes start     node 0, node 1, ... node N-1 (4096 bytes each)
+    pages start     page, page, ... (zlib streams, back to back)
     end - 4096      the super block (4096 bytes), ending at the image's end
 
 The super block is the image's last 4096 bytes, so a reader finds it
 without knowing the block size or the IDX's size: one read. The leading
-padding makes the region a multiple of the block size, as the OCaml
-readers need (they read everything from the IDX offset to the end of the
-device, in blocks, and ignore what follows the IDX's own bytes).
-
-Keys: a path `a/b/c` is stored under the key `a/b` NUL `c` (its parent,
-a zero byte, its name), so that sorting keys as bytes puts every
-directory's entries next to each other: a listing is one range.
+padding makes the region a multiple of the block size, as the OCaml readers
+need (they read everything from the IDX offset to the end of the device, in
+blocks, and ignore what follows the IDX's own bytes).
 
 Super block (little-endian):
 
-     0  8  magic "DOCTPIDX"      8  2  version (1)       10  1  log2 node size (12)
-    11  1  height (levels of nodes under the super's root; 0: the root is a leaf)
-    12  4  flags (0)
+     0  8  magic "DOCTPIDX"      8  2  version (2)       10  1  log2 super size (12)
+    11  1  0                    12  4  flags (0)
     16 20  commit id            36 20  pack checksum    56 20  root tree id
     76  8  commit's offset      84  8  root tree's offset
     92  8  pack end (offset of the PACK's 20-byte trailer)
-   100  8  region start        108  8  nodes start
-   116  4  node count          120  4  leaf count (leaves are nodes 0..leaf count - 1)
-   124  8  paths (the root excluded)   132  4  root's entries
-   136 32  SHA-256 of the nodes (node 0 .. N-1, as stored)
-   168     the root node's body (as a node's, from its count on)
+   100  8  region start        108  8  pages start
+   116  4  pages               120  4  records (distinct trees)
+   124  8  paths (the root excluded; shared subtrees counted at each place)
+   132  4  root's entries      136 32  SHA-256 of the pages area then the inline page
+   168  4  root record: offset in its page     172 8  its page's offset    180 4  its length
+   184  4  inline page length (0: none)        188    inline page bytes
   4092  4  CRC-32 of bytes 0..4092
 
-Node: level (1 byte, 0 for a leaf), 0, count (2), its own number (4), the
-entries, zeros, CRC-32 of bytes 0..4092 (4). A leaf entry: bytes shared
-with the previous key (2), length of the rest (2), the rest, mode (4), object
-id (20), pack offset (8, 0 for a submodule), size (8: a file's content
-bytes, a directory's entry count, 0 for a submodule). An internal entry:
-key length (2), key, child node number (4); child i holds the keys from
-key i (included) to key i + 1 (excluded), and key 0 is the node's own
-lower bound. Children are one level lower, so no chain of nodes loops.
+A page is a zlib stream (its Adler-32 catches damage) of records; a page at
+offset == the pages area's length is the inline page (in the super block).
+A record (varints are LEB128, at most 10 bytes):
+
+    varint count, then per entry, in the tree's (git's) order:
+      varint shared (bytes of the previous name), varint rest, rest bytes
+      byte kind: 0 file, 1 executable, 2 link, 3 directory, 4 submodule
+      submodule: its commit id (20 bytes; not in the pack)
+      else: varint IDX position; varint zigzag(offset - the previous
+            entry's offset in this record, 0 before the first)
+      directory: its record: varint (inner offset << 1 | other page);
+            other page: varint page offset, varint page length
+
+Records come in post-order (a tree's after those it names), so every
+reference is to a record already placed; the root's is last, alone in its
+page, which is the inline page when it fits (a lookup starts with no read).
+
+Determinism: the same trees and IDX give the same records; the pages are
+zlib level 9, so the same zlib gives the same bytes (`docteur verify`
+checks the records' meaning, not the compressed bytes, so an image made
+with another zlib still verifies).
 
 Everything here is pure: bytes in, values out (the reader's side is
 `reader/pathindex.py`; the builder's is `make/pathindex.py`).
@@ -55,42 +77,64 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import namedtuple
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 
 from ..errors import DamagedImage
 from .objects import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK
 
 MAGIC = b"DOCTPIDX"
-VERSION = 1
-NODE_SHIFT = 12
-NODE_SIZE = 1 << NODE_SHIFT
-SUPER_SIZE = NODE_SIZE
-CRC_AT = NODE_SIZE - 4
-NODE_HEAD = struct.Struct("<BBHI")  # level, 0, count, number
+VERSION = 2
+SUPER_SHIFT = 12
+SUPER_SIZE = 1 << SUPER_SHIFT
+NODE_SIZE = SUPER_SIZE  # the old name, for the tools that measure regions
+CRC_AT = SUPER_SIZE - 4
 SUPER_HEAD = struct.Struct("<8sHBBI20s20s20sQQQQQIIQI32s")
-ROOT_AT = SUPER_HEAD.size  # 168
-LEAF_FIXED = struct.Struct("<I20sQQ")  # mode, id, offset, size
-PREFIX = struct.Struct("<HH")
-CHILD = struct.Struct("<I")
-KEY_LEN = struct.Struct("<H")
-U16 = struct.Struct("<H")
-MODES = frozenset((MODE_FILE, MODE_EXEC, MODE_LINK, MODE_DIR, MODE_GITLINK))
-MAX_HEIGHT = 8
+ROOT_REF = struct.Struct("<IQII")  # inner offset, page offset, page length, inline length
+INLINE_AT = SUPER_HEAD.size + ROOT_REF.size  # 188
+INLINE_ROOM = CRC_AT - INLINE_AT
+PAGE_RAW = 32 * 1024  # records are packed into pages of about this many bytes
+MAX_PAGE_RAW = 1 << 26  # what a page may inflate to (a directory of ~a million names)
+KINDS = (MODE_FILE, MODE_EXEC, MODE_LINK, MODE_DIR, MODE_GITLINK)
+KIND_OF = {m: k for k, m in enumerate(KINDS)}
+KIND_DIR, KIND_GITLINK = 3, 4
+MODES = frozenset(KINDS)
 REGION = "path index"
+LEGACY = 1  # the version that stored every path
 
-assert ROOT_AT == 168
+assert SUPER_HEAD.size == 168
 
 
-class Super(namedtuple("Super", "version height commit pack_checksum tree commit_offset "
-                               "tree_offset pack_end region_start nodes_start node_count "
-                               "leaf_count paths root_count digest root")):
-    """The decoded super block; `root` is the root node's body (bytes)."""
+class Super(namedtuple("Super", "version commit pack_checksum tree commit_offset tree_offset "
+                               "pack_end region_start nodes_start pages records paths "
+                               "root_count digest root_ref inline")):
+    """The decoded super block; `root_ref` is (page offset, length, inner
+    offset) of the root's record; `inline` the inline page's bytes."""
+
+    __slots__ = ()
+
+    @property
+    def node_count(self) -> int:  # what `info` and the benches called the nodes
+        return self.pages
+
+
+class Ref(namedtuple("Ref", "page length inner")):
+    """Where a record is: its page (offset in the pages area, length) and
+    its offset in the inflated page."""
+
+    __slots__ = ()
+
+
+class Row(namedtuple("Row", "name mode position offset ref gitlink")):
+    """One entry of a record: `position` in the IDX (None for a submodule,
+    whose id is `gitlink`), `offset` in the pack, `ref` for a directory."""
 
     __slots__ = ()
 
 
 class Entry(namedtuple("Entry", "key mode id offset size")):
-    """One path: `key` is parent NUL name (bytes)."""
+    """One path as the reader hands it out: `key` is parent NUL name
+    (bytes); `size` is None (version 2 keeps no sizes: the object's header
+    and hash say them)."""
 
     __slots__ = ()
 
@@ -107,205 +151,201 @@ def key_of(path: bytes) -> bytes:
 
 
 def dir_prefix(path: bytes) -> bytes:
-    """Every key of a directory's entries starts with this."""
     return path + b"\0"
+
+
+# -- varints ------------------------------------------------------------------
+
+
+def put_varint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def get_varint(data, pos: int, where: str) -> tuple[int, int]:
+    """(value, next position); DamagedImage past the end or over 10 bytes."""
+    n = shift = 0
+    end = len(data)
+    while True:
+        if pos >= end or shift > 63:
+            raise DamagedImage("a number runs past the end of its record", where)
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+
+
+def zigzag(n: int) -> int:
+    return n * 2 if n >= 0 else -n * 2 - 1
+
+
+def unzigzag(z: int) -> int:
+    return z >> 1 if not z & 1 else -(z >> 1) - 1
 
 
 # -- encoding ---------------------------------------------------------------
 
-
-def _seal(node: bytearray) -> bytes:
-    struct.pack_into("<I", node, CRC_AT, zlib.crc32(memoryview(node)[:CRC_AT]))
-    return bytes(node)
-
-
-def _separator(last: bytes, first: bytes) -> bytes:
-    """The shortest prefix of `first` that sorts after `last`."""
-    n = 0
-    while n < len(last) and n < len(first) and last[n] == first[n]:
-        n += 1
-    return first[:n + 1]
+# What the encoder is given of a tree: (mode, raw name, raw id) per entry,
+# in the tree's order.
+TreeRows = list[tuple[int, bytes, bytes]]
 
 
-def _pack_leaves(entries: Iterable[tuple], room: int
-                 ) -> Iterator[tuple[bytes, bytes, int, bytes]]:
-    """Greedy: (lower bound, first key, count, body) per leaf, as each fills.
-
-    `entries` are `Entry`s or plain tuples in its field order, sorted by
-    key (verify builds tuples: one less object per path). One loop, no call
-    per entry: this runs once per path, in `docteur make` and in every
-    verify. A key not above the previous one is a ValueError.
-    """
-    body = bytearray()
-    count = 0
+def encode_record(rows: TreeRows, position_of: Callable[[bytes], int],
+                  offset_of: Callable[[bytes], int], ref_of: Callable[[bytes], tuple],
+                  page_offset: int | None) -> bytes:
+    """One tree's record. `ref_of(tree id)` is the child's Ref; one whose
+    page is `page_offset` (None: not placed yet, the one being filled) is
+    written as in the same page."""
+    out = bytearray()
+    put_varint(out, len(rows))
     prev = b""
-    first = b""
-    prev_last = None
-    half = room // 2
-    pack_prefix = PREFIX.pack
-    pack_fixed = LEAF_FIXED.pack
-    from_bytes = int.from_bytes
-    for key, mode, oid, offset, size in entries:
-        klen = len(key)
-        if klen > half:
-            raise ValueError(f"path of {klen} bytes is too long for the path index")
-        fixed = pack_fixed(mode, oid, offset, size)
+    last = 0
+    for mode, name, oid in rows:
+        kind = KIND_OF.get(mode)
+        if kind is None:
+            raise ValueError(f"{name!r}: mode {mode:o} cannot be indexed")
+        limit = min(len(prev), len(name))
         shared = 0
-        if count:
-            if key <= prev:
-                raise ValueError(f"duplicate path {Entry(key, 0, b'', 0, 0).path!r}"
-                                 if key == prev else "paths are not sorted")
-            # The shared prefix from the first differing bit of the two keys
-            # as numbers: a few C calls instead of a loop over shared bytes.
-            limit = len(prev) if len(prev) < klen else klen
-            x = from_bytes(prev[:limit], "big") ^ from_bytes(key[:limit], "big")
-            shared = limit - 1 - (x.bit_length() - 1) // 8 if x else limit
-            if len(body) + klen - shared + 44 > room or count == 0xFFFF:
-                yield (b"" if prev_last is None else _separator(prev_last, first),
-                       first, count, bytes(body))
-                prev_last = prev
-                body = bytearray()
-                count = 0
-                shared = 0
-        if not count:
-            first = key
-        body += pack_prefix(shared, klen - shared)
-        body += key[shared:]
-        body += fixed
-        count += 1
-        prev = key
-    if count or prev_last is None:
-        yield (b"" if prev_last is None else _separator(prev_last, first),
-               first, count, bytes(body))
+        while shared < limit and prev[shared] == name[shared]:
+            shared += 1
+        put_varint(out, shared)
+        put_varint(out, len(name) - shared)
+        out += name[shared:]
+        out.append(kind)
+        prev = name
+        if kind == KIND_GITLINK:
+            out += oid
+            continue
+        put_varint(out, position_of(oid))
+        off = offset_of(oid)
+        put_varint(out, zigzag(off - last))
+        last = off
+        if kind == KIND_DIR:
+            page, length, inner = ref_of(oid)
+            if page == page_offset:
+                put_varint(out, inner << 1)
+            else:
+                put_varint(out, inner << 1 | 1)
+                put_varint(out, page)
+                put_varint(out, length)
+    return bytes(out)
 
 
-def _pack_internal(children: list[tuple[bytes, int]], room: int) -> list[list[tuple[bytes, int]]]:
-    groups: list[list[tuple[bytes, int]]] = []
-    cur: list[tuple[bytes, int]] = []
-    used = 0
-    for key, num in children:
-        size = KEY_LEN.size + len(key) + CHILD.size
-        if cur and (used + size > room or len(cur) == 0xFFFF):
-            groups.append(cur)
-            cur, used = [], 0
-        cur.append((key, num))
-        used += size
-    groups.append(cur)
-    return groups
+def post_order(root: bytes, entries_of: Callable[[bytes], TreeRows]) -> list[bytes]:
+    """Distinct trees under `root` (included), each after those it names,
+    in a deterministic order; ValueError on a tree that contains itself."""
+    done: set[bytes] = set()
+    on_path: set[bytes] = set()
+    order: list[bytes] = []
+    stack: list[tuple[bytes, bool]] = [(root, False)]
+    while stack:
+        tid, leaving = stack.pop()
+        if leaving:
+            on_path.discard(tid)
+            if tid not in done:
+                done.add(tid)
+                order.append(tid)
+            continue
+        if tid in done:
+            continue
+        if tid in on_path:
+            raise ValueError(f"tree {tid.hex()} contains itself")
+        on_path.add(tid)
+        stack.append((tid, True))
+        for mode, _, oid in reversed(entries_of(tid)):
+            if mode == MODE_DIR and oid not in done:
+                stack.append((oid, False))
+    return order
 
 
-def _internal_body(group: list[tuple[bytes, int]]) -> bytes:
-    return b"".join(KEY_LEN.pack(len(k)) + k + CHILD.pack(n) for k, n in group)
+class Pages:
+    """Records into pages as they come: `add` returns where each went."""
+
+    def __init__(self) -> None:
+        self.done: list[bytes] = []  # compressed pages
+        self.at = 0  # bytes of pages done
+        self.raw = bytearray()
+        self.refs: dict[bytes, Ref] = {}  # tree id -> Ref; page None while open
+        self.open: list[bytes] = []  # tree ids in the open page
+
+    def flush(self) -> None:
+        if not self.raw:
+            return
+        page = zlib.compress(bytes(self.raw), 9)
+        for tid in self.open:
+            inner = self.refs[tid].inner
+            self.refs[tid] = Ref(self.at, len(page), inner)
+        self.done.append(page)
+        self.at += len(page)
+        self.raw = bytearray()
+        self.open = []
 
 
-def _node(level: int, count: int, number: int, body: bytes) -> bytes:
-    node = bytearray(NODE_SIZE)
-    NODE_HEAD.pack_into(node, 0, level, 0, count, number)
-    node[NODE_HEAD.size:NODE_HEAD.size + len(body)] = body
-    return _seal(node)
+def encode(root: bytes, entries_of: Callable[[bytes], TreeRows],
+           position_of: Callable[[bytes], int], offset_of: Callable[[bytes], int], *,
+           commit: bytes, pack_checksum: bytes, commit_offset: int, tree_offset: int,
+           pack_end: int, region_start: int, block_size: int) -> bytes:
+    """The whole region (leading padding, pages, super block) of the commit
+    whose root tree is `root`. `entries_of(tree id)` gives a tree's rows in
+    its order; `position_of(id)` an object's IDX position and `offset_of(id)`
+    its absolute pack offset (KeyError or ValueError when absent).
+    ValueError when the trees cannot be indexed."""
+    import hashlib  # here: the reader (a guest) never encodes, and hashlib is heavy
 
+    order = post_order(root, entries_of)
+    pages = Pages()
+    paths: dict[bytes, int] = {}
+    for tid in order:
+        rows = entries_of(tid)
+        n = len(rows)
+        for mode, _, oid in rows:
+            if mode == MODE_DIR:
+                n += paths[oid]
+        paths[tid] = n
 
-class RegionEncoder:
-    """The region a node at a time, for entries sorted by key.
+        def ref_of(oid: bytes) -> Ref:
+            r = pages.refs[oid]
+            return r if r.page is not None else Ref(None, 0, r.inner)
 
-    `nodes()` yields node 0, 1, ... as each is complete (the leaves, then
-    each level above), holding only the lower bound of each child rather
-    than every path: verify compares them with the stored nodes as they
-    come. Once it is exhausted, `lead` (the zero bytes before the nodes),
-    `super_block` and `paths` are set. `encode` is this, joined.
-    """
-
-    def __init__(self, entries: Iterable[tuple], *, commit: bytes, pack_checksum: bytes,
-                 tree: bytes, commit_offset: int, tree_offset: int, pack_end: int,
-                 region_start: int, root_count: int, block_size: int) -> None:
-        self.entries = entries
-        self.binding = (commit, pack_checksum, tree, commit_offset, tree_offset, pack_end)
-        self.region_start = region_start
-        self.root_count = root_count
-        self.block_size = block_size
-        self.lead = 0
-        self.super_block = b""
-        self.paths = 0
-
-    def nodes(self) -> Iterator[bytes]:
-        import hashlib  # here: the reader (a guest) never encodes, and hashlib is heavy
-
-        node_room = CRC_AT - NODE_HEAD.size
-        root_room = CRC_AT - ROOT_AT - U16.size
-        digest = hashlib.sha256()
-        paths = 0
-        made = 0
-        level: list[tuple[bytes, int]] = []
-        held = None  # the first leaf, until it is known not to be the root
-        for leaf in _pack_leaves(self.entries, node_room):
-            paths += leaf[2]
-            if not made and held is None:
-                held = leaf
-                continue
-            for lo, _, count, body in ((held, leaf) if held is not None else (leaf,)):
-                node = _node(0, count, made, body)
-                level.append((lo, made))
-                made += 1
-                digest.update(node)
-                yield node
-            held = None
-        height = 0
-        if held is not None and len(held[3]) <= root_room:
-            root = U16.pack(held[2]) + held[3]
-        else:
-            if held is not None:
-                node = _node(0, held[2], made, held[3])
-                level.append((held[0], made))
-                made += 1
-                digest.update(node)
-                yield node
-            leaf_count = made
-            height = 1
-            while True:
-                if sum(KEY_LEN.size + len(k) + CHILD.size for k, _ in level) <= root_room \
-                        and len(level) <= 0xFFFF:
-                    root = U16.pack(len(level)) + _internal_body(level)
-                    break
-                upper = []
-                for group in _pack_internal(level, node_room):
-                    node = _node(height, len(group), made, _internal_body(group))
-                    upper.append((group[0][0], made))
-                    made += 1
-                    digest.update(node)
-                    yield node
-                level = upper
-                height += 1
-                if height > MAX_HEIGHT:  # pragma: no cover - 4 KiB nodes hold far more
-                    raise ValueError("path index too deep")
-        self.lead = -((made + 1) * NODE_SIZE) % self.block_size
-        self.paths = paths
-        sup = bytearray(SUPER_SIZE)
-        commit, pack_checksum, tree, commit_offset, tree_offset, pack_end = self.binding
-        SUPER_HEAD.pack_into(
-            sup, 0, MAGIC, VERSION, NODE_SHIFT, height, 0, commit, pack_checksum, tree,
-            commit_offset, tree_offset, pack_end, self.region_start,
-            self.region_start + self.lead, made, leaf_count if height else 0, paths,
-            self.root_count, digest.digest())
-        sup[ROOT_AT:ROOT_AT + len(root)] = root
-        self.super_block = _seal(sup)
-
-
-def encode(entries: list, *, commit: bytes, pack_checksum: bytes, tree: bytes,
-           commit_offset: int, tree_offset: int, pack_end: int, region_start: int,
-           root_count: int, block_size: int) -> bytes:
-    """The whole region (leading padding, nodes, super block) for `entries`.
-
-    `entries` (`Entry`s or tuples in its field order) in any order (they
-    are sorted by key here); `region_start` is where the region begins in
-    the image (the end of the IDX padding), and its length is a multiple
-    of `block_size`.
-    """
-    enc = RegionEncoder(sorted(entries), commit=commit, pack_checksum=pack_checksum, tree=tree,
-                        commit_offset=commit_offset, tree_offset=tree_offset, pack_end=pack_end,
-                        region_start=region_start, root_count=root_count,
-                        block_size=block_size)
-    nodes = list(enc.nodes())
-    return bytes(enc.lead) + b"".join(nodes) + enc.super_block
+        record = encode_record(rows, position_of, offset_of, ref_of, None)
+        # The root's record alone in the last page, which then fits in the
+        # super block: a lookup starts with no read.
+        if pages.raw and (len(pages.raw) + len(record) > PAGE_RAW or tid == root):
+            pages.flush()
+            record = encode_record(rows, position_of, offset_of, ref_of, None)
+        if len(pages.raw) + len(record) > MAX_PAGE_RAW:
+            raise ValueError(f"tree {tid.hex()} is too large for the path index")
+        pages.refs[tid] = Ref(None, 0, len(pages.raw))
+        pages.open.append(tid)
+        pages.raw += record
+    # The last page (the root's) goes in the super block when it fits.
+    inline = b""
+    last = zlib.compress(bytes(pages.raw), 9)
+    if len(last) <= INLINE_ROOM:
+        inline = last
+        for tid in pages.open:
+            pages.refs[tid] = Ref(pages.at, len(last), pages.refs[tid].inner)
+    else:
+        pages.flush()
+    area = b"".join(pages.done)
+    root_ref = pages.refs[root]
+    lead = -(len(area) + SUPER_SIZE) % block_size
+    digest = hashlib.sha256(area + inline).digest()
+    sup = bytearray(SUPER_SIZE)
+    SUPER_HEAD.pack_into(
+        sup, 0, MAGIC, VERSION, SUPER_SHIFT, 0, 0, commit, pack_checksum, root,
+        commit_offset, tree_offset, pack_end, region_start, region_start + lead,
+        len(pages.done), len(order), min(paths[root], (1 << 64) - 1),
+        len(entries_of(root)), digest)
+    ROOT_REF.pack_into(sup, SUPER_HEAD.size, root_ref.inner, root_ref.page, root_ref.length,
+                       len(inline))
+    sup[INLINE_AT:INLINE_AT + len(inline)] = inline
+    struct.pack_into("<I", sup, CRC_AT, zlib.crc32(memoryview(sup)[:CRC_AT]))
+    return bytes(lead) + area + bytes(sup)
 
 
 # -- decoding ---------------------------------------------------------------
@@ -315,14 +355,30 @@ def valid_name(name: bytes) -> bool:
     return bool(name) and b"/" not in name and b"\0" not in name and name not in (b".", b"..")
 
 
-def valid_parent(parent: bytes) -> bool:
-    """A normalised path: no empty, `.` or `..` component (b"" is the root)."""
-    return not parent or all(valid_name(p) for p in parent.split(b"/"))
-
-
 def has_magic(last: bytes) -> bool:
     """Whether the image's last 4096 bytes start with a super block's magic."""
     return len(last) >= SUPER_SIZE and last[-SUPER_SIZE:-SUPER_SIZE + 8] == MAGIC
+
+
+def version_of(data: bytes) -> int:
+    """The version a super block says (before any other check)."""
+    return struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
+
+
+def parse_binding(data: bytes, capacity: int) -> tuple[int, bytes, int]:
+    """(version, pack checksum, region start) of a super block of version 1
+    or 2, its magic and CRC-32 checked: what a tool that does not read the
+    index (`make --base`) needs to know the region belongs to the PACK."""
+    where = f"{REGION} super block at offset {capacity - SUPER_SIZE}"
+    if len(data) != SUPER_SIZE or data[:8] != MAGIC:
+        raise DamagedImage("no path index super block", where)
+    if zlib.crc32(memoryview(data)[:CRC_AT]) != struct.unpack_from("<I", data, CRC_AT)[0]:
+        raise DamagedImage("super block CRC-32 does not match", where)
+    version = version_of(data)
+    if version not in (LEGACY, VERSION):
+        raise DamagedImage(f"path index version {version}, this docteur knows {LEGACY} "
+                           f"and {VERSION}", where)
+    return version, bytes(data[36:56]), struct.unpack_from("<Q", data, 100)[0]
 
 
 def parse_super(data: bytes, capacity: int) -> Super:
@@ -334,128 +390,141 @@ def parse_super(data: bytes, capacity: int) -> Super:
     crc = struct.unpack_from("<I", data, CRC_AT)[0]
     if zlib.crc32(memoryview(data)[:CRC_AT]) != crc:
         raise DamagedImage("super block CRC-32 does not match", where)
-    (_, version, shift, height, flags, commit, pack_sum, tree, c_off, t_off, pack_end,
-     region_start, nodes_start, node_count, leaf_count, paths, root_count,
+    (_, version, shift, zero, flags, commit, pack_sum, tree, c_off, t_off, pack_end,
+     region_start, nodes_start, pages, records, paths, root_count,
      digest) = SUPER_HEAD.unpack_from(data, 0)
     if version != VERSION:
         raise DamagedImage(f"path index version {version}, this reader knows {VERSION}", where)
-    if shift != NODE_SHIFT or flags != 0:
-        raise DamagedImage(f"node size 2^{shift} or flags {flags:#x} unknown", where)
-    if height > MAX_HEIGHT:
-        raise DamagedImage(f"height {height} is over {MAX_HEIGHT}", where)
+    if shift != SUPER_SHIFT or flags != 0 or zero != 0:
+        raise DamagedImage(f"super size 2^{shift} or flags {flags:#x} unknown", where)
     if not (0 < pack_end < region_start <= nodes_start <= at
-            and nodes_start - region_start < max(NODE_SIZE, 1 << 30)
-            and nodes_start + node_count * NODE_SIZE == at):
-        raise DamagedImage(f"region bounds {region_start}..{nodes_start}..{at} with "
-                           f"{node_count} nodes and the pack ending at {pack_end} "
-                           "do not fit the image", where)
-    if (height == 0) != (node_count == 0) or leaf_count > node_count \
-            or (height and not leaf_count):
-        raise DamagedImage(f"{node_count} nodes, {leaf_count} leaves at height {height}", where)
+            and nodes_start - region_start < max(SUPER_SIZE, 1 << 30)):
+        raise DamagedImage(f"region bounds {region_start}..{nodes_start}..{at} and the pack "
+                           f"ending at {pack_end} do not fit the image", where)
     for name, off in (("commit", c_off), ("root tree", t_off)):
         if not 28 + 12 <= off < pack_end:
             raise DamagedImage(f"the {name}'s offset {off} is outside the pack", where)
-    return Super(version, height, commit, pack_sum, tree, c_off, t_off, pack_end,
-                 region_start, nodes_start, node_count, leaf_count, paths, root_count,
-                 digest, bytes(data[ROOT_AT:CRC_AT]))
+    inner, page, length, inline_len = ROOT_REF.unpack_from(data, SUPER_HEAD.size)
+    area = at - nodes_start
+    if inline_len > INLINE_ROOM or any(data[INLINE_AT + inline_len:CRC_AT]):
+        raise DamagedImage(f"inline page of {inline_len} bytes, or bytes after it", where)
+    if not records or not check_page(page, length, area, inline_len):
+        raise DamagedImage(f"the root's record (page at {page}, {length} bytes) is outside "
+                           f"the {area} bytes of pages", where)
+    return Super(version, commit, pack_sum, tree, c_off, t_off, pack_end, region_start,
+                 nodes_start, pages, records, paths, root_count, digest,
+                 Ref(page, length, inner), bytes(data[INLINE_AT:INLINE_AT + inline_len]))
 
 
-def node_where(sup: Super, number: int) -> str:
-    return f"{REGION} node {number} at offset {sup.nodes_start + number * NODE_SIZE}"
+def check_page(page: int, length: int, area: int, inline_len: int) -> bool:
+    """Whether a page reference fits the region (the inline page included)."""
+    if page == area:
+        return length == inline_len and length > 0
+    return length > 0 and page + length <= area
 
 
-def check_node(data: bytes, sup: Super, number: int, level: int) -> tuple[int, memoryview]:
-    """Check a node's CRC, number and level; return its count and entries' bytes."""
-    where = node_where(sup, number)
-    if len(data) != NODE_SIZE:
-        raise DamagedImage("node runs past the end of the device", where)
-    crc = struct.unpack_from("<I", data, CRC_AT)[0]
-    if zlib.crc32(memoryview(data)[:CRC_AT]) != crc:
-        raise DamagedImage("node CRC-32 does not match", where)
-    lvl, zero, count, num = NODE_HEAD.unpack_from(data, 0)
-    if lvl != level or zero or num != number:
-        raise DamagedImage(f"node says level {lvl}, number {num}; expected level {level}, "
-                           f"number {number}", where)
-    return count, memoryview(data)[NODE_HEAD.size:CRC_AT]
+def inflate_page(data: bytes, where: str) -> bytes:
+    """A page's records; DamagedImage when it is not one whole zlib stream."""
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(data, MAX_PAGE_RAW)
+    except zlib.error as exc:
+        raise DamagedImage(f"page does not inflate ({exc})", where) from None
+    if not d.eof or d.unconsumed_tail or d.unused_data:
+        raise DamagedImage("page is not one whole zlib stream of at most "
+                           f"{MAX_PAGE_RAW} bytes", where)
+    return raw
 
 
-def root_body(sup: Super) -> tuple[int, memoryview]:
-    """The super block's root node: its count and entries' bytes."""
-    return U16.unpack_from(sup.root, 0)[0], memoryview(sup.root)[2:]
+def decode_record(raw: bytes, inner: int, page: Ref, area: int, inline_len: int,
+                  idx_count: int, pack_start: int, pack_end: int, where: str) -> list[Row]:
+    """The rows of the record at `inner` in an inflated page, checked: names
+    valid and unique (their order is the tree's, which its hash proves when
+    verifying), known kinds, positions inside the IDX, offsets inside the
+    pack, references inside the region.
+
+    One loop with the varints' one-byte case inline: this runs once per
+    entry of every directory a walk lists.
+    """
+    if not 0 <= inner < len(raw):
+        raise DamagedImage(f"record offset {inner} is outside its page of {len(raw)} bytes",
+                           where)
+    try:
+        return _decode_record(raw, inner, page, area, inline_len, idx_count, pack_start,
+                              pack_end, where)
+    except IndexError:
+        raise DamagedImage("a record runs past the end of its page", where) from None
 
 
-def decode_leaf(count: int, body: memoryview | bytes, lo: bytes, hi: bytes | None, pack_start: int,
-                pack_end: int, where: str) -> list[Entry]:
-    """A leaf's entries, checked: keys ascending within [lo, hi), known
-    modes, offsets inside the pack."""
-    pos = 0
-    end = len(body)
-    out = []
+def _decode_record(raw: bytes, pos: int, page: Ref, area: int, inline_len: int,
+                   idx_count: int, pack_start: int, pack_end: int, where: str) -> list[Row]:
+    count, pos = get_varint(raw, pos, where)
+    end = len(raw)
+    if count > end - pos:  # every row takes bytes
+        raise DamagedImage(f"record of {count} entries in {end - pos} bytes", where)
+    rows: list[Row] = []
+    append = rows.append
     prev = b""
-    unpack_prefix = PREFIX.unpack_from
-    unpack_fixed = LEAF_FIXED.unpack_from
-    fixed = LEAF_FIXED.size
-    last_parent = None
+    held = 0  # len(prev)
+    last = 0
+    seen: set[bytes] = set()
+    add = seen.add
+    kinds = KINDS
     for i in range(count):
-        if pos + 4 > end:
-            raise DamagedImage(f"entry {i} runs past the end of the node", where)
-        shared, rest = unpack_prefix(body, pos)
-        pos += 4
-        if shared > len(prev) or pos + rest + fixed > end:
-            raise DamagedImage(f"entry {i} has a bad key length", where)
-        key = prev[:shared] + bytes(body[pos:pos + rest])
+        shared = raw[pos]
+        if shared < 0x80:
+            pos += 1
+        else:
+            shared, pos = get_varint(raw, pos, where)
+        rest = raw[pos]
+        if rest < 0x80:
+            pos += 1
+        else:
+            rest, pos = get_varint(raw, pos, where)
+        if shared > held or pos + rest >= end:
+            raise DamagedImage(f"entry {i} has a bad name length", where)
+        name = prev[:shared] + raw[pos:pos + rest]
         pos += rest
-        mode, oid, off, size = unpack_fixed(body, pos)
-        pos += fixed
-        if key <= prev and i or key < lo or (hi is not None and key >= hi):
-            raise DamagedImage(f"entry {i} ({key!r}) is out of order", where)
-        parent, nul, name = key.partition(b"\0")
-        if not (nul and valid_name(name)
-                and (parent == last_parent or valid_parent(parent))):
-            raise DamagedImage(f"entry {i} has a malformed key {key!r}", where)
-        last_parent = parent
-        if mode not in MODES:
-            raise DamagedImage(f"entry {i} ({key!r}) has an unknown mode {mode:o}", where)
-        if mode == MODE_GITLINK:
-            if off or size:
-                raise DamagedImage(f"submodule entry {i} ({key!r}) has an offset", where)
-        elif not pack_start <= off < pack_end:
-            raise DamagedImage(f"entry {i} ({key!r}): offset {off} is outside the pack "
+        kind = raw[pos]
+        pos += 1
+        if (name in seen or not name or b"/" in name or b"\0" in name
+                or name == b"." or name == b".."):
+            raise DamagedImage(f"entry {i} has a malformed or repeated name {name!r}", where)
+        add(name)
+        prev = name
+        held = shared + rest
+        if kind >= KIND_GITLINK:
+            if kind > KIND_GITLINK:
+                raise DamagedImage(f"entry {i} ({name!r}) has an unknown kind {kind}", where)
+            if pos + 20 > end:
+                raise DamagedImage(f"entry {i} ({name!r}) runs past its record", where)
+            append(Row(name, MODE_GITLINK, None, 0, None, raw[pos:pos + 20]))
+            pos += 20
+            continue
+        position, pos = get_varint(raw, pos, where)
+        delta = raw[pos]
+        if delta < 0x80:
+            pos += 1
+        else:
+            delta, pos = get_varint(raw, pos, where)
+        last += delta >> 1 if not delta & 1 else -(delta >> 1) - 1
+        if position >= idx_count:
+            raise DamagedImage(f"entry {i} ({name!r}): IDX position {position} is over the "
+                               f"IDX's {idx_count} objects", where)
+        if not pack_start <= last < pack_end:
+            raise DamagedImage(f"entry {i} ({name!r}): offset {last} is outside the pack "
                                f"({pack_start}..{pack_end})", where)
-        out.append(Entry(key, mode, oid, off, size))
-        prev = key
-    if any(body[pos:]):
-        raise DamagedImage("bytes after the last entry are not zeros", where)
-    return out
-
-
-def decode_internal(count: int, body: memoryview | bytes, lo: bytes, hi: bytes | None, first: int,
-                    last: int, where: str) -> list[tuple[bytes, int]]:
-    """An internal node's (lower bound, child number); checked: key 0 is
-    `lo`, keys ascending below `hi`, children in [first, last)."""
-    if not count:
-        raise DamagedImage("internal node without children", where)
-    pos = 0
-    end = len(body)
-    out = []
-    for i in range(count):
-        if pos + 2 > end:
-            raise DamagedImage(f"child {i} runs past the end of the node", where)
-        n = KEY_LEN.unpack_from(body, pos)[0]
-        pos += 2
-        if pos + n + 4 > end:
-            raise DamagedImage(f"child {i} has a bad key length", where)
-        key = bytes(body[pos:pos + n])
-        pos += n
-        child = CHILD.unpack_from(body, pos)[0]
-        pos += 4
-        if (i == 0 and key != lo) or (i and key <= out[-1][0]) \
-                or (hi is not None and key >= hi):
-            raise DamagedImage(f"child {i} ({key!r}) is out of order", where)
-        if not first <= child < last:
-            raise DamagedImage(f"child {i} is node {child}, not one of {first}..{last - 1}",
-                               where)
-        out.append((key, child))
-    if any(body[pos:]):
-        raise DamagedImage("bytes after the last child are not zeros", where)
-    return out
+        ref = None
+        if kind == KIND_DIR:
+            a, pos = get_varint(raw, pos, where)
+            if a & 1:
+                pg, pos = get_varint(raw, pos, where)
+                ln, pos = get_varint(raw, pos, where)
+                if not check_page(pg, ln, area, inline_len):
+                    raise DamagedImage(f"entry {i} ({name!r}): page at {pg} of {ln} bytes "
+                                       "is outside the region", where)
+                ref = Ref(pg, ln, a >> 1)
+            else:
+                ref = Ref(page.page, page.length, a >> 1)
+        append(Row(name, kinds[kind], position, last, ref, None))
+    return rows

@@ -160,9 +160,9 @@ def _check_tail(pread, path: str, size: int, pack_end: int, idx_offset: int, idx
                 pack_sha: bytes) -> None:
     """What follows the IDX fits the layout: a truncated or extended image is
     refused even though its PACK and IDX are whole. The padding, or the path
-    index region's super block (its CRC, its copy of the PACK checksum, a
-    region that starts where the IDX padding ends); the region's nodes are
-    not read: a rebuild makes its own."""
+    index region's super block, of version 1 or 2 (its CRC, its copy of the
+    PACK checksum, a region that starts where the IDX padding ends); the
+    region's pages are not read: a rebuild makes its own."""
     from ..format import pathindex
 
     if size - idx_end <= layout.MAX_BLOCK_SIZE and layout.fitting_block_sizes(
@@ -174,12 +174,12 @@ def _check_tail(pread, path: str, size: int, pack_end: int, idx_offset: int, idx
         raise _damaged(path, f"{size - idx_end} bytes after the IDX fit no block size: "
                              "truncated?")
     try:
-        sup = pathindex.parse_super(pread(size - pathindex.SUPER_SIZE, pathindex.SUPER_SIZE),
-                                    size)
+        _, checksum, region_start = pathindex.parse_binding(
+            pread(size - pathindex.SUPER_SIZE, pathindex.SUPER_SIZE), size)
     except DamagedImage as exc:
         raise _damaged(path, f"{exc.what}: truncated?") from None
-    if sup.pack_checksum != pack_sha or not layout.fitting_block_sizes(
-            pack_end, idx_offset, idx_end, sup.region_start):
+    if checksum != pack_sha or not region_start < size or not layout.fitting_block_sizes(
+            pack_end, idx_offset, idx_end, region_start):
         raise _damaged(path, "its path index region does not belong to its PACK and IDX")
 
 

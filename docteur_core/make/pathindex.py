@@ -1,8 +1,8 @@
 """The builder's side of the path index: what git knows, encoded once.
 
-`git ls-tree -r -t -l -z` lists every path of the commit with its mode, id
-and (for a blob) content size; the pack's own .idx gives every object's
-offset. Both are deterministic, so the region is too (same source, same
+`git ls-tree -r -t -l -z` lists every path of the commit with its mode and
+id, a tree's entries in its order, from which each distinct tree's rows are
+taken once; the pack's own .idx gives every object's position and offset. Both are deterministic, so the region is too (same source, same
 bytes). The format is `format/pathindex.py`.
 """
 
@@ -13,7 +13,7 @@ import struct
 from ..errors import BuildError
 from ..format import layout
 from ..format import pathindex as pix
-from ..format.objects import MODE_DIR, MODE_GITLINK
+from ..format.objects import MODE_DIR
 
 
 def idx_offsets(idx: bytes) -> dict[bytes, int]:
@@ -46,27 +46,29 @@ def parse_ls_tree(listing: bytes) -> list[tuple[bytes, int, bytes, int | None]]:
     return out
 
 
-def entries_of(listing: list[tuple[bytes, int, bytes, int | None]],
-               offsets: dict[bytes, int]) -> tuple[list[pix.Entry], int]:
-    """The index's entries and the root's entry count."""
-    counts: dict[bytes, int] = {}
-    for path, _, _, _ in listing:
-        parent = path.rpartition(b"/")[0]
-        counts[parent] = counts.get(parent, 0) + 1
-    entries = []
-    for path, mode, oid, size in listing:
-        if mode not in pix.MODES:
-            raise BuildError(f"{path!r}: mode {mode:o} cannot be indexed")
-        if mode == MODE_GITLINK:
-            entries.append(pix.Entry(pix.key_of(path), mode, oid, 0, 0))
-            continue
-        off = offsets.get(oid)
-        if off is None:
-            raise BuildError(f"{path!r}: object {oid.hex()} is not in the pack")
+def trees_of(listing: list[tuple[bytes, int, bytes, int | None]], root: bytes
+             ) -> dict[bytes, pix.TreeRows]:
+    """tree id -> its rows (mode, name, id) in the tree's order, from the
+    listing (`ls-tree -r -t` names every path, a tree's entries in its
+    order); each distinct tree once."""
+    tree_at: dict[bytes, bytes] = {b"": root}
+    rows: dict[bytes, pix.TreeRows] = {root: []}
+    filling: dict[bytes, pix.TreeRows | None] = {b"": rows[root]}
+    for path, mode, oid, _ in listing:
+        parent, _, name = path.rpartition(b"/")
+        target = filling.get(parent)
         if mode == MODE_DIR:
-            size = counts.get(path, 0)
-        entries.append(pix.Entry(pix.key_of(path), mode, oid, layout.PACK_OFFSET + off, size))
-    return entries, counts.get(b"", 0)
+            tree_at[path] = oid
+            if target is not None and oid not in rows:
+                rows[oid] = []
+                filling[path] = rows[oid]
+            else:
+                filling[path] = None  # a tree already met: its rows are known
+        if target is not None:
+            if mode not in pix.MODES:
+                raise BuildError(f"{path!r}: mode {mode:o} cannot be indexed")
+            target.append((mode, name, oid))
+    return rows
 
 
 def build_region(repo, commit: str, tree: str, pack_path: str, idx_path: str,
@@ -75,22 +77,35 @@ def build_region(repo, commit: str, tree: str, pack_path: str, idx_path: str,
     from .gitrun import run_git
 
     with open(idx_path, "rb") as f:
-        offsets = idx_offsets(f.read())
+        idx = f.read()
+    offsets = idx_offsets(idx)
+    positions = {oid: i for i, oid in enumerate(offsets)}
     with open(pack_path, "rb") as f:
         f.seek(-20, 2)
         pack_checksum = f.read(20)
         pack_size = f.tell()
     listing = parse_ls_tree(run_git(repo, "ls-tree", "-r", "-t", "-l", "-z", "--full-tree",
                                     commit))
-    entries, root_count = entries_of(listing, offsets)
     commit_id, tree_id = bytes.fromhex(commit), bytes.fromhex(tree)
+    rows = trees_of(listing, tree_id)
+
+    def offset_of(oid: bytes) -> int:
+        off = offsets.get(oid)
+        if off is None:
+            raise BuildError(f"object {oid.hex()} is not in the pack")
+        return layout.PACK_OFFSET + off
+
+    def position_of(oid: bytes) -> int:
+        pos = positions.get(oid)
+        if pos is None:
+            raise BuildError(f"object {oid.hex()} is not in the pack")
+        return pos
+
     try:
-        return pix.encode(entries, commit=commit_id, pack_checksum=pack_checksum,
-                          tree=tree_id,
-                          commit_offset=layout.PACK_OFFSET + offsets[commit_id],
-                          tree_offset=layout.PACK_OFFSET + offsets[tree_id],
+        return pix.encode(tree_id, rows.__getitem__, position_of, offset_of,
+                          commit=commit_id, pack_checksum=pack_checksum,
+                          commit_offset=offset_of(commit_id), tree_offset=offset_of(tree_id),
                           pack_end=layout.PACK_OFFSET + pack_size - 20,
-                          region_start=region_start, root_count=root_count,
-                          block_size=block_size)
+                          region_start=region_start, block_size=block_size)
     except ValueError as exc:
         raise BuildError(f"path index: {exc}") from None

@@ -210,11 +210,16 @@ def _path_index_line(image) -> str:
     if index is not None:
         sup = index.sup
         use = "" if not image.store.verify else " (places objects; the trees are hashed)"
-        return (f"yes, {sup.paths} paths, {sup.node_count} nodes of 4096 bytes "
-                f"(+1 super block), region at offset {sup.region_start}{use}")
+        size = image.store.capacity - sup.region_start
+        return (f"yes, {sup.paths} paths, {sup.records} trees in {sup.pages} pages, "
+                f"{size} bytes at offset {sup.region_start}{use}")
+    from ..format.pathindex import version_of
     from .pathindex import probe
 
-    if probe(image.store.pread, image.store.capacity) is not None:
+    data = probe(image.store.pread, image.store.capacity)
+    if data is not None:
+        if version_of(data) == 1:
+            return "yes, version 1, not used (the trees are walked; rebuild the image)"
         return "yes, not used"
     return "no"
 
@@ -223,12 +228,16 @@ def _path_index_json(image) -> dict | None:
     index = image.path_index
     if index is not None:
         sup = index.sup
-        return {"used": True, "paths": sup.paths, "nodes": sup.node_count,
+        return {"used": True, "version": sup.version, "paths": sup.paths,
+                "trees": sup.records, "pages": sup.pages,
+                "bytes": image.store.capacity - sup.region_start,
                 "region_offset": sup.region_start}
+    from ..format.pathindex import version_of
     from .pathindex import probe
 
-    if probe(image.store.pread, image.store.capacity) is not None:
-        return {"used": False}
+    data = probe(image.store.pread, image.store.capacity)
+    if data is not None:
+        return {"used": False, "version": version_of(data)}
     return None
 
 

@@ -14,8 +14,9 @@ Two modes, as in the OCaml docteur:
 
 When the image carries a path index region (`docteur make` writes one;
 `format/pathindex.py`), both modes use it instead: `open` reads its super
-block (one read), a lookup descends its B-tree (a read per level, at most 3
-for a million paths); memory does not grow with the file count. Images
+block (one read), a lookup reads one record per directory on the path (a
+tree shared by many paths has one record) and the answer's id from the IDX;
+memory does not grow with the file count. Images
 without one (the OCaml docteur's, older ones) are read as above.
 
 Trust (verified by default, `verify=True`): the image's header names a
@@ -26,9 +27,10 @@ names it: the commit against the header's id, the root tree against the
 commit's `tree` line, each tree on a path against its parent's entry, the
 file against its tree entry. So every byte returned is tied to the commit,
 whatever the device, server or origin says. The path index is then only a
-map: it says where the trees and the file on a path are (no IDX search, one
-object read per path component when cold), but the ids come from the hashed
-trees, and an offset that points at anything else is a SHA-1 mismatch.
+map: it says where the trees and the file on a path are (no IDX search: a
+record and a tree per path component when cold), but the ids come from the
+hashed trees, and an offset that points at anything else is a SHA-1
+mismatch.
 `verify=False` trusts the path index and the IDX's CRC-32s, as before.
 
 Paths are `/`-separated, absolute or relative to the root; `.` and empty
@@ -64,6 +66,11 @@ DEFAULT_MAX_PATHS = limits.MAX_PATHS
 DEFAULT_MAX_PATH_BYTES = limits.MAX_PATH_BYTES
 # Light mode keeps recently parsed trees, bounded by their total entries.
 _PARSED_ENTRIES = 50_000
+# Verified, with a path index: once a walk has read this many trees from the
+# pack, the IDX's name table is read whole and the next trees are proven from
+# the index's records instead (`_tree_from_index`); a cold lookup never gets
+# there, and reads no 20 bytes an object.
+_TREES_BEFORE_NAMES = 64
 
 
 def split_path(path: str | bytes) -> tuple[str, ...]:
@@ -189,11 +196,12 @@ class Image:
         # it, it only places objects (see the module's "Trust").
         self._index_answers = path_index is not None and not store.verify
         self._partial = None  # a reader.partial.PartialReads, made by get_partial
-        self._last_listed: tuple[str, dict[bytes, pix.Entry] | None] | None = None
+        self._last_listed: tuple[str, dict[bytes, pix.Row] | None] | None = None
         self._last_dir: Node | None = None  # where the last tree walk of `_lookup` got to
-        # tree id -> its entries' offsets, for the trees `_tree_from_index`
-        # proved and `_trees` keeps (evicted with them).
+        # tree id -> its entries' offsets, as the path index placed them, for
+        # the trees `_trees` keeps (evicted with them).
         self._offsets_of: dict[bytes, list[int | None]] = {}
+        self._trees_read = 0  # trees read from the pack (see _TREES_BEFORE_NAMES)
         sup = None if path_index is None else path_index.sup
         cid = store.commit_id
         if pin is not None and pin != cid:
@@ -277,8 +285,7 @@ class Image:
             if path_index:
                 from .pathindex import PathIndex
                 index = PathIndex.open(reader.pread, reader.capacity, store.commit_id,
-                                       pack_start=store.pack_start,
-                                       idx_offset=store.header.idx_offset)
+                                       pack_start=store.pack_start, idx=store.idx)
             return cls(store, mode, device=device if owned else None, max_paths=max_paths,
                        max_path_bytes=max_path_bytes, path_index=index, pin=pin)
         except BaseException:
@@ -342,9 +349,11 @@ class Image:
 
     def _tree(self, tree_id: bytes, offset: int | None = None, path: str | None = None
               ) -> tuple[list[obj.TreeEntry], dict[str, obj.TreeEntry]]:
-        """The entries of a tree (and by name), parsed once while kept.
-        Verified, with a path index and the tree's `path`, the index's
-        listing of that directory is tried first (`_tree_from_index`)."""
+        """The entries of a tree (and by name), parsed once while kept. The
+        tree is read where `offset` says (the path index's word, when there
+        is one) and hashed against `tree_id` when verifying; in a verified
+        walk, it is proven from the index's record instead once the IDX's
+        names are at hand (`_tree_from_index`)."""
         parsed = self._trees.pop(tree_id, None)
         if parsed is not None:
             self._trees[tree_id] = parsed  # most recently used last
@@ -354,6 +363,7 @@ class Image:
             entries = self._tree_from_index(tree_id, path)
         if entries is None:
             _, raw = self.store.read_object(tree_id, "tree", offset)
+            self._trees_read += 1
             # No tree may name more than a whole walk may: counted as parsed.
             entries = obj.parse_tree(raw, f"tree {tree_id.hex()}", self.max_paths)
         parsed = (entries, {e.name: e for e in entries})
@@ -463,48 +473,53 @@ class Image:
                     stack.append((e.id, hint, child, False))
         return memo[top.id]
 
-    def _listed(self, path: str) -> dict[bytes, pix.Entry] | None:
-        """The path index's entries of the directory at `path`, by raw name
-        (None when the index is damaged there); the last one is kept, for
-        the tree and the placement of its entries alike."""
+    def _listed(self, path: str) -> dict[bytes, pix.Row] | None:
+        """The path index's rows of the directory at `path`, by raw name
+        (None when the index has no such directory or is damaged there); the
+        last one is kept, for the placement of a directory's entries."""
         last = self._last_listed
         if last is not None and last[0] == path:
             return last[1]
-        raw = obj.encode_name(path)
         try:
-            found = self.path_index.listing(raw)
+            rows = self.path_index.rows(obj.encode_name(path))
         except DamagedImage:  # a damaged map: the trees and the IDX still know
-            listed = None
-        else:
-            cut = len(raw) + 1 if path else 1
-            listed = {e.key[cut:]: e for e in found}
+            rows = None
+        listed = None if rows is None else {r.name: r for r in rows}
         self._last_listed = (path, listed)
         return listed
 
     def _tree_from_index(self, tree_id: bytes, path: str) -> list[obj.TreeEntry] | None:
-        """The tree `tree_id` at `path`, rebuilt from the path index's listing
-        of that directory, if that listing encodes (as git writes a tree) to
-        bytes whose id is `tree_id`; else None (the tree is then read).
+        """The tree `tree_id` at `path`, rebuilt from the path index's record
+        of that directory and the IDX's names at the positions it gives, if
+        that encodes (as git writes a tree) to bytes whose id is `tree_id`;
+        else None (the tree is then read from the pack).
 
-        The listing is then exactly the tree the parent names, proven by its
-        hash as a tree read from the pack would be, and the tree need not be
-        read, inflated nor parsed: a verified walk costs one listing per
-        directory (which also places its entries), not a listing and a tree.
+        The record is then exactly the tree the parent names, proven by its
+        hash as a tree read from the pack would be, without reading, maybe
+        resolving deltas for, and inflating it. Only once a walk has read
+        `_TREES_BEFORE_NAMES` trees: the IDX's whole name table is read then.
         """
+        index = self.path_index
+        if not index.names_loaded and self._trees_read < _TREES_BEFORE_NAMES:
+            return None
         listed = self._listed(path)
         if listed is None:
             return None
-        rows = sorted(listed.items(), key=lambda kv: kv[0] + b"/" if kv[1].mode == obj.MODE_DIR
-                      else kv[0])
-        data = b"".join([b"%o %s\0%s" % (e.mode, name, e.id) for name, e in rows])
+        rows = list(listed.values())  # in the record's order, which must be the tree's
+        try:
+            index.load_names()
+            ids = [r.gitlink if r.position is None else index.id_at(r.position) for r in rows]
+        except DamagedImage:  # a damaged map: the tree is read from the pack
+            return None
+        data = b"".join([b"%o %s\0%s" % (r.mode, r.name, oid) for r, oid in zip(rows, ids)])
         if object_id("tree", data) != tree_id:
             return None
         if len(rows) > self.max_paths or obj.may_be_refused(b"/".join(listed)):
             # The parse's guards say it in their words (limits, .git names).
             return obj.parse_tree(data, f"tree {tree_id.hex()}", self.max_paths)
-        self._offsets_of[tree_id] = [e.offset or None for _, e in rows]
+        self._offsets_of[tree_id] = [None if r.position is None else r.offset for r in rows]
         decode = obj.decode_name
-        return [obj.TreeEntry(decode(name), e.mode, e.id) for name, e in rows]
+        return [obj.TreeEntry(decode(r.name), r.mode, oid) for r, oid in zip(rows, ids)]
 
     def _placed(self, tree_id: bytes, path: str, entries: list[obj.TreeEntry]
                 ) -> list[int | None]:
@@ -519,14 +534,17 @@ class Image:
         if self.path_index is None:
             return [None] * len(entries)
         known = self._offsets_of.get(tree_id)
-        if known is not None:  # from the listing that proved the tree: where the
-            return known  # tree is (another release's folder), its entries are the same
+        if known is not None:  # placed once: where the tree is (another
+            return known  # release's folder), its entries are the same
         where = self._listed(path) or {}
         encode = obj.encode_name
         out: list[int | None] = []
         for e in entries:
             hint = where.get(encode(e.name))
-            out.append(hint.offset or None if hint is not None and hint.id == e.id else None)
+            out.append(hint.offset or None if hint is not None and hint.mode == e.mode
+                       else None)
+        if where:
+            self._offsets_of[tree_id] = out
         return out
 
     def _offset(self, oid: bytes, path: str | None = None) -> int | None:
@@ -540,11 +558,10 @@ class Image:
             return None if found is None else found[0]
         if self.path_index is None or path is None:
             return None
-        try:
-            e = self.path_index.find(pix.key_of(obj.encode_name(path)))
-        except DamagedImage:  # a damaged map: the IDX still knows the way
-            return None
-        return e.offset or None if e is not None and e.id == oid else None
+        parent, _, name = path.rpartition("/")
+        where = self._listed(parent)
+        row = None if where is None else where.get(obj.encode_name(name))
+        return None if row is None or row.position is None else row.offset
 
     def _build_index(self) -> None:
         # Hundreds of thousands of small objects, none in a cycle: the
@@ -610,9 +627,6 @@ class Image:
     def _listing(self, node: Node) -> list:
         """(name, path index entry) of a directory's entries, in git's order."""
         found = self.path_index.listing(obj.encode_name(node.path))
-        # Key order is by name; git's puts a directory where name + "/" sorts.
-        if any(e.mode == obj.MODE_DIR for e in found):
-            found.sort(key=lambda e: e.key + b"/" if e.mode == obj.MODE_DIR else e.key)
         cut = len(node.path.encode("utf-8", "surrogateescape")) + 1 if node.path else 1
         return [(obj.decode_name(e.key[cut:]), e) for e in found]
 
@@ -701,12 +715,7 @@ class Image:
 
     def get(self, path: str | bytes | Node) -> bytes:
         if self._index_answers and type(path) is not Node:
-            node, e = self._indexed(path)
-            data = self._content(node)
-            if len(data) != e.size:
-                raise DamagedImage(f"the path index says {e.size} bytes, the object holds "
-                                   f"{len(data)}", f"path /{node.path}")
-            return data
+            return self._content(self._indexed(path)[0])
         return self._content(self._lookup(path))
 
     def stream(self, path: str | bytes | Node, write: Callable[[bytes], object]) -> int:
@@ -791,13 +800,7 @@ class Image:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
         if self.store.verify:  # only the content, hashed, proves the size
             return self.store.verified_size(node.id, node.offset)
-        size = self.store.object_size(node.id, node.offset)
-        if self._index_answers:
-            e = self._indexed(node.path)[1]
-            if e.size != size:
-                raise DamagedImage(f"the path index says {e.size} bytes, the object's header "
-                                   f"{size}", f"path /{node.path}")
-        return size
+        return self.store.object_size(node.id, node.offset)
 
     def last_modified(self, path: str | bytes) -> datetime:
         """The commit's date: an image holds one commit, every path shares it."""

@@ -1,31 +1,39 @@
-"""The path index of an image, read through a byte-range callable.
+"""The path index of an image (version 2), read through a byte-range callable.
 
 Opening one reads the image's last 4096 bytes (the super block, which holds
-the root node) and the PACK's 20-byte trailer it is bound to; a lookup then
-descends one node per level (at most 3 reads for a million paths) and a
-listing reads the leaves that hold its range. Decoded nodes are kept in a
-small LRU bounded by count, so memory does not grow with the file count.
+the root's record when it fits) and the PACK's 20-byte trailer it is bound
+to. A lookup then reads one page per directory on the path (a tree's record:
+its entries' names, kinds, IDX positions and pack offsets), and the id of
+the entry it answers from the IDX's name table (one 20-byte read; after a
+few hundred, as in a walk, the table is read whole, once). Decoded
+records are kept in an LRU bounded by their rows, and the last directory
+reached is kept, so lookups in path order cost no page read.
 
-Every node is checked when decoded (CRC-32, its number and level, keys
-ascending within the bounds its parent gives, known modes, offsets inside
-the pack): a damaged or hostile index is an error, never another file.
-The index is derived data: only `docteur verify` ties every entry to the
-commit's trees, so `Image.open(verify=True)` walks the trees instead.
-Standard library only (it runs in the guest).
+Every record is checked when decoded (the page's zlib stream whole, names
+valid and unique, known kinds, positions inside the IDX, offsets inside the
+pack, references inside the region): a damaged or hostile index is an
+error, never another file. The index is derived data: only `docteur verify`
+ties every record to the commit's trees; a verified `Image` uses it only
+to place the trees and files on a path, whose hashes decide.
+
+An image whose index has another version (1: every path stored again) is
+opened without it: readers walk the trees, as for the OCaml docteur's
+images. Standard library only (it runs in the guest).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from ..errors import DamagedImage
 from ..format import pathindex as pix
+from ..format.idx import Idx
 from ..format.layout import Pread
 
-DEFAULT_CACHE_NODES = 256
-ROOT = -1
+DEFAULT_CACHE_ROWS = 50_000
+DEFAULT_CACHE_PAGES = 8
+CACHE_PAGE_BYTES = 4 << 20
+NAMES_AFTER = 512  # ids read one by one before the IDX's name table is read whole
 
 
 def probe(pread: Pread, capacity: int) -> bytes | None:
@@ -36,153 +44,194 @@ def probe(pread: Pread, capacity: int) -> bytes | None:
     return data if pix.has_magic(data) else None
 
 
+class Record:
+    """A directory's rows, and the same by name."""
+
+    __slots__ = ("rows", "by_name", "ref")
+
+    def __init__(self, rows: list[pix.Row], ref: pix.Ref) -> None:
+        self.rows = rows
+        self.by_name = {r.name: r for r in rows}
+        self.ref = ref
+
+
 class PathIndex:
     """Lookups and listings of one image's path index. Not thread-safe."""
 
     def __init__(self, pread: Pread, capacity: int, sup: pix.Super, *, pack_start: int,
-                 cache_nodes: int = DEFAULT_CACHE_NODES) -> None:
+                 idx: Idx, cache_rows: int = DEFAULT_CACHE_ROWS) -> None:
         self.pread = pread
         self.capacity = capacity
         self.sup = sup
         self.pack_start = pack_start
-        self.cache_nodes = cache_nodes
-        self._cache: OrderedDict[int, tuple[list[bytes], list]] = OrderedDict()
-        self.nodes_read = 0
-        # The leaf of the last lookup and the bounds its descent checked:
-        # lookups in path order (a walk, a directory's files) land in it.
-        self._last: tuple | None = None
+        self.idx = idx
+        self.area = capacity - pix.SUPER_SIZE - sup.nodes_start
+        self.cache_rows = cache_rows
+        self._records: OrderedDict[pix.Ref, Record] = OrderedDict()
+        self._record_rows = 0
+        self._pages: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._page_bytes = 0
+        self.nodes_read = 0  # pages read from the device (the name the benches use)
+        self._last: tuple[bytes, Record] | None = None  # the last directory reached
+        self._names: bytes | None = None  # the IDX's name table, once many ids were read
+        self._ids_read = 0
 
     @classmethod
     def open(cls, pread: Pread, capacity: int, commit: bytes, *, pack_start: int,
-             idx_offset: int, data: bytes | None = None,
-             cache_nodes: int = DEFAULT_CACHE_NODES) -> "PathIndex | None":
-        """The image's path index, None when it has none; DamagedImage when
-        it has one that is damaged or bound to another image."""
+             idx: Idx, data: bytes | None = None,
+             cache_rows: int = DEFAULT_CACHE_ROWS) -> "PathIndex | None":
+        """The image's path index, None when it has none (or one of another
+        version); DamagedImage when it has one that is damaged or bound to
+        another image."""
         if data is None:
             data = probe(pread, capacity)
             if data is None:
                 return None
+        if pix.version_of(data) != pix.VERSION:
+            return None
         sup = pix.parse_super(data, capacity)
         where = f"{pix.REGION} super block at offset {capacity - pix.SUPER_SIZE}"
         if sup.commit != commit:
             raise DamagedImage(f"the path index is bound to commit {sup.commit.hex()}, "
                                f"the image holds {commit.hex()}", where)
-        if not sup.pack_end + 20 < idx_offset < sup.region_start:
+        if not sup.pack_end + 20 < idx.base < sup.region_start:
             raise DamagedImage(f"the path index's pack end {sup.pack_end} and region start "
-                               f"{sup.region_start} do not surround the IDX at {idx_offset}",
+                               f"{sup.region_start} do not surround the IDX at {idx.base}",
                                where)
         trailer = pread(sup.pack_end, 20)
         if trailer != sup.pack_checksum:
             raise DamagedImage(f"the path index is bound to pack {sup.pack_checksum.hex()}, "
                                f"the image's PACK ends with {trailer.hex()}", where)
-        return cls(pread, capacity, sup, pack_start=pack_start, cache_nodes=cache_nodes)
+        return cls(pread, capacity, sup, pack_start=pack_start, idx=idx,
+                   cache_rows=cache_rows)
 
-    # -- nodes ---------------------------------------------------------------
+    # -- records ---------------------------------------------------------------
 
-    def _decode(self, number: int, level: int, lo: bytes, hi: bytes | None):
-        sup = self.sup
-        if number == ROOT:
-            count, body = pix.root_body(sup)
-            where = f"{pix.REGION} super block's root"
+    def _where(self, ref: pix.Ref) -> str:
+        if ref.page == self.area:
+            return f"{pix.REGION} super block's inline page"
+        return f"{pix.REGION} page at offset {self.sup.nodes_start + ref.page}"
+
+    def _page(self, ref: pix.Ref) -> bytes:
+        key = (ref.page, ref.length)
+        raw = self._pages.get(key)
+        if raw is not None:
+            self._pages.move_to_end(key)
+            return raw
+        where = self._where(ref)
+        if ref.page == self.area:
+            data = self.sup.inline
         else:
-            data = self.pread(sup.nodes_start + number * pix.NODE_SIZE, pix.NODE_SIZE)
+            data = self.pread(self.sup.nodes_start + ref.page, ref.length)
             self.nodes_read += 1
-            count, body = pix.check_node(data, sup, number, level)
-            where = pix.node_where(sup, number)
-        if level == 0:
-            entries = pix.decode_leaf(count, body, lo, hi, self.pack_start, sup.pack_end, where)
-            if not entries and number != ROOT:
-                raise DamagedImage("empty leaf", where)
-        else:
-            if level == 1:
-                first, last = 0, sup.leaf_count
-            else:
-                first, last = sup.leaf_count, sup.node_count
-            entries = pix.decode_internal(count, body, lo, hi, first, last, where)
-        return [e[0] for e in entries], entries
+            if len(data) != ref.length:
+                raise DamagedImage("page runs past the end of the device", where)
+        raw = pix.inflate_page(data, where)
+        self._pages[key] = raw
+        self._page_bytes += len(raw)
+        # Bounded in count and in bytes (a hostile page may inflate to
+        # MAX_PAGE_RAW): the newest is always kept.
+        while len(self._pages) > 1 and (len(self._pages) > DEFAULT_CACHE_PAGES
+                                        or self._page_bytes > CACHE_PAGE_BYTES):
+            self._page_bytes -= len(self._pages.popitem(last=False)[1])
+        return raw
 
-    def _node(self, number: int, level: int, lo: bytes, hi: bytes | None):
-        """(keys, entries) of a node, checked against the bounds [lo, hi)."""
-        hit = self._cache.get(number)
-        if hit is None:
-            hit = self._decode(number, level, lo, hi)
-            self._cache[number] = hit
-            if len(self._cache) > self.cache_nodes:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(number)
-            keys = hit[0]
-            # Order inside the node was checked when decoding it; bounds
-            # depend on the path taken, so check them again (first and last).
-            bad = keys and (keys[0] < lo or (hi is not None and keys[-1] >= hi))
-            if level and keys[0] != lo:
-                bad = True
-            if bad:
-                raise DamagedImage("node is reached with bounds its keys break",
-                                   pix.node_where(self.sup, number))
-        return hit
-
-    def _leaf_for(self, key: bytes) -> tuple[int, list[bytes], list[pix.Entry]]:
-        """Descend from the root to the leaf whose range holds `key`."""
-        last = self._last
-        if last is not None and last[0] <= key and (last[1] is None or key < last[1]):
-            return last[2], last[3], last[4]
+    def record(self, ref: pix.Ref) -> Record:
+        """The record at `ref`, decoded and checked once while kept."""
+        hit = self._records.get(ref)
+        if hit is not None:
+            self._records.move_to_end(ref)
+            return hit
+        raw = self._page(ref)
         sup = self.sup
-        level = sup.height
-        number, lo, hi = ROOT, b"", None
-        while True:
-            if number == ROOT:
-                keys, entries = self._root()
-            else:
-                keys, entries = self._node(number, level, lo, hi)
-            if level == 0:
-                self._last = (lo, hi, number, keys, entries)
-                return number, keys, entries
-            i = bisect_right(keys, key) - 1
-            if i < 0:  # key sorts before every key: only below b"", impossible
-                i = 0
-            lo = keys[i]
-            hi = keys[i + 1] if i + 1 < len(keys) else hi
-            number = entries[i][1]
-            level -= 1
-
-    def _root(self):
-        hit = self._cache.get(ROOT)
-        if hit is None:
-            hit = self._decode(ROOT, self.sup.height, b"", None)
-            self._cache[ROOT] = hit  # may be evicted; re-decoding costs no read
+        rows = pix.decode_record(raw, ref.inner, ref, self.area, len(sup.inline),
+                                 self.idx.count, self.pack_start, sup.pack_end,
+                                 self._where(ref))
+        hit = Record(rows, ref)
+        self._records[ref] = hit
+        self._record_rows += len(rows)
+        # Bounded by rows, as light mode's parsed trees are: a walk of ten
+        # releases lists each shared folder ten times, so thousands of
+        # small records must stay; the newest is always kept.
+        while len(self._records) > 1 and self._record_rows > self.cache_rows:
+            self._record_rows -= len(self._records.popitem(last=False)[1].rows)
         return hit
+
+    def directory(self, path: bytes) -> Record | None:
+        """The record of the directory at `path` (b"" for the root), None
+        when a component is missing or not a directory."""
+        last = self._last
+        if last is not None and last[0] == path:
+            return last[1]
+        rec = self.record(self.sup.root_ref)
+        if path:
+            start = 0
+            if last is not None and path.startswith(last[0] + b"/") and last[0]:
+                rec, start = last[1], len(last[0]) + 1
+            for name in path[start:].split(b"/"):
+                row = rec.by_name.get(name)
+                if row is None or row.ref is None:
+                    return None
+                rec = self.record(row.ref)
+        self._last = (path, rec)
+        return rec
+
+    @property
+    def names_loaded(self) -> bool:
+        return self._names is not None
+
+    def load_names(self) -> None:
+        """Read the IDX's whole name table once (20 bytes an object)."""
+        if self._names is None:
+            at, size = self.idx.name_at(0), 20 * self.idx.count
+            names = self.pread(at, size)
+            if len(names) != size:
+                raise DamagedImage("truncated IDX name table", f"offset {at}")
+            self._names = names
+
+    def id_at(self, position: int) -> bytes:
+        """The object id at an IDX position: one 20-byte read, until
+        `NAMES_AFTER` of them have been made; then the IDX's whole name
+        table is read once and kept, so that a walk of every path costs one
+        sequential read, not one per path."""
+        names = self._names
+        if names is None:
+            self._ids_read += 1
+            if self._ids_read <= NAMES_AFTER:
+                at = self.idx.name_at(position)
+                data = self.pread(at, 20)
+                if len(data) != 20:
+                    raise DamagedImage("truncated IDX name table", f"offset {at}")
+                return data
+            self.load_names()
+            names = self._names
+        return names[20 * position:20 * position + 20]
+
+    def _entry(self, key: bytes, row: pix.Row) -> pix.Entry:
+        oid = row.gitlink if row.position is None else self.id_at(row.position)
+        return pix.Entry(key, row.mode, oid, row.offset, None)
 
     # -- lookups ---------------------------------------------------------------
 
     def find(self, key: bytes) -> pix.Entry | None:
         """The entry of `key` (parent NUL name), or None."""
-        _, keys, entries = self._leaf_for(key)
-        i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
-            return entries[i]
-        return None
+        parent, _, name = key.partition(b"\0")
+        rec = self.directory(parent)
+        if rec is None:
+            return None
+        row = rec.by_name.get(name)
+        return None if row is None else self._entry(key, row)
 
-    def scan(self, prefix: bytes) -> Iterator[pix.Entry]:
-        """Every entry whose key starts with `prefix`, in key order."""
-        number, keys, entries = self._leaf_for(prefix)
-        i = bisect_left(keys, prefix)
-        last = None
-        while True:
-            for e in entries[i:]:
-                if not e.key.startswith(prefix):
-                    return
-                yield e
-                last = e.key
-            number += 1
-            if number == 0 or number >= self.sup.leaf_count:  # the root leaf, or the last
-                return
-            keys, entries = self._node(number, 0, b"", None)
-            if last is not None and keys[0] <= last:
-                raise DamagedImage("leaf does not continue its predecessor's keys",
-                                   pix.node_where(self.sup, number))
-            i = 0
+    def rows(self, path: bytes) -> list[pix.Row] | None:
+        """A directory's rows (no ids: no IDX read), None when not one."""
+        rec = self.directory(path)
+        return None if rec is None else rec.rows
 
     def listing(self, path: bytes) -> list[pix.Entry]:
-        """A directory's entries (path without slashes around, b"" for the root)."""
-        return list(self.scan(pix.dir_prefix(path)))
+        """A directory's entries, in the tree's order (path without slashes
+        around, b"" for the root); [] when it is not a directory."""
+        rec = self.directory(path)
+        if rec is None:
+            return []
+        prefix = pix.dir_prefix(path)
+        return [self._entry(prefix + r.name, r) for r in rec.rows]

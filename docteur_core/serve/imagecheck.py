@@ -122,8 +122,9 @@ def zero_extents(size: int, pack_end: int, idx_offset: int, idx_end: int,
 
     NBD wants extents in multiples of the minimum block size (512): the
     zeros that share a sector with the pack's or the IDX's end count as data.
-    A path index region (start, nodes start) adds its leading padding as
-    zeros and its nodes as data.
+    A path index region (start, pages start) adds its leading padding as
+    zeros (the whole sectors of it: the pages start anywhere) and its pages
+    as data.
     """
     data_end = layout.align_up(pack_end, layout.MIN_BLOCK_SIZE)
     idx_data_end = layout.align_up(idx_end, layout.MIN_BLOCK_SIZE)
@@ -132,8 +133,9 @@ def zero_extents(size: int, pack_end: int, idx_offset: int, idx_end: int,
                (idx_offset, idx_data_end, EXTENT_DATA),
                (idx_data_end, idx_pad_end, EXTENT_HOLE_ZERO)]
     if path_index is not None:
-        regions += [(path_index[0], path_index[1], EXTENT_HOLE_ZERO),
-                    (path_index[1], size, EXTENT_DATA)]
+        pages = path_index[0] + (path_index[1] - path_index[0]) \
+            // layout.MIN_BLOCK_SIZE * layout.MIN_BLOCK_SIZE
+        regions += [(path_index[0], pages, EXTENT_HOLE_ZERO), (pages, size, EXTENT_DATA)]
     return tuple(r for r in regions if r[0] < r[1])
 
 

@@ -7,11 +7,19 @@ region is checked last, every problem under its own name, "path index":
 
 - quick and full: the super block (magic, version, CRC-32), its binding
   (the header's commit, the PACK's trailer and its position, the region's
-  start at the end of the IDX padding), the padding before the nodes, every
-  node's CRC-32 and the SHA-256 of all nodes;
-- full: the region rebuilt from the tree walk and the IDX (every path's
-  mode, id, pack offset and size) must equal the stored one byte for byte;
-  the first node that differs is named.
+  start at the end of the IDX padding), the padding before the pages, and
+  the SHA-256 of the pages;
+- full: every record reached from the root, against the tree it stands for
+  in the pack: the same names, modes and order, each entry's IDX position
+  holding its id, its pack offset the IDX's, each directory's reference a
+  record of the tree its entry names; the pages referenced tile the pages
+  area, and the counts of the super block (trees, paths, the root's
+  entries) are the trees'. The records' meaning is checked, not their
+  compressed bytes, so an image made with another zlib verifies.
+
+An index of version 1 (every path stored again; readers do not use it and
+walk the trees) is a warning: the image is sound, rebuilding it gives the
+compact index.
 
 Standard library only (it runs in the nbdkit plugin).
 """
@@ -20,13 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
-from collections.abc import Iterator
-from heapq import heappop, heappush
-from itertools import chain
-from operator import itemgetter
 
 from ..errors import DamagedImage
+from ..format import idx as idxmod
 from ..format import objects
 from ..format import pathindex as pix
 from .report import R_PATH_INDEX
@@ -51,6 +55,16 @@ class PathIndexCheck(State):
             return
         self.check("path index")
         self.pix_full_size = cap
+        version = pix.version_of(data)
+        if version == pix.LEGACY:
+            start = struct.unpack_from("<Q", data, 100)[0]
+            if 0 < start <= cap - pix.SUPER_SIZE and start % 512 == 0:
+                self.capacity = start
+                self.warning(R_PATH_INDEX, at_offset(cap - pix.SUPER_SIZE),
+                             "version 1 (every path stored again): readers do not use it "
+                             "and walk the trees; `docteur make` again gives the compact "
+                             "index")
+                return
         try:
             sup = pix.parse_super(data, cap)
         except DamagedImage as exc:
@@ -95,17 +109,18 @@ class PathIndexCheck(State):
             self.report.block_sizes = fit
         self._pix_zero(sup.region_start, sup.nodes_start)
         digest = hashlib.sha256()
-        bad_nodes = 0
-        for n in range(sup.node_count):
-            at = sup.nodes_start + n * pix.NODE_SIZE
-            node = self.reader.pread(at, pix.NODE_SIZE)
-            digest.update(node)
-            if zlib.crc32(node[:pix.CRC_AT]) != struct.unpack_from("<I", node, pix.CRC_AT)[0]:
-                bad_nodes += 1
-                self.problem(R_PATH_INDEX, at_offset(at), f"node {n}: CRC-32 does not match")
-        if digest.digest() != sup.digest and not bad_nodes:
-            self.problem(R_PATH_INDEX, where, "the SHA-256 of the nodes does not match the "
+        pos, end = sup.nodes_start, full - pix.SUPER_SIZE
+        while pos < end:
+            data = self.reader.pread(pos, min(CHUNK, end - pos))
+            if not data:
+                break
+            digest.update(data)
+            pos += len(data)
+        digest.update(sup.inline)
+        if digest.digest() != sup.digest:
+            self.problem(R_PATH_INDEX, where, "the SHA-256 of the pages does not match the "
                          "super block's")
+            return
         if not self.quick:
             self._compare_with_trees(sup, full)
 
@@ -121,153 +136,151 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes) -> Iterator[list[tuple]]:
-        """Every path under the commit's tree, sorted by key, a directory's
-        worth at a time (chained by the caller: one resumption per directory,
-        not per path), from the scan's trees and offsets.
-
-        As tuples in `pix.Entry`'s field order, which `pix.RegionEncoder`
-        takes, one directory at a time: directories come out of a heap in
-        the order of their paths (a directory's path is above its parent's,
-        so the smallest one left is always in the heap), which is the order
-        of the keys (parent NUL name), and each directory's entries sorted
-        by name. Memory is the directories waiting, not every path.
-        Raises _Unchecked when the trees are not all there.
-        """
-        by_id, sizes, counts = self.by_id, self.blob_sizes, self.tree_counts
-        entries_of = self._tree_entries
-        mode_dir, mode_gitlink = objects.MODE_DIR, objects.MODE_GITLINK
-        by_name = itemgetter(2)
-        waiting = [(b"", root)]
-        left = self.max_paths
-        while waiting:
-            path, tid = heappop(waiting)
-            entries = entries_of(tid)
-            if entries is None:
-                raise _Unchecked(_INCOMPLETE)
-            left -= len(entries)
-            if left < 0:
-                raise _Unchecked(f"the trees name more than {self.max_paths} paths "
-                                 "(max_paths)")
-            prefix = path + b"\0"
-            entries = sorted(entries, key=by_name)
-            modes, oids, names = zip(*entries) if entries else ((), (), ())
-            if mode_dir not in modes and mode_gitlink not in modes:
-                # Files only (the bulk): the tuples built in C-speed passes.
-                offs = list(map(by_id.get, oids))
-                blob_sizes = list(map(sizes.get, oids))
-                if None in offs or None in blob_sizes:
-                    raise _Unchecked(_INCOMPLETE)
-                yield list(zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes))
-                continue
-            out = []
-            append = out.append
-            for mode, oid, name in entries:
-                if mode == mode_gitlink:
-                    append((prefix + name, mode, oid, 0, 0))
-                    continue
-                off = by_id.get(oid)
-                if off is None:
-                    raise _Unchecked(_INCOMPLETE)
-                if mode == mode_dir:
-                    count = counts.get(oid)
-                    if count is None:
-                        raise _Unchecked(_INCOMPLETE)
-                    append((prefix + name, mode, oid, off, count))
-                    heappush(waiting, (path + b"/" + name if path else name, oid))
-                else:
-                    size = sizes.get(oid)
-                    if size is None:
-                        raise _Unchecked(_INCOMPLETE)
-                    append((prefix + name, mode, oid, off, size))
-            yield out
-
     def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
-        """The region rebuilt from the walk, a node at a time, against the stored one."""
+        """Every record reached from the root against its tree (module docstring)."""
         if self.commit_data is None:
             return  # the commit's own problem is reported already
         try:
             commit = objects.parse_commit(self.commit_data, "commit")
         except DamagedImage:
             return
-        trailer = self.trailer_at
-        if commit.tree not in self.by_id:
-            self.problem(R_PATH_INDEX, "", f"cannot be checked: {_INCOMPLETE}")
+        if self.idx_bytes is None or self.trailer_at is None \
+                or self.commit_id not in self.by_id:
+            return  # the IDX's or the pack's own problems are reported already
+        where = at_offset(full - pix.SUPER_SIZE)
+        for name, oid, off in (("commit", self.commit_id, sup.commit_offset),
+                               ("root tree", commit.tree, sup.tree_offset)):
+            if self.by_id.get(oid) != off:
+                self.problem(R_PATH_INDEX, where, f"says the {name} is at {off}, the IDX "
+                             f"says {self.by_id.get(oid)}")
+        if sup.tree != commit.tree:
+            self.problem(R_PATH_INDEX, where, f"bound to tree {sup.tree.hex()}, the commit "
+                         f"names {commit.tree.hex()}")
             return
-        if trailer is None or self.commit_id not in self.by_id:
-            return
-        root_entries = self._tree_entries(commit.tree)
-        if root_entries is None:
-            self.problem(R_PATH_INDEX, "", f"cannot be checked: {_INCOMPLETE}")
-            return
-        enc = pix.RegionEncoder(
-            chain.from_iterable(self._expected_entries(commit.tree)), commit=self.commit_id,
-            pack_checksum=self.reader.pread(trailer, 20), tree=commit.tree,
-            commit_offset=self.by_id[self.commit_id], tree_offset=self.by_id[commit.tree],
-            pack_end=trailer, region_start=sup.region_start, root_count=len(root_entries),
-            # The region's length as the block size: the leading padding then
-            # comes out as stored when the nodes are as many.
-            block_size=full - sup.region_start)
-        stored = _StoredNodes(self.reader.pread, sup)
-        made = 0
-        differs = None  # (absolute offset, node number) of the first difference
         try:
-            for node in enc.nodes():
-                if differs is None and made < sup.node_count:
-                    have = stored.node(made)
-                    if have != node:
-                        i = next(i for i in range(pix.NODE_SIZE) if have[i] != node[i])
-                        differs = (sup.nodes_start + made * pix.NODE_SIZE + i, made)
-                made += 1
+            self._check_records(sup, full, commit.tree)
         except _Unchecked as exc:
             self.problem(R_PATH_INDEX, "", f"cannot be checked: {exc}")
-            return
-        except ValueError as exc:
-            self.problem(R_PATH_INDEX, "", f"cannot be rebuilt: {exc}")
-            return
-        start = sup.region_start
-        have_len = full - start
-        want_len = enc.lead + (made + 1) * pix.NODE_SIZE
-        if want_len != have_len:
-            self.problem(R_PATH_INDEX, at_offset(start),
-                         f"holds {have_len} bytes, the tree walk gives {want_len}: "
-                         f"{sup.paths} paths indexed, {enc.paths} in the trees")
-            return
-        if differs is None:
-            have = self.reader.pread(full - pix.SUPER_SIZE, pix.SUPER_SIZE)
-            want = enc.super_block
+        except _Differs as exc:
+            self.problem(R_PATH_INDEX, exc.where, exc.what)
+
+    def _check_records(self, sup: pix.Super, full: int, root: bytes) -> None:
+        area = full - pix.SUPER_SIZE - sup.nodes_start
+        pack_start = 28 + 12
+        names = self.idx_bytes
+        count = self.idx_count or 0
+        by_id = self.by_id
+        pages: dict[tuple[int, int], bytes] = {}
+
+        def page_of(ref: pix.Ref) -> bytes:
+            key = (ref.page, ref.length)
+            raw = pages.get(key)
+            if raw is None:
+                if len(pages) > 64 or sum(map(len, pages.values())) > 64 << 20:
+                    held.update(pages)  # the tiling is checked from the keys
+                    pages.clear()
+                data = (sup.inline if ref.page == area
+                        else self.reader.pread(sup.nodes_start + ref.page, ref.length))
+                raw = pix.inflate_page(data, page_where(ref))
+                pages[key] = raw
+            return raw
+
+        def page_where(ref: pix.Ref) -> str:
+            if ref.page == area:
+                return "the super block's inline page"
+            return at_offset(sup.nodes_start + ref.page)
+
+        held: set[tuple[int, int]] = set()
+        checked: dict[pix.Ref, bytes] = {}  # record -> the tree it was checked against
+        paths: dict[bytes, int] = {}
+        counts: dict[bytes, tuple[int, list[bytes]]] = {}  # trees being checked
+        stack: list[tuple[bytes, pix.Ref, bool]] = [(root, sup.root_ref, False)]
+        on_path: set[bytes] = set()
+        root_count = None
+        while stack:
+            tid, ref, leaving = stack.pop()
+            if leaving:
+                on_path.discard(tid)
+                if tid not in paths:
+                    n, subdirs = counts.pop(tid)
+                    paths[tid] = n + sum(paths[oid] for oid in subdirs)
+                continue
+            seen = checked.get(ref)
+            if seen is not None:
+                if seen != tid:
+                    raise _Differs(page_where(ref), f"the record at {ref.inner} of this page "
+                                   f"stands for tree {seen.hex()} and {tid.hex()}")
+                continue
+            if tid in on_path:
+                raise _Unchecked(f"tree {tid.hex()} contains itself")
+            entries = self._tree_entries(tid)
+            if entries is None:
+                raise _Unchecked("the commit's trees are incomplete")
+            try:
+                rows = pix.decode_record(page_of(ref), ref.inner, ref, area, len(sup.inline),
+                                         count, pack_start, sup.pack_end, page_where(ref))
+            except DamagedImage as exc:
+                raise _Differs(exc.where or "", exc.what) from None
+            checked[ref] = tid
+            if root_count is None:
+                root_count = len(entries)
+            here = page_where(ref)
+            if len(rows) != len(entries):
+                raise _Differs(here, f"the record of tree {tid.hex()} has {len(rows)} "
+                               f"entries, the tree {len(entries)}")
+            stack.append((tid, ref, True))
+            on_path.add(tid)
+            counts[tid] = (len(entries), [oid for mode, oid, _ in entries
+                                          if mode == objects.MODE_DIR])
+            for row, (mode, oid, name) in zip(rows, entries):
+                what = None
+                if row.name != name or row.mode != mode:
+                    what = f"names {row.name!r} ({row.mode:o}), the tree {name!r} ({mode:o})"
+                elif mode == objects.MODE_GITLINK:
+                    if row.gitlink != oid:
+                        what = f"{name!r}: submodule {row.gitlink.hex()}, the tree {oid.hex()}"
+                else:
+                    at = idxmod.HEAD_SIZE + 20 * row.position
+                    if names[at:at + 20] != oid:
+                        what = f"{name!r}: IDX position {row.position} is not {oid.hex()}"
+                    elif by_id.get(oid) != row.offset:
+                        what = (f"{name!r}: offset {row.offset}, the IDX says "
+                                f"{by_id.get(oid)}")
+                if what is not None:
+                    raise _Differs(here, f"the record of tree {tid.hex()} {what}")
+                if mode == objects.MODE_DIR and oid not in paths:
+                    stack.append((oid, row.ref, False))
+                elif mode == objects.MODE_DIR:
+                    # Its tree is checked; its record must be the one checked.
+                    if checked.get(row.ref) != oid:
+                        stack.append((oid, row.ref, False))
+        held.update(pages)
+        where = at_offset(full - pix.SUPER_SIZE)
+        pos = 0
+        for page, length in sorted(held):
+            if page == area:
+                continue
+            if page != pos:
+                raise _Differs(at_offset(sup.nodes_start + min(page, pos)),
+                               "the pages referenced do not tile the pages area")
+            pos = page + length
+        if pos != area:
+            raise _Differs(at_offset(sup.nodes_start + pos),
+                           "bytes after the last page referenced")
+        for name, have, want in (("trees", sup.records, len(checked)),
+                                 ("paths", sup.paths, min(paths[root], (1 << 64) - 1)),
+                                 ("root's entries", sup.root_count, root_count)):
             if have != want:
-                i = next(i for i in range(pix.SUPER_SIZE) if have[i] != want[i])
-                differs = (full - pix.SUPER_SIZE + i, None)
-        if differs is not None:
-            at, node = differs
-            what = "the super block" if node is None else f"node {node}"
-            self.problem(R_PATH_INDEX, at_offset(at),
-                         f"{what} differs from the index the tree walk and the IDX give")
-
-
-_INCOMPLETE = "the commit's trees are incomplete"
+                raise _Differs(where, f"says {have} {name}, the trees give {want}")
 
 
 class _Unchecked(Exception):
-    """The region cannot be rebuilt from the trees (the message says why)."""
+    """The region cannot be checked against the trees (the message says why)."""
 
 
-class _StoredNodes:
-    """The stored nodes, read a CHUNK at a time as the comparison goes."""
+class _Differs(Exception):
+    """The region says something the trees and the IDX do not."""
 
-    def __init__(self, pread, sup: pix.Super) -> None:
-        self.pread = pread
-        self.sup = sup
-        self.first = 0
-        self.data = b""
-
-    def node(self, n: int) -> bytes:
-        per = CHUNK // pix.NODE_SIZE
-        if not self.first <= n < self.first + len(self.data) // pix.NODE_SIZE:
-            self.first = n
-            count = min(per, self.sup.node_count - n)
-            self.data = self.pread(self.sup.nodes_start + n * pix.NODE_SIZE,
-                                   count * pix.NODE_SIZE)
-        at = (n - self.first) * pix.NODE_SIZE
-        return self.data[at:at + pix.NODE_SIZE]
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(what)
+        self.where, self.what = where, what

@@ -1,5 +1,6 @@
-"""The path index: format round trips, images with and without it, hostile
-indexes, and the OCaml docteur reading images that carry one."""
+"""The path index in real images: with and without it, the same answers as
+the tree walk and git, damaged and lying regions, and the OCaml docteur
+reading images that carry one (the format alone: tests/format/)."""
 
 from __future__ import annotations
 
@@ -14,197 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docteur_core.blockdev.block import MemoryDevice
-from docteur_core.errors import DamagedImage, DocteurError, NotADirectory, NotFound
+from docteur_core.errors import DamagedImage, DocteurError
 from docteur_core.format import pathindex as pix
-from docteur_core.format.objects import MODE_DIR, MODE_EXEC, MODE_FILE, MODE_LINK
+from docteur_core.format.objects import MODE_DIR
 from docteur_core.reader import Image
-from docteur_core.reader.pathindex import PathIndex
-
-COMMIT = b"\x11" * 20
-PACK_SUM = b"\x22" * 20
-PACK_END = 5000
-REGION_START = 8192
-
-
-def _region_image(entries, block_size=512, root_count=0):
-    """A byte string holding a pack trailer and a path index region (no real pack)."""
-    region = pix.encode(entries, commit=COMMIT, pack_checksum=PACK_SUM, tree=b"\x33" * 20,
-                        commit_offset=100, tree_offset=200, pack_end=PACK_END,
-                        region_start=REGION_START, root_count=root_count,
-                        block_size=block_size)
-    assert len(region) % block_size == 0
-    data = bytearray(REGION_START) + region
-    data[PACK_END:PACK_END + 20] = PACK_SUM
-    return bytes(data)
-
-
-def _open(data):
-    pread = lambda off, n: data[off:off + n]  # noqa: E731
-    return PathIndex.open(pread, len(data), COMMIT, pack_start=40, idx_offset=6144)
-
-
-names = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)),
-                min_size=1, max_size=30).filter(lambda s: s not in (".", ".."))
-
-
-@st.composite
-def path_sets(draw):
-    """Distinct paths with their directories, as a tree would list them."""
-    files = draw(st.lists(st.lists(names, min_size=1, max_size=4), min_size=0, max_size=300))
-    kinds: dict[bytes, int] = {}
-    for parts in files:
-        enc = [p.encode() for p in parts]
-        ok = True
-        for i in range(1, len(enc)):
-            d = b"/".join(enc[:i])
-            if kinds.get(d, MODE_DIR) != MODE_DIR:
-                ok = False
-                break
-        path = b"/".join(enc)
-        if not ok or path in kinds:
-            continue
-        for i in range(1, len(enc)):
-            kinds[b"/".join(enc[:i])] = MODE_DIR
-        kinds[path] = draw(st.sampled_from([MODE_FILE, MODE_EXEC, MODE_LINK]))
-    return kinds
-
-
-def _entries(kinds):
-    out = []
-    for i, (path, mode) in enumerate(sorted(kinds.items())):
-        oid = hashlib.sha1(path).digest()
-        out.append(pix.Entry(pix.key_of(path), mode, oid, 40 + i % 4000, len(path)))
-    return out
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path_sets(), st.sampled_from([512, 4096, 65536]))
-def test_round_trip_lookups_and_listings(kinds, block_size):
-    entries = _entries(kinds)
-    index = _open(_region_image(entries, block_size))
-    assert index.sup.paths == len(entries)
-    for e in entries:
-        assert index.find(e.key) == e
-        assert index.find(e.key + b"x") in (None, index.find(e.key + b"x"))
-    dirs = {b""} | {p for p, m in kinds.items() if m == MODE_DIR}
-    for d in dirs:
-        want = sorted(e for e in entries if e.key.partition(b"\0")[0] == d)
-        assert index.listing(d) == want
-    assert list(index.scan(b"")) == sorted(entries)
-
-
-def _many(n, depth=3):
-    kinds = {}
-    for i in range(n):
-        parts = [f"d{(i >> (4 * k)) % 16:x}" for k in range(depth)]
-        for j in range(1, depth + 1):
-            kinds["/".join(parts[:j]).encode()] = MODE_DIR
-        kinds[("/".join(parts) + f"/file-{i:07d}.txt").encode()] = MODE_FILE
-    return kinds
-
-
-def test_a_large_index_has_levels_and_cold_lookups_cost_one_read_per_level():
-    kinds = _many(60_000)
-    entries = _entries(kinds)
-    data = _region_image(entries, 4096)
-    index = _open(data)
-    assert index.sup.height >= 2
-    for e in entries[::997]:
-        fresh = _open(data)
-        assert fresh.find(e.key) == e
-        assert fresh.nodes_read == fresh.sup.height
-    assert len(index.listing(b"d0/d0/d0")) == len(
-        [e for e in entries if e.key.startswith(b"d0/d0/d0\0")])
-
-
-def test_deterministic_encoding():
-    entries = _entries(_many(3000))
-    assert _region_image(entries) == _region_image(list(reversed(entries)))
-
-
-_FLIP_ENTRIES = _entries(_many(4000))
-_FLIP_GOOD = _region_image(_FLIP_ENTRIES, 4096)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_flipped_bytes_are_errors_never_other_entries(data):
-    """Any change to the region: a lookup gives the right entry, None only
-    where the truth is None, or DamagedImage."""
-    entries, good = _FLIP_ENTRIES, _FLIP_GOOD
-    start = REGION_START
-    bad = bytearray(good)
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(start, len(good) - 1))
-        bad[at] ^= data.draw(st.integers(1, 255))
-    keys = data.draw(st.lists(st.sampled_from(entries), min_size=1, max_size=5))
-    try:
-        index = _open(bytes(bad))
-        for e in keys:
-            assert index.find(e.key) == e
-        assert index.listing(b"d1/d2/d3") == sorted(
-            e for e in entries if e.key.startswith(b"d1/d2/d3\0"))
-    except DamagedImage as exc:
-        assert "path index" in str(exc)
-
-
-def _resealed(data: bytes, number: int, edit) -> bytes:
-    """Apply `edit` to node `number` (or the super block, number -1) and fix its CRC."""
-    data = bytearray(data)
-    sup = pix.parse_super(bytes(data[-pix.SUPER_SIZE:]), len(data))
-    at = len(data) - pix.SUPER_SIZE if number < 0 else sup.nodes_start + number * pix.NODE_SIZE
-    node = bytearray(data[at:at + pix.NODE_SIZE])
-    edit(node)
-    struct.pack_into("<I", node, pix.CRC_AT, zlib.crc32(bytes(node[:pix.CRC_AT])))
-    data[at:at + pix.NODE_SIZE] = node
-    return bytes(data)
-
-
-def test_hostile_indexes_with_good_checksums_are_refused():
-    entries = _entries(_many(20000))
-    good = _region_image(entries, 4096)
-    index = _open(good)
-    assert index.sup.height >= 2
-    leaf0 = pix.NODE_HEAD.size
-
-    def swap_first_two_keys(node):  # keys out of order: first entry's rest made larger
-        node[leaf0 + 4] = 0x7F
-
-    def offset_outside(node):
-        n = struct.unpack_from("<HH", node, leaf0)
-        struct.pack_into("<Q", node, leaf0 + 4 + n[1] + 24, 10 ** 9)
-
-    cases = [(0, swap_first_two_keys, "out of order"), (0, offset_outside, "outside the pack")]
-    for number, edit, message in cases:
-        bad = _open(_resealed(good, number, edit))
-        with pytest.raises(DamagedImage, match=message):
-            for e in entries:
-                bad.find(e.key)
-    # Children must be one level down (no loop can form): a level-1 node
-    # pointing at an internal node, itself included, is refused.
-    last_internal = index.sup.node_count - 1
-
-    def child_is_not_a_leaf(node):
-        n = struct.unpack_from("<H", node, pix.NODE_HEAD.size)[0]
-        struct.pack_into("<I", node, pix.NODE_HEAD.size + 2 + n, last_internal)
-
-    bad = _open(_resealed(good, index.sup.leaf_count, child_is_not_a_leaf))
-    with pytest.raises(DamagedImage):
-        for e in entries:
-            bad.find(e.key)
-
-    def other_commit(node):
-        node[16] ^= 1
-
-    with pytest.raises(DamagedImage, match="bound to commit"):
-        _open(_resealed(good, -1, other_commit))
-
-    def other_pack(node):
-        node[36] ^= 1
-
-    with pytest.raises(DamagedImage, match="bound to pack"):
-        _open(_resealed(good, -1, other_pack))
-
 
 # --- real images ----------------------------------------------------------------
 
@@ -314,7 +128,7 @@ def test_deterministic_and_optional(built, tmp_path):
     assert again.read_bytes() == img.read_bytes()
     data, without = img.read_bytes(), plain.read_bytes()
     sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
-    assert sup.height >= 1 and sup.paths == 1500 + 7 + 21 + 3
+    assert sup.records == 1 + 7 + 21 + 1 and sup.paths == 1500 + 7 + 21 + 3
     assert data[:sup.region_start] == without  # the OCaml layout, untouched
     for path, expected in ((img, "yes, 1531 paths"), (plain, "no")):
         proc = subprocess.run([os.fspath(Path(os.sys.executable).with_name("docteur")),
@@ -344,7 +158,7 @@ class CountingDevice:
         pass
 
 
-def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
+def test_open_is_a_few_reads_and_a_cold_lookup_one_per_directory(built):
     img, plain, _ = built
     data = img.read_bytes()
     dev = CountingDevice(data)
@@ -352,21 +166,22 @@ def test_open_is_a_few_reads_and_a_cold_lookup_one_per_level(built):
     opened = dev.reads
     # header and PACK header, IDX head, super block, PACK trailer, the commit
     assert opened <= 6, opened
-    height = image.path_index.sup.height
     before = dev.reads
     assert image.get("d3/e1/f0010.txt") == b"file 10\n" + b"x" * 10
-    assert image.path_index.nodes_read == height
-    # The index descent, then the object (one or two reads: header and stream).
-    assert dev.reads - before <= height + 2
+    # d3's and e1's records (the root's is in the super block), at most a page each.
+    assert image.path_index.nodes_read <= 2
+    # Those pages, the file's id from the IDX, then the object (one or two
+    # reads: header and stream).
+    assert dev.reads - before <= 2 + 1 + 2
     plain_dev = CountingDevice(plain.read_bytes())
     Image.open(plain_dev, mode="fast", verify=False)
     assert plain_dev.reads > opened  # the whole IDX and every tree
 
 
 def test_a_cold_verified_lookup_reads_one_object_per_component_and_no_idx(built):
-    """Verified, the index only places the trees on the path: each is proven
-    once (its listing in the index re-encoded and hashed, else the tree read
-    and hashed), the file read and hashed, and the IDX is never searched."""
+    """Verified, the index only places the trees on the path: each is read
+    where the index says and hashed, the file read and hashed, and the IDX
+    is never searched."""
     img, _, _ = built
     data = img.read_bytes()
     dev = CountingDevice(data)
@@ -391,7 +206,7 @@ def test_the_ocaml_docteur_reads_images_with_a_path_index(tmp_path):
     _corpus(src, 300)
     img = tmp_path / "a.img"
     make_image(src, img, date=DATE, warn=lambda w: None)
-    assert pix.parse_super(img.read_bytes()[-pix.SUPER_SIZE:], img.stat().st_size).height
+    assert pix.parse_super(img.read_bytes()[-pix.SUPER_SIZE:], img.stat().st_size).records
     same_verify(oracle, img)
     agree(oracle, img)
     big = tmp_path / "b4096.img"
@@ -455,16 +270,12 @@ def test_fuzzed_region_gives_the_tree_walks_bytes_or_an_error(built, data):
         assert got == truth[p], p
 
 
-def _reseal_leaf(data: bytes, edit) -> bytes:
-    sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
-    return _resealed(data, 0, edit) if sup.height else _resealed(data, -1, edit)
+def test_a_lying_index_or_another_images_is_an_error_never_other_bytes(built, tmp_path):
+    from tests.helpers.forge import rebuilt_path_index
 
-
-def test_a_lying_size_or_another_images_index_is_an_error(built, tmp_path):
     img, _, src = built
     data = img.read_bytes()
     sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
-    first = Image.open(MemoryDevice(data)).path_index.listing(b"")[0]
 
     # Another image's region, appended to this image's layout: refused.
     other_src = tmp_path / "o"
@@ -476,49 +287,45 @@ def test_a_lying_size_or_another_images_index_is_an_error(built, tmp_path):
     osup = pix.parse_super(o[-pix.SUPER_SIZE:], len(o))
     with pytest.raises(DamagedImage, match="path index"):
         Image.open(MemoryDevice(data[:sup.region_start] + o[osup.region_start:]))
-    # Its super block in place of this one's (same geometry otherwise): the binding says no.
-    with pytest.raises(DamagedImage, match="bound to commit"):
-        Image.open(MemoryDevice(_resealed(data, -1, lambda n: n.__setitem__(
-            slice(16, 36), o[-pix.SUPER_SIZE + 16:-pix.SUPER_SIZE + 36]))))
 
-    # A leaf whose first file's size lies (CRC recomputed): get and size refuse.
-    leaf = pix.NODE_HEAD.size if sup.height else pix.ROOT_AT + 2
-    number = 0 if sup.height else -1
-    d = bytearray(data)
-    at = (sup.nodes_start if sup.height else len(d) - pix.SUPER_SIZE) + leaf
-    # Find the first file entry of the first leaf and bump its size.
-    node_at = at - leaf
-    node = bytes(d[node_at:node_at + pix.NODE_SIZE])
-    count = struct.unpack_from("<H", node, 2 if sup.height else pix.ROOT_AT)[0]
-    pos, prev = leaf, b""
-    for _ in range(count):
-        shared, rest = struct.unpack_from("<HH", node, pos)
-        key = prev[:shared] + node[pos + 4:pos + 4 + rest]
-        fixed = pos + 4 + rest
-        mode = struct.unpack_from("<I", node, fixed)[0]
-        if mode == MODE_FILE:
-            break
-        pos, prev = fixed + pix.LEAF_FIXED.size, key
-    else:
-        raise AssertionError("no file in the first leaf")
-
-    def lie(n):
-        size = struct.unpack_from("<Q", n, fixed + 32)[0]
-        struct.pack_into("<Q", n, fixed + 32, size + 1)
-
-    lying = MemoryDevice(_resealed(data, number, lie))
-    liar = Image.open(lying, mode="fast", verify=False)  # the index answers: it is checked
-    path = pix.Entry(key, 0, b"", 0, 0).path.decode()
-    with pytest.raises(DamagedImage, match="path index says"):
-        liar.get(path)
-    with pytest.raises(DamagedImage, match="path index says"):
-        liar.size(path)
-    # Verified, the index only places objects: the size comes from the hashed file.
+    # A record that places a file at another file's object, every checksum
+    # of the region sealed again: unverified, the index answers (and is
+    # believed: the other bytes); verified, the hash refuses them.
     truth = Image.open(MemoryDevice(data), mode="fast")
-    verified = Image.open(lying, mode="fast")
-    assert verified.get(path) == truth.get(path)
-    assert verified.size(path) == truth.size(path) == len(truth.get(path))
-    assert first is not None
+    a, b = "d3/e1/f0010.txt", "d4/e2/f0011.txt"
+    a_id, b_node = bytes.fromhex(truth.digest(a)), truth._lookup(b)
+    lying = MemoryDevice(rebuilt_path_index(data, {a_id: b_node.offset}))
+    assert Image.open(lying, mode="fast", verify=False).get(a) == truth.get(b)
+    for mode in ("fast", "light"):
+        with pytest.raises(DamagedImage, match="SHA-1|hash"):
+            Image.open(lying, mode=mode).get(a)
+    # verify names the record that lies.
+    report = verify_image(lying)
+    assert not report.ok and {p[0] for p in report.problems} == {"path index"}
+    assert any("offset" in line for line in report.problem_lines()), report.problem_lines()
+
+
+def test_an_image_with_a_version_1_index_is_read_by_walking_the_trees(built):
+    """The index of version 1 (every path stored again) is not read: the
+    trees are walked, the answers are the same, and verify warns."""
+    img, _, _ = built
+    data = bytearray(img.read_bytes())
+    sup = pix.parse_super(bytes(data[-pix.SUPER_SIZE:]), len(data))
+    old = bytearray(data[-pix.SUPER_SIZE:])
+    old[8:10] = b"\x01\x00"
+    struct.pack_into("<I", old, pix.CRC_AT, zlib.crc32(bytes(old[:pix.CRC_AT])))
+    data[-pix.SUPER_SIZE:] = old
+    data[sup.nodes_start:-pix.SUPER_SIZE] = bytes(len(data) - pix.SUPER_SIZE - sup.nodes_start)
+    old_image = MemoryDevice(bytes(data))
+    for mode in ("fast", "light"):
+        with Image.open(old_image, mode=mode) as image, \
+                Image.open(MemoryDevice(img.read_bytes()), mode=mode) as truth:
+            assert image.path_index is None
+            assert image.get("d3/e1/f0010.txt") == truth.get("d3/e1/f0010.txt")
+            assert [n.path for n in image.walk()] == [n.path for n in truth.walk()]
+    report = verify_image(old_image)
+    assert report.ok, report.problem_lines()
+    assert any("version 1" in line for line in report.warning_lines())
 
 
 def test_the_plugins_check_covers_the_region(built):
@@ -529,7 +336,9 @@ def test_the_plugins_check_covers_the_region(built):
     data = img.read_bytes()
     sup = pix.parse_super(data[-pix.SUPER_SIZE:], len(data))
     info = imagecheck.check_image(MemoryDevice(data))
-    assert info.extents[-1] == (sup.nodes_start, len(data), imagecheck.EXTENT_DATA)
+    pages = sup.region_start + (sup.nodes_start - sup.region_start) // 512 * 512
+    assert info.extents[-1] == (pages, len(data), imagecheck.EXTENT_DATA)
+    assert all((b - a) % 512 == 0 for a, b, _ in info.extents)
     for a, b, t in info.extents:
         if t:
             assert data[a:b] == bytes(b - a)
@@ -538,3 +347,34 @@ def test_the_plugins_check_covers_the_region(built):
         bad[at] ^= 0x20
         with pytest.raises(imagecheck.ImageRejected, match="path index"):
             imagecheck.check_image(MemoryDevice(bytes(bad)))
+
+
+def test_a_verified_walk_proves_trees_from_the_records_once_the_names_are_read(
+        built, monkeypatch):
+    """Past a few trees read from the pack, a verified walk reads the IDX's
+    name table once and proves each next tree from its record (re-encoded as
+    git writes a tree, hashed against the id its parent names); a record
+    that lies (an IDX position of another object) fails that hash, and its
+    tree is read from the pack: the same bytes either way."""
+    from docteur_core.reader import image as image_mod
+    from tests.helpers.forge import rebuilt_path_index
+
+    img, _, _ = built
+    data = img.read_bytes()
+    monkeypatch.setattr(image_mod, "_TREES_BEFORE_NAMES", 0)
+    with Image.open(MemoryDevice(data), mode="light", path_index=False) as truth:
+        want = {n.path: truth.get(n) for n in truth.files()}
+        a_id = bytes.fromhex(truth.digest("d3/e1/f0010.txt"))
+        b_id = bytes.fromhex(truth.digest("d4/e2/f0011.txt"))
+    for mode in ("fast", "light"):
+        with Image.open(MemoryDevice(data), mode=mode) as image:
+            assert {n.path: image.get(n) for n in image.files()} == want
+            assert image._trees_read == 0 and image.path_index.names_loaded
+    with Image.open(MemoryDevice(data), mode="light", verify=False, path_index=False) as plain:
+        idx = plain.store.idx
+        names = [plain.store.pread(idx.name_at(i), 20) for i in range(idx.count)]
+    lying = rebuilt_path_index(data, positions={a_id: names.index(b_id)})
+    for mode in ("fast", "light"):
+        with Image.open(MemoryDevice(lying), mode=mode) as image:
+            assert {n.path: image.get(n) for n in image.files()} == want
+            assert image._trees_read == 1  # d3/e1's, from the pack

@@ -283,3 +283,40 @@ def repointed_tree_image(path, name: str = "README.txt") -> tuple[bytes, dict[st
     c = Obj("commit", commit(honest.oid, "honest tree, forged entry\n"))
     path.write_bytes(bytes(build([c, forged, *blobs.values()], c.oid)))
     return c.oid, files
+
+
+def rebuilt_path_index(image: bytes, offsets: dict[bytes, int] | None = None,
+                       positions: dict[bytes, int] | None = None) -> bytes:
+    """`image` with its path index region encoded again from its own trees
+    and IDX (`format.pathindex.encode`), every check of the region sealed
+    (page streams, SHA-256, CRC-32), except that an object id in `offsets`
+    or `positions` is given that pack offset or IDX position instead: an
+    index that lies with good checksums. The IDX and pack are untouched."""
+    from docteur_core.blockdev.block import MemoryDevice
+    from docteur_core.format import pathindex as pix
+    from docteur_core.format.objects import parse_tree_raw
+    from docteur_core.reader import Image
+
+    offsets, positions = offsets or {}, positions or {}
+    sup = pix.parse_super(image[-pix.SUPER_SIZE:], len(image))
+    with Image.open(MemoryDevice(image), "light", verify=False, path_index=False) as img:
+        store = img.store
+        idx = store.idx
+        names = [store.pread(idx.name_at(i), 20) for i in range(idx.count)]
+        where = {oid: store.locate(oid)[0] for oid in names}
+
+        def entries_of(tid: bytes):
+            raw = store.read_object(tid, "tree", where[tid])[1]
+            return [(mode, name, oid) for mode, oid, name in parse_tree_raw(raw, "tree")]
+
+        pos = {oid: i for i, oid in enumerate(names)}
+        region = pix.encode(
+            sup.tree, entries_of, lambda oid: positions.get(oid, pos[oid]),
+            lambda oid: offsets.get(oid, where[oid]), commit=sup.commit,
+            pack_checksum=sup.pack_checksum, commit_offset=sup.commit_offset,
+            tree_offset=sup.tree_offset, pack_end=sup.pack_end,
+            region_start=sup.region_start,
+            block_size=len(image) - sup.region_start)
+    # The region's old length as the block size: the same length when the
+    # pages fit in it (the image keeps its size), a multiple otherwise.
+    return image[:sup.region_start] + region

@@ -273,3 +273,24 @@ def test_any_changed_byte_of_a_base_is_refused(built, tmp_path_factory, where, b
         make_image(new_src, tmp / "out.img", date=DATE, base=bad)
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
     assert sorted(os.listdir(tmp)) == ["bad.img"]
+
+
+def test_a_base_carrying_a_version_1_path_index_is_used(built, tmp_path):
+    """An image made before the compact path index (its super block says
+    version 1) is still a base: only the super block's binding is read."""
+    import struct
+    import zlib
+
+    from docteur_core.format import pathindex as pix
+
+    _, new_src, old, _, _, new, _ = built
+    data = bytearray(old.read_bytes())
+    sup = bytearray(data[-pix.SUPER_SIZE:])
+    sup[8:10] = struct.pack("<H", pix.LEGACY)
+    struct.pack_into("<I", sup, pix.CRC_AT, zlib.crc32(bytes(sup[:pix.CRC_AT])))
+    data[-pix.SUPER_SIZE:] = sup
+    legacy = tmp_path / "legacy.img"
+    legacy.write_bytes(bytes(data))
+    out = tmp_path / "new.img"
+    make_image(new_src, out, date=DATE, base=legacy)
+    assert out.read_bytes() == new.read_bytes()  # the same rebuild as on the new base

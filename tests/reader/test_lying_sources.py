@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 
 from docteur_core.blockdev.block import MemoryDevice
-from docteur_core.format import pathindex as pix
 from docteur_core.make import make_image
 from docteur_core.reader import Image
 
@@ -71,21 +70,18 @@ def _entry_of(image: bytes, path: str) -> tuple[bytes, int, int]:
 
 
 def _repointed_index(image: bytes, path: str, to: str) -> bytes:
-    """The path index entry of `path` points at `to`'s object (its id and
-    size kept, the node's CRC-32 fixed)."""
-    oid, offset, _ = _entry_of(image, path)
-    _, other, _ = _entry_of(image, to)
-    data = bytearray(image)
-    needle = oid + struct.pack("<Q", offset)
-    sup = pix.parse_super(bytes(data[-pix.SUPER_SIZE:]), len(data))
-    at = bytes(data).index(needle, sup.region_start)
-    struct.pack_into("<Q", data, at + 20, other)
-    if at >= len(data) - pix.SUPER_SIZE:
-        node = len(data) - pix.SUPER_SIZE
-    else:
-        node = sup.nodes_start + (at - sup.nodes_start) // pix.NODE_SIZE * pix.NODE_SIZE
-    struct.pack_into("<I", data, node + pix.CRC_AT, zlib.crc32(bytes(data[node:node + pix.CRC_AT])))
-    return bytes(data)
+    """The path index entry of `path` points at `to`'s object (offset and
+    IDX position), every checksum of the region sealed again."""
+    from tests.helpers.forge import rebuilt_path_index
+
+    oid, _, _ = _entry_of(image, path)
+    other, offset, _ = _entry_of(image, to)
+    with Image.open(MemoryDevice(image), "light", verify=False, path_index=False) as img:
+        idx = img.store.idx
+        names = [img.store.pread(idx.name_at(i), 20) for i in range(idx.count)]
+    forged = rebuilt_path_index(image, {oid: offset}, {oid: names.index(other)})
+    assert len(forged) == len(image)
+    return forged
 
 
 def _repointed_idx(image: bytes, path: str, to: str) -> bytes:
