@@ -140,7 +140,7 @@ def _pack_leaves(entries: Iterable[tuple], room: int
     count = 0
     prev = b""
     first = b""
-    prev_last = None
+    prev_last: bytes | None = None
     half = room // 2
     pack_prefix = PREFIX.pack
     pack_fixed = LEAF_FIXED.pack
@@ -437,7 +437,7 @@ def decode_internal(count: int, body: memoryview | bytes, lo: bytes, hi: bytes |
         raise DamagedImage("internal node without children", where)
     pos = 0
     end = len(body)
-    out = []
+    out: list[tuple[bytes, int]] = []
     for i in range(count):
         if pos + 2 > end:
             raise DamagedImage(f"child {i} runs past the end of the node", where)

@@ -29,6 +29,7 @@ from operator import itemgetter
 from ..errors import DamagedImage
 from ..format import objects
 from ..format import pathindex as pix
+from ..format.layout import Pread
 from .report import R_PATH_INDEX
 from .state import State, at_offset
 
@@ -39,7 +40,7 @@ class PathIndexCheck(State):
     """Finds the region first (`_probe_path_index`), checks it last."""
 
     pix_super: pix.Super | None = None
-    pix_full_size: int | None = None
+    pix_full_size = 0  # the image's size with its path index, once one is found
     pix_damaged_super = False
 
     def _probe_path_index(self) -> None:
@@ -54,7 +55,7 @@ class PathIndexCheck(State):
         try:
             sup = pix.parse_super(data, cap)
         except DamagedImage as exc:
-            self.problem(R_PATH_INDEX, exc.where or "", exc.what)
+            self.problem(R_PATH_INDEX, str(exc.where or ""), exc.what)
             self.pix_damaged_super = True
             # Still keep the original layout's checks off the region: take
             # its start from the super block if it looks like one.
@@ -121,7 +122,7 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _expected_entries(self, root: bytes) -> Iterator[list[tuple]]:
+    def _expected_entries(self, root: bytes) -> Iterator[list[tuple[bytes, int, bytes, int, int]]]:
         """Every path under the commit's tree, sorted by key, a directory's
         worth at a time (chained by the caller: one resumption per directory,
         not per path), from the scan's trees and offsets.
@@ -158,9 +159,11 @@ class PathIndexCheck(State):
                 blob_sizes = list(map(sizes.get, oids))
                 if None in offs or None in blob_sizes:
                     raise _Unchecked(_INCOMPLETE)
-                yield list(zip(map(prefix.__add__, names), modes, oids, offs, blob_sizes))
+                # (no None among them, just checked: mypy cannot narrow a list)
+                yield list(zip(map(prefix.__add__, names), modes, oids,
+                               offs, blob_sizes))  # type: ignore[arg-type]
                 continue
-            out = []
+            out: list[tuple[bytes, int, bytes, int, int]] = []
             append = out.append
             for mode, oid, name in entries:
                 if mode == mode_gitlink:
@@ -210,7 +213,8 @@ class PathIndexCheck(State):
             block_size=full - sup.region_start)
         stored = _StoredNodes(self.reader.pread, sup)
         made = 0
-        differs = None  # (absolute offset, node number) of the first difference
+        # (absolute offset, node number or None: the super block) of the first difference
+        differs: tuple[int, int | None] | None = None
         try:
             for node in enc.nodes():
                 if differs is None and made < sup.node_count:
@@ -240,8 +244,8 @@ class PathIndexCheck(State):
                 i = next(i for i in range(pix.SUPER_SIZE) if have[i] != want[i])
                 differs = (full - pix.SUPER_SIZE + i, None)
         if differs is not None:
-            at, node = differs
-            what = "the super block" if node is None else f"node {node}"
+            at, number = differs
+            what = "the super block" if number is None else f"node {number}"
             self.problem(R_PATH_INDEX, at_offset(at),
                          f"{what} differs from the index the tree walk and the IDX give")
 
@@ -256,7 +260,7 @@ class _Unchecked(Exception):
 class _StoredNodes:
     """The stored nodes, read a CHUNK at a time as the comparison goes."""
 
-    def __init__(self, pread, sup: pix.Super) -> None:
+    def __init__(self, pread: Pread, sup: pix.Super) -> None:
         self.pread = pread
         self.sup = sup
         self.first = 0
