@@ -292,6 +292,8 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
         proc = children.start(cmd, error=BootError, hint="install Debian's qemu-system-x86",
                               stdout=subprocess.PIPE, stderr=errors)
         chunks: list[bytes] = []
+        out = proc.stdout
+        assert out is not None  # stdout=PIPE
         try:
             deadline = started + timeout
             while True:
@@ -299,9 +301,9 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
                 if left <= 0:
                     raise BootError(f"the guest did not finish within {timeout:.0f} s\n"
                                     + _tail(b"".join(chunks).decode(errors="replace")))
-                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                ready, _, _ = select.select([out], [], [], min(left, 1.0))
                 if ready:
-                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    chunk = os.read(out.fileno(), 65536)
                     if not chunk:
                         break
                     chunks.append(chunk)

@@ -24,6 +24,14 @@ from ..errors import DamagedImage
 from ..format import pathindex as pix
 from ..format.layout import Pread
 
+TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see the package docstring)
+if TYPE_CHECKING:
+    from typing import Any
+
+    # A decoded node: its keys, and its entries: a leaf's `pix.Entry`s, an
+    # internal node's (lower bound, child number) pairs (the level says which).
+    _Decoded = tuple[list[bytes], list[Any]]
+
 DEFAULT_CACHE_NODES = 256
 ROOT = -1
 
@@ -46,11 +54,11 @@ class PathIndex:
         self.sup = sup
         self.pack_start = pack_start
         self.cache_nodes = cache_nodes
-        self._cache: OrderedDict[int, tuple[list[bytes], list]] = OrderedDict()
+        self._cache: OrderedDict[int, _Decoded] = OrderedDict()
         self.nodes_read = 0
         # The leaf of the last lookup and the bounds its descent checked:
         # lookups in path order (a walk, a directory's files) land in it.
-        self._last: tuple | None = None
+        self._last: tuple[bytes, bytes | None, int, list[bytes], list[Any]] | None = None
 
     @classmethod
     def open(cls, pread: Pread, capacity: int, commit: bytes, *, pack_start: int,
@@ -79,7 +87,7 @@ class PathIndex:
 
     # -- nodes ---------------------------------------------------------------
 
-    def _decode(self, number: int, level: int, lo: bytes, hi: bytes | None):
+    def _decode(self, number: int, level: int, lo: bytes, hi: bytes | None) -> _Decoded:
         sup = self.sup
         if number == ROOT:
             count, body = pix.root_body(sup)
@@ -89,6 +97,7 @@ class PathIndex:
             self.nodes_read += 1
             count, body = pix.check_node(data, sup, number, level)
             where = pix.node_where(sup, number)
+        entries: list[pix.Entry] | list[tuple[bytes, int]]  # a leaf's, or (bound, child)
         if level == 0:
             entries = pix.decode_leaf(count, body, lo, hi, self.pack_start, sup.pack_end, where)
             if not entries and number != ROOT:
@@ -101,7 +110,7 @@ class PathIndex:
             entries = pix.decode_internal(count, body, lo, hi, first, last, where)
         return [e[0] for e in entries], entries
 
-    def _node(self, number: int, level: int, lo: bytes, hi: bytes | None):
+    def _node(self, number: int, level: int, lo: bytes, hi: bytes | None) -> _Decoded:
         """(keys, entries) of a node, checked against the bounds [lo, hi)."""
         hit = self._cache.get(number)
         if hit is None:
@@ -146,7 +155,7 @@ class PathIndex:
             number = entries[i][1]
             level -= 1
 
-    def _root(self):
+    def _root(self) -> _Decoded:
         hit = self._cache.get(ROOT)
         if hit is None:
             hit = self._decode(ROOT, self.sup.height, b"", None)

@@ -155,7 +155,7 @@ _REPEATABLE = ("verify", "thread_model")
 # (dev, ino, size, mtime_ns, ctime_ns) -> (level, ImageInfo) of images already
 # checked, at the strongest level so far: the start-up `full` check covers
 # the `quick` one each connection asks for.
-_checked = {}
+_checked: dict[tuple[int, ...], tuple[str, imagecheck.ImageInfo]] = {}
 _checked_lock = threading.Lock()
 
 
@@ -208,7 +208,7 @@ def _file_key(st):
 
 
 # With pin=true: the key of the image checked at start-up.
-_pinned = {}
+_pinned: dict[str, tuple[int, ...]] = {}
 
 
 def _check_fd(fd, path, level):
