@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
         if not _stale_socket(args.unix):
             raise ServeError(f"{args.unix} already exists (another server's socket?)")
         args.unix.unlink()
-    if not is_http_url(args.target) and _serves_generations(args, target):
+    if isinstance(target, Path) and _serves_generations(args, target):  # (not a URL)
         return _run_front(args, target, plugin_pin, served)
     listen = Listen(args.ip, args.port, args.unix)
 

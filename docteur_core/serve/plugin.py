@@ -122,6 +122,7 @@ except ImportError:  # run as a plain script: only --help makes sense
 import errno
 import stat
 import threading
+from typing import Any
 
 from docteur_core import __version__
 from docteur_core.errors import DocteurError
@@ -353,7 +354,7 @@ def list_exports(readonly, is_tls):
 
 # With url=: the one HttpDevice every connection reads through (it has its
 # own lock), and what its header says.
-_remote = {}
+_remote: dict[str, Any] = {}  # "device", "info", "shown"
 
 
 def _open_url(url):
