@@ -227,7 +227,8 @@ def _add_net_modules(kernel: Kernel, cache: Path, log: Log = _quiet) -> None:
                                      stdout=subprocess.PIPE)
         tar = _run(["tar", "-x", "-C", str(unpacked), "--wildcards", *NET_MODULE_PATTERNS],
                    stdin=tar_input.stdout)
-        tar_input.stdout.close()
+        if tar_input.stdout is not None:  # (stdout=PIPE: it is)
+            tar_input.stdout.close()
         if tar_input.wait() != 0 or tar.returncode != 0:
             raise GuestBuildError(f"could not unpack the network modules of {deb.name}: "
                                   + tar.stderr.decode(errors="replace").strip())

@@ -330,7 +330,7 @@ class _Drive:
         self.server = server
         self.commit = commit
         self.log = log
-        self.nbd = None
+        self.nbd: Server | None = None
         self.remote = self.target[:6].lower().startswith(("http:", "https:"))
         self.uri_drive = (drive_option(nbd_drive_options(self.target))
                           if "://" in self.target and not self.remote else None)

@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # for annotations only (see __init__)
     import builtins  # `list` in the class body is Image.list
     import os
     from datetime import datetime
-    from typing import NamedTuple
+    from typing import BinaryIO, NamedTuple
 
     from ..blockdev.block import BlockDevice
     from ..format.pathindex import Entry
@@ -776,7 +776,7 @@ class Image:
         or `entries` needs no second lookup."""
         return self._lookup(path)
 
-    def content(self, path: str | bytes | Node):
+    def content(self, path: str | bytes | Node) -> bytes | BinaryIO:
         """A file's bytes, checked before they are returned: bytes for a
         file built whole, a temporary file (positioned at its start, the
         caller's to close) for a large one (`Store.content`). Nothing is
