@@ -344,20 +344,22 @@ class _Drive:
         if self.uri_drive is not None:
             self.log(f"using the NBD export {self.target}")
             return self.uri_drive
+        server: Server
         if self.remote:  # nbdkit's curl plugin, the image checked by range reads first
             from ..serve.remote import remote_server
-            self.nbd = remote_server(self.target, commit=self.commit)
+            server = remote_server(self.target, commit=self.commit)
         else:
-            self.nbd = image_server(Path(self.target), self.server)
+            server = image_server(Path(self.target), self.server)
+        self.nbd = server
         try:
-            self.nbd.start()
+            server.start()
         except ServeError as exc:
             self.nbd = None
             raise BootError(f"nbdkit could not serve {self.target}: {exc}") from None
         plugin = ("nbdkit's curl plugin" if self.remote else
                   "the docteur plugin" if self.server == "docteur" else "nbdkit's file plugin")
-        self.log(f"serving {self.target} with {plugin} on {self.nbd.uri}")
-        return drive_option(nbd_drive_options(self.nbd.uri))
+        self.log(f"serving {self.target} with {plugin} on {server.uri}")
+        return drive_option(nbd_drive_options(server.uri))
 
     def __exit__(self, *exc) -> None:
         if self.nbd:
