@@ -14,7 +14,8 @@ import os
 import signal
 import socket
 import subprocess
-from typing import Callable
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from .errors import DocteurError
 
@@ -41,8 +42,8 @@ def _pdeathsig_setter() -> Callable[[], None] | None:
     return tie
 
 
-def start(cmd: list[str], *, error: type[DocteurError] = DocteurError, hint: str = "",
-          tied: bool = True, **kwargs) -> subprocess.Popen:
+def start(cmd: Sequence[str | bytes], *, error: type[DocteurError] = DocteurError, hint: str = "",
+          tied: bool = True, **kwargs: Any) -> subprocess.Popen[Any]:
     """Popen `cmd` in a new process group; tied to this process unless `tied` is false.
 
     A missing program is an `error` naming it (and `hint`, e.g. which Debian
@@ -54,10 +55,10 @@ def start(cmd: list[str], *, error: type[DocteurError] = DocteurError, hint: str
                                 preexec_fn=_pdeathsig_setter() if tied else None,
                                 **kwargs)
     except FileNotFoundError:
-        raise error(f"{cmd[0]} not found" + (f": {hint}" if hint else "")) from None
+        raise error(f"{os.fsdecode(cmd[0])} not found" + (f": {hint}" if hint else "")) from None
 
 
-def stop(proc: subprocess.Popen | None) -> None:
+def stop(proc: subprocess.Popen[Any] | None) -> None:
     """Stop a process and its group: SIGTERM, then SIGKILL."""
     if proc is None:
         return
@@ -85,4 +86,5 @@ def free_port(ip: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (a race remains: retry on EADDRINUSE)."""
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
         s.bind((ip, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # (the socket module answers Any)
+        return port

@@ -32,6 +32,9 @@ from .errors import DocteurError, UsageError
 if TYPE_CHECKING:
     import argparse
 
+    _Adder = Callable[[argparse.ArgumentParser], None]  # a verb's add_arguments
+    _Runner = Callable[[argparse.Namespace], int]  # and its run
+
 # Verb modules and the verbs each defines, in the order `--help` lists them.
 # The verbs are written here as well as in each module's COMMANDS so that
 # `docteur cat` imports only the reader's module, not the builder, the
@@ -51,13 +54,13 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _load_commands(verb: str | None = None) -> dict[str, tuple[Callable, Callable]]:
+def _load_commands(verb: str | None = None) -> dict[str, tuple[_Adder, _Runner]]:
     """Every verb's (add_arguments, run), or only those of the module that
     defines `verb` when it is known."""
     import importlib
 
     names = [m for m, verbs in COMMAND_MODULES.items() if verb in verbs] or list(COMMAND_MODULES)
-    commands: dict[str, tuple[Callable, Callable]] = {}
+    commands: dict[str, tuple[_Adder, _Runner]] = {}
     for name in names:
         commands.update(importlib.import_module(name).COMMANDS)
     return commands
@@ -69,7 +72,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and not argv[0].startswith("-") else None
 
 
-def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, _Runner]]:
     import argparse
 
     from .verbparser import VerbParser
@@ -82,7 +85,7 @@ def build_parser(verb: str | None = None) -> tuple[argparse.ArgumentParser, dict
     parser.add_argument("--version", action="version", version=f"docteur {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=VerbParser)
     sub.required = True
-    runners: dict[str, Callable] = {}
+    runners: dict[str, _Runner] = {}
     for name, (add_arguments, run) in _load_commands(verb).items():
         doc = (add_arguments.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else None

@@ -28,10 +28,12 @@ class DamagedImage(DocteurError):
     """The image's bytes are not what they must be.
 
     `where` says where the damage was found (an offset, an object id, a
-    region) so that the message is actionable on its own.
+    region) so that the message is actionable on its own: text, or any
+    object whose str() is (the reader's hot path passes places it formats
+    only when an error is raised: reader/store.py's `_Where`).
     """
 
-    def __init__(self, what: str, where: str | None = None) -> None:
+    def __init__(self, what: str, where: object = None) -> None:
         self.what = what
         self.where = where
         super().__init__(f"damaged image: {what}" + (f" (at {where})" if where else ""))
@@ -43,7 +45,7 @@ class NotAnImage(DamagedImage):
     rule is `format.layout.not_an_image`. A DamagedImage still, so every
     handler of damage handles it; only the words differ."""
 
-    def __init__(self, what: str, where: str | None = None) -> None:
+    def __init__(self, what: str, where: object = None) -> None:
         super().__init__(what, where)
         DocteurError.__init__(self, f"not a docteur image ({what})")
 
@@ -54,7 +56,7 @@ class LimitExceeded(DamagedImage):
     limit (the keyword argument or option named in `limit`) may let a
     genuine but huge image through; a hostile one stays refused."""
 
-    def __init__(self, what: str, where: str | None = None, limit: str = "") -> None:
+    def __init__(self, what: str, where: object = None, limit: str = "") -> None:
         self.limit = limit
         super().__init__(what, where)
         DocteurError.__init__(self, "image over a limit: " + what
@@ -68,7 +70,11 @@ class WrongCommit(DamagedImage):
     any of its files is read. A DamagedImage still, so that every reader
     (a mount's EIO, a guest's error) treats it as untrusted bytes."""
 
-    def __init__(self, what: str, where: str | None = None) -> None:
+    # The verify.Report that refused it, when a verification did (its command
+    # prints the report before the refusal). `object`: errors know no stage.
+    report: object = None
+
+    def __init__(self, what: str, where: object = None) -> None:
         super().__init__(what, where)
         DocteurError.__init__(self, "wrong image: " + what + (f" (at {where})" if where else ""))
 

@@ -14,8 +14,13 @@ only when a value is refused).
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # (argparse reaches here only as the parser a verb passes in)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
 
-def _refuse(text: str):
+
+def _refuse(text: str) -> argparse.ArgumentTypeError:
     from argparse import ArgumentTypeError
 
     return ArgumentTypeError(text)
@@ -64,7 +69,7 @@ def commit_id(text: str) -> str:
     return text.lower()
 
 
-def add_trust_arguments(parser) -> None:
+def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     """--commit, --allowed-signers and --no-verify: what every verb that
     reads an image trusts (see docs/trust.md)."""
     add_pin_arguments(parser)
@@ -75,7 +80,7 @@ def add_trust_arguments(parser) -> None:
                         help="check every object read (the default; kept for old scripts)")
 
 
-def add_pin_arguments(parser) -> None:
+def add_pin_arguments(parser: argparse.ArgumentParser) -> None:
     """--commit and --allowed-signers: which image is wanted (`verify`
     checks every object anyway, so it takes these alone)."""
     parser.add_argument("--commit", metavar="ID", type=commit_id, default=None,
@@ -88,8 +93,9 @@ def add_pin_arguments(parser) -> None:
                         "verify) instead of a pinned id")
 
 
-def add_reading_arguments(parser, limits=tuple(("max_object_size", "max_lookup_bytes",
-                                                "max_paths"))) -> None:
+def add_reading_arguments(parser: argparse.ArgumentParser,
+                          limits: Iterable[str] = ("max_object_size", "max_lookup_bytes",
+                                                   "max_paths")) -> None:
     """--block-size, the trust options and the limits, for every verb that
     opens an image."""
     parser.add_argument("--block-size", metavar="N", type=block_size, default=None,
@@ -106,7 +112,8 @@ LIMIT_OPTIONS = {
 }
 
 
-def add_limit_arguments(parser, names=tuple(LIMIT_OPTIONS)) -> None:
+def add_limit_arguments(parser: argparse.ArgumentParser,
+                        names: Iterable[str] = tuple(LIMIT_OPTIONS)) -> None:
     """--max-object-size, --max-lookup-bytes, --max-paths (those `names`
     asks for), with the shared defaults: every command that reads an image
     offers the same limits with the same words."""

@@ -18,12 +18,15 @@ guest the commit id it proved (`docteur boot`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DamagedImage, DocteurError, WrongCommit
 
+if TYPE_CHECKING:
+    from .reader.image import Image
 
-def open_image(source: str, args: Any, **limits: Any):
+
+def open_image(source: str, args: Any, **limits: Any) -> Image:
     """`Image.open(source)` with the mode, block size, pin, verification and
     signers `args` holds, and the `limits` the verb offers; damage is one
     line naming `source`."""
@@ -43,7 +46,7 @@ def open_image(source: str, args: Any, **limits: Any):
         raise DocteurError(f"{source}: {exc}") from None
 
 
-def commit_bytes(image) -> bytes:
+def commit_bytes(image: Image) -> bytes:
     """The image's commit object, hashed against the header's id whether
     or not the image verifies what it reads (a signature is over these)."""
     from .format.pack import object_id
@@ -56,7 +59,7 @@ def commit_bytes(image) -> bytes:
     return raw
 
 
-def check_signers(image, allowed_signers: str | None) -> str | None:
+def check_signers(image: Image, allowed_signers: str | None) -> str | None:
     """The principal that signed the image's commit, when `allowed_signers`
     is given (WrongCommit if no key of it did); None otherwise."""
     if allowed_signers is None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 # How alike (difflib's ratio) a known option must be to be suggested.
 _CLOSE = 0.6
@@ -26,11 +26,12 @@ class VerbParser(argparse.ArgumentParser):
 
     _words: list[str] = []
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace=None):
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
         """What argparse's subcommand action calls: leftovers are refused here,
         so that the error carries this verb's usage, not the top level's."""
         self._words = list(sys.argv[1:] if args is None else args)
-        namespace, extras = super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(self._words, namespace)
         if extras:
             options = [w for w in extras if _looks_like_option(w)]
             if options:

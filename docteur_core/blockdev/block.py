@@ -37,37 +37,62 @@ DEFAULT_BLOCK_SIZE = 512
 DEFAULT_CACHE_BYTES = 8 << 20
 
 
-class BlockDevice(ABC):
-    """What the reader needs from a disk.
+TYPE_CHECKING = False  # `typing` itself costs a guest's start-up more than the reader
+if TYPE_CHECKING:
+    from typing import Protocol, Self
 
-    `read(offset, length)` requires `offset` and `length` to be multiples of
-    `block_size` and returns `min(length, capacity - offset)` bytes (an empty
-    result at or past the end). `capacity` is the size in bytes; it need not
-    be a multiple of `block_size` (the last block is then short).
+    class BlockDevice(Protocol):
+        """What the reader needs from a disk (see the runtime class below).
 
-    A protocol in spirit: any object with these members is a block device,
-    and `isinstance(x, BlockDevice)` holds for any class with `read` and
-    `close`, without inheriting. It is an ABC rather than a
-    `typing.Protocol` because importing `typing` would cost a guest's
-    start-up more than the whole reader (see the package docstring).
-    """
+        A `typing.Protocol` for type checkers: `FileDevice`, `SectorCache`,
+        `NbdDevice`, `HttpDevice` and any user class with these members are
+        block devices without inheriting. The members are read-only here
+        (properties), so a device may compute them or set them as plain
+        attributes.
+        """
 
-    block_size: int
-    capacity: int
+        @property
+        def block_size(self) -> int: ...
 
-    @abstractmethod
-    def read(self, offset: int, length: int) -> bytes: ...
+        @property
+        def capacity(self) -> int: ...
 
-    @abstractmethod
-    def close(self) -> None: ...
+        def read(self, offset: int, length: int) -> bytes: ...
 
-    @classmethod
-    def __subclasshook__(cls, other: type) -> bool:
-        if cls is not BlockDevice:
+        def close(self) -> None: ...
+else:
+    class BlockDevice(ABC):
+        """What the reader needs from a disk.
+
+        `read(offset, length)` requires `offset` and `length` to be multiples of
+        `block_size` and returns `min(length, capacity - offset)` bytes (an empty
+        result at or past the end). `capacity` is the size in bytes; it need not
+        be a multiple of `block_size` (the last block is then short).
+
+        A protocol in spirit: any object with these members is a block device,
+        and `isinstance(x, BlockDevice)` holds for any class with `read` and
+        `close`, without inheriting. Type checkers see a `typing.Protocol` of
+        the same name (above); at run time it is this ABC, because importing
+        `typing` would cost a guest's start-up more than the whole reader (see
+        the package docstring).
+        """
+
+        block_size: int
+        capacity: int
+
+        @abstractmethod
+        def read(self, offset: int, length: int) -> bytes: ...
+
+        @abstractmethod
+        def close(self) -> None: ...
+
+        @classmethod
+        def __subclasshook__(cls, other: type) -> bool:
+            if cls is not BlockDevice:
+                return NotImplemented
+            if all(callable(getattr(other, name, None)) for name in ("read", "close")):
+                return True
             return NotImplemented
-        if all(callable(getattr(other, name, None)) for name in ("read", "close")):
-            return True
-        return NotImplemented
 
 
 def check_block_size(block_size: int) -> int:
@@ -97,10 +122,10 @@ class _DeviceBase:
     def close(self) -> None:  # pragma: no cover - overridden where needed
         pass
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -164,7 +189,7 @@ class FileDevice(_DeviceBase):
     size (BLKSSZGET or sysfs), else 512 for a regular file.
     """
 
-    def __init__(self, path: str | os.PathLike, block_size: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], block_size: int | None = None) -> None:
         self.path = os.fspath(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

@@ -41,6 +41,10 @@ import socket
 import time
 from collections import OrderedDict
 
+TYPE_CHECKING = False  # (`typing` is for checkers only here)
+if TYPE_CHECKING:
+    from typing import Any
+
 from .block import DEFAULT_BLOCK_SIZE, _DeviceBase, check_aligned, check_block_size, clip
 from .http_range import (MAX_REDIRECTS, Partial, Redirect, RemoteError, Target, Validator,
                          fetch_span, judge, parse_url, request_headers, request_spans,
@@ -120,7 +124,8 @@ class HttpDevice(_DeviceBase):
             "DOCTEUR_HTTP_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
         self.request_timeout = request_timeout or _env_seconds(
             "DOCTEUR_HTTP_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT)
-        self._conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        # None once closed
+        self._conns: dict[tuple[str, str, int], http.client.HTTPConnection] | None = {}
         self._chunks: OrderedDict[int, bytes] = OrderedDict()
         self._lock = _thread.allocate_lock()
         self.requests = 0
@@ -228,7 +233,10 @@ class HttpDevice(_DeviceBase):
 
     def _connection(self, target: Target) -> http.client.HTTPConnection:
         key = (target.scheme, target.host, target.port)
-        conn = self._conns.get(key)
+        conns = self._conns
+        if conns is None:  # closed by another thread while this one read
+            raise RemoteError(f"{target.display}: read after close")
+        conn = conns.get(key)
         if conn is None:
             if target.scheme == "https":
                 import ssl
@@ -239,10 +247,11 @@ class HttpDevice(_DeviceBase):
             else:
                 conn = http.client.HTTPConnection(target.host, target.port,
                                                   timeout=self.connect_timeout)
-            self._conns[key] = conn
+            conns[key] = conn
         return conn
 
-    def _request(self, target: Target, start: int, end: int):
+    def _request(self, target: Target, start: int, end: int
+                 ) -> tuple[int, str, dict[str, str], http.client.HTTPResponse]:
         """(status, reason, lower-cased headers, response) of one range GET,
         on the kept connection, reopened once if the server had closed it."""
         headers = request_headers(start, end, self.validator)
@@ -258,7 +267,9 @@ class HttpDevice(_DeviceBase):
                     conn.connect()
                     conn.sock = _DeadlineSocket(conn.sock, self.read_timeout)
                     connected = True
-                conn.sock.deadline = deadline
+                sock = conn.sock
+                assert isinstance(sock, _DeadlineSocket)  # as every connect above wraps it
+                sock.deadline = deadline
                 self.requests += 1
                 conn.request("GET", target.target, headers=headers)
                 response = conn.getresponse()
@@ -291,7 +302,7 @@ class HttpDevice(_DeviceBase):
             return response.status, response.reason, headers_in, response
         raise AssertionError("unreachable")
 
-    def _body(self, target: Target, response, expected: int) -> bytes:
+    def _body(self, target: Target, response: http.client.HTTPResponse, expected: int) -> bytes:
         where = target.display
         parts = []
         got = 0
@@ -326,7 +337,8 @@ class HttpDevice(_DeviceBase):
             self._drop(target, response)
         return b"".join(parts)
 
-    def _drop(self, target: Target, response, keep: bool = False) -> None:
+    def _drop(self, target: Target, response: http.client.HTTPResponse | None,
+              keep: bool = False) -> None:
         """Forget a response; `keep` reuses the connection if its (small)
         body can be read off, else it is closed."""
         key = (target.scheme, target.host, target.port)
@@ -362,19 +374,21 @@ class _DeadlineSocket:
         self._timeout = -1.0
         sock.settimeout(read_timeout)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # (whatever the socket has)
         return getattr(self._sock, name)
 
     def makefile(self, mode: str = "rb", buffering: int | None = None) -> io.BufferedReader:
         # what socket.makefile("rb") does (its reference keeps the socket open
         # while a response is read after http.client closed the connection),
         # with the reads coming through recv_into below
-        self._sock._io_refs += 1
-        return io.BufferedReader(socket.SocketIO(self, "rb"),
+        # (a private counter of socket.socket, which its own makefile keeps)
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        # (this object stands for the socket: SocketIO reads through recv_into)
+        return io.BufferedReader(socket.SocketIO(self, "rb"),  # type: ignore[arg-type]
                                  buffering if buffering and buffering > 0
                                  else io.DEFAULT_BUFFER_SIZE)
 
-    def recv_into(self, buffer, *args: int) -> int:
+    def recv_into(self, buffer: memoryview | bytearray, *args: int) -> int:
         # *args as given: ssl's recv_into reads nothing when told nbytes=0
         left = self.deadline - time.monotonic()
         if left <= 0:

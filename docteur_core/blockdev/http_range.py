@@ -22,6 +22,7 @@ Standard library only: this runs in the reader, also inside a guest.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import DeviceError
@@ -75,7 +76,7 @@ class Target:
         """The URL for messages: no query string (it may carry credentials)."""
         return shown(self.url)
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Target) and self.url == other.url
 
     def __repr__(self) -> str:
@@ -142,7 +143,7 @@ class Validator:
         return f"Validator(etag={self.etag!r}, weak={self.weak!r}, last_modified={self.last_modified!r})"
 
 
-def pin_validator(headers) -> Validator:
+def pin_validator(headers: Mapping[str, str]) -> Validator:
     """The validator of a response (`headers`: a mapping with lower-case keys)."""
     tag = (headers.get("etag") or "").strip() or None
     date = (headers.get("last-modified") or "").strip() or None
@@ -162,7 +163,7 @@ def request_headers(start: int, end: int, validator: Validator | None) -> dict[s
     return headers
 
 
-def same_version(pinned: Validator, headers) -> bool:
+def same_version(pinned: Validator, headers: Mapping[str, str]) -> bool:
     """Whether a response's validators agree with the pinned ones (a
     validator the response omits is not held against it)."""
     got = pin_validator(headers)
@@ -241,7 +242,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     return a, b + 1, t
 
 
-def judge(url: str, status: int, reason: str, headers, start: int, end: int,
+def judge(url: str, status: int, reason: str, headers: Mapping[str, str], start: int, end: int,
           pinned: Validator | None, size: int | None) -> Redirect | Partial:
     """What the answer (`status`, `headers` with lower-case keys) to a request
     for bytes [start, end) of `url` means.

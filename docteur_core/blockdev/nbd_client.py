@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .block import check_aligned, check_block_size, clip
@@ -97,7 +98,7 @@ def _prefixed(exc: NbdError, address: NbdAddress) -> NbdError:
     return exc
 
 
-def _quiet_fail(future: asyncio.Future, error: BaseException) -> None:
+def _quiet_fail(future: asyncio.Future[Any], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
         future.exception()  # retrieved: no "never retrieved" noise for abandoned pieces
@@ -113,14 +114,15 @@ class _Connection(asyncio.Protocol):
     def __init__(self, address: NbdAddress, handshake: ClientHandshake) -> None:
         self.address = address
         self.handshake = handshake
-        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[ClientHandshake] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.parser: ReplyParser | None = None
-        self.waiting: dict[int, asyncio.Future] = {}
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.broken: NbdError | None = None
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream's, as connections make
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -150,7 +152,9 @@ class _Connection(asyncio.Protocol):
         handshake.receive_data(data)
         out = handshake.data_to_send()
         if out:
-            self.transport.write(out)
+            transport = self.transport
+            assert transport is not None  # data comes after connection_made
+            transport.write(out)
         if handshake.done:
             self.parser = ReplyParser()
             if handshake.trailing_data:
@@ -219,7 +223,9 @@ async def _connect(address: NbdAddress, handshake: ClientHandshake,
             if address.socket is not None:
                 transport, conn = await loop.create_unix_connection(factory, address.socket)
             else:
-                transport, conn = await loop.create_connection(factory, address.host, address.port)
+                # (None: this machine, as getaddrinfo reads it; a URI always names a host)
+                host = address.host if address.host is not None else "localhost"
+                transport, conn = await loop.create_connection(factory, host, address.port)
     except TimeoutError:
         raise NbdTimeout(f"{address}: no connection within {timeout:g}s") from None
     except OSError as exc:
@@ -247,7 +253,9 @@ class AsyncNbdClient:
     def __init__(self, address: NbdAddress, transport: asyncio.Transport, conn: _Connection,
                  timeout: float) -> None:
         self.address = address
-        self.info: ExportInfo = conn.handshake.export
+        info = conn.handshake.export
+        assert info is not None  # made once the handshake is done
+        self.info: ExportInfo = info
         self.timeout = timeout
         self._transport = transport
         self._conn = conn
@@ -274,7 +282,7 @@ class AsyncNbdClient:
     def size(self) -> int:
         return self.info.size
 
-    def submit(self, offset: int, length: int) -> asyncio.Future:
+    def submit(self, offset: int, length: int) -> asyncio.Future[bytes]:
         """Send the requests for one range now; a future of its bytes.
 
         Works whether or not the loop is running (the caller then runs it
@@ -295,6 +303,7 @@ class AsyncNbdClient:
             return empty
         limit = min(self.info.max_payload, PIECE)
         parser, waiting = conn.parser, conn.waiting
+        assert parser is not None  # the handshake is over
         pieces = []
         out = []
         start, end = offset, offset + length
@@ -314,14 +323,15 @@ class AsyncNbdClient:
             return pieces[0]
         joined = loop.create_future()
 
-        def done(_: asyncio.Future) -> None:
+        def done(_: asyncio.Future[bytes]) -> None:
             if joined.done():
                 return
             for piece in pieces:
                 if not piece.done():
                     return
-                if piece.exception() is not None:
-                    joined.set_exception(piece.exception())
+                failed = piece.exception()
+                if failed is not None:
+                    joined.set_exception(failed)
                     return
             joined.set_result(b"".join(piece.result() for piece in pieces))
         for piece in pieces:
@@ -364,7 +374,7 @@ class AsyncNbdClient:
     async def __aenter__(self) -> "AsyncNbdClient":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
@@ -442,9 +452,10 @@ class NbdDevice:
             raise
         self.reads = 0
 
-    def _wait(self, futures: list[asyncio.Future]) -> list[bytes]:
+    def _wait(self, futures: list[asyncio.Future[bytes]]) -> list[bytes]:
         loop = self._loop
         client = self._client
+        assert client is not None  # __init__ raised otherwise
         handle = loop.call_later(self.timeout, client.time_out)
         try:
             return [loop.run_until_complete(future) for future in futures]
@@ -461,7 +472,9 @@ class NbdDevice:
         with self._lock:
             if self._loop.is_closed():
                 raise NbdConnectionError(f"{self.address}: read after close")
-            futures = [self._client.submit(offset, length) for offset, length in ranges]
+            client = self._client
+            assert client is not None  # __init__ raised otherwise
+            futures = [client.submit(offset, length) for offset, length in ranges]
             return self._wait(futures)
 
     def read(self, offset: int, length: int) -> bytes:
@@ -498,7 +511,7 @@ class NbdDevice:
     def __enter__(self) -> "NbdDevice":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from .block import DeviceError
+from ..errors import DeviceError
 
 # -- constants (network byte order on the wire) -----------------------------
 
@@ -346,9 +346,9 @@ class ClientHandshake:
                 raise NbdProtocolError("NBD_REP_ACK with a payload")
             if self._size is None:
                 raise NbdProtocolError("the server accepted NBD_OPT_GO without NBD_INFO_EXPORT")
-            block = self._block or (None, None, None)
-            self.export = ExportInfo(self.export_name, self._size, self._flags, *block,
-                                     description=self._description)
+            least, preferred, most = self._block or (None, None, None)
+            self.export = ExportInfo(self.export_name, self._size, self._flags, least,
+                                     preferred, most, description=self._description)
             self.done = True
         # other non-error replies are ignored, as the spec asks
 

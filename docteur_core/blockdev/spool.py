@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from .block import _DeviceBase, check_aligned, clip
+from .block import BlockDevice, _DeviceBase, check_aligned, clip
 
 SPOOL_CHUNK = 1 << 20
 
@@ -26,7 +26,7 @@ SPOOL_CHUNK = 1 << 20
 class SpooledDevice(_DeviceBase):
     """`device`'s bytes, each fetched once and then read from a temporary file."""
 
-    def __init__(self, device, chunk: int = SPOOL_CHUNK) -> None:
+    def __init__(self, device: BlockDevice, chunk: int = SPOOL_CHUNK) -> None:
         self.device = device
         self.block_size = device.block_size
         self.capacity = device.capacity

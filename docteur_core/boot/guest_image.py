@@ -186,7 +186,8 @@ def ensure_kernel(cache: Path, log: Log = _quiet, refresh: bool = False) -> Kern
                     "./lib/modules/*/kernel/drivers/block/virtio_blk.ko*",
                     *NET_MODULE_PATTERNS],
                    stdin=tar_input.stdout)
-        tar_input.stdout.close()
+        if tar_input.stdout is not None:  # (stdout=PIPE: it is)
+            tar_input.stdout.close()
         if tar_input.wait() != 0 or tar.returncode != 0:
             raise GuestBuildError(f"could not unpack {deb.name}: "
                                   + tar.stderr.decode(errors="replace").strip())
@@ -226,7 +227,8 @@ def _add_net_modules(kernel: Kernel, cache: Path, log: Log = _quiet) -> None:
                                      stdout=subprocess.PIPE)
         tar = _run(["tar", "-x", "-C", str(unpacked), "--wildcards", *NET_MODULE_PATTERNS],
                    stdin=tar_input.stdout)
-        tar_input.stdout.close()
+        if tar_input.stdout is not None:  # (stdout=PIPE: it is)
+            tar_input.stdout.close()
         if tar_input.wait() != 0 or tar.returncode != 0:
             raise GuestBuildError(f"could not unpack the network modules of {deb.name}: "
                                   + tar.stderr.decode(errors="replace").strip())
@@ -300,7 +302,7 @@ def extract_vmlinux(kernel: Kernel, log: Log = _quiet) -> bool:
 def _modinfo(path: Path) -> dict[str, str]:
     """The .modinfo key=value strings of a kernel module (uncompressed .ko)."""
     data = path.read_bytes()
-    info = {}
+    info: dict[str, str] = {}
     for match in re.finditer(rb"(?<=\0)(name|depends)=([^\0]*)\0", data):
         info.setdefault(match.group(1).decode(), match.group(2).decode())
     return info

@@ -292,6 +292,8 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
         proc = children.start(cmd, error=BootError, hint="install Debian's qemu-system-x86",
                               stdout=subprocess.PIPE, stderr=errors)
         chunks: list[bytes] = []
+        out = proc.stdout
+        assert out is not None  # stdout=PIPE
         try:
             deadline = started + timeout
             while True:
@@ -299,9 +301,9 @@ def run_qemu(cmd: list[str], timeout: float, log: Log = _quiet) -> tuple[str, fl
                 if left <= 0:
                     raise BootError(f"the guest did not finish within {timeout:.0f} s\n"
                                     + _tail(b"".join(chunks).decode(errors="replace")))
-                ready, _, _ = select.select([proc.stdout], [], [], min(left, 1.0))
+                ready, _, _ = select.select([out], [], [], min(left, 1.0))
                 if ready:
-                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    chunk = os.read(out.fileno(), 65536)
                     if not chunk:
                         break
                     chunks.append(chunk)
@@ -328,7 +330,7 @@ class _Drive:
         self.server = server
         self.commit = commit
         self.log = log
-        self.nbd = None
+        self.nbd: Server | None = None
         self.remote = self.target[:6].lower().startswith(("http:", "https:"))
         self.uri_drive = (drive_option(nbd_drive_options(self.target))
                           if "://" in self.target and not self.remote else None)
@@ -342,20 +344,22 @@ class _Drive:
         if self.uri_drive is not None:
             self.log(f"using the NBD export {self.target}")
             return self.uri_drive
+        server: Server
         if self.remote:  # nbdkit's curl plugin, the image checked by range reads first
             from ..serve.remote import remote_server
-            self.nbd = remote_server(self.target, commit=self.commit)
+            server = remote_server(self.target, commit=self.commit)
         else:
-            self.nbd = image_server(Path(self.target), self.server)
+            server = image_server(Path(self.target), self.server)
+        self.nbd = server
         try:
-            self.nbd.start()
+            server.start()
         except ServeError as exc:
             self.nbd = None
             raise BootError(f"nbdkit could not serve {self.target}: {exc}") from None
         plugin = ("nbdkit's curl plugin" if self.remote else
                   "the docteur plugin" if self.server == "docteur" else "nbdkit's file plugin")
-        self.log(f"serving {self.target} with {plugin} on {self.nbd.uri}")
-        return drive_option(nbd_drive_options(self.nbd.uri))
+        self.log(f"serving {self.target} with {plugin} on {server.uri}")
+        return drive_option(nbd_drive_options(server.uri))
 
     def __exit__(self, *exc) -> None:
         if self.nbd:

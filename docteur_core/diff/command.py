@@ -17,11 +17,15 @@ import argparse
 import hashlib
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import DamagedImage, DocteurError
 from ..format import objects as obj
 from . import compare
+
+if TYPE_CHECKING:
+    from ..reader.image import Image, Node
 
 # diff(1)'s status for trouble; cli.py reads it (`run.error_status`).
 TROUBLE = 2
@@ -30,20 +34,20 @@ TROUBLE = 2
 class ImageSide:
     """An image's trees, by path (the reader's lookups, its limits)."""
 
-    def __init__(self, spec: str, image) -> None:
+    def __init__(self, spec: str, image: Image) -> None:
         self.spec = spec
         self.image = image
         root = image.stat("")
         self.root = (bytes.fromhex(root.id), "")
 
-    def list(self, handle) -> list[compare.Entry]:
+    def list(self, handle: str | Node) -> list[compare.Entry]:
         try:
             return [(obj.encode_name(n.name), n.mode, n.id, n)
                     for n in self.image.entries(handle)]
         except DamagedImage as exc:  # name the image: a diff has two sides
             raise DocteurError(f"{self.spec}: {exc}") from None
 
-    def size(self, node) -> int | None:
+    def size(self, node: Node) -> int | None:
         if node.mode == obj.MODE_GITLINK:
             return None
         try:
@@ -75,7 +79,7 @@ class _Hasher:
             self.sizes[sha] = len(data)
         return sha
 
-    def add_blob_stream(self, f, size: int) -> bytes:
+    def add_blob_stream(self, f: BinaryIO, size: int) -> bytes:
         h = hashlib.sha1(b"blob %d\0" % size)
         remaining = size
         while True:
@@ -96,14 +100,17 @@ class _Hasher:
 class TreeSide:
     """Trees by id: a directory hashed like `make`, or a repository's commit."""
 
-    def __init__(self, spec: str, root: bytes, read_tree, size, close=None) -> None:
+    def __init__(self, spec: str, root: bytes,
+                 read_tree: Callable[[bytes], list[obj.RawTreeEntry]],
+                 size: Callable[[bytes], int | None],
+                 close: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.root = (root, root)
         self._read_tree = read_tree
         self._size = size
         self._close = close
 
-    def list(self, handle) -> list[compare.Entry]:
+    def list(self, handle: bytes | tuple[bytes, int]) -> list[compare.Entry]:
         tree_id = handle if isinstance(handle, bytes) else handle[0]
         return [(name, mode, oid, (oid, mode)) for mode, oid, name in self._read_tree(tree_id)]
 
@@ -116,7 +123,7 @@ class TreeSide:
             self._close()
 
 
-def directory_side(spec: str, warn) -> TreeSide:
+def directory_side(spec: str, warn: Callable[[str], None]) -> TreeSide:
     from ..make.snapshot import Snapshot
 
     hasher = _Hasher()
@@ -134,7 +141,7 @@ def repository_side(spec: str, branch: str | None = None,
     same names (a branch, a tag, a commit id) and refuse them in the same
     words."""
     from dulwich.errors import NotGitRepository
-    from dulwich.objects import Commit, Tag
+    from dulwich.objects import Commit, ObjectID, Tag
     from dulwich.repo import Repo
 
     try:
@@ -157,9 +164,9 @@ def repository_side(spec: str, branch: str | None = None,
         raise DocteurError(f"{spec}: HEAD is not a commit")
     store = repo.object_store
 
-    def read_tree(tid: bytes):
+    def read_tree(tid: bytes) -> list[obj.RawTreeEntry]:
         try:
-            raw = store[tid.hex().encode()].as_raw_string()
+            raw = store[ObjectID(tid.hex().encode())].as_raw_string()
         except KeyError:  # a shallow or broken repository
             raise DocteurError(f"{spec}: tree {tid.hex()} is missing from the "
                                "repository") from None
@@ -167,14 +174,15 @@ def repository_side(spec: str, branch: str | None = None,
 
     def size(bid: bytes) -> int | None:
         try:
-            return len(store.get_raw(bid.hex().encode())[1])
+            return len(store.get_raw(ObjectID(bid.hex().encode()))[1])
         except KeyError:
             return None
 
     return TreeSide(spec, bytes.fromhex(target.tree.decode()), read_tree, size, repo.close)
 
 
-def open_side(spec: str, args, warn, branch: str | None = None, which: str = "OLD") -> Any:
+def open_side(spec: str, args: argparse.Namespace, warn: Callable[[str], None],
+              branch: str | None = None, which: str = "OLD") -> Any:
     """What SPEC names: an NBD URI or a file is an image, a directory is
     read as `docteur make` reads it (a Git repository's HEAD or `branch`,
     else files). A branch for anything but a repository is trouble: it

@@ -174,7 +174,7 @@ def _json_text(raw: bytes) -> str:
 
 
 def json_doc(old: str, new: str, changes: list[Change],
-             sizes: list[tuple[int | None, int | None]]) -> dict:
+             sizes: list[tuple[int | None, int | None]]) -> dict[str, Any]:
     """One document with stable field names (see docs/reading.md)."""
     out = []
     for c, (old_size, new_size) in zip(changes, sizes):

@@ -11,14 +11,19 @@ to `run_verb`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import options
 from ..errors import DamagedImage, DocteurError
 from ..reader.commands import FLAGS, VERBS, run_verb
 from ..trust import open_image
 
+if TYPE_CHECKING:
+    import argparse
 
-def _common(parser, verb: str) -> None:
+
+def _common(parser: argparse.ArgumentParser, verb: str) -> None:
     _, lo, hi, _ = VERBS[verb]
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD "
                         "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH), "
@@ -40,8 +45,8 @@ def _common(parser, verb: str) -> None:
     options.add_reading_arguments(parser)
 
 
-def _runner(verb: str):
-    def run(args) -> int:
+def _runner(verb: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
         try:
             with open_image(args.image, args, max_object_size=args.max_object_size,
                             max_lookup_bytes=args.max_lookup_bytes,
@@ -72,8 +77,8 @@ _HELP = {
 }
 
 
-def _adder(verb: str):
-    def add_arguments(parser) -> None:
+def _adder(verb: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
         _common(parser, verb)
     add_arguments.__doc__ = _HELP[verb]
     return add_arguments

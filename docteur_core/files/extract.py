@@ -18,9 +18,16 @@ import stat as st
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import DamagedImage, DocteurError
 from ..format import objects as obj
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..reader.image import Image, Node
+    from ..reader.store import Store
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
@@ -38,7 +45,7 @@ class Counts:
         self.dirs = self.files = self.links = self.bytes = 0
 
 
-def _open_dest(dest: str | os.PathLike, force: bool) -> int:
+def _open_dest(dest: str | os.PathLike[str], force: bool) -> int:
     """A descriptor on DEST, created if absent; a link, a non-directory, or
     (without `force`) a non-empty directory is refused."""
     try:
@@ -74,7 +81,7 @@ def _clear(parent: int, name: bytes, want_dir: bool, shown: str) -> bool:
     return False
 
 
-def _link_target(store, node, shown: str) -> bytes:
+def _link_target(store: Store, node: Node, shown: str) -> bytes:
     """The target of the link `node`, refused when no file system can hold
     it (empty, or holding a NUL byte: symlink(2) takes a C string). Read
     before anything is cleared or made for it, so a refused link leaves
@@ -86,11 +93,11 @@ def _link_target(store, node, shown: str) -> bytes:
     return target
 
 
-def _top(image, path: str) -> list:
+def _top(image: Image, path: str) -> list[Node]:
     """What goes into DEST: a directory's entries, or a single file, link or
     submodule at PATH written under its own name (as `unsquashfs -d DEST
     IMAGE FILE` does)."""
-    from ..reader.image import NotADirectory
+    from ..errors import NotADirectory
 
     try:
         top = image.entries(path)
@@ -103,7 +110,7 @@ def _top(image, path: str) -> list:
     return top
 
 
-def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
+def extract(image: Image, path: str, dest: str | os.PathLike[str], *, force: bool = False,
             progress: Callable[[Counts], object] | None = None) -> Counts:
     """Write the tree at `path` of `image` into `dest`; return the counts.
 
@@ -119,7 +126,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
     store = image.store
     last = time.monotonic()
     root = _open_dest(dest, force)
-    stack: list[tuple[list, int, int]] = [(top, 0, root)]
+    stack: list[tuple[list[Node], int, int]] = [(top, 0, root)]
     seen = path_bytes = 0
     try:
         while stack:
@@ -185,7 +192,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
 
 # -- the `docteur extract` subcommand -----------------------------------------
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Write an image's tree (or the subtree at PATH) into a directory.
 
     When PATH is a file or a link, DEST receives that one entry under its
@@ -220,7 +227,7 @@ def _terminal_progress(counts: Counts) -> None:
     sys.stderr.flush()
 
 
-def _refuse_a_path_as_dest(image, args) -> None:
+def _refuse_a_path_as_dest(image: Image, args: argparse.Namespace) -> None:
     """`extract IMAGE README.md` has no PATH: README.md is DEST, and the
     whole tree would go silently into a new folder of that name. When DEST
     is not a folder yet but names a path in the image, PATH was surely
@@ -240,7 +247,7 @@ def _refuse_a_path_as_dest(image, args) -> None:
                          f"the folder {args.dest} first to write the whole tree into it)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import DamagedImage
     from ..trust import open_image
 

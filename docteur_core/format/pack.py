@@ -37,7 +37,7 @@ MAX_ENTRY_HEADER = 32
 DEFAULT_MAX_OBJECT_SIZE = MAX_OBJECT_SIZE  # one limit for reader, verify, plugin
 
 
-def parse_pack_header(data: bytes, where: str = "pack") -> int:
+def parse_pack_header(data: bytes, where: object = "pack") -> int:
     """Check signature and version; return the object count."""
     if len(data) < PACK_HEADER_SIZE:
         raise DamagedImage("truncated PACK header", where)
@@ -76,7 +76,7 @@ def entry_header(type_num: int, size: int) -> bytes:
     return bytes(out)
 
 
-def parse_entry_header(buf: bytes, where: str, max_size: int | None = DEFAULT_MAX_OBJECT_SIZE
+def parse_entry_header(buf: bytes, where: object, max_size: int | None = DEFAULT_MAX_OBJECT_SIZE
                        ) -> EntryHeader:
     """Parse an entry header at the start of `buf` (pass MAX_ENTRY_HEADER bytes).
 
@@ -133,7 +133,7 @@ class Inflater:
     holds more than `size` + 1 output bytes, whatever the input claims.
     """
 
-    def __init__(self, size: int, where: str) -> None:
+    def __init__(self, size: int, where: object) -> None:
         self.size = size
         self.where = where
         self._z = zlib.decompressobj()
@@ -168,7 +168,7 @@ class Inflater:
         return b"".join(self._parts)
 
 
-def inflate_from(pread: Pread, offset: int, size: int, end: int, where: str) -> tuple[bytes, int]:
+def inflate_from(pread: Pread, offset: int, size: int, end: int, where: object) -> tuple[bytes, int]:
     """Inflate the zlib stream at `offset` (not past `end`) to exactly `size` bytes.
 
     Returns (data, compressed length).
@@ -190,7 +190,7 @@ def inflate_from(pread: Pread, offset: int, size: int, end: int, where: str) -> 
     return inf.data, inf.consumed
 
 
-def _varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
+def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]:
     value = 0
     shift = 0
     while True:
@@ -204,15 +204,15 @@ def _varint(data: bytes, pos: int, where: str) -> tuple[int, int]:
             return value, pos
 
 
-def delta_sizes(delta: bytes, where: str) -> tuple[int, int, int]:
+def delta_sizes(delta: bytes | bytearray, where: object) -> tuple[int, int, int]:
     """Return (base size, result size, position of the first instruction)."""
     src, pos = _varint(delta, 0, where)
     dst, pos = _varint(delta, pos, where)
     return src, dst, pos
 
 
-def apply_delta(base: bytes, delta: bytes, where: str,
-                max_size: int = DEFAULT_MAX_OBJECT_SIZE, mutable: bool = False) -> bytes:
+def apply_delta(base: bytes | bytearray, delta: bytes | bytearray, where: object,
+                max_size: int = DEFAULT_MAX_OBJECT_SIZE, mutable: bool = False) -> bytes | bytearray:
     """Rebuild an object from its base and a git delta, checking every step.
 
     This is the one delta decoder of docteur, and reading every file of an
@@ -376,7 +376,7 @@ def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
     return off, size or 0x10000, p
 
 
-def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: str):
+def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: object):
     """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
 
     The checked walk: every check git's own loop makes, in its order, with
@@ -527,7 +527,7 @@ def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], o
     return True
 
 
-def _delta_start(base, delta, where: str, max_size: int) -> tuple[int, int]:
+def _delta_start(base, delta, where: object, max_size: int) -> tuple[int, int]:
     """(result size, position of the first instruction), header checked as in
     `apply_delta`."""
     src_size, dst_size, pos = delta_sizes(delta, where)
@@ -540,7 +540,7 @@ def _delta_start(base, delta, where: str, max_size: int) -> tuple[int, int]:
     return dst_size, pos
 
 
-def check_delta(base, delta, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
+def check_delta(base, delta, where: object, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
                 update: Callable[[memoryview], object] | None = None) -> int:
     """Check a delta against its base without building the result; return its size.
 
@@ -564,7 +564,7 @@ def check_delta(base, delta, where: str, max_size: int = DEFAULT_MAX_OBJECT_SIZE
     return dst_size
 
 
-def write_delta(base, delta, write: Callable[[bytes], object], where: str = "",
+def write_delta(base, delta, write: Callable[[bytes], object], where: object = "",
                 max_size: int = DEFAULT_MAX_OBJECT_SIZE, chunk: int = 1 << 20) -> int:
     """Write a delta's result through `write` in bytes of about `chunk`; return its size.
 

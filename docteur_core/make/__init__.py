@@ -51,7 +51,7 @@ class BuildResult:
     ocaml_note: str = ""
 
 
-def make_image(source: str | os.PathLike, output: str | os.PathLike,
+def make_image(source: str | os.PathLike[str], output: str | os.PathLike[str],
                options: MakeOptions | None = None, *,
                progress: Callable[[str], None] | None = None,
                warn: Callable[[str], None] | None = None, **settings: Any) -> BuildResult:

@@ -53,7 +53,12 @@ from ..errors import BuildError, DamagedImage, DocteurError
 from ..format import idx as idxmod
 from ..format import layout
 from ..format.pack import TYPE_NAMES, object_id
+from ..format.layout import Pread
 from .packwriter import PlainPackWriter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .gitrun import GitRepo
 
 CHUNK = 1 << 20
 # git's pack.compression (pinned to -1 in `gitrun`): zlib's default level.
@@ -65,7 +70,7 @@ class Base:
     """A checked base image, its PACK and IDX copied beside the new objects."""
     path: str  # as the user gave it, for messages
     commit: bytes  # the commit id OLD holds
-    ids: frozenset  # raw ids of every object in OLD's PACK
+    ids: frozenset[bytes]  # raw ids of every object in OLD's PACK
     pack_path: str  # its copy in the packing repository
 
 
@@ -156,7 +161,7 @@ def _open(fd: int, size: int, path: str, pack_dir: str) -> Base:
                 frozenset(names[20 * i:20 * i + 20] for i in range(n)), name + ".pack")
 
 
-def _check_tail(pread, path: str, size: int, pack_end: int, idx_offset: int, idx_end: int,
+def _check_tail(pread: Pread, path: str, size: int, pack_end: int, idx_offset: int, idx_end: int,
                 pack_sha: bytes) -> None:
     """What follows the IDX fits the layout: a truncated or extended image is
     refused even though its PACK and IDX are whole. The padding, or the path
@@ -227,7 +232,7 @@ class NewObjectsWriter(PlainPackWriter):
 
     zlib_level = GIT_ZLIB_LEVEL
 
-    def __init__(self, path: str, known: frozenset) -> None:
+    def __init__(self, path: str, known: frozenset[bytes]) -> None:
         super().__init__(path)
         self._known = known
         self.skipped = 0
@@ -244,7 +249,7 @@ class NewObjectsWriter(PlainPackWriter):
         return super().add(type_num, data, sha)
 
 
-def export_missing(repo, commit: str, known: frozenset, pack_base: str) -> int:
+def export_missing(repo: GitRepo, commit: str, known: frozenset[bytes], pack_base: str) -> int:
     """Copy the objects of `commit` that the base lacks out of repository `repo`.
 
     One `git pack-objects --window=0 --no-reuse-object` writes them whole

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import FrameType
+from typing import NoReturn, TextIO
 
 from .. import options
 from . import options as make_options
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"docteur make: {exc}", file=sys.stderr)
             return 2
 
-    def terminate(signum, frame):
+    def terminate(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     # SIGTERM cleans up like Ctrl-C: no temporary file left beside IMAGE.
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
-    progress = None
+    progress: _TerminalProgress | _ZopfliLines | None = None
     if not args.quiet and sys.stderr.isatty():
         progress = _TerminalProgress(sys.stderr)
     elif not args.quiet and args.compress == "max":
@@ -297,7 +299,7 @@ class _ZopfliLines:
 
     INTERVAL = 30.0
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.shown: float | None = None
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import posixpath
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BuildError
@@ -167,7 +168,9 @@ def _show(path: bytes) -> str:
 class TreeRewriter:
     """Rewrites a repository's tree for the OCaml docteur; writes new trees with `add`."""
 
-    def __init__(self, repo: GitRepo, commit: str, display: str, add, warn=None) -> None:
+    def __init__(self, repo: GitRepo, commit: str, display: str,
+                 add: Callable[[int, bytes], bytes],
+                 warn: Callable[[str], None] | None = None) -> None:
         self.repo = repo
         self.display = display
         self.add = add  # add(type_num, raw) -> raw id
@@ -194,7 +197,7 @@ class TreeRewriter:
             self.targets[sha] = run_git(self.repo, "cat-file", "blob", sha)
         return self.targets[sha]
 
-    def _refuse(self, link: bytes, why: str, error=BuildError) -> BuildError:
+    def _refuse(self, link: bytes, why: str, error: type[BuildError] = BuildError) -> BuildError:
         target = _show(self._target(self.by_path[link].sha))
         return error(f"{self.display}: {_show(link)}: symbolic link to {target} {why} "
                      "(--compat ocaml stores a link as the content of its target)")
@@ -244,7 +247,7 @@ class TreeRewriter:
         if folder in self.memo:
             return self.memo[folder]
         self.busy.append(folder)
-        from dulwich.objects import Tree
+        from dulwich.objects import ObjectID, Tree
 
         from ..format.pack import OBJ_TREE
 
@@ -271,7 +274,7 @@ class TreeRewriter:
                     raise self._refuse(path, "names a submodule")
                 else:
                     mode, sha = MODE_FILE, target.sha
-            out.add(e.name, mode, sha.encode())
+            out.add(e.name, mode, ObjectID(sha.encode()))
         self.busy.pop()
         new = self.add(OBJ_TREE, out.as_raw_string()).hex()
         self.memo[folder] = new

@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from .. import children
 from ..errors import BuildError
@@ -87,7 +88,7 @@ class _NoGit(BuildError):
     pass
 
 
-def start_git(cmd: list[str], **kwargs) -> subprocess.Popen:
+def start_git(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start a git process tied to this one (it dies with the builder)."""
     try:
         return children.start(cmd, error=_NoGit, **kwargs)

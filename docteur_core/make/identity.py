@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,14 +61,16 @@ def parse_date(text: str) -> When:
         dt = datetime.fromisoformat(candidate.replace("t", "T"))
     except ValueError as exc:
         raise BuildError(f"date {text!r}: {exc}") from None
-    offset = int(dt.utcoffset().total_seconds())
+    delta = dt.utcoffset()
+    assert delta is not None  # the pattern above requires a zone
+    offset = int(delta.total_seconds())
     seconds = int(dt.timestamp())
     if seconds < 0:
         raise BuildError(f"date {text!r}: before 1970 cannot be recorded in a commit")
     return When(seconds, offset)
 
 
-def default_date(environ: dict[str, str]) -> When:
+def default_date(environ: Mapping[str, str]) -> When:
     """SOURCE_DATE_EPOCH when set (reproducible builds), else now, both UTC."""
     epoch = environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None and epoch.strip():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from ..format import layout
 from ..errors import BuildError
@@ -71,7 +71,7 @@ def check_output(image: str) -> str:
     return image
 
 
-def _copy(src: str, dst, size: int, progress: Callable[[int], None] | None) -> None:
+def _copy(src: str, dst: BinaryIO, size: int, progress: Callable[[int], None] | None) -> None:
     with open(src, "rb") as f:
         remaining = size
         while remaining:
@@ -84,7 +84,7 @@ def _copy(src: str, dst, size: int, progress: Callable[[int], None] | None) -> N
                 progress(len(chunk))
 
 
-def _zeros(dst, n: int) -> None:
+def _zeros(dst: BinaryIO, n: int) -> None:
     """n zero bytes, written in pieces: a padding block may be up to 1 GiB."""
     zeros = bytes(min(n, CHUNK))
     while n:
@@ -110,7 +110,8 @@ def write_image(image: str, commit: bytes, pack_path: str, idx_path: str, block_
         raise BuildError(f"{image}: cannot write ({exc.strerror or exc})") from None
     done = [0]
 
-    def advance(n: int) -> None:
+    def advance(n: int) -> None:  # (passed on only when there is a progress)
+        assert progress is not None
         done[0] += n
         progress(f"Writing image: {done[0] / 1e6:.1f} MB of {size / 1e6:.1f} MB")
 

@@ -6,6 +6,8 @@ line, not a build started for nothing. The shared kinds are in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..options import _refuse
 
 
@@ -27,7 +29,7 @@ def author(text: str) -> str:
     return _checked_by_make(parse_author, "author", text)
 
 
-def _checked_by_make(parse, name: str, text: str) -> str:
+def _checked_by_make(parse: Callable[[str], object], name: str, text: str) -> str:
     """`text` if the build's own `parse` takes it, else a usage error in its words."""
     from ..errors import BuildError
 

@@ -40,7 +40,7 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from .. import children
 from ..errors import BuildError
@@ -296,7 +296,7 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
     budget = max(weights, default=0) * 5 // 4 + (32 << 20)
     # Biggest parts first, so the last ones to finish are small.
     waiting = sorted(range(len(parts)), key=lambda n: (-sizes[n], n))
-    running: dict[int, tuple[subprocess.Popen, object, object]] = {}
+    running: dict[int, tuple[subprocess.Popen[bytes], BinaryIO, BinaryIO]] = {}
     done: dict[int, str] = {}
     env = git_env(repo)
 
@@ -316,8 +316,8 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
                 n = fits[0]
                 waiting.remove(n)
                 stdin = open(inputs[n], "rb")
-                stdout = open(f"{inputs[n]}.out", "w+b")
-                stderr = open(f"{inputs[n]}.err", "w+b")
+                stdout: BinaryIO = open(f"{inputs[n]}.out", "w+b")
+                stderr: BinaryIO = open(f"{inputs[n]}.err", "w+b")
                 try:
                     proc = start_git(git_command(
                         "pack-objects", "-q", "--delta-base-offset",

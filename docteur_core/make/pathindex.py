@@ -15,6 +15,10 @@ from ..format import layout
 from ..format import pathindex as pix
 from ..format.objects import MODE_DIR
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .gitrun import GitRepo
+
 
 def idx_offsets(idx: bytes) -> dict[bytes, int]:
     """raw id -> offset in the pack, from a version 2 .idx's bytes."""
@@ -71,7 +75,7 @@ def trees_of(listing: list[tuple[bytes, int, bytes, int | None]], root: bytes
     return rows
 
 
-def build_region(repo, commit: str, tree: str, pack_path: str, idx_path: str,
+def build_region(repo: GitRepo, commit: str, tree: str, pack_path: str, idx_path: str,
                  block_size: int, region_start: int) -> bytes:
     """The path index region of the image being written."""
     from .gitrun import run_git

@@ -21,7 +21,7 @@ import shutil
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from ..errors import BuildError
 from ..format import layout
@@ -32,12 +32,14 @@ if TYPE_CHECKING:
     from .base import Base
     from .compat import Unreadable
     from .gitrun import GitRepo
+    from .identity import When
     from .ignore import Rules
     from .snapshot import Snapshot
     from .source import Source
 
 Progress = Callable[[str], None] | None
 Warn = Callable[[str], None]
+_T = TypeVar("_T")
 
 SIGN_REFUSAL = ("--sign signs a directory's commit; a Git repository's commit is stored as it "
                 "is, with its own signature if it has one")
@@ -47,7 +49,7 @@ SIGN_REFUSAL = ("--sign signs a directory's commit; a Git repository's commit is
 class Identity:
     """A directory's commit: author, date and message, as bytes and seconds."""
     author: bytes
-    when: tuple[int, int]
+    when: When
     message: bytes | None
 
 
@@ -231,8 +233,11 @@ def commit_directory(plan: Plan, options: MakeOptions, tmp: str, old: Base | Non
     who = plan.identity
     try:
         tree = plan.snapshot.write(writer)
-        make_raw = compat_mod.commit_raw if options.compat == "ocaml" else identity.commit_raw
-        raw = make_raw(tree, who.author, who.when, who.message)
+        if options.compat == "ocaml":
+            raw = compat_mod.commit_raw(tree, who.author, who.when, who.message)
+        else:
+            assert who.message is not None  # message_bytes gives one (only OCaml's may be None)
+            raw = identity.commit_raw(tree, who.author, who.when, who.message)
         if options.sign is not None:
             from ..sign import sign_commit
             raw = _as_build_error(sign_commit, raw, options.sign)
@@ -256,10 +261,12 @@ def commit_repository(plan: Plan, options: MakeOptions, tmp: str, old: Base | No
     from .repository import open_repository, resolve
 
     src = plan.src
+    ref: str | None  # None: the repository's HEAD
     if src.kind == "remote":
         git_dir = os.path.join(tmp, "fetched.git")
         ref = fetch(src, options.branch, git_dir, progress)
     else:
+        assert src.git_dir is not None  # a repository Source has one
         git_dir, ref = src.git_dir, options.branch
     repo = open_repository(git_dir, src.display, os.path.join(tmp, "scratch-objects"))
     resolved = resolve(repo, ref, src.display)
@@ -297,6 +304,7 @@ def _rewrite_for_ocaml(repo: GitRepo, commit: str, raw_commit: bytes, display: s
     from ..format.pack import OBJ_COMMIT
     from .packwriter import PlainPackWriter
 
+    assert repo.object_dir is not None  # open_repository's scratch object folder
     pack_dir = os.path.join(repo.object_dir, "pack")
     writer = PlainPackWriter(os.path.join(pack_dir, "pack-compat"))
     try:
@@ -358,7 +366,7 @@ def count(made: Made, plan: Plan, pack_path: str, idx_path: str, old: Base | Non
                  files=files, bytes_in=bytes_in)
 
 
-def _count_reused(idx_path: str, known: frozenset) -> int:
+def _count_reused(idx_path: str, known: frozenset[bytes]) -> int:
     """How many objects of the new pack (its .idx) the base held."""
     with open(idx_path, "rb") as f:
         data = f.read()
@@ -392,7 +400,7 @@ def _stderr_warning(text: str) -> None:
     print(f"docteur make: warning: {text}", file=sys.stderr)
 
 
-def _as_build_error(call, *args):
+def _as_build_error(call: Callable[..., _T], *args: object) -> _T:
     """`call(*args)`, its one-line DocteurError (the signing key, ssh-keygen) a BuildError."""
     from ..errors import DocteurError
 

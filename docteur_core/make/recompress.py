@@ -31,12 +31,16 @@ import hashlib
 import os
 import time
 import zlib
-from typing import Callable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
 from ..format.idx import encode_idx_v2
 from ..format.pack import MAX_ENTRY_HEADER, OBJ_OFS_DELTA, parse_entry_header
 from .pathindex import idx_offsets
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult, Pool
 
 LEVELS = ("default", "max")
 DEFAULT_ITERATIONS = 15  # zopfli's own default; fewer is faster and a little bigger
@@ -133,6 +137,7 @@ class _Entry:
         self.stream_at = offset + head.header_len
         if head.type == OBJ_OFS_DELTA:
             self.header = raw[:size_varint_len(raw)]  # the distance is re-encoded
+            assert head.base_distance is not None  # an OFS_DELTA's header has one
             self.base_offset: int | None = offset - head.base_distance
         else:
             self.header = raw[:head.header_len]
@@ -177,7 +182,7 @@ def recompress_pack(pack_path: str, idx_path: str, iterations: int = DEFAULT_ITE
     return old_size, new_size
 
 
-def _start_pool(pack_path: str, workers: int):
+def _start_pool(pack_path: str, workers: int) -> Pool | None:
     """A pool of `workers` processes reading `pack_path`, or None for one worker."""
     if workers <= 1:
         return None
@@ -189,8 +194,8 @@ def _start_pool(pack_path: str, workers: int):
         workers, initializer=_init_worker, initargs=(pack_path, _pdeathsig_setter()))
 
 
-def _results(fd: int, entries: list[_Entry], pool, iterations: int, workers: int,
-             max_reencode: int):
+def _results(fd: int, entries: list[_Entry], pool: Pool | None, iterations: int, workers: int,
+             max_reencode: int) -> Iterator[bytes | None]:
     """Each entry's new stream (or None: keep git's), in pack order."""
     tasks = [(e.stream_at, e.end - e.stream_at, iterations) if e.size <= max_reencode else None
              for e in entries]
@@ -198,15 +203,15 @@ def _results(fd: int, entries: list[_Entry], pool, iterations: int, workers: int
         for t in tasks:
             yield None if t is None else reencode(os.pread(fd, t[1], t[0]), iterations)
         return
-    window: collections.deque = collections.deque()
+    window: collections.deque[AsyncResult[bytes | None] | None] = collections.deque()
     it = iter(tasks)
     limit = 4 * workers  # entries in flight: bounds the memory held
     while True:
         while len(window) < limit:
-            t = next(it, StopIteration)
-            if t is StopIteration:
+            task = next(it, StopIteration)
+            if task is StopIteration:
                 break
-            window.append(None if t is None else pool.apply_async(_work, (t,)))
+            window.append(None if task is None else pool.apply_async(_work, (task,)))
         if not window:
             return
         r = window.popleft()

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import BuildError
 from .source import Source
 from .ssh import BatchSSHVendor, ssh_argv
 
+if TYPE_CHECKING:
+    from dulwich.refs import Ref
+
 CONNECT_TIMEOUT = 60.0
 
 
-def _choose(refs: dict[bytes, bytes], branch: str | None, display: str) -> bytes:
+# (the keys are dulwich's `Ref`s, a NewType of bytes that a bytes literal is not)
+def _choose(refs: Mapping[Any, bytes], branch: str | None, display: str) -> bytes:
     if branch is None:
         sha = refs.get(b"HEAD")
         if not sha:
@@ -36,19 +41,16 @@ def _choose(refs: dict[bytes, bytes], branch: str | None, display: str) -> bytes
 
 
 def _explain(exc: BaseException, display: str) -> BuildError:
-    from dulwich.client import HTTPUnauthorized
+    from dulwich.client import HTTPProxyUnauthorized, HTTPUnauthorized
     from dulwich.errors import HangupException, NotGitRepository
-    try:
-        from dulwich.client import HTTPProxyUnauthorized
-    except ImportError:  # older dulwich
-        HTTPProxyUnauthorized = HTTPUnauthorized
     if isinstance(exc, (HTTPUnauthorized, HTTPProxyUnauthorized)):
         return BuildError(f"{display}: authentication refused")
     text = str(exc).strip()
-    if isinstance(exc, HangupException) and getattr(exc, "stderr_lines", None):
+    lines = getattr(exc, "stderr_lines", None) if isinstance(exc, HangupException) else None
+    if lines:
         # Lines of the remote's (or ssh's) stderr, as one line.
         text = " ".join(line.decode("utf-8", "replace").strip()
-                        for line in exc.stderr_lines if line.strip())
+                        for line in lines if line.strip())
     low = text.lower()
     if re.search(r"host key verification failed|remote host identification has changed", low):
         return BuildError(f"{display}: host key verification failed (the host is not in "
@@ -82,6 +84,7 @@ def fetch(source: Source, branch: str | None, dest: str,
     import socket
 
     from dulwich.client import SSHGitClient, get_transport_and_path
+    from dulwich.objects import ObjectID
     from dulwich.repo import Repo
 
     display = source.display
@@ -89,12 +92,13 @@ def fetch(source: Source, branch: str | None, dest: str,
     target = Repo.init_bare(dest)
     chosen: list[bytes] = []
 
-    def determine_wants(refs, depth=None, **kwargs):
-        sha = _choose(refs, branch, display)
+    def determine_wants(refs: Mapping[Ref, ObjectID], depth: int | None = None,
+                        **kwargs: object) -> list[ObjectID]:
+        sha = ObjectID(_choose(refs, branch, display))
         chosen.append(sha)
         return [sha]
 
-    def report(data) -> None:
+    def report(data: bytes | str) -> None:
         if progress is not None and data:
             text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
             for piece in re.split(r"[\r\n]", text):
@@ -109,7 +113,10 @@ def fetch(source: Source, branch: str | None, dest: str,
         except ValueError as exc:
             raise BuildError(f"{display}: not a usable URL ({exc})") from None
         if isinstance(client, SSHGitClient):
-            client.ssh_vendor = BatchSSHVendor(ssh_argv(os.environ, int(CONNECT_TIMEOUT)))
+            # (dulwich types it as its SSHVendor class; this one has the same
+            # run_command, and make.ssh does not import dulwich.client to be one)
+            client.ssh_vendor = BatchSSHVendor(  # type: ignore[assignment]
+                ssh_argv(os.environ, int(CONNECT_TIMEOUT)))
         try:
             client.fetch(path, target, determine_wants=determine_wants, progress=report, depth=1)
         except (BuildError, KeyboardInterrupt):
@@ -123,6 +130,6 @@ def fetch(source: Source, branch: str | None, dest: str,
         raise BuildError(f"{display}: the remote sent no references")
     sha = chosen[0].decode()
     with Repo(dest) as repo:
-        if chosen[0] not in repo.object_store:
+        if ObjectID(chosen[0]) not in repo.object_store:
             raise BuildError(f"{display}: the remote did not send {sha}")
     return sha

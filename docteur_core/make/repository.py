@@ -25,10 +25,10 @@ def open_repository(git_dir: str, display: str, scratch_objects: str) -> GitRepo
     """
     git_dir = os.path.abspath(git_dir)
     try:
-        objects = run_git(GitRepo(git_dir), "rev-parse", "--git-path", "objects")
+        found = run_git(GitRepo(git_dir), "rev-parse", "--git-path", "objects")
     except BuildError as exc:
         raise BuildError(f"{display}: not a Git repository ({exc})") from None
-    objects = os.path.abspath(os.fsdecode(objects.rstrip(b"\n")))
+    objects = os.path.abspath(os.fsdecode(found.rstrip(b"\n")))
     fmt = run_git(GitRepo(git_dir), "rev-parse", "--show-object-format").decode().strip()
     if fmt != "sha1":
         raise BuildError(f"{display}: uses {fmt} object ids; images hold SHA-1 repositories only")

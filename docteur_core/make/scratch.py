@@ -61,7 +61,7 @@ def sweep(folder: str, pattern: re.Pattern[str] = _SCRATCH) -> list[str]:
 
     Never raises: a leftover that cannot be removed is left for later.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -30,8 +30,8 @@ class MakeOptions:
     excludes: tuple[str | bytes, ...] = field(default=())  # gitignore patterns
     gitignore: bool = False  # honour a directory's .gitignore files
     jobs: int | None = None  # concurrent `git pack-objects` (default: the cores)
-    sign: str | os.PathLike | None = None  # an SSH key signing a directory's commit
-    base: str | os.PathLike | None = None  # an earlier image to reuse
+    sign: str | os.PathLike[str] | None = None  # an SSH key signing a directory's commit
+    base: str | os.PathLike[str] | None = None  # an earlier image to reuse
 
     def __post_init__(self) -> None:
         # A list given for `excludes` (argparse's append) is kept as a tuple:

@@ -44,16 +44,26 @@ import os
 import re
 import stat
 import time
-from typing import Callable
+from collections.abc import Iterator
+from typing import BinaryIO, Callable, Protocol
 
-from dulwich.objects import Tree
+from dulwich.ignore import Pattern
+from dulwich.objects import ObjectID, Tree
 
 from ..errors import BuildError
 from ..format.limits import MAX_FILE_SIZE
 from ..format.objects import MODE_FILE, MODE_LINK, refused_name
 from ..format.pack import OBJ_BLOB, OBJ_TREE
 from .ignore import GITIGNORE, Rules, compile_patterns, gitignore_lines
-from .packwriter import PlainPackWriter
+
+
+class ObjectSink(Protocol):
+    """Where a snapshot's objects go: a pack writer, or `docteur diff`'s
+    hasher (which writes nothing). Each returns the object's raw id."""
+
+    def add(self, type_num: int, data: bytes, sha: bytes | None = None) -> bytes: ...
+
+    def add_blob_stream(self, f: BinaryIO, size: int) -> bytes: ...
 
 # Files up to this size are read in one call; larger ones are streamed.
 WHOLE_READ_LIMIT = 32 << 20
@@ -98,7 +108,7 @@ class Snapshot:
         self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
         self._folders: dict[bytes, _Folder] = {}  # the scan's folders, until listed
 
-    def run(self, writer: PlainPackWriter) -> str:
+    def run(self, writer: ObjectSink) -> str:
         self.scan()
         return self.write(writer)
 
@@ -184,7 +194,8 @@ class Snapshot:
             raise BuildError(f"{show(path)}: {size} bytes, over the object size limit of "
                              f"{self.max_object_size} bytes (the largest file docteur stores)")
 
-    def _children(self, path: bytes, st: os.stat_result, follow: bool):
+    def _children(self, path: bytes, st: os.stat_result, follow: bool
+                  ) -> Iterator[tuple[bytes, os.stat_result]]:
         """The entries of folder `path`, which the scan saw as `st`, sorted by
         name, without those the filters leave out (its `_Folder`, in
         `_folders`, gets the folder's .gitignore rules)."""
@@ -210,7 +221,7 @@ class Snapshot:
             raise BuildError(f"{show(path)}: cannot read directory ({exc.strerror})") from None
         finally:
             os.close(fd)
-        output = self._output is not None and _same(here, self._output[0])
+        output = self._output if self._output is not None and _same(here, self._output[0]) else None
         rules = folder.rules if folder.rules.active else None
         for name, child_st in sorted(entries):
             if name.lower() == b".git":
@@ -220,19 +231,20 @@ class Snapshot:
                 self.warn(f"{show(os.path.join(path, name))}: skipped (a name git refuses: "
                           "it stands for .git on some file systems)")
                 continue
-            if output and (name == self._output[1] or self._output[2].fullmatch(name)):
+            if output is not None and (name == output[1] or output[2].fullmatch(name)):
                 continue  # the image being written, or its temporary file
             if rules is not None and rules.excluded(folder.rel + b"/" + name if folder.rel
                                                     else name, stat.S_ISDIR(child_st.st_mode)):
                 folder.filtered = True
                 continue
             if self.compat and stat.S_ISLNK(child_st.st_mode):
-                child_st = self._follow(os.path.join(path, name))
-                if child_st is None:  # dangling: nothing to store, warned
+                followed = self._follow(os.path.join(path, name))
+                if followed is None:  # dangling: nothing to store, warned
                     continue
+                child_st = followed
             yield name, child_st
 
-    def _gitignore(self, dir_fd: int, folder: bytes) -> list:
+    def _gitignore(self, dir_fd: int, folder: bytes) -> list[Pattern]:
         """The patterns of the `.gitignore` in the folder open as `dir_fd`, read
         as git reads it: never through a symbolic link."""
         where = show(os.path.join(folder, GITIGNORE))
@@ -293,11 +305,12 @@ class Snapshot:
 
     # --- pass 2: reading and hashing -----------------------------------------
 
-    def write(self, writer: PlainPackWriter) -> str:
+    def write(self, writer: ObjectSink) -> str:
         """Write every object of the scanned tree into `writer`; the root tree id (hex)."""
         if self._listing is None:
             self.scan()
         listing = self._listing
+        assert listing is not None  # what scan() made
         self.writer = writer
         # Each frame: (directory path, its entries so far, its remaining children).
         stack = [(self.root, Tree(), iter(listing[self.root]))]
@@ -309,7 +322,7 @@ class Snapshot:
                     stack.append((child, Tree(), iter(listing[child])))
                     break
                 mode, sha = self._leaf(child, st)
-                tree.add(name, mode, sha)
+                tree.add(name, mode, ObjectID(sha))
             else:
                 stack.pop()
                 raw = tree.as_raw_string()
@@ -321,7 +334,7 @@ class Snapshot:
                         self.warn(self._private_warning())
                     self._listing = None  # its memory is not needed by the delta search
                     return sha.decode()
-                stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, sha)
+                stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, ObjectID(sha))
 
     def _leaf(self, path: bytes, st: os.stat_result) -> tuple[int, bytes]:
         mode = st.st_mode

@@ -20,10 +20,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .. import children
 from ..errors import BuildError
+
+if TYPE_CHECKING:  # (dulwich.client is imported only when ssh runs)
+    from dulwich.client import SubprocessWrapper
 
 CONNECT_TIMEOUT = 60
 
@@ -70,13 +73,13 @@ class BatchSSHVendor:
     def run_command(self, host: str, command: bytes, username: str | None = None,
                     port: int | None = None, password: str | None = None,
                     key_filename: str | None = None, ssh_command: str | None = None,
-                    protocol_version: int | None = None):
+                    protocol_version: int | None = None) -> SubprocessWrapper:
         from dulwich.client import SubprocessWrapper
         from dulwich.protocol import DEFAULT_GIT_PROTOCOL_VERSION_FETCH
 
         if password is not None:
             raise BuildError("passwords in ssh URLs are not supported: use a key")
-        args = [*self.argv, "-x"]
+        args: list[str | bytes] = [*self.argv, "-x"]  # (the remote command is bytes)
         if port:
             args += ["-p", str(port)]
         if key_filename:

@@ -20,6 +20,10 @@ import struct
 
 from ..format import layout
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .gitrun import GitRepo
+
 
 def human_bytes(n: int) -> str:
     """`n` bytes in at most 3 significant digits: 812 B, 9.2 MB, 254 KB, 1.4 GB."""
@@ -79,7 +83,7 @@ def count_deltas(pack_path: str, idx_path: str) -> int:
     return deltas
 
 
-def tree_files(repo, tree: str) -> tuple[int, int]:
+def tree_files(repo: GitRepo, tree: str) -> tuple[int, int]:
     """(regular files, their total bytes) in a repository's tree, from `git ls-tree -r -l`."""
     from .gitrun import run_git
 

@@ -6,15 +6,30 @@ API), `commands` holds the verbs shared by `docteur ls/cat/...` and the
 guest entry point `python3 -S -m docteur_core.reader.guest`.
 
 `Image` and friends are loaded on first use, not here, so that importing a
-sibling (the guest's `--help`, the CLI's parser) costs nothing extra.
+sibling (the guest's `--help`, the CLI's parser) costs nothing extra; type
+checkers see them through an `if TYPE_CHECKING:` import, and `dir()` and
+pydoc through `__all__` and `__dir__`.
 """
 
-_PUBLIC = ("Image", "MODES", "Node", "Stat", "CommitInfo", "split_path", "join_path",
-           "VALUE", "DICTIONARY")
+__all__ = ["Image", "MODES", "Node", "Stat", "CommitInfo", "split_path", "join_path",
+           "VALUE", "DICTIONARY"]  # a literal: type checkers read it as the exports
+_PUBLIC = frozenset(__all__)
+
+# Type checkers and IDEs see the real names; at run time they stay lazy (the
+# `if` never runs: `typing.TYPE_CHECKING` would cost the import it spares).
+# `__getattr__` is hidden from checkers: seen, it would make any name valid.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .image import (
+        DICTIONARY, MODES, VALUE, CommitInfo, Image, Node, Stat, join_path, split_path)
+else:
+    def __getattr__(name: str) -> object:
+        if name in _PUBLIC:
+            from . import image
+            return getattr(image, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        from . import image
-        return getattr(image, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def __dir__() -> list[str]:
+    """The lazy names too, so dir(), pydoc and completion list them."""
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -8,13 +8,15 @@ load time, and `argparse` only reaches it as the parser `cli.py` passes in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 
 from ..format import objects as obj
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for annotations only: `typing` costs a guest's start-up (see __init__)
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
+
+    from .image import Image, Node
 
 _TYPES = {obj.MODE_DIR: "tree", obj.MODE_GITLINK: "commit", obj.MODE_LINK: "blob"}
 _KINDS = {obj.MODE_DIR: "directory", obj.MODE_GITLINK: "submodule", obj.MODE_LINK: "symlink",
@@ -55,21 +57,22 @@ def _json_text(s: str) -> str:
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _json_out(doc: dict, out: BinaryIO) -> None:
+def _json_out(doc: dict[str, Any], out: BinaryIO) -> None:
     import json  # host-side only: a guest's plain verbs never pay for it
 
     out.write(json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
 
 
-def _blob_size(image, node) -> int:
+def _blob_size(image: Image, node: Node) -> int:
     if image.store.verify:  # only the content proves the size
         return image.size(node.path)
     return image.store.object_size(node.id, node.offset)
 
 
-def _entry_json(image, node, rel: str, sized: bool) -> dict:
-    e = {"path": _json_text(rel), "name": _json_text(node.name), "mode": f"{node.mode:06o}",
-         "type": _TYPES.get(node.mode, "blob"), "id": node.id.hex()}
+def _entry_json(image: Image, node: Node, rel: str, sized: bool) -> dict[str, Any]:
+    e: dict[str, Any] = {"path": _json_text(rel), "name": _json_text(node.name),
+                         "mode": f"{node.mode:06o}", "type": _TYPES.get(node.mode, "blob"),
+                         "id": node.id.hex()}
     raw = obj.encode_name(rel)
     try:
         raw.decode("utf-8")
@@ -81,7 +84,7 @@ def _entry_json(image, node, rel: str, sized: bool) -> dict:
     return e
 
 
-def _recursive(image, path: str):
+def _recursive(image: Image, path: str) -> Iterator[tuple[Node, str]]:
     """(node, path relative to `path`) of every file, link and submodule under
     `path`, in `git ls-tree -r`'s order (a directory's entries in place of
     it), bounded as a walk is (`max_paths`, `max_path_bytes`)."""
@@ -111,7 +114,8 @@ def _recursive(image, path: str):
             yield node, node.path[cut:]
 
 
-def verb_ls(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+def verb_ls(image: Image, args: list[str], out: BinaryIO,
+            flags: frozenset[str] = frozenset()) -> int:
     """ls [-r] [-l] [--json] [PATH]: one entry a line, `MODE TYPE ID<TAB>NAME`
     (directories end with /); `-r` lists every file under PATH with its path
     (as `git ls-tree -r`), `-l` adds the size column (as `git ls-tree -l`)."""
@@ -137,13 +141,14 @@ def verb_ls(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
     return 0
 
 
-def verb_cat(image, args: list[str], out: BinaryIO) -> int:
+def verb_cat(image: Image, args: list[str], out: BinaryIO) -> int:
     """cat PATH: the file's bytes, exactly (a large file as it inflates)."""
     image.stream(args[0], out.write)
     return 0
 
 
-def verb_stat(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+def verb_stat(image: Image, args: list[str], out: BinaryIO,
+              flags: frozenset[str] = frozenset()) -> int:
     """stat [--json] PATH: kind, mode, size and object id, one `key: value` a line."""
     st = image.stat(args[0])
     lines = [("path", st.path), ("kind", _KINDS.get(st.mode, "file")),
@@ -151,7 +156,7 @@ def verb_stat(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
     if st.is_link:
         lines.append(("target", image.readlink(args[0])))
     if "--json" in flags:
-        doc = {key: _json_text(value) for key, value in lines}
+        doc: dict[str, Any] = {key: _json_text(value) for key, value in lines}
         doc["size"] = st.size
         _json_out(doc, out)
         return 0
@@ -160,7 +165,7 @@ def verb_stat(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
     return 0
 
 
-def verb_tree(image, args: list[str], out: BinaryIO) -> int:
+def verb_tree(image: Image, args: list[str], out: BinaryIO) -> int:
     """tree [PATH]: the hierarchy under PATH, drawn with ASCII."""
     path = args[0] if args else ""
     top = image.entries(path)  # raises NotADirectory for a file
@@ -205,7 +210,7 @@ def verb_tree(image, args: list[str], out: BinaryIO) -> int:
 MAX_SHOWN_MESSAGE = 64 << 10
 
 
-def _path_index_line(image) -> str:
+def _path_index_line(image: Image) -> str:
     index = image.path_index
     if index is not None:
         sup = index.sup
@@ -224,7 +229,7 @@ def _path_index_line(image) -> str:
     return "no"
 
 
-def _path_index_json(image) -> dict | None:
+def _path_index_json(image: Image) -> dict[str, Any] | None:
     index = image.path_index
     if index is not None:
         sup = index.sup
@@ -241,7 +246,8 @@ def _path_index_json(image) -> dict | None:
     return None
 
 
-def verb_info(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+def verb_info(image: Image, args: list[str], out: BinaryIO,
+              flags: frozenset[str] = frozenset()) -> int:
     """info: the image's commit and layout."""
     from .image import zone_in_range
 
@@ -285,7 +291,7 @@ def verb_info(image, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
 
 
 # verb -> (function, minimum args, maximum args, usage)
-VERBS: dict[str, tuple[Callable, int, int, str]] = {
+VERBS: dict[str, tuple[Callable[..., int], int, int, str]] = {
     "ls": (verb_ls, 0, 1, "[PATH]"),
     "cat": (verb_cat, 1, 1, "PATH"),
     "stat": (verb_stat, 1, 1, "PATH"),
@@ -295,14 +301,15 @@ VERBS: dict[str, tuple[Callable, int, int, str]] = {
 
 
 # verb -> the flags it takes (the guest parses them by hand too)
-FLAGS: dict[str, frozenset] = {
+FLAGS: dict[str, frozenset[str]] = {
     "ls": frozenset({"-r", "-l", "--json"}),
     "stat": frozenset({"--json"}),
     "info": frozenset({"--json"}),
 }
 
 
-def run_verb(image, verb: str, args: list[str], out: BinaryIO, flags=frozenset()) -> int:
+def run_verb(image: Image, verb: str, args: list[str], out: BinaryIO,
+             flags: Collection[str] = frozenset()) -> int:
     fn, _, _, _ = VERBS[verb]
     try:
         if flags:

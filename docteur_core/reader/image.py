@@ -57,7 +57,15 @@ from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for annotations only (see __init__)
+    import builtins  # `list` in the class body is Image.list
+    import os
     from datetime import datetime
+    from typing import BinaryIO, NamedTuple
+
+    from ..blockdev.block import BlockDevice
+    from ..format.pathindex import Entry
+    from .partial import PartialReads
+    from .pathindex import PathIndex
 
 VALUE = "value"
 DICTIONARY = "dictionary"
@@ -99,7 +107,38 @@ def kind_of(mode: int) -> str:
 
 # Named tuples rather than dataclasses or `typing.NamedTuple`: importing
 # those costs a guest's start-up more than the whole reader (see __init__).
-class Node(namedtuple("Node", "path mode id offset", defaults=(None,))):
+# Type checkers see the same fields as `typing.NamedTuple`s, with their types.
+if TYPE_CHECKING:
+    class _NodeFields(NamedTuple):
+        path: str
+        mode: int
+        id: bytes
+        offset: int | None = None
+
+    class _StatFields(NamedTuple):
+        path: str
+        kind: str
+        mode: int
+        size: int
+        id: str
+
+    class _CommitFields(NamedTuple):
+        id: str
+        tree: str
+        parents: tuple[str, ...]
+        author: str
+        committer: str
+        date: datetime
+        author_date: datetime
+        message: str
+else:
+    _NodeFields = namedtuple("Node", "path mode id offset", defaults=(None,))
+    _StatFields = namedtuple("Stat", "path kind mode size id")
+    _CommitFields = namedtuple("CommitInfo",
+                               "id tree parents author committer date author_date message")
+
+
+class Node(_NodeFields):
     """What the image holds at a path (the root included).
 
     `id` is the raw object id; `offset` the absolute pack offset, when known
@@ -117,7 +156,7 @@ class Node(namedtuple("Node", "path mode id offset", defaults=(None,))):
         return self.path.rsplit("/", 1)[-1]
 
 
-class Stat(namedtuple("Stat", "path kind mode size id")):
+class Stat(_StatFields):
     """What `Image.stat` says about a path.
 
     `kind` is "value" or "dictionary"; `size` the bytes of a file or link
@@ -131,8 +170,7 @@ class Stat(namedtuple("Stat", "path kind mode size id")):
         return self.mode == obj.MODE_LINK
 
 
-class CommitInfo(namedtuple("CommitInfo",
-                            "id tree parents author committer date author_date message")):
+class CommitInfo(_CommitFields):
     """The commit an image holds (`Image.commit`).
 
     Ids in hex; `author` and `committer` as `Name <email>`; `date` (the
@@ -177,9 +215,10 @@ def pin_bytes(commit: str | bytes | None) -> bytes | None:
 class Image:
     """A read-only view of one image. Open with `Image.open`; not thread-safe."""
 
-    def __init__(self, store: Store, mode: str, *, device=None,
+    def __init__(self, store: Store, mode: str, *, device: BlockDevice | None = None,
                  max_paths: int = DEFAULT_MAX_PATHS,
-                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES, path_index=None,
+                 max_path_bytes: int = DEFAULT_MAX_PATH_BYTES,
+                 path_index: PathIndex | None = None,
                  pin: bytes | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -195,7 +234,7 @@ class Image:
         # Without verification the path index answers lookups itself; with
         # it, it only places objects (see the module's "Trust").
         self._index_answers = path_index is not None and not store.verify
-        self._partial = None  # a reader.partial.PartialReads, made by get_partial
+        self._partial: PartialReads | None = None  # made by get_partial
         self._last_listed: tuple[str, dict[bytes, pix.Row] | None] | None = None
         self._last_dir: Node | None = None  # where the last tree walk of `_lookup` got to
         # tree id -> its entries' offsets, as the path index placed them, for
@@ -229,7 +268,8 @@ class Image:
             self._build_index()
 
     @classmethod
-    def open(cls, source, mode: str = "fast", *, verify: bool = True,
+    def open(cls, source: str | os.PathLike[str] | BlockDevice, mode: str = "fast", *,
+             verify: bool = True,
              commit: str | bytes | None = None,
              block_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
              max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
@@ -254,15 +294,15 @@ class Image:
         opens from a path or URI is closed by `close()`. `path_index=False`
         ignores the image's path index.
         """
+        import os
+
         from ..blockdev.block import ByteReader, SectorCache
 
-        owned = isinstance(source, (str, bytes)) or hasattr(source, "__fspath__")
+        owned = isinstance(source, (str, bytes, os.PathLike))
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         pin = pin_bytes(commit)
-        if owned:
-            import os
-
+        if isinstance(source, (str, bytes, os.PathLike)):  # (owned)
             from ..blockdev.device import open_device
             name = os.fsdecode(source)
             if pin is None:
@@ -301,7 +341,7 @@ class Image:
     def __enter__(self) -> "Image":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- the commit --------------------------------------------------------
@@ -388,7 +428,7 @@ class Image:
         the paths are made.
         """
         on_path: set[bytes] = set()
-        stack: list = [top]
+        stack: builtins.list[Node | bytes] = [top]  # bytes: leaving that tree
         paths = 0
         path_bytes = 0
         while stack:
@@ -480,6 +520,7 @@ class Image:
         last = self._last_listed
         if last is not None and last[0] == path:
             return last[1]
+        assert self.path_index is not None  # called only with a path index
         try:
             rows = self.path_index.rows(obj.encode_name(path))
         except DamagedImage:  # a damaged map: the trees and the IDX still know
@@ -500,6 +541,7 @@ class Image:
         `_TREES_BEFORE_NAMES` trees: the IDX's whole name table is read then.
         """
         index = self.path_index
+        assert index is not None  # called only with a path index
         if not index.names_loaded and self._trees_read < _TREES_BEFORE_NAMES:
             return None
         listed = self._listed(path)
@@ -583,7 +625,7 @@ class Image:
         self.count_paths()  # refused before a path is made, if over the limits
         nodes: dict[str, Node] = {"": self.root}
         children: dict[str, list[obj.TreeEntry]] = {}
-        by_id = self.store._by_id
+        by_id = self.store._by_id or {}  # (an offset not known here is looked up later)
         for d, entries, _ in self._walk_trees(self.root):
             children[d.path] = entries
             prefix = d.path + "/" if d.path else ""
@@ -598,7 +640,7 @@ class Image:
         self._trees_entries = 0
         self._trees_limit = _PARSED_ENTRIES
 
-    def _indexed(self, path: str | bytes):
+    def _indexed(self, path: str | bytes) -> tuple[Node, Entry | None]:
         """(Node, its path index entry) of `path`; the root has no entry."""
         if isinstance(path, str):
             joined = path.strip("/")
@@ -609,6 +651,7 @@ class Image:
             joined = join_path(split_path(path))
         if not joined:
             return self.root, None
+        assert self.path_index is not None  # called only when it answers
         find = self.path_index.find
         e = find(pix.key_of(obj.encode_name(joined)))
         if e is None:
@@ -624,14 +667,15 @@ class Image:
             raise NotFound(f"/{joined} does not exist")
         return Node(joined, e.mode, e.id, e.offset or None), e
 
-    def _listing(self, node: Node) -> list:
+    def _listing(self, node: Node) -> builtins.list[tuple[str, Entry]]:
         """(name, path index entry) of a directory's entries, in git's order."""
+        assert self.path_index is not None  # called only when it answers
         found = self.path_index.listing(obj.encode_name(node.path))
         cut = len(node.path.encode("utf-8", "surrogateescape")) + 1 if node.path else 1
         return [(obj.decode_name(e.key[cut:]), e) for e in found]
 
     def _lookup(self, path: str | bytes | Node) -> Node:
-        if type(path) is Node:  # a node this image handed out: its own answer
+        if isinstance(path, Node):  # a node this image handed out: its own answer
             return path
         if self._index_answers:
             return self._indexed(path)[0]
@@ -714,7 +758,7 @@ class Image:
             return None
 
     def get(self, path: str | bytes | Node) -> bytes:
-        if self._index_answers and type(path) is not Node:
+        if self._index_answers and not isinstance(path, Node):
             return self._content(self._indexed(path)[0])
         return self._content(self._lookup(path))
 
@@ -741,7 +785,7 @@ class Image:
         or `entries` needs no second lookup."""
         return self._lookup(path)
 
-    def content(self, path: str | bytes | Node):
+    def content(self, path: str | bytes | Node) -> bytes | BinaryIO:
         """A file's bytes, checked before they are returned: bytes for a
         file built whole, a temporary file (positioned at its start, the
         caller's to close) for a large one (`Store.content`). Nothing is
@@ -774,7 +818,7 @@ class Image:
         """(name, kind) of a directory's entries, in git's order."""
         return [(e.name, kind_of(e.mode)) for e in self._entries(self._lookup(path))]
 
-    def entries(self, path: str | bytes | Node = "") -> list[Node]:
+    def entries(self, path: str | bytes | Node = "") -> builtins.list[Node]:
         """A directory's entries with their modes and ids. Given a Node this
         image handed out (a walk's), no lookup from the root is made."""
         node = self._lookup(path)
@@ -792,7 +836,7 @@ class Image:
         """The git object id (hex) of a file or directory."""
         return self._lookup(path).id.hex()
 
-    def size(self, path: str | bytes) -> int:
+    def size(self, path: str | bytes | Node) -> int:
         node = self._lookup(path)
         if node.mode == obj.MODE_DIR:
             raise NotAFile(f"/{node.path} is a directory")
@@ -841,25 +885,26 @@ class Image:
                         subdirs.append(node)
                 stack.extend(reversed(subdirs))
             return
-        if self._children is not None:
-            stack = [top.path]
-            while stack:
-                d = stack.pop()
-                prefix = d + "/" if d else ""
-                subdirs = []
-                for e in self._children[d]:
-                    node = self._nodes[prefix + e.name]
+        children, nodes = self._children, self._nodes
+        if children is not None and nodes is not None:  # (built together)
+            paths = [top.path]
+            while paths:
+                p = paths.pop()
+                prefix = p + "/" if p else ""
+                subpaths = []
+                for t in children[p]:
+                    node = nodes[prefix + t.name]
                     yield node
-                    if e.is_dir:
-                        subdirs.append(node.path)
+                    if t.is_dir:
+                        subpaths.append(node.path)
                 # Depth first, but list a directory's own entries first:
                 # simple and stable; `tree` re-orders as it needs.
-                stack.extend(reversed(subdirs))
+                paths.extend(reversed(subpaths))
             return
         for d, entries, offsets in self._walk_trees(top):
             prefix = d.path + "/" if d.path else ""
-            for e, offset in zip(entries, offsets):
-                yield Node(prefix + e.name, e.mode, e.id, offset)
+            for t, offset in zip(entries, offsets):
+                yield Node(prefix + t.name, t.mode, t.id, offset)
 
     def files(self, path: str | bytes | Node = "") -> Iterator[Node]:
         """Every file and link under `path`."""
@@ -872,5 +917,6 @@ class Image:
         if self._nodes is not None:
             return len(self._nodes) - 1
         if self.path_index is not None:
-            return self.path_index.sup.paths
+            paths: int = self.path_index.sup.paths  # (the super block's fields are untyped)
+            return paths
         return sum(1 for _ in self.walk())

@@ -42,6 +42,11 @@ from ..errors import DamagedImage
 from ..format.limits import INFLATE_STEP, STREAM_THRESHOLD
 from ..format.pack import BASE_TYPES, TYPE_NAMES
 
+TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see the package docstring)
+if TYPE_CHECKING:
+    from ..format.pack import EntryHeader
+    from .store import Store, _Where
+
 # Compressed bytes read per step by a cursor: a checkpoint holds one.
 INPUT_STEP = 16 << 10
 CHECKPOINT_EVERY = 4 << 20
@@ -54,7 +59,8 @@ class Spool:
     """A large blob, proven by its SHA-1, in a temporary file (verified
     reads): `Store.spool_entry`'s file, kept for reads at any offset."""
 
-    def __init__(self, store, oid: bytes, pos: int, crc, where, eh, buf) -> None:
+    def __init__(self, store: Store, oid: bytes, pos: int, crc: int | None,
+                 where: str | _Where, eh: EntryHeader, buf: bytes) -> None:
         self.file = store.spool_entry(oid, pos, crc, where, eh, buf, "blob")
 
     def read(self, offset: int, length: int) -> bytes:
@@ -73,12 +79,13 @@ class Inflater:
     __slots__ = ("store", "size", "crc", "where", "z", "data", "tail", "at", "produced",
                  "running", "done")
 
-    def __init__(self, store, pos: int, eh, buf: bytes, crc: int | None, where) -> None:
+    def __init__(self, store: Store, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
+                 where: str | _Where) -> None:
         self.store, self.size, self.crc, self.where = store, eh.size, crc, where
         self.z = zlib.decompressobj()
         hl = eh.header_len
         self.data = memoryview(buf)[hl:]
-        self.tail = self.data
+        self.tail: bytes | memoryview = self.data
         self.at = pos + len(buf)
         self.produced = 0
         self.running = zlib.crc32(memoryview(buf)[:hl])
@@ -176,7 +183,7 @@ class PartialReads:
     """Cursors of the last files stored whole that were read, and the last
     large object built; one per `Image` (not thread-safe, like it)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.cursors: OrderedDict[bytes, Cursor] = OrderedDict()
         self.spools: OrderedDict[bytes, Spool] = OrderedDict()

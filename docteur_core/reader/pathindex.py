@@ -205,6 +205,7 @@ class PathIndex:
                 return data
             self.load_names()
             names = self._names
+            assert names is not None  # load_names sets it or raises
         return names[20 * position:20 * position + 20]
 
     def _entry(self, key: bytes, row: pix.Row) -> pix.Entry:

@@ -54,6 +54,13 @@ from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER
                    OBJ_REF_DELTA, TYPE_NAMES, apply_delta, check_delta, delta_sizes,
                    object_id, parse_entry_header, parse_pack_header, write_delta)
 
+TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see the package docstring)
+if TYPE_CHECKING:
+    from typing import BinaryIO
+    from zlib import _Decompress
+
+    from ..format.pack import EntryHeader
+
 DEFAULT_MAX_DELTA_DEPTH = 10_000
 # An upper bound, filled only by what is read. Reading ten releases of a
 # project file by file needs one release's worth of bases to stay in it
@@ -84,7 +91,7 @@ class _Where:
 _where = _Where
 
 
-def _declared_result(eh, buf: bytes) -> int:
+def _declared_result(eh: EntryHeader, buf: bytes) -> int:
     """A delta's result size, if the first bytes read with its header hold
     it (0 if not: the size is then checked once its data is inflated)."""
     try:
@@ -131,7 +138,7 @@ class Store:
         # offset -> (type name, data, entry length, the CRC-32 its bytes were
         # checked against, or None): a later lookup that expects another CRC
         # there (a damaged IDX pointing two ids at one entry) checks again.
-        self._cache: OrderedDict[int, tuple[str, bytes, int, int | None]] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[str, bytes | bytearray, int, int | None]] = OrderedDict()
         self._cached_bytes = 0
         self.objects_inflated = 0
         # What the last `_read_at` built (bytes of work, deltas applied), for
@@ -256,12 +263,12 @@ class Store:
         return self._object_at(oid, expect, offset, crc)
 
     def _object_at(self, oid: bytes, expect: str | None, offset: int, crc: int | None,
-                   first=None) -> tuple[str, bytes]:
+                   first: tuple[EntryHeader, bytes] | None = None) -> tuple[str, bytes]:
         """`read_object` once the entry is placed; `first`: its header and
         first bytes, when the caller has read them already."""
-        typ, data = self._read_at(offset, crc, oid, first)
-        if type(data) is bytearray:  # a large object inflated in place: not handed out
-            data = bytes(data)
+        typ, found = self._read_at(offset, crc, oid, first)
+        # a large object inflated in place: not handed out
+        data = bytes(found) if isinstance(found, bytearray) else found
         if expect is not None and typ != expect:
             raise DamagedImage(f"object {oid.hex()} is a {typ}, a {expect} was expected",
                                _where(offset, oid))
@@ -306,7 +313,8 @@ class Store:
                                 f"{self.max_object_size}", where, "max_object_size")
         return size
 
-    def _stream_entry(self, pos: int, eh, buf: bytes, crc: int | None, where,
+    def _stream_entry(self, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
+                      where: str | _Where,
                       sink: Callable[[bytes], None], stop_after: int | None = None) -> int:
         """Inflate an entry's data into `sink`, INFLATE_STEP bytes at a time.
 
@@ -320,7 +328,7 @@ class Store:
         hl = eh.header_len
         z = zlib.decompressobj()
         running = zlib.crc32(memoryview(buf)[:hl])
-        data = memoryview(buf)[hl:]
+        data: bytes | memoryview = memoryview(buf)[hl:]
         at = pos + len(buf)
         have = 0
         # Reads sized to the stream a small object needs (about its size),
@@ -369,7 +377,8 @@ class Store:
         self.objects_inflated += 1
         return at - pos
 
-    def _whole_entry(self, oid: bytes, offset: int | None):
+    def _whole_entry(self, oid: bytes, offset: int | None
+                     ) -> tuple[int, int | None, _Where, EntryHeader, bytes]:
         """(offset, crc, where, entry header, first bytes) of `oid`'s entry,
         its declared size not limited: for callers that stream it."""
         offset, crc = self._placed(oid, offset)
@@ -412,7 +421,8 @@ class Store:
             self._stream_checked(oid, offset, crc, where, eh, buf, expect, write)
         return eh.size
 
-    def content(self, oid: bytes, expect: str | None = "blob", offset: int | None = None):
+    def content(self, oid: bytes, expect: str | None = "blob", offset: int | None = None
+                ) -> bytes | BinaryIO:
         """The content of `oid`, checked before it is returned: as bytes when
         it is built whole (up to STREAM_THRESHOLD, or a delta's result up to
         that), else as a temporary file positioned at its start, which the
@@ -441,7 +451,8 @@ class Store:
         first = (eh, buf) if eh.size <= self.max_object_size else None
         return self._object_at(oid, expect, offset, crc, first)[1]
 
-    def _spooled(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None,
+    def _spooled(self, oid: bytes, offset: int, crc: int | None, where: str | _Where,
+                 eh: EntryHeader, buf: bytes, expect: str | None,
                  write: Callable[[bytes], object]) -> None:
         """Stream a large entry through `spool_entry`'s file: written out
         only once its id is proven."""
@@ -452,7 +463,8 @@ class Store:
                     break
                 write(piece)
 
-    def spool_entry(self, oid: bytes, offset: int, crc, where, eh, buf, expect: str | None):
+    def spool_entry(self, oid: bytes, offset: int, crc: int | None, where: str | _Where,
+                    eh: EntryHeader, buf: bytes, expect: str | None) -> BinaryIO:
         """A temporary file holding a large entry's content, hashed (and its
         type and size checked) on the way in, positioned at its start: the
         one copy both the hash and every later read see (reading the device
@@ -496,7 +508,8 @@ class Store:
         self.stream_object(oid, add, "blob", offset)  # read whole, or a large delta piece by piece
         return count
 
-    def _stream_delta(self, oid: bytes, offset: int, crc: int | None, where, eh, buf,
+    def _stream_delta(self, oid: bytes, offset: int, crc: int | None, where: str | _Where,
+                      eh: EntryHeader, buf: bytes,
                       expect: str | None, write: Callable[[bytes], object]) -> int:
         """Write a large delta's result without building it.
 
@@ -519,6 +532,7 @@ class Store:
         if declared > self.max_lookup_bytes:
             raise self._too_much_work(declared, 1, where)
         if eh.type == OBJ_OFS_DELTA:
+            assert eh.base_distance is not None  # an OFS_DELTA's header has one
             bpos = offset - eh.base_distance
             if bpos < self.pack_start:
                 raise DamagedImage(f"OFS_DELTA base {eh.base_distance} bytes back is "
@@ -530,6 +544,7 @@ class Store:
                 if bcrc is None:
                     raise DamagedImage("delta base is not an entry the IDX lists", bwhere)
         else:
+            assert eh.base_id is not None  # a REF_DELTA's header has one
             found = self.locate(eh.base_id)
             if found is None:
                 raise DamagedImage(f"REF_DELTA base {eh.base_id.hex()} is not in the image",
@@ -578,7 +593,8 @@ class Store:
         typ = self._stream_checked(oid, offset, crc, where, eh, buf, expect, keep, limit)
         return typ, bytes(head), eh.size
 
-    def _stream_checked(self, oid: bytes, offset: int, crc, where, eh, buf,
+    def _stream_checked(self, oid: bytes, offset: int, crc: int | None, where: str | _Where,
+                        eh: EntryHeader, buf: bytes,
                         expect: str | None, consume: Callable[[bytes], object],
                         stop: int | None = None) -> str:
         """Inflate a whole entry through `consume`, checking its type and, with
@@ -604,7 +620,8 @@ class Store:
                                f"{h.hexdigest()}", where)
         return typ
 
-    def _entry_header(self, pos: int, where: str, max_size: int | None = -1):
+    def _entry_header(self, pos: int, where: str | _Where, max_size: int | None = -1
+                      ) -> tuple[EntryHeader, bytes]:
         """Parse the entry header at `pos`; return it with the bytes read.
 
         Its declared size is limited by `max_object_size` unless `max_size`
@@ -625,8 +642,8 @@ class Store:
                                f"{room} bytes left in the pack could hold", where)
         return eh, buf
 
-    def _inflate_entry(self, pos: int, eh, buf: bytes, crc: int | None,
-                       where: str) -> tuple[bytes, int]:
+    def _inflate_entry(self, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
+                       where: str | _Where) -> tuple[bytes | bytearray, int]:
         """Inflate an entry's data to exactly its declared size; check its
         CRC-32 when known. `buf` holds the entry's first bytes (header
         included). Returns (data, entry length in the pack).
@@ -681,8 +698,8 @@ class Store:
         # hand out (a delta base or a streamed object is never copied).
         return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
 
-    def _inflate_rest(self, pos: int, buf: bytes, z, head: bytes, size: int,
-                      crc: int | None, where, start: int | None = None
+    def _inflate_rest(self, pos: int, buf: bytes, z: _Decompress | None, head: bytes,
+                      size: int, crc: int | None, where: str | _Where, start: int | None = None
                       ) -> tuple[bytes, int] | None:
         """The rest of an entry of up to INFLATE_STEP bytes whose stream is
         longer than its first read: one more read, as long as deflate's
@@ -704,6 +721,7 @@ class Store:
             return None
         more = self.pread(at, want)
         if z is None:  # the whole stream, from its first byte
+            assert start is not None  # given with no `z`
             z = zlib.decompressobj()
             more = buf[start:] + more
         else:
@@ -722,12 +740,13 @@ class Store:
         self.objects_inflated += 1
         return (head + rest) if head else rest, start + used
 
-    def _check_cached_crc(self, pos: int, length: int, crc: int, where: str) -> None:
+    def _check_cached_crc(self, pos: int, length: int, crc: int, where: str | _Where) -> None:
         data = self.pread(pos, length)
         if len(data) != length or zlib.crc32(data) != crc:
             raise DamagedImage("entry CRC-32 is not the IDX's", where)
 
-    def _cache_get(self, pos: int, crc: int | None, where: str):
+    def _cache_get(self, pos: int, crc: int | None, where: str | _Where
+                   ) -> tuple[str, bytes | bytearray] | None:
         hit = self._cache.get(pos)
         if hit is None:
             return None
@@ -738,7 +757,7 @@ class Store:
             self._cache[pos] = (typ, data, length, crc)
         return typ, data
 
-    def _cache_put(self, pos: int, typ: str, data: bytes, length: int,
+    def _cache_put(self, pos: int, typ: str, data: bytes | bytearray, length: int,
                    checked: int | None) -> None:
         size = len(data)
         if size > self.cache_bytes // 2:
@@ -756,13 +775,14 @@ class Store:
         self._cache.clear()
         self._cached_bytes = 0
 
-    def _too_much_work(self, work: int, depth: int, where) -> LimitExceeded:
+    def _too_much_work(self, work: int, depth: int, where: str | _Where) -> LimitExceeded:
         return LimitExceeded(f"building this object (a chain of {depth} deltas) takes more "
                              f"than {self.max_lookup_bytes} bytes of work", where,
                              "max_lookup_bytes")
 
     def _read_at(self, pos: int, crc: int | None, oid: bytes | None = None,
-                 first=None) -> tuple[str, bytes]:
+                 first: tuple[EntryHeader, bytes] | None = None
+                 ) -> tuple[str, bytes | bytearray]:
         """Decode the entry at absolute offset `pos`, resolving its delta chain.
         `first`: (header, first bytes) of the entry at `pos`, already read."""
         where = _where(pos, oid)
@@ -771,7 +791,8 @@ class Store:
             self._last_work, self._last_depth = len(hit[1]), 0
             return hit
         crc_at = self._crc_at
-        chain = []  # (offset, entry header, crc) of the deltas, outermost first
+        # (offset, entry header, first bytes, crc, where) of the deltas, outermost first
+        chain: list[tuple[int, EntryHeader, bytes, int | None, str | _Where]] = []
         seen = set()
         cur, cur_crc, cur_where = pos, crc, where
         while True:
@@ -806,13 +827,14 @@ class Store:
                 raise DamagedImage(f"delta chain deeper than {self.max_delta_depth}", where)
             chain.append((cur, eh, buf, cur_crc, cur_where))
             if eh.type == OBJ_OFS_DELTA:
+                assert eh.base_distance is not None  # an OFS_DELTA's header has one
                 nxt = cur - eh.base_distance
                 if nxt < self.pack_start:
                     raise DamagedImage(f"OFS_DELTA base {eh.base_distance} bytes back is "
                                        "before the start of the pack", cur_where)
                 cur, cur_crc, cur_where = nxt, None, _Where(nxt, None, "delta base at ")
             else:
-                assert eh.type == OBJ_REF_DELTA
+                assert eh.type == OBJ_REF_DELTA and eh.base_id is not None
                 found = self.locate(eh.base_id)
                 if found is None:
                     raise DamagedImage(f"REF_DELTA base {eh.base_id.hex()} is not in the image",

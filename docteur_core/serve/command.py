@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
         from .remote import check_remote, url_command
 
         image = check_remote(args.target, args.verify, args.commit)
-        target = shown(args.target)
+        target: str | Path = shown(args.target)
         print(f"docteur serve: {target}: commit {image.commit_hex}, {image.size} bytes "
               f"(checked with {image.requests} range "
               f"request{'' if image.requests == 1 else 's'}, {image.bytes_read} bytes)"
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
         if not _stale_socket(args.unix):
             raise ServeError(f"{args.unix} already exists (another server's socket?)")
         args.unix.unlink()
-    if not is_http_url(args.target) and _serves_generations(args, target):
+    if isinstance(target, Path) and _serves_generations(args, target):  # (not a URL)
         return _run_front(args, target, plugin_pin, served)
     listen = Listen(args.ip, args.port, args.unix)
 
@@ -424,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.start()
         if args.pidfile is not None:
+            assert server.proc is not None  # started
             args.pidfile.write_text(f"{server.proc.pid}\n")
         print(listen.uri, flush=True)
         print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",

@@ -32,6 +32,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .. import children
 from ..errors import DocteurError
@@ -106,7 +107,7 @@ class Front:
 
     generations: Generations
     sockets: list[socket.socket]
-    log: object = None  # a text stream for what happens (None: quiet)
+    log: TextIO | None = None  # a text stream for what happens (None: quiet)
 
     def __post_init__(self) -> None:
         self._children: list = []
@@ -126,8 +127,10 @@ class Front:
                 selector.register(sock, selectors.EVENT_READ)
             while True:
                 for key, _ in selector.select(REAP_INTERVAL):
+                    listening = key.fileobj
+                    assert isinstance(listening, socket.socket)  # only `sockets` are registered
                     try:
-                        conn, _ = key.fileobj.accept()
+                        conn, _ = listening.accept()
                     except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                         continue
                     self.serve(conn)

@@ -79,6 +79,7 @@ def check_image(device: BlockDevice, level: str = "quick") -> ImageInfo:
     if not report.ok or report.regions is None:
         raise ImageRejected(report.problem_lines())
     pack_end, idx_offset, idx_end = report.regions
+    assert report.commit is not None  # an image that checked out names its commit
     return ImageInfo(size, report.commit, report.tree, max(report.block_sizes),
                      zero_extents(size, pack_end, idx_offset, idx_end, report.path_index))
 

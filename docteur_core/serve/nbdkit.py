@@ -14,8 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import children
 from ..errors import DocteurError
@@ -172,7 +174,8 @@ class Server:
     takes it first).
     """
 
-    def __init__(self, argv_for, listen: Listen, timeout: float = 60.0,
+    def __init__(self, argv_for: Callable[[Listen, Path], list[str]], listen: Listen,
+                 timeout: float = 60.0,
                  env: dict[str, str] | None = None) -> None:
         """`argv_for(listen, pidfile)` gives the command line to run; `env`
         nbdkit's environment (None: this one's)."""
@@ -180,7 +183,7 @@ class Server:
         self.env = env
         self.listen = listen
         self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._tmp: WorkFolder | None = None
 
     @property
@@ -208,11 +211,13 @@ class Server:
 
     def _try_start(self) -> str | None:
         """None once nbdkit listens, else what nbdkit said when it gave up."""
-        pidfile = Path(self._tmp.name) / f"nbdkit-{time.monotonic_ns()}.pid"
-        with open(Path(self._tmp.name) / "nbdkit.err", "w+b") as errors:
+        tmp = self._tmp
+        assert tmp is not None  # made by start()
+        pidfile = Path(tmp.name) / f"nbdkit-{time.monotonic_ns()}.pid"
+        with open(Path(tmp.name) / "nbdkit.err", "w+b") as errors:
             self.proc = children.start(self.argv_for(self.listen, pidfile), error=ServeError,
                                        hint=PACKAGES, stdout=subprocess.DEVNULL, stderr=errors,
-                                       env=self.env, pass_fds=(self._tmp.lock_fd,))
+                                       env=self.env, pass_fds=(tmp.lock_fd,))
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
                 if pidfile.exists() and pidfile.stat().st_size:
@@ -224,13 +229,14 @@ class Server:
                 time.sleep(0.02)
         raise ServeError(f"nbdkit did not start within {self.timeout:.0f} s")
 
-    def wait(self, log=None) -> int:
+    def wait(self, log: BinaryIO | None = None) -> int:
         """Until nbdkit exits; what it logs meanwhile (a refused client, a
         replaced image) is copied to `log` (a binary stream) as it comes."""
         if self.proc is None:
             return 0
         if log is None:
             return self.proc.wait()
+        assert self._tmp is not None  # made with the process
         with open(Path(self._tmp.name) / "nbdkit.err", "rb") as errors:
             errors.seek(0, os.SEEK_END)  # start-up messages were dealt with
             try:
@@ -261,7 +267,7 @@ class Server:
     def __enter__(self) -> "Server":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

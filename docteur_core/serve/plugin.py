@@ -122,6 +122,7 @@ except ImportError:  # run as a plain script: only --help makes sense
 import errno
 import stat
 import threading
+from typing import Any
 
 from docteur_core import __version__
 from docteur_core.errors import DocteurError
@@ -155,7 +156,7 @@ _REPEATABLE = ("verify", "thread_model")
 # (dev, ino, size, mtime_ns, ctime_ns) -> (level, ImageInfo) of images already
 # checked, at the strongest level so far: the start-up `full` check covers
 # the `quick` one each connection asks for.
-_checked = {}
+_checked: dict[tuple[int, ...], tuple[str, imagecheck.ImageInfo]] = {}
 _checked_lock = threading.Lock()
 
 
@@ -208,7 +209,7 @@ def _file_key(st):
 
 
 # With pin=true: the key of the image checked at start-up.
-_pinned = {}
+_pinned: dict[str, tuple[int, ...]] = {}
 
 
 def _check_fd(fd, path, level):
@@ -353,7 +354,7 @@ def list_exports(readonly, is_tls):
 
 # With url=: the one HttpDevice every connection reads through (it has its
 # own lock), and what its header says.
-_remote = {}
+_remote: dict[str, Any] = {}  # "device", "info", "shown"
 
 
 def _open_url(url):

@@ -115,6 +115,7 @@ def check_remote(url: str, level: str = "quick", commit: str | None = None) -> R
             if not report.ok:
                 raise ImageRejected(report.problem_lines())
             found, tree = report.commit, report.tree
+            assert found is not None  # an image that checked out names its commit
             check_commit(found, pin, pinned_by, shown(url))
         else:
             header = check_header(ByteReader(device).pread, size)

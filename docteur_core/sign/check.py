@@ -21,7 +21,7 @@ from ..format.signed import (BAD, GOOD, NONE, UNKNOWN, SignatureInfo, committer_
 from . import ssh
 
 
-def readable_signers(allowed_signers: str | os.PathLike) -> str:
+def readable_signers(allowed_signers: str | os.PathLike[str]) -> str:
     """The allowed signers file's path if it can be read (and ssh-keygen is
     there): checked before any work, a one-line DocteurError otherwise."""
     path = os.path.expanduser(os.fspath(allowed_signers))
@@ -52,7 +52,7 @@ def _principal_and_key(line: str) -> tuple[str | None, str | None]:
     return principal, key
 
 
-def signature_info(raw_commit: bytes, allowed_signers: str | os.PathLike | None = None
+def signature_info(raw_commit: bytes, allowed_signers: str | os.PathLike[str] | None = None
                    ) -> SignatureInfo:
     """What the commit's signature is: NONE, GOOD (principal, key), BAD, or
     UNKNOWN (signed, signer not checked: no `allowed_signers`, a key it does
@@ -67,6 +67,7 @@ def signature_info(raw_commit: bytes, allowed_signers: str | os.PathLike | None 
                              "signatures are checked")
     allowed = readable_signers(allowed_signers)
     payload, signature = split_signed(raw_commit)
+    assert signature is not None  # describe found it (NONE is answered above)
     when = ssh.verify_time(committer_time(payload))
 
     def run(sig_path: str) -> SignatureInfo:
@@ -90,7 +91,8 @@ def signature_info(raw_commit: bytes, allowed_signers: str | os.PathLike | None 
     return ssh.with_signature_file(signature, run)
 
 
-def refusal(info: SignatureInfo, commit_hex: str, allowed_signers) -> str | None:
+def refusal(info: SignatureInfo, commit_hex: str,
+            allowed_signers: str | os.PathLike[str]) -> str | None:
     """Why a commit with this signature is refused under `allowed_signers`
     (the text of a WrongCommit), or None when it is accepted."""
     if info.state == GOOD:
@@ -103,7 +105,7 @@ def refusal(info: SignatureInfo, commit_hex: str, allowed_signers) -> str | None
     return f"commit {commit_hex}: {what}" + (f" ({detail})" if detail else "")
 
 
-def check_signature(raw_commit: bytes, allowed_signers: str | os.PathLike) -> str:
+def check_signature(raw_commit: bytes, allowed_signers: str | os.PathLike[str]) -> str:
     """The principal `allowed_signers` names for the commit's signer; a
     one-line WrongCommit when the commit is unsigned, signed by a key the
     file does not list, or its signature does not hold. A missing

@@ -19,7 +19,7 @@ from ..format.signed import add_signature, split_signed
 from . import ssh
 
 
-def key_path(key: str | os.PathLike) -> str:
+def key_path(key: str | os.PathLike[str]) -> str:
     """KEY as ssh-keygen gets it: `~` expanded (as git's user.signingKey), and
     readable, or a one-line DocteurError."""
     path = os.path.expanduser(os.fspath(key))
@@ -31,7 +31,7 @@ def key_path(key: str | os.PathLike) -> str:
     return path
 
 
-def check_key(key: str | os.PathLike) -> str:
+def check_key(key: str | os.PathLike[str]) -> str:
     """Before any work: KEY is a readable SSH key and ssh-keygen is there.
     Returns 'TYPE key SHA256:...' (what `verify` will report)."""
     path = key_path(key)
@@ -40,7 +40,7 @@ def check_key(key: str | os.PathLike) -> str:
     return described
 
 
-def sign_commit(payload: bytes, key: str | os.PathLike) -> bytes:
+def sign_commit(payload: bytes, key: str | os.PathLike[str]) -> bytes:
     """The commit object `payload` (unsigned) signed by `key`: a private key
     file, or a public key whose private half is in ssh-agent."""
     _, existing = split_signed(payload)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import WrongCommit
 from ..format.pack import object_id
 from .check import check_signature, readable_signers
 
+if TYPE_CHECKING:
+    from ..reader.image import Image
 
-def check_image(image, allowed_signers: str | os.PathLike) -> str:
+
+def check_image(image: Image, allowed_signers: str | os.PathLike[str]) -> str:
     """The principal who signed the commit of `image` (an open
     `reader.image.Image`), or WrongCommit (unsigned, unknown key, bad
     signature). The commit's bytes are hashed against the header's id here,

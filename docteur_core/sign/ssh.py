@@ -27,9 +27,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from .. import children
 from ..errors import DocteurError
+
+_T = TypeVar("_T")
 
 PROGRAM = "ssh-keygen"
 NAMESPACE = "git"
@@ -132,7 +136,7 @@ def usable_without_passphrase(key: str) -> None:
                            "key must be in ssh-agent, named by its public key)")
 
 
-def with_signature_file(signature: bytes, work):
+def with_signature_file(signature: bytes, work: Callable[[str], _T]) -> _T:
     """`work(path)` with `signature` in a temporary file named `path`."""
     with tempfile.TemporaryDirectory(prefix="docteur-sig-") as tmp:
         path = os.path.join(tmp, "signature")

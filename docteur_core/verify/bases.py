@@ -13,7 +13,7 @@ import zlib
 
 from ..format import layout, pack
 from ..errors import DamagedImage, LimitExceeded
-from .state import MAX_DELTA_DEPTH, State, Unresolvable, at_offset
+from .state import MAX_DELTA_DEPTH, ObjectBytes, State, Unresolvable, at_offset
 from .stream import Stream
 
 
@@ -79,7 +79,7 @@ class Bases(State):
         if hit is not None:
             self.cached -= len(hit[1])
 
-    def _keep(self, pos: int, oid: bytes | None, kind: int, data: bytes) -> None:
+    def _keep(self, pos: int, oid: bytes | None, kind: int, data: ObjectBytes) -> None:
         """Cache an object the plan says deltas will need (any, without a plan)."""
         big = len(data) > self.cache_bytes // 4
         if self.planned:
@@ -97,7 +97,7 @@ class Bases(State):
             return
         self._cache_put(pos, kind, data)
 
-    def _cache_put(self, pos: int, kind: int, data: bytes) -> None:
+    def _cache_put(self, pos: int, kind: int, data: ObjectBytes) -> None:
         cache = self.cache
         if pos in cache:
             cache.move_to_end(pos)
@@ -112,7 +112,9 @@ class Bases(State):
 
     def _inflate_entry(self, pos: int) -> bytes:
         """Inflate the (already scanned) entry at `pos` again, from the device."""
-        kind, hlen, clen, size, _ = self._info(pos)
+        rec = self._info(pos)
+        assert rec is not None  # called for entries the scan recorded
+        kind, hlen, clen, size, _ = rec
         raw = self._read(pos + hlen, clen)
         try:
             data = zlib.decompressobj().decompress(raw, size + 1)
@@ -122,13 +124,13 @@ class Bases(State):
             raise DamagedImage("entry changed between two reads", at_offset(pos))
         return data
 
-    def _object_at(self, pos: int) -> tuple[int, bytes]:
+    def _object_at(self, pos: int) -> tuple[int, ObjectBytes]:
         """The object at `pos`: from the cache, else rebuilt from the device."""
         hit = self.cache.get(pos)
         if hit is not None:
             self.cache.move_to_end(pos)
             return hit
-        if pos == self.big_pos:
+        if pos == self.big_pos and self.big is not None:  # (set together)
             return self.big
         self.stats["cache_misses"] += 1
         chain = []
@@ -150,11 +152,10 @@ class Bases(State):
             chain.append(o)
             if len(chain) > MAX_DELTA_DEPTH:
                 raise DamagedImage(f"delta chain deeper than {MAX_DELTA_DEPTH}", at_offset(pos))
-            base = rec[4]
-            if isinstance(base, bytes):
-                base = self.by_id.get(base)
-                if base is None:
-                    raise Unresolvable(o)
+            ref = rec[4]  # its base's offset (OFS_DELTA) or id (REF_DELTA)
+            base = self.by_id.get(ref) if isinstance(ref, bytes) else ref
+            if base is None:
+                raise Unresolvable(o)
             o = base
         # A miss rebuilds a chain: bounded as a reader's lookup is.
         work = len(data)

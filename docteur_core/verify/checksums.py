@@ -37,7 +37,8 @@ class Checksums(State):
             self.pack_sha = sha1_of(self.device, layout.PACK_OFFSET, t)
         stored = self.reader.pread(t, layout.SHA1_SIZE)
         self.pack_intact = stored == self.pack_sha
-        copy = self.idx_bytes[-40:-20] if self.idx_bytes is not None else None
+        idx_bytes, idx_end = self.idx_bytes, self.idx_end
+        copy = idx_bytes[-40:-20] if idx_bytes is not None else None
         if stored != self.pack_sha:
             if copy is not None and copy == self.pack_sha:
                 self.problem(R_PACK_TRAILER, at_offset(t), "pack trailer differs from the pack's "
@@ -46,8 +47,9 @@ class Checksums(State):
                 self.problem(R_PACK_TRAILER, at_offset(t), f"the pack's SHA-1 is "
                              f"{hex_id(self.pack_sha)}, its trailer says {hex_id(stored)}")
         if copy is not None:
+            assert idx_end is not None  # set with the bytes
             self.check("idx-pack-checksum")
             if copy != stored and stored == self.pack_sha:
-                self.problem(R_IDX_CHECKSUMS, at_offset(self.idx_end - 40),
+                self.problem(R_IDX_CHECKSUMS, at_offset(idx_end - 40),
                              f"IDX copy of the pack checksum {hex_id(copy)} differs from the "
                              f"pack's {hex_id(stored)}")

@@ -23,10 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import options
 from ..errors import DocteurError, WrongCommit
 from .report import R_IMAGE
+
+if TYPE_CHECKING:
+    from ..blockdev.block import BlockDevice
+    from .report import Report
 
 # How the verifier's report starts when the file is no image (format/layout.py's rule).
 NOT_AN_IMAGE = f"{R_IMAGE}: not a docteur image"
@@ -75,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_limit_arguments(parser, ("max_object_size", "max_paths"))
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """`value` with every string valid UTF-8: a name's bytes that are not
     (kept as surrogates by `decode_name`) become `\\xNN` escapes, as Python
     shows them, so the report is valid JSON whatever the tree names hold."""
@@ -110,7 +116,7 @@ def ocaml_quoted(text: str) -> str:
     return "".join(out)
 
 
-def render(report) -> str:
+def render(report: Report) -> str:
     """The text the OCaml `docteur.verify` prints for an intact image."""
     lines = [f"commit\t: {report.commit}"]
     if report.author is not None:
@@ -140,7 +146,7 @@ class _Counting:
     so it may pass the image's size and is shown without a percentage.
     """
 
-    def __init__(self, device, progress) -> None:
+    def __init__(self, device: BlockDevice, progress: Callable[[str], None]) -> None:
         from ..progress import Throttle
 
         self.device = device
@@ -184,8 +190,10 @@ def run(args: argparse.Namespace) -> int:
         device = open_device(args.image, pinned=commit is not None)
     progress = for_stderr(sys.stderr, quiet=args.quiet)
     try:
-        report = verify_image(device if progress is None else _Counting(device, progress),
-                              quick=args.quick, max_object_size=args.max_object_size,
+        checked: BlockDevice = device
+        if progress is not None:
+            checked = _Counting(device, progress)
+        report = verify_image(checked, quick=args.quick, max_object_size=args.max_object_size,
                               max_paths=args.max_paths, commit=commit,
                               allowed_signers=args.allowed_signers)
     except WrongCommit as exc:

@@ -33,12 +33,13 @@ class IdxCheck(State):
             if self.idx is None:
                 self.problem(R_IDX_HEADER, "", "no IDX found: it was not checked")
             return
-        base = self.idx_offset
-        count = self.idx_count
+        base, count, end, idx = self.idx_offset, self.idx_count, self.idx_end, self.idx
+        # _load_idx sets them all with the bytes
+        assert base is not None and count is not None and end is not None and idx is not None
         self.check("idx-checksum")
         own = hashlib.sha1(memoryview(data)[:-20]).digest()
         if own != data[-20:]:
-            self.problem(R_IDX_CHECKSUMS, at_offset(self.idx_end - 20),
+            self.problem(R_IDX_CHECKSUMS, at_offset(end - 20),
                          f"the IDX's SHA-1 is {hex_id(own)}, its trailer says {hex_id(data[-20:])}")
         names_at = idxmod.HEAD_SIZE
         names = data[names_at:names_at + 20 * count]
@@ -58,7 +59,7 @@ class IdxCheck(State):
         for b in firsts:
             counts[b] += 1
         total = 0
-        fanout = self.idx.fanout
+        fanout = idx.fanout
         for b in range(256):
             total += counts[b]
             if fanout[b] != total and not (b == 255 and fanout[b] != count):
@@ -142,7 +143,7 @@ class IdxCheck(State):
                              f"object {hex_id(self.oid.get(pos, b''))} "
                              "of the pack is not listed in the IDX")
 
-    def _idx_matches_fast(self, names: bytes, crcs: array, offs: array) -> bool:
+    def _idx_matches_fast(self, names: bytes, crcs: array[int], offs: array[int]) -> bool:
         """The common case in a few C-speed passes: every entry agrees with the pack.
 
         Every IDX entry's id and CRC must be what the scan computed at its
@@ -169,7 +170,7 @@ class IdxCheck(State):
         return True
 
 
-    def _rest_matches(self, names: bytes, crcs: array) -> bool:
+    def _rest_matches(self, names: bytes, crcs: array[int]) -> bool:
         """`_idx_matches_fast` when the fast lane took most entries.
 
         Those agreed with their rows as they were scanned; the others
@@ -178,6 +179,7 @@ class IdxCheck(State):
         is every row once.
         """
         offs, rows, lane = self.entry_offsets, self.entry_rows, self.lane_hlen
+        assert rows is not None and lane is not None  # only called with a lane
         oid, crc = self.oid, self.crc
         for pos in self.starts:
             k = bisect_left(offs, pos)
@@ -193,7 +195,7 @@ class IdxCheck(State):
 _SLICE = 4096
 
 
-def _u32_column(data: bytes, at: int, count: int) -> array:
+def _u32_column(data: bytes, at: int, count: int) -> array[int]:
     """`count` big-endian 32-bit numbers from `at`, as an array."""
     column = array("I", data[at:at + 4 * count])
     if sys.byteorder == "little":

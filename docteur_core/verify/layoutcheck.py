@@ -13,7 +13,8 @@ import struct
 from ..format import idx as idxmod
 from ..format import layout
 from .report import R_HEADER, R_IMAGE, R_PADDING
-from .state import READ_CHUNK, State, Stop, at_offset, hex_id
+from .state import State, Stop, at_offset, hex_id
+from .stream import READ_CHUNK
 
 
 class LayoutChecks(State):

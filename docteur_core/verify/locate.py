@@ -112,25 +112,27 @@ class Locate(State):
         own SHA-1 matches, its copy of the pack checksum sits just before the
         IDX, its end leaves a block's worth of padding at most.
         """
-        n_idx, n_pack = self.idx_count, self.pack_count
-        candidates = [n_idx] if n_pack in (None, n_idx) else [n_idx, n_pack]
+        n_idx, n_pack, base = self.idx_count, self.pack_count, self.idx_offset
+        assert n_idx is not None and base is not None  # called once the IDX is loaded
+        candidates = [n_idx] if n_pack is None or n_pack == n_idx else [n_idx, n_pack]
         best = None
         for n in candidates:
             if not self._idx_tables(n):
                 continue
-            data = self.idx_bytes
+            data, end = self.idx_bytes, self.idx_end
+            assert data is not None and end is not None  # what _idx_tables sets
             own_ok = hashlib.sha1(memoryview(data)[:-20]).digest() == data[-20:]
             copy_found = layout.locate_pack_trailer(
-                self._read, self.idx_offset, self.capacity, data[-40:-20])[0] is not None
-            largest = layout.largest_block_size(self.idx_offset, self.capacity)
-            fits = 1 <= self.capacity - self.idx_end <= largest
+                self._read, base, self.capacity, data[-40:-20])[0] is not None
+            largest = layout.largest_block_size(base, self.capacity)
+            fits = 1 <= self.capacity - end <= largest
             score = (own_ok, copy_found, fits, n == n_idx)
             if best is None or score > best[0]:
                 best = (score, n)
-        fanout_at = at_offset(self.idx_offset + layout.IDX_HEADER_SIZE + 4 * 255)
+        fanout_at = at_offset(base + layout.IDX_HEADER_SIZE + 4 * 255)
         if best is None:
             if n_idx == n_pack:
-                need = self.idx_offset + idxmod.HEAD_SIZE + 28 * n_idx + 2 * layout.SHA1_SIZE
+                need = base + idxmod.HEAD_SIZE + 28 * n_idx + 2 * layout.SHA1_SIZE
                 self.problem(R_IMAGE, at_offset(self.capacity),
                              f"image is truncated: its IDX of {n_idx} objects needs at least "
                              f"{need} bytes, the image has {self.capacity}")

@@ -68,7 +68,7 @@ class PathIndexCheck(State):
         try:
             sup = pix.parse_super(data, cap)
         except DamagedImage as exc:
-            self.problem(R_PATH_INDEX, exc.where or "", exc.what)
+            self.problem(R_PATH_INDEX, str(exc.where or ""), exc.what)
             self.pix_damaged_super = True
             # Still keep the original layout's checks off the region: take
             # its start from the super block if it looks like one.
@@ -85,6 +85,7 @@ class PathIndexCheck(State):
         if sup is None:
             return
         full = self.pix_full_size
+        assert full is not None  # set with pix_super
         where = at_offset(full - pix.SUPER_SIZE)
         if sup.commit != self.commit_id:
             self.problem(R_PATH_INDEX, where, f"bound to commit {sup.commit.hex()}, the header "
@@ -168,6 +169,7 @@ class PathIndexCheck(State):
         area = full - pix.SUPER_SIZE - sup.nodes_start
         pack_start = 28 + 12
         names = self.idx_bytes
+        assert names is not None  # the records are compared once the IDX is read
         count = self.idx_count or 0
         by_id = self.by_id
         pages: dict[tuple[int, int], bytes] = {}
@@ -220,7 +222,7 @@ class PathIndexCheck(State):
                 rows = pix.decode_record(page_of(ref), ref.inner, ref, area, len(sup.inline),
                                          count, pack_start, sup.pack_end, page_where(ref))
             except DamagedImage as exc:
-                raise _Differs(exc.where or "", exc.what) from None
+                raise _Differs(str(exc.where or ""), exc.what) from None
             checked[ref] = tid
             if root_count is None:
                 root_count = len(entries)
@@ -238,7 +240,8 @@ class PathIndexCheck(State):
                     what = f"names {row.name!r} ({row.mode:o}), the tree {name!r} ({mode:o})"
                 elif mode == objects.MODE_GITLINK:
                     if row.gitlink != oid:
-                        what = f"{name!r}: submodule {row.gitlink.hex()}, the tree {oid.hex()}"
+                        shown = (row.gitlink or b"").hex()
+                        what = f"{name!r}: submodule {shown}, the tree {oid.hex()}"
                 else:
                     at = idxmod.HEAD_SIZE + 20 * row.position
                     if names[at:at + 20] != oid:
@@ -267,11 +270,11 @@ class PathIndexCheck(State):
         if pos != area:
             raise _Differs(at_offset(sup.nodes_start + pos),
                            "bytes after the last page referenced")
-        for name, have, want in (("trees", sup.records, len(checked)),
+        for counted, have, want in (("trees", sup.records, len(checked)),
                                  ("paths", sup.paths, min(paths[root], (1 << 64) - 1)),
                                  ("root's entries", sup.root_count, root_count)):
             if have != want:
-                raise _Differs(where, f"says {have} {name}, the trees give {want}")
+                raise _Differs(where, f"says {have} {counted}, the trees give {want}")
 
 
 class _Unchecked(Exception):

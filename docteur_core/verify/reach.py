@@ -18,7 +18,8 @@ from ..format import layout, limits, objects, pack
 from ..errors import DamagedImage
 from ..reader.store import Store
 from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS
-from .state import COMMIT_HEAD, MAX_SHOWN_MESSAGE, State, at_offset, hex_id
+from ..reader.commands import MAX_SHOWN_MESSAGE
+from .state import COMMIT_HEAD, State, at_offset, hex_id
 from .stream import READ_CHUNK
 
 
@@ -48,8 +49,8 @@ class Reach(State):
         """Quick mode has no scan: look the commit up through the IDX."""
         if self.idx is None or self.idx_bytes is None or self.commit_id is None:
             return
-        data = self.idx_bytes
-        pread = lambda off, n: data[off - self.idx_offset:off - self.idx_offset + n]
+        idx_bytes, base = self.idx_bytes, self.idx.base
+        pread = lambda off, n: idx_bytes[off - base:off - base + n]
         try:
             rel = idxmod.lookup(pread, self.idx, self.commit_id)
         except DamagedImage:
@@ -59,12 +60,12 @@ class Reach(State):
                          "header is not in the IDX")
             return
         pos = rel + layout.PACK_OFFSET
-        limit = self.trailer_at or self.idx_offset
+        limit = self.trailer_at or self.idx.base
         try:
             eh = pack.parse_entry_header(self.reader.pread(pos, pack.MAX_ENTRY_HEADER),
                                          at_offset(pos))
             kind = pack.TYPE_NAMES.get(eh.type)
-            data = None
+            data: bytes | None = None
             size = eh.size
             if kind is None:
                 # git may store the commit as a delta: the reader's store
@@ -177,12 +178,14 @@ class Reach(State):
         trail = Trail()  # a directory's path is spelled only for a problem
         stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
         # Parsed entries of the directories being walked only (state 0 to 1).
-        open_trees: dict[bytes, list] = {}
+        open_trees: dict[bytes, list[tuple[int, bytes, bytes]] | tuple[()]] = {}
         entries_of = self._tree_entries
         # Type of an object by id (None if absent): `_typed`, inlined, as
         # the walk asks it of every entry of every tree.
         by_id, otype = self.by_id, self.otype
-        typed = lambda oid: otype.get(by_id.get(oid, -1))
+
+        def typed(oid: bytes) -> int | None:
+            return otype.get(by_id.get(oid, -1))
         blob_sizes = self.blob_sizes
         while stack:
             tid, at, state = stack.pop()
@@ -217,7 +220,8 @@ class Reach(State):
                     if None not in sizes:
                         reached.update(oids)
                         ln = modes.count(objects.MODE_LINK)
-                        memo[tid] = (len(oids) - ln, ln, 0, 0, sum(sizes))
+                        # (no None among them, just checked: mypy cannot narrow a list)
+                        memo[tid] = (len(oids) - ln, ln, 0, 0, sum(sizes))  # type: ignore[arg-type]
                         continue
             f = ln = g = d = nbytes = 0
             for mode, oid, name in entries:

@@ -10,7 +10,7 @@ nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..format import objects
 
@@ -106,8 +106,8 @@ class Report:
             lines.append(f"{R_OBJECTS}: {self.hidden_warnings} more warnings not shown")
         return lines
 
-    def to_json(self) -> dict:
-        def sig(s: objects.Signature | None) -> dict | None:
+    def to_json(self) -> dict[str, Any]:
+        def sig(s: objects.Signature | None) -> dict[str, Any] | None:
             if s is None:
                 return None
             return {"name": s.name, "email": s.email, "time": s.time,

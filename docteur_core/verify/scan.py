@@ -23,9 +23,11 @@ from ..format import layout, objects, pack
 from ..format.limits import INFLATE_STEP
 from ..errors import DamagedImage
 from .report import R_DELTA_DATA, R_OBJ_DATA, R_OBJ_HEADER, R_OBJECTS, R_PACK_HEADER
-from .state import (COMMIT_HEAD, MAX_DELTA_DEPTH, MAX_PROBLEMS_PER_REGION, OBJ_HEADER,
-                    STREAM_THRESHOLD, EntryError, State, Unresolvable, at_offset,
+from .report import MAX_PROBLEMS_PER_REGION
+from .state import (COMMIT_HEAD, MAX_DELTA_DEPTH, OBJ_HEADER,
+                    STREAM_THRESHOLD, EntryError, ObjectBytes, Unresolvable, at_offset,
                     hex_id)
+from .bases import Bases
 from .stream import Stream
 
 # Entries up to this size (compressed) whose end the IDX gives are inflated
@@ -52,14 +54,15 @@ class _HeadHash:
 
     def update(self, piece: bytes) -> None:
         self._sha.update(piece)
-        if self._keep and len(self.head) < self._keep:
-            self.head += piece[:self._keep - len(self.head)]
+        head = self.head
+        if head is not None and len(head) < self._keep:
+            self.head = head + piece[:self._keep - len(head)]
 
     def digest(self) -> bytes:
         return self._sha.digest()
 
 
-class Scan(State):
+class Scan(Bases):
     """The full check's pass over every entry, and the diagnosis of damaged ones."""
 
     def _scan_pack(self) -> None:
@@ -74,7 +77,7 @@ class Scan(State):
             limit = self.trailer_at
             by_count = False
         else:
-            limit = self.idx_offset if self.idx is not None else self.capacity
+            limit = self.idx.base if self.idx is not None else self.capacity
             limit = min(limit, self.capacity) - layout.SHA1_SIZE
             by_count = True
         if self.entry_offsets:
@@ -163,7 +166,12 @@ class Scan(State):
         uses_at, remaining = self.uses_at, self.remaining
         decompressobj, crc32, sha1 = zlib.decompressobj, zlib.crc32, hashlib.sha1
         stream_limit = min(STREAM_THRESHOLD, WHOLE_ENTRY)
-        lane, rows, idx_crcs, idx = self.lane_hlen, self.entry_rows, self.idx_crcs, self.idx_bytes
+        lane = self.lane_hlen
+        if lane is not None:  # its columns come with it (`_idx_offsets_for_resync`)
+            rows, idx_crcs, idx = self.entry_rows, self.idx_crcs, self.idx_bytes
+            assert rows is not None and idx_crcs is not None and idx is not None
+        else:
+            rows, idx_crcs, idx = array("I"), array("I"), b""
         names_at = idxmod.HEAD_SIZE
         in_lane = 0
         done = 0
@@ -234,12 +242,13 @@ class Scan(State):
     def _idx_offsets_for_resync(self) -> None:
         count = self.idx_count
         data = self.idx_bytes
+        assert count is not None and data is not None  # called with the IDX loaded
         o0 = idxmod.HEAD_SIZE + 24 * count
         table = struct.unpack_from(f">{count}I", data, o0)
         large_base = idxmod.HEAD_SIZE + 28 * count
         nlarge = (len(data) - large_base - 40) // 8
         if table and max(table) & idxmod.LARGE_OFFSET_FLAG:
-            offs = []
+            offs: list[int] = []
             for v in table:
                 if v & idxmod.LARGE_OFFSET_FLAG:
                     k = v & ~idxmod.LARGE_OFFSET_FLAG
@@ -258,9 +267,9 @@ class Scan(State):
         # entry too, so that the fast lane checks an entry against its row
         # as it goes and keeps nothing of it (`_blob_run`).
         rows = sorted(range(count), key=table.__getitem__)
-        offs = array("Q", [table[r] + layout.PACK_OFFSET for r in rows])
-        self.entry_offsets = offs
-        if all(map(int.__lt__, offs, offs[1:])):  # distinct: one row per entry
+        starts = array("Q", [table[r] + layout.PACK_OFFSET for r in rows])
+        self.entry_offsets = starts
+        if all(map(int.__lt__, starts, starts[1:])):  # distinct: one row per entry
             self.entry_rows = array("I", rows)
             self.lane_hlen = bytearray(count)
             self.idx_crcs = array("I", data[idxmod.HEAD_SIZE + 20 * count:o0])
@@ -281,6 +290,7 @@ class Scan(State):
         rel = pos - s.base
         buf = s.buf
         kind = 0
+        base_ref: int | bytes | None = None
         if rel + 32 <= len(buf) and pos + 32 <= limit:
             # The header read inline (an EntryHeader per object was ~5% of a
             # verify); anything unusual is left to `parse_entry_header` below,
@@ -335,19 +345,21 @@ class Scan(State):
         stream_hash = None
         if not is_delta and size > STREAM_THRESHOLD and kind in _STREAMED:
             stream_hash = _HeadHash(kind, size)
-        data = None
+        data: bytes | None = None
         if (stream_hash is None and nxt is not None and zpos < nxt <= limit
                 and nxt - pos <= WHOLE_ENTRY and s.buf_end >= nxt):
             # (The bulk of a pack, small blobs, seldom gets here: `_blob_run`
             # takes them before this.)
             data = self._inflate_whole(s, pos, hlen, nxt, size)
-        if data is not None:
-            zpos = nxt
-        else:
+            if data is not None:
+                zpos = nxt
+        if data is None:
             data, zpos = self._inflate_stream(s, bytes(buf[rel:rel + hlen]), zpos, limit, size,
                                               stream_hash)
-        self.info[pos] = (kind, hlen, zpos - pos - hlen, size,
-                          (pos - base_ref) if kind == pack.OBJ_OFS_DELTA else base_ref)
+        # An OFS_DELTA's base by its offset (the header gave the distance
+        # back), a REF_DELTA's by its id, None for an object stored whole.
+        base_at = pos - base_ref if isinstance(base_ref, int) else base_ref
+        self.info[pos] = (kind, hlen, zpos - pos - hlen, size, base_at)
         self.starts.append(pos)
         if stream_hash is not None:
             self._finish(pos, kind, stream_hash.head, stream_hash.digest(), size)
@@ -355,8 +367,9 @@ class Scan(State):
         if not is_delta:
             self._finish(pos, kind, data)
             return zpos
-        if kind == pack.OBJ_OFS_DELTA:
-            base = pos - base_ref
+        assert data is not None  # only what is hashed as it streams is not held: no delta
+        if isinstance(base_at, int):
+            base = base_at
             if base not in self.info and self._lane_info(base) is None:
                 self.damaged.add(pos)
                 if base in self.damaged:
@@ -367,10 +380,11 @@ class Scan(State):
                                  "object before it")
                 return zpos
         else:
-            base = self.by_id.get(base_ref)
-            if base is None:
+            found = self.by_id.get(base_at) if base_at is not None else None
+            if found is None:
                 pending.append(pos)  # its base may come later: resolved after the scan
                 return zpos
+            base = found
         self._apply(pos, base, data)
         return zpos
 
@@ -396,7 +410,7 @@ class Scan(State):
         return data
 
     def _inflate_stream(self, s: Stream, hdr: bytes, zpos: int, limit: int, size: int,
-                        stream_hash) -> tuple[bytes | None, int]:
+                        stream_hash: _HeadHash | None) -> tuple[bytes | None, int]:
         """Inflate the zlib stream at `zpos` as it comes, with the CRC-32 of the entry.
 
         Returns the data (None when hashed as it inflates into `stream_hash`)
@@ -421,7 +435,7 @@ class Scan(State):
             # Hashed as it inflates: INFLATE_STEP bytes out at a time, so a
             # stream of zeros declaring gigabytes costs no memory.
             step = INFLATE_STEP if stream_hash is not None else size - have + 1
-            inp = chunk
+            inp: bytes | memoryview = chunk
             try:
                 while True:
                     out = d.decompress(inp, step)
@@ -509,7 +523,7 @@ class Scan(State):
             if hit is not None:
                 self.cache.move_to_end(base)
                 btype, bdata = hit
-            elif base == self.big_pos:
+            elif base == self.big_pos and self.big is not None:  # (set together)
                 btype, bdata = self.big
             else:
                 btype, bdata = self._object_at(base)
@@ -542,7 +556,7 @@ class Scan(State):
         self.problem(R_OBJECTS, at_offset(pos),
                      f"delta cannot be rebuilt: its base at offset {base} is damaged")
 
-    def _finish(self, pos: int, kind: int, data: bytes | None,
+    def _finish(self, pos: int, kind: int, data: ObjectBytes | None,
                 oid: bytes | None = None, size: int | None = None) -> None:
         """A whole object is known: hash it, index it, keep what later checks need.
 
@@ -552,10 +566,13 @@ class Scan(State):
         None, or the first bytes of a commit (`_HeadHash`).
         """
         if oid is None:
+            assert data is not None  # hashed here: given whole
             size = len(data)
             h = hashlib.sha1(OBJ_HEADER[kind] % size)
             h.update(data)
             oid = h.digest()
+        else:
+            assert size is not None  # hashed as it streamed: given with its size
         self.oid[pos] = oid
         self.otype[pos] = kind
         previous = self.by_id.setdefault(oid, pos)
@@ -565,6 +582,8 @@ class Scan(State):
         if kind == pack.OBJ_BLOB:
             self.blob_sizes[oid] = size
         elif kind == pack.OBJ_TREE:
+            # held whole, never streamed (_STREAMED) nor built mutable (`_apply`)
+            assert isinstance(data, bytes)
             try:
                 entries = objects.parse_tree_raw(data, f"tree {hex_id(oid)}", self.max_paths)
                 # Kept raw: its parsed entries cost ~6x its bytes, and the
@@ -581,6 +600,8 @@ class Scan(State):
                 self.trees[oid] = b""  # no entries
                 self.tree_counts[oid] = 0
         elif kind == pack.OBJ_COMMIT and oid == self.commit_id:
+            # a streamed commit keeps its head (_HeadHash); none is built mutable
+            assert isinstance(data, bytes)
             self.commit_data = data[:COMMIT_HEAD]  # the whole message is never needed
             self.commit_size = size
         if data is None or len(data) < size:
@@ -604,7 +625,7 @@ class Scan(State):
         while pending:
             progress = []
             for pos in pending:
-                base = self.by_id.get(self.info[pos][4])
+                base = self.by_id.get(self._base_id(pos))
                 if base is not None:
                     progress.append(pos)
                     try:
@@ -621,7 +642,13 @@ class Scan(State):
         for pos in pending:
             self.damaged.add(pos)
             self.problem(R_OBJ_HEADER, at_offset(pos),
-                         f"REF_DELTA base {hex_id(self.info[pos][4])} is not in the pack")
+                         f"REF_DELTA base {hex_id(self._base_id(pos))} is not in the pack")
+
+    def _base_id(self, pos: int) -> bytes:
+        """The id of the base a pending REF_DELTA at `pos` names."""
+        ref = self.info[pos][4]
+        assert isinstance(ref, bytes)  # the scan records a REF_DELTA's base by its id
+        return ref
 
     # -- blaming a damaged entry -----------------------------------------
 
@@ -663,7 +690,7 @@ class Scan(State):
             d = zlib.decompressobj()
             try:
                 budget = 64 << 20
-                chunk = memoryview(raw)[s:]
+                chunk: bytes | memoryview = memoryview(raw)[s:]
                 while True:
                     out = d.decompress(chunk, 1 << 20)
                     budget -= len(out)

@@ -38,6 +38,9 @@ DEFAULT_CACHE_BYTES = 64 << 20
 COMMIT_HEAD = limits.MAX_COMMIT_HEADER + 4 * MAX_SHOWN_MESSAGE + 4
 # "<type> <size>\0", what git hashes before an object's content.
 OBJ_HEADER = {k: f"{name} %d\0".encode() for k, name in pack.TYPE_NAMES.items()}
+# An object's bytes: a blob rebuilt from a delta stays the bytearray it was
+# built in (`pack.apply_delta(mutable=True)`: no second copy of it).
+ObjectBytes = bytes | bytearray
 
 
 class Stop(Exception):
@@ -114,8 +117,8 @@ class State:
         # row (id and CRC-32) are recorded here, by entry number k (their
         # rank in `entry_offsets`), not in `info`, `crc`, `oid`, `starts`:
         # 5 bytes an object instead of ~300 (`_info` gives their record).
-        self.entry_rows: array | None = None  # k -> IDX row (None: no lane)
-        self.idx_crcs: array | None = None  # IDX row -> CRC-32
+        self.entry_rows: array[int] | None = None  # k -> IDX row (None: no lane)
+        self.idx_crcs: array[int] | None = None  # IDX row -> CRC-32
         self.lane_hlen: bytearray | None = None  # k -> header length, 0: not in the lane
         self.lane_count = 0
         self.oid: dict[int, bytes] = {}  # offset -> computed id
@@ -139,14 +142,14 @@ class State:
         # Delta bases (bases.py): the LRU, and from the header pass how many
         # deltas use each entry (by offset, by id) and, for cached bases, how
         # many uses remain.
-        self.cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self.cache: OrderedDict[int, tuple[int, ObjectBytes]] = OrderedDict()
         self.cached = 0
         # One object too large for the LRU's share, kept beside it: the
         # last link of a chain of big objects, which the next delta of the
         # chain needs (without it each delta rebuilt the chain from its
         # base: quadratic in the chain's length).
         self.big_pos: int | None = None
-        self.big: tuple[int, bytes] | None = None
+        self.big: tuple[int, ObjectBytes] | None = None
         self.stats = {"cache_hits": 0, "cache_misses": 0, "rebuilt": 0, "peak_cached_bytes": 0}
         self.planned = False
         self.uses_at: dict[int, int] = {}
@@ -193,10 +196,12 @@ class State:
         k = bisect_left(offs, pos)
         if k + 1 >= len(offs) or offs[k] != pos or not self.lane_hlen[k]:
             return None
+        rows, idx_bytes = self.entry_rows, self.idx_bytes
+        assert rows is not None and idx_bytes is not None  # the lane is made of them
         hlen = self.lane_hlen[k]
-        r = self.entry_rows[k]
+        r = rows[k]
         at = idxmod.HEAD_SIZE + 20 * r
-        size = self.blob_sizes[self.idx_bytes[at:at + 20]]
+        size = self.blob_sizes[idx_bytes[at:at + 20]]
         return (pack.OBJ_BLOB, hlen, offs[k + 1] - pos - hlen, size, None)
 
     def _tree_entries(self, tid: bytes) -> list[objects.RawTreeEntry] | None:

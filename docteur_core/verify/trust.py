@@ -15,9 +15,15 @@ signers is given, so that the guest and the nbdkit plugin never load it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import NotAnImage, WrongCommit
 from ..format import layout
 from ..format.pack import object_id
+
+if TYPE_CHECKING:
+    from ..blockdev.block import BlockDevice
+    from .verifier import Verifier
 
 
 def ready(allowed_signers: str | None) -> None:
@@ -28,7 +34,7 @@ def ready(allowed_signers: str | None) -> None:
         readable_signers(allowed_signers)
 
 
-def check_pin(device, commit: str) -> None:
+def check_pin(device: BlockDevice, commit: str) -> None:
     """WrongCommit unless the header names `commit` (40 hex digits). A device
     that is no image at all is left to the verifier, which says so."""
     from ..blockdev.block import ByteReader
@@ -43,7 +49,7 @@ def check_pin(device, commit: str) -> None:
         raise WrongCommit(f"the image holds commit {held}, not the pinned {commit.lower()}")
 
 
-def _intact_commit(v) -> bytes | None:
+def _intact_commit(v: Verifier) -> bytes | None:
     """The commit's bytes if they hash to the header's id (quick mode reads
     them without hashing); None when the commit could not be read."""
     data, cid = v.commit_data, v.commit_id
@@ -52,7 +58,7 @@ def _intact_commit(v) -> bytes | None:
     return data
 
 
-def judge_signature(v, allowed_signers: str | None) -> None:
+def judge_signature(v: Verifier, allowed_signers: str | None) -> None:
     """Fill `Report.signature`; with `allowed_signers`, WrongCommit (with the
     report attached) unless the commit is signed by one of its keys."""
     report = v.report

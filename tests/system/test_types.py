@@ -1,0 +1,130 @@
+"""The typed public API: mypy finds no error in the package, a user's code
+that uses it type-checks (and a wrong use does not), and the reader's lazy
+names are visible to dir() and pydoc while staying lazy at run time.
+
+mypy runs as `python -m mypy` with the configuration in pyproject.toml
+([tool.mypy]: strict on the public modules); it comes with the test extra,
+so a missing mypy fails here rather than skipping. Its cache goes to a
+temporary folder shared by the module's runs: the repository gets no
+`.mypy_cache`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the module's runs (the standard library's stubs are
+    analysed once), outside the repository."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def _mypy(*args: str, cache: Path, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(cache), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_the_package_has_no_type_error(cache):
+    proc = _mypy(cache=cache)  # pyproject's [tool.mypy]: the package
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success: no issues found" in proc.stdout, proc.stdout
+
+
+# What a user writes: a device of their own (no base class to inherit),
+# the devices docteur opens, the reader's names from the package's face.
+USER_CODE = '''
+from docteur_core.blockdev.block import FileDevice, SectorCache
+from docteur_core.blockdev.device import open_device
+from docteur_core.make import make_image
+from docteur_core.reader import CommitInfo, Image, Node, Stat
+from docteur_core.verify import Report, verify_image
+
+
+class Zeros:
+    block_size = 512
+    capacity = 4096
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(min(length, max(0, self.capacity - offset)))
+
+    def close(self) -> None:
+        pass
+
+
+def check(path: str) -> bool:
+    report: Report = verify_image(open_device(path))
+    verify_image(FileDevice(path), quick=True)
+    verify_image(SectorCache(Zeros()))
+    return report.ok
+
+
+def read(path: str) -> tuple[bytes, list[str], int, str]:
+    make_image("site", path)
+    with Image.open(path) as image:
+        data: bytes = image.get("index.html")
+        names = [node.path for node in image.walk() if node.mode != 0o40000]
+        first: Node = image.entries("")[0]
+        stat: Stat = image.stat("index.html")
+        commit: CommitInfo = image.commit
+        return data, names, stat.size + (first.offset or 0), commit.tree
+'''
+
+# The same calls with the types wrong: each line must be refused.
+WRONG_CODE = '''
+from docteur_core.blockdev.device import open_device
+from docteur_core.reader import Image
+from docteur_core.verify import verify_image
+
+verify_image("disk.img")
+with Image.open("disk.img") as image:
+    text: str = image.get("index.html")
+    size: str = image.stat("index.html").size
+open_device(b"disk.img")
+from docteur_core.reader import Imagee
+'''
+
+
+def test_a_users_code_type_checks_strictly(tmp_path, cache):
+    (tmp_path / "user.py").write_text(textwrap.dedent(USER_CODE))
+    proc = _mypy("--strict", "--follow-imports=silent", "--config-file=", "user.py",
+                 cache=cache, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_wrong_use_is_refused(tmp_path, cache):
+    (tmp_path / "wrong.py").write_text(textwrap.dedent(WRONG_CODE))
+    proc = _mypy("--follow-imports=silent", "--config-file=", "wrong.py",
+                 cache=cache, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in lines] == ["6", "8", "9", "10", "11"], proc.stdout
+
+
+def test_the_readers_names_are_visible_and_lazy():
+    code = textwrap.dedent('''
+        import sys
+        import docteur_core.reader as reader
+        names = dir(reader)
+        lazy = "docteur_core.reader.image" not in sys.modules
+        import pydoc
+        text = pydoc.render_doc(reader, renderer=pydoc.plaintext)
+        from docteur_core.reader import image
+        print(lazy, all(n in names for n in reader.__all__),
+              "class Image(" in text, reader.Image is image.Image, reader.Node is image.Node)
+    ''')
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-S", "-c", code], env=env, cwd="/",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"] * 5
