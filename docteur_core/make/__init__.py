@@ -46,6 +46,7 @@ class BuildResult:
     bytes_in: int = 0  # their total size: what the image compresses
     deltas: int = 0  # PACK entries stored as deltas (of `objects`)
     signed_by: str = ""  # "ED25519 key SHA256:..." that signed a directory's commit (--sign)
+    reused: int = 0  # with a base: objects of the image that the base already held
     # What the OCaml docteur's fast reader will not see ("" when it sees
     # everything, and always under --compat ocaml): `make -v` says it in
     # its summary line; no warning, since it matters only to OCaml readers.
@@ -66,7 +67,8 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                max_object_size: int = MAX_FILE_SIZE, compress: str = "default",
                zopfli_iterations: int | None = None,
                excludes: Sequence[str | bytes] = (), gitignore: bool = False,
-               jobs: int | None = None, sign: str | os.PathLike | None = None) -> BuildResult:
+               jobs: int | None = None, sign: str | os.PathLike | None = None,
+               base: str | os.PathLike | None = None) -> BuildResult:
     """Build the image of `source` at `output`; raise BuildError on any user error.
 
     `progress`, when given, receives one-line status texts (ours and git's).
@@ -102,6 +104,11 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     BuildError. Ed25519 signatures are deterministic; ECDSA ones are not and
     RSA ones may not be (then two builds differ in the signature, hence in
     the commit id).
+    `base`: a previous image whose objects, deltas and compressed bytes are
+    reused as stored, after its checksums are checked (see `base`); the
+    delta search is spent on the new objects only. The image is as
+    complete as any other; its bytes depend on the source, the base and
+    the options. `base` may be `output` itself.
     """
     from . import compat as compat_mod
     from . import identity
@@ -126,6 +133,9 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     iterations = DEFAULT_ITERATIONS if zopfli_iterations is None else zopfli_iterations
     check_available(compress, iterations)
     image = check_output(os.fspath(output))
+    base_path = None if base is None else os.fspath(base)
+    if base_path is not None and not os.path.exists(base_path):
+        raise BuildError(f"{base_path}: no such base image")  # before any work
     src = classify(os.fspath(source))
     warn = warn or _stderr_warning
     if author is not None:
@@ -170,10 +180,26 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
         snapshot.scan()
 
     with scratch_dir() as tmp:
+        old = None
+        if base_path is not None:
+            # Checked and copied first: OLD may be IMAGE, and a damaged one stops the build
+            # before any work.
+            from .base import open_base
+            if progress is not None:
+                progress(f"Checking the base image {base_path}")
+            pack_git = os.path.join(tmp, "snapshot.git" if src.kind == "directory"
+                                    else "base.git")
+            run_git(None, "init", "-q", "--bare", "--object-format=sha1", pack_git)
+            old = open_base(base_path, os.path.join(pack_git, "objects", "pack"))
         if src.kind == "directory":
             git_dir = os.path.join(tmp, "snapshot.git")
-            run_git(None, "init", "-q", "--bare", "--object-format=sha1", git_dir)
-            writer = PlainPackWriter(os.path.join(git_dir, "objects", "pack", "pack-snapshot"))
+            snapshot_pack = os.path.join(git_dir, "objects", "pack", "pack-snapshot")
+            if old is None:
+                run_git(None, "init", "-q", "--bare", "--object-format=sha1", git_dir)
+                writer = PlainPackWriter(snapshot_pack)
+            else:
+                from .base import NewObjectsWriter
+                writer = NewObjectsWriter(snapshot_pack, old.ids)
             try:
                 tree = snapshot.write(writer)
                 if ocaml:
@@ -217,9 +243,17 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
                                                   warn)
             else:
                 unreadable = compat_mod.count_unreadable(repo, commit)
+            if old is not None:
+                # Only OLD's pack and the new objects: each object in one pack.
+                from .base import export_missing
+                export_missing(repo, commit, old.ids,
+                               os.path.join(pack_git, "objects", "pack", "pack-new"))
+                repo = GitRepo(pack_git)
         ocaml_note = "" if ocaml else (unreadable.warning() or "")
+        if progress is not None and old is not None:
+            progress(f"Reusing {base_path}")
         pack_path = pack_objects_parallel(repo, commit, os.path.join(tmp, "image"), progress,
-                                          jobs)
+                                          jobs, reuse=old is not None)
         idx_path = pack_path[:-len(".pack")] + ".idx"
         if compress == "max":
             from .recompress import recompress_pack
@@ -229,6 +263,7 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
             objects = int.from_bytes(f.read(4), "big")
         from .summary import count_deltas, tree_files
         deltas = count_deltas(pack_path, idx_path)
+        reused = 0 if old is None else _count_reused(idx_path, old.ids)
         if src.kind == "directory":
             files, bytes_in = snapshot.files, snapshot.bytes
         else:
@@ -245,7 +280,18 @@ def make_image(source: str | os.PathLike, output: str | os.PathLike, *,
     return BuildResult(commit=commit, tree=tree, size=size, objects=objects, image=image,
                        kind=src.kind, source_commit=source_commit, files=files,
                        bytes_in=bytes_in, deltas=deltas, signed_by=signed_by,
-                       ocaml_note=ocaml_note)
+                       ocaml_note=ocaml_note, reused=reused)
+
+
+def _count_reused(idx_path: str, known: frozenset) -> int:
+    """How many objects of the new pack (its .idx) the base held."""
+    import struct
+
+    with open(idx_path, "rb") as f:
+        data = f.read()
+    n = struct.unpack_from(">I", data, layout.IDX_HEADER_SIZE + 255 * 4)[0]
+    at = layout.IDX_HEADER_SIZE + layout.FANOUT_SIZE
+    return sum(1 for i in range(n) if data[at + 20 * i:at + 20 * i + 20] in known)
 
 
 SIGN_REFUSAL = ("--sign signs a directory's commit; a Git repository's commit is stored as it "

@@ -31,6 +31,8 @@ class PlainPackWriter:
     (cheap: the file was just written and is in the page cache).
     """
 
+    zlib_level = TEMP_ZLIB_LEVEL  # `base.NewObjectsWriter` writes at git's level instead
+
     def __init__(self, path: str) -> None:
         self.pack_path = path + ".pack"
         self.idx_path = path + ".idx"
@@ -52,7 +54,7 @@ class PlainPackWriter:
             sha = object_id(TYPE_NAMES[type_num], data)
         if sha in self._entries:
             return sha
-        record = entry_header(type_num, len(data)) + zlib.compress(data, TEMP_ZLIB_LEVEL)
+        record = entry_header(type_num, len(data)) + zlib.compress(data, self.zlib_level)
         self._entries[sha] = (self._offset, zlib.crc32(record))
         self._f.write(record)
         self._offset += len(record)
@@ -68,7 +70,7 @@ class PlainPackWriter:
         start = self._offset
         header = entry_header(OBJ_BLOB, size)
         sha = hashlib.sha1(b"blob %d\0" % size)
-        comp = zlib.compressobj(TEMP_ZLIB_LEVEL)
+        comp = zlib.compressobj(self.zlib_level)
         crc = zlib.crc32(header)
         self._f.write(header)
         written = len(header)
@@ -92,7 +94,7 @@ class PlainPackWriter:
         self._f.write(out)
         written += len(out)
         digest = sha.digest()
-        if digest in self._entries:
+        if digest in self:  # already written (or, for a subclass, not wanted)
             self._f.seek(start)
             self._f.truncate()
             return digest

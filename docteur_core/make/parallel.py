@@ -265,8 +265,11 @@ def join_packs(packs: Sequence[str], base: str) -> str:
 def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
                           progress: Callable[[str], None] | None,
                           jobs: int | None = None, part_bytes: int | None = None,
-                          part_objects: int | None = None) -> str:
+                          part_objects: int | None = None, reuse: bool = False) -> str:
     """Pack `commit` and everything it reaches into `base`-SHA.{pack,idx}; the pack path.
+
+    `reuse` (make --base, see `make/base.py`): git may copy entries as the
+    repository's packs store them, instead of `--no-reuse-object`.
 
     The same bytes whatever `jobs` (default: `default_jobs()`). Every git
     process is started from this thread (PR_SET_PDEATHSIG is per thread)
@@ -317,7 +320,8 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
                 stderr = open(f"{inputs[n]}.err", "w+b")
                 try:
                     proc = start_git(git_command(
-                        "pack-objects", "-q", "--delta-base-offset", "--no-reuse-object",
+                        "pack-objects", "-q", "--delta-base-offset",
+                        *(() if reuse else ("--no-reuse-object",)),
                         f"--window={WINDOW}", f"--depth={DEPTH}", "--threads=1",
                         os.path.join(folder, f"part-{n}")),
                         env=env, stdin=stdin, stdout=stdout, stderr=stderr)
