@@ -68,8 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make import measured, timed  # noqa: E402  (bench/make.py: tree-peak RSS sampling)
 
 # Docs-heavy pure-Python projects whose every release together unpacks to
-# about 2.5 GB: Sphinx sources and often built HTML, tests, code.
-DEFAULT_PROJECTS = "docutils,pygments,werkzeug,flask,jinja2,requests,click,alembic"
+# about 2.7 GB: Sphinx sources, tests, code. The redeploy adds the last
+# project's newest release.
+DEFAULT_PROJECTS = "pygments,werkzeug,flask,jinja2,requests,click,docutils"
 SMALL_PROJECTS = "itsdangerous,markupsafe"
 SMALL_RELEASES = 3
 DATE = "2026-01-01T00:00:00Z"
@@ -301,7 +302,25 @@ def fetch(projects: list[str], cache: Path, small: bool, jobs: int) -> tuple[Pat
             if done % 10 == 0 or done == len(rels):
                 log(f"  fetched and unpacked {done}/{len(rels)} "
                     f"({time.monotonic() - start:.0f} s, last {rel.project} {rel.version})")
+    prune(corpus, rels)
     return corpus, rels
+
+
+def prune(corpus: Path, rels: list[Release]) -> None:
+    """Remove from corpus what is not one of rels (another run's projects, an interrupted unpack).
+
+    The corpus is a cache this script owns: the image must hold exactly the
+    releases asked for, and any release removed here unpacks again from its
+    sdist in seconds.
+    """
+    wanted = {(r.project, r.version) for r in rels}
+    for project in sorted(corpus.iterdir()):
+        for version in sorted(project.iterdir()) if project.is_dir() else [project]:
+            if (project.name, version.name) not in wanted:
+                log(f"  removing {version} from the corpus (not asked for this run)")
+                shutil.rmtree(version) if version.is_dir() else version.unlink()
+        if project.is_dir() and not any(project.iterdir()):
+            project.rmdir()
 
 
 def tree_size(root: Path) -> tuple[int, int]:
@@ -312,3 +331,161 @@ def tree_size(root: Path) -> tuple[int, int]:
             files += 1
             size += st.st_size
     return files, size
+
+
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + sys of the command and its children
+    tree_mib: float  # peak of the sampled sum of RSS over the process tree
+    proc_mib: float  # largest single process (GNU time's %M)
+    out: str = ""
+
+    def __str__(self) -> str:
+        return (f"{self.wall:.1f} s ({self.cpu:.1f} s CPU), {self.tree_mib:.0f} MiB tree peak, "
+                f"{self.proc_mib:.0f} MiB largest process")
+
+
+def run(cmd: list[str], **kw) -> Run:
+    """`cmd` once in a fresh process: wall, CPU (GNU time's %U+%S), tree and process peaks."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-seed-", suffix=".cpu") as rep, \
+            tempfile.TemporaryFile("w+") as out:
+        try:
+            r = measured(lambda: {"seconds": timed(
+                ["/usr/bin/time", "-q", "-f", "%U %S", "-o", rep.name, *cmd], stdout=out,
+                **kw)})
+        except subprocess.CalledProcessError as e:  # its own message is already on stderr
+            raise SystemExit(f"seed: {' '.join(cmd)}: exit status {e.returncode}") from None
+        fields = rep.read().split()
+        out.seek(0)
+        text = out.read()
+    # timed's own GNU time reports the wrapper's %M (the largest process below it).
+    cpu = float(fields[-2]) + float(fields[-1]) if len(fields) >= 2 else float("nan")
+    return Run(r["seconds"], cpu, r["tree_mb"], r["rss_mb"], text)
+
+
+def docteur(*args: str) -> list[str]:
+    return [sys.executable, "-m", "docteur_core", "make", "-q", "--date", DATE, *map(str, args)]
+
+
+def has_base() -> bool:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    out = subprocess.run([sys.executable, "-m", "docteur_core", "make", "--help"],
+                         capture_output=True, text=True, env=env)
+    return "--base" in out.stdout
+
+
+def commit_of(out: str) -> str:
+    m = re.search(r"\b[0-9a-f]{40}\b", out)
+    return m.group(0) if m else "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog=__doc__.split("\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--projects", default=None,
+                    help=f"comma-separated project names (default: {DEFAULT_PROJECTS}; "
+                         f"with --small: {SMALL_PROJECTS})")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                    help=f"where sdists and the unpacked corpus are kept between runs "
+                         f"(default {DEFAULT_CACHE})")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the images are built (default: a temporary folder, removed)")
+    ap.add_argument("--small", action="store_true",
+                    help=f"quick check: the first {SMALL_RELEASES} releases of each project "
+                         f"(default projects {SMALL_PROJECTS}), corpus in CACHE/small")
+    ap.add_argument("--jobs", type=int, default=8, help="parallel downloads (default 8)")
+    ap.add_argument("--fetch-only", action="store_true",
+                    help="fetch and unpack the corpus, build nothing")
+    ap.add_argument("--no-squashfs", action="store_true", help="skip mksquashfs")
+    ap.add_argument("--no-base", action="store_true",
+                    help="skip the redeploy (OLD.img and make --base)")
+    args = ap.parse_args()
+    if not args.fetch_only:
+        try:
+            import dulwich  # noqa: F401  (docteur make's dependency)
+        except ImportError:
+            ap.error("docteur's dependencies are missing: run this with the project's venv "
+                     "(bash .ci/setup; .venv/bin/python bench/seed.py)")
+        if not os.access("/usr/bin/time", os.X_OK):
+            ap.error("/usr/bin/time is missing (apt-get install time)")
+    projects = [p for p in (args.projects or (SMALL_PROJECTS if args.small
+                                              else DEFAULT_PROJECTS)).split(",") if p]
+    corpus, rels = fetch(projects, args.cache.resolve(), args.small, args.jobs)
+    files, raw = tree_size(corpus)
+    by_project = {p: sum(1 for r in rels if r.project == p) for p in map(normalize, projects)}
+    print(f"corpus {corpus}: {len(rels)} releases of {len(by_project)} projects "
+          f"({', '.join(f'{p} {n}' for p, n in by_project.items())}), "
+          f"{files:,} files, {raw:,} bytes ({raw / 1e9:.2f} GB)")
+    if args.fetch_only:
+        return 0
+    print(load() + " at the start")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-seed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        full = work / "full.img"
+        log(f"  docteur make (load {os.getloadavg()[0]:.1f})")
+        d = run(docteur(corpus, full), env=env)
+        size = full.stat().st_size
+        print(f"docteur make:              image {size:,} B, {d}")
+        print(f"  corpus / image = {raw / size:.1f}x (the original: 14 GB / 280 MB = "
+              f"{ORIGINAL_RATIO:.0f}x; goal >= 50x): {raw / size / ORIGINAL_RATIO:.2f} x "
+              f"the original's ratio")
+        if not args.no_squashfs:
+            if shutil.which("mksquashfs"):
+                sq = work / "corpus.sqfs"
+                log(f"  mksquashfs (load {os.getloadavg()[0]:.1f})")
+                q = run(["mksquashfs", str(corpus), str(sq), "-comp", "xz", "-b", "1M",
+                         "-noappend", "-quiet", "-no-progress", "-all-root"])
+                qsize = sq.stat().st_size
+                sq.unlink()
+                print(f"mksquashfs -comp xz -b 1M: image {qsize:,} B, {q}")
+                print(f"  corpus / squashfs = {raw / qsize:.1f}x; docteur image = "
+                      f"{size / qsize:.3f} x squashfs-xz (goal <= 1.0), time "
+                      f"{d.wall / q.wall:.2f}x ({d.cpu / q.cpu:.2f}x CPU), memory "
+                      f"{d.tree_mib / q.tree_mib:.2f}x (tree peaks)")
+            else:
+                print("mksquashfs: not installed (apt-get install squashfs-tools); skipped")
+        if not args.no_base:
+            if has_base():
+                last = rels[-1]
+                old, new = work / "old.img", work / "new.img"
+                log(f"  docteur make OLD without {last.project}/{last.version} "
+                    f"(load {os.getloadavg()[0]:.1f})")
+                o = run(docteur("--exclude", f"/{last.project}/{last.version}/", corpus, old),
+                        env=env)
+                print(f"OLD (without {last.project} {last.version}): image "
+                      f"{old.stat().st_size:,} B, {o}")
+                log(f"  docteur make --base (load {os.getloadavg()[0]:.1f})")
+                b = run(docteur("--base", old, corpus, new), env=env)
+                nsize = new.stat().st_size
+                same = commit_of(b.out) == commit_of(d.out)
+                print(f"make --base OLD.img (+ {last.project} {last.version}): image "
+                      f"{nsize:,} B, {b}")
+                print(f"  rebuild / full build: time {b.wall / d.wall:.3f}x "
+                      f"({b.cpu / d.cpu:.3f}x CPU; goal <= 0.10), size {nsize / size:.4f}x "
+                      f"(goal within 1 %), memory {b.tree_mib / d.tree_mib:.2f}x; same commit "
+                      f"as the full build: {'yes' if same else 'NO'}")
+                old.unlink()
+                new.unlink()
+            else:
+                print("make --base: not in this docteur (merge the base branch); skipped")
+        full.unlink()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(load() + " at the end (others share the machine: compare ratios and CPU times, "
+          "not seconds)")
+    return 0
+
+
+def load() -> str:
+    return (f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+            f"on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
