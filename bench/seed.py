@@ -7,10 +7,14 @@ This benchmark builds the same kind of corpus from the package index this
 machine uses (pip's configured index: PIP_INDEX_URL or `pip config`'s
 global.index-url, else https://pypi.org/simple): every release of several
 projects' source distributions (their docs and code), unpacked one folder
-per release, CORPUS/PROJECT/VERSION/, releases in version order.
+per release, CORPUS/PROJECT/VERSION/, releases in version order. The
+default projects (pygments, werkzeug, flask, jinja2, requests, click,
+docutils: 573 releases) unpack to 2.32 GB in 184,284 files; the corpus'
+size is the sum of its files' sizes.
 
-usage: python3 bench/seed.py [--projects a,b,...] [--cache DIR] [--small]
-                             [--fetch-only] [--no-squashfs] [--no-base]
+usage: .venv/bin/python bench/seed.py [--small] [--projects a,b,...] [--cache DIR]
+           [--workdir DIR] [--jobs N] [--fetch-only] [--no-squashfs] [--no-base]
+(the project's venv, made by `bash .ci/setup`: docteur make needs its dependencies)
 
 In one run, on the same machine state:
 - docteur: `docteur make --date 2026-01-01T00:00:00Z` of the whole corpus
@@ -292,16 +296,22 @@ def fetch(projects: list[str], cache: Path, small: bool, jobs: int) -> tuple[Pat
     done = 0
     start = time.monotonic()
 
-    def one(rel: Release) -> Release:
-        unpack(download(rel, sdists), corpus / rel.project / rel.version)
-        return rel
+    def one(rel: Release) -> bool:
+        """Whether rel needed any work (a download or an unpack)."""
+        target = corpus / rel.project / rel.version
+        if target.exists() and (sdists / rel.project / rel.filename).exists():
+            return False
+        unpack(download(rel, sdists), target)
+        return True
 
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for rel in pool.map(one, rels):
-            done += 1
-            if done % 10 == 0 or done == len(rels):
-                log(f"  fetched and unpacked {done}/{len(rels)} "
+        for rel, worked in zip(rels, pool.map(one, rels)):
+            done += worked
+            if worked and done % 10 == 0:
+                log(f"  fetched and unpacked {done} releases "
                     f"({time.monotonic() - start:.0f} s, last {rel.project} {rel.version})")
+    log(f"  {len(rels)} releases ready, {done} of them fetched or unpacked now "
+        f"({time.monotonic() - start:.0f} s)")
     prune(corpus, rels)
     return corpus, rels
 
