@@ -138,8 +138,12 @@ def list_files(index: str, project: str) -> list[dict]:
     url = f"{index}/{normalize(project)}/"
     req = urllib.request.Request(url, headers={
         "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        body, ctype = resp.read(), resp.headers.get("Content-Type", "")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            body, ctype = resp.read(), resp.headers.get("Content-Type", "")
+    except OSError as e:  # urllib's HTTPError and URLError are OSErrors
+        raise SystemExit(f"seed: {url}: {getattr(e, 'reason', e)} "
+                         f"(is {project!r} a project of that index?)") from None
     if "json" in ctype:
         files = json.loads(body)["files"]
     else:
@@ -290,6 +294,8 @@ def fetch(projects: list[str], cache: Path, small: bool, jobs: int) -> tuple[Pat
             found = found[:SMALL_RELEASES]
         log(f"  {p}: {len(found)} releases with an sdist, "
             f"{sum(r.size or 0 for r in found) / 2**20:.0f} MiB to fetch")
+        if not found:
+            raise SystemExit(f"seed: {index}: {p} has no source distribution")
         rels += found
     sdists = cache / "sdists"
     corpus = cache / ("small" if small else "corpus")
