@@ -37,11 +37,11 @@ from typing import Callable, Sequence
 
 from .. import children
 from ..errors import DocteurError
+from ..reader.vocabulary import MODES  # noqa: F401 - boot's --mode choices
 from ..serve import nbdkit
 from ..serve.nbdkit import Listen, Server, ServeError
 
 GUEST_DEVICE = "/dev/vda"
-MODES = ("fast", "light")
 ACCELS = ("tcg", "kvm")
 # x86's COMMAND_LINE_SIZE, less room for the fixed part.
 MAX_COMMAND_LINE = 2048

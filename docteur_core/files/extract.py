@@ -79,7 +79,7 @@ def _link_target(store, node, shown: str) -> bytes:
     it (empty, or holding a NUL byte: symlink(2) takes a C string). Read
     before anything is cleared or made for it, so a refused link leaves
     its place in DEST as it was."""
-    target = store.read_object(node.id, "blob", node.offset)[1]
+    target = store.read_object(node.raw_id, "blob", node.offset)[1]
     if not target or b"\0" in target:
         raise DamagedImage("a symbolic link's target is empty or holds a NUL byte, which no "
                            "file system can store", f"path {shown}")
@@ -163,7 +163,7 @@ def extract(image, path: str, dest: str | os.PathLike, *, force: bool = False,
                     try:
                         with os.fdopen(out, "wb", buffering=1 << 20) as f:
                             os.fchmod(out, mode)
-                            counts.bytes += store.stream_object(node.id, f.write, "blob",
+                            counts.bytes += store.stream_object(node.raw_id, f.write, "blob",
                                                                 node.offset)
                             f.flush()
                             os.utime(out, (when, when))
@@ -200,6 +200,7 @@ def add_arguments(parser) -> None:
     reused). Progress is shown when stderr is a terminal.
     """
     from .. import options
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD URI, "
                         "or an http(s):// URL (read by range requests)")
@@ -209,8 +210,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("dest", metavar="DEST", help="the directory to write into")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing, non-empty DEST")
-    parser.add_argument("--mode", choices=("fast", "light"), default="light",
-                        help="light (default) or fast, as for ls")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     options.add_reading_arguments(parser, ("max_paths",))
 
 

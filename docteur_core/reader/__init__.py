@@ -2,15 +2,16 @@
 
 `store` finds and decodes objects (IDX search, delta chains, caches),
 `image` maps paths to objects in *light* or *fast* mode (the Mirage_kv.RO
-API), `commands` holds the verbs shared by `docteur ls/cat/...` and the
+API), `vocabulary` names kinds, ids, modes and modes of reading in the words
+the CLI and JSON use too, `commands` holds the verbs shared by `docteur ls/cat/...` and the
 guest entry point `python3 -S -m docteur_core.reader.guest`.
 
 `Image` and friends are loaded on first use, not here, so that importing a
 sibling (the guest's `--help`, the CLI's parser) costs nothing extra.
 """
 
-_PUBLIC = ("Image", "MODES", "Node", "Stat", "CommitInfo", "split_path", "join_path",
-           "VALUE", "DICTIONARY")
+_PUBLIC = ("Image", "MODES", "DEFAULT_MODE", "Node", "Stat", "CommitInfo", "split_path",
+           "join_path", "kind_of", "kv_kind", "VALUE", "DICTIONARY")
 
 
 def __getattr__(name: str):
