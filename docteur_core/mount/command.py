@@ -47,9 +47,8 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
                         "or an http(s):// URL (read by range requests)")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                        help=MODE_HELP + "; for a mount of such an image, fast also walks "
-                        "every tree before mounting, so a damaged or hostile tree is refused "
-                        "then rather than read as EIO later")
+                        help=MODE_HELP + "; for a mount, fast also refuses a damaged or "
+                        "hostile tree at mount time, where light reads it as EIO later")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground; Ctrl-C unmounts")
     parser.add_argument("--allow-other", action="store_true",

@@ -44,10 +44,10 @@ FAST = "fast"
 MODES = (LIGHT, FAST)
 DEFAULT_MODE = LIGHT
 # The one help text of every `--mode` option.
-MODE_HELP = ("how the image is read: light (default) walks the trees at each lookup and "
-             "loads nothing up front; fast reads the IDX and indexes every path at open, "
-             "which pays off for many lookups in an image without a path index (the "
-             "OCaml docteur's); images docteur makes carry one, and read the same in both")
+MODE_HELP = ("light (default): walk the trees at each lookup, load nothing up front; fast: "
+             "read the IDX and index every path at open (pays off for many lookups in an "
+             "image without a path index, the OCaml docteur's; docteur's read the same in "
+             "both)")
 
 
 def kind_of(mode: int) -> str:

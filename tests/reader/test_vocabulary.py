@@ -18,7 +18,7 @@ from docteur_core import cli
 from docteur_core.make import make_image
 from docteur_core.reader import Image
 
-from ..support import REPO_ROOT, git
+from tests.helpers.support import REPO_ROOT, git
 
 # Written out, not imported: the words are the interface under test.
 KINDS = {"file", "executable", "symlink", "directory", "submodule"}
