@@ -757,7 +757,7 @@ class Image:
             raise NotAFile(f"/{node.path} is a directory")
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
-        return self.store.content(node.id, "blob", node.offset)
+        return self.store.content(node.raw_id, "blob", node.offset)
 
     def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` (fewer at the end). A large file stored

@@ -147,7 +147,8 @@ def test_image_open_reads_in_the_mode_every_verb_reads_in_by_default(image):
     parser, _ = cli.build_parser()
     defaults = {argv[0]: parser.parse_args(argv).mode for argv in (
         ["ls", "x"], ["cat", "x", "p"], ["stat", "x", "p"], ["tree", "x"], ["info", "x"],
-        ["extract", "x", "d"], ["diff", "a", "b"], ["mount", "x", "m"], ["boot", "x", "ls"])}
+        ["extract", "x", "d"], ["diff", "a", "b"], ["mount", "x", "m"], ["boot", "x", "ls"],
+        ["http", "x"])}
     with Image.open(image) as img:
         opened = img.mode
     defaults["docteur info --json"] = _json("info", "--json", image)["mode"]
