@@ -231,7 +231,7 @@ def bench(spec: str, work: Path, repeat: int) -> list[str]:
             print(line, flush=True)
             rows.append((name, label, t * 1000, mem / 2**20, mean, top))
 
-    ids = [n.id.hex() for n in files]
+    ids = [n.id for n in files]
     t_git, git_bytes = timed(lambda: git_cat_all(repo, ids), repeat)
 
     def git_all_objects():
@@ -337,7 +337,7 @@ def big_delta(mib: int, work: Path, repeat: int) -> list[str]:
     line = next(l for l in verify.splitlines() if " blob " in l and len(l.split()) == 7)
     oid = line.split()[0]
     with Image.open(img, "light") as image:
-        path = next(n.path for n in image.files() if n.id.hex() == oid)
+        path = next(n.path for n in image.files() if n.id == oid)
     print(f"\n== one {mib} MiB file stored as a delta ({path}, {oid[:12]}): "
           f"{img.stat().st_size:,} byte image", flush=True)
     git = best(["git", "--git-dir", str(repo), "cat-file", "blob", oid], repeat)

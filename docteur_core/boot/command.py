@@ -85,11 +85,11 @@ def _check_guest_command(segment: list[str]) -> None:
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     from ..serve.nbdkit import SERVERS
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP
     from .runner import ACCELS, DEFAULT_TIMEOUT, MODES
 
-    parser.add_argument("--mode", choices=MODES, default="light",
-                        help="the reader's mode in the guest: light (default) walks the "
-                             "trees for each lookup, fast builds a path index first")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                        help="the reader's mode in the guest: " + MODE_HELP)
     parser.add_argument("--server", choices=SERVERS, default="docteur",
                         help="serve an image file with the project's plugin (docteur, the "
                              "default) or nbdkit's file plugin (file)")

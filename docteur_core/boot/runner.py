@@ -37,11 +37,11 @@ from typing import Callable, Sequence
 
 from .. import children
 from ..errors import DocteurError
+from ..reader.vocabulary import DEFAULT_MODE, MODES  # noqa: F401 - MODES: boot's --mode choices
 from ..serve import nbdkit
 from ..serve.nbdkit import Listen, Server, ServeError
 
 GUEST_DEVICE = "/dev/vda"
-MODES = ("fast", "light")
 ACCELS = ("tcg", "kvm")
 # x86's COMMAND_LINE_SIZE, less room for the fixed part.
 MAX_COMMAND_LINE = 2048
@@ -403,7 +403,7 @@ _LIVE = re.compile(r"=====DOCTEUR-LIVE (\d+) init=([0-9.]+) runner=([0-9.]+) "
 
 
 def web_command(*, commit: str | None, verify: bool = True, listing: bool = False,
-                mode: str = "light", quiet: bool = False) -> list[str]:
+                mode: str = DEFAULT_MODE, quiet: bool = False) -> list[str]:
     """The Python arguments that run the web server on the guest's disk."""
     args = ["-m", "docteur_core.web.guest", GUEST_DEVICE, "--listen",
             f"0.0.0.0:{GUEST_HTTP_PORT}", "--mode", mode]

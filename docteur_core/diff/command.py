@@ -37,12 +37,11 @@ class ImageSide:
     def __init__(self, spec: str, image: Image) -> None:
         self.spec = spec
         self.image = image
-        root = image.stat("")
-        self.root = (bytes.fromhex(root.id), "")
+        self.root = (image.root.raw_id, "")
 
     def list(self, handle: str | Node) -> list[compare.Entry]:
         try:
-            return [(obj.encode_name(n.name), n.mode, n.id, n)
+            return [(obj.encode_name(n.name), n.mode, n.raw_id, n)
                     for n in self.image.entries(handle)]
         except DamagedImage as exc:  # name the image: a diff has two sides
             raise DocteurError(f"{self.spec}: {exc}") from None
@@ -53,7 +52,7 @@ class ImageSide:
         try:
             if self.image.store.verify:  # only the content proves the size
                 return self.image.size(node)
-            return self.image.store.object_size(node.id, node.offset)
+            return self.image.store.object_size(node.raw_id, node.offset)
         except DamagedImage as exc:
             raise DocteurError(f"{self.spec}: {exc}") from None
 
@@ -218,7 +217,7 @@ pack it; --old-branch/--new-branch name another commit as make's --branch
 does, so `docteur diff REPO REPO --old-branch v1.0 --new-branch main` is
 `git diff --name-status v1.0 main`). The output is `git diff-tree -r
 --name-status`'s: A (added), D (deleted), M (content or 100644/100755 mode
-changed), T (type changed: file, link, submodule), a tab, the path; a file
+changed), T (type changed: file or executable, symlink, submodule), a tab, the path; a file
 replaced by a directory is its D and the directory's A lines. Objects are compared by id, so two
 images that share subtrees cost what differs.
 
@@ -243,8 +242,9 @@ usage mistake, an unreadable or damaged side: one line on stderr).
                           "then a summary line")
     out.add_argument("--json", action="store_true",
                      help="one JSON document on stdout (fields in docs/reading.md)")
-    parser.add_argument("--mode", choices=("fast", "light"), default="light",
-                        help="how images are read, as for ls (default light)")
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
+
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     options.add_reading_arguments(parser)
 
 

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from ..errors import LimitExceeded
 from ..format import objects as obj
+from ..reader.vocabulary import kind_of
 
 # (name, mode, raw id, handle) and the function listing a tree's entries.
 Entry = tuple[bytes, int, bytes, Any]
@@ -180,8 +181,11 @@ def json_doc(old: str, new: str, changes: list[Change],
     for c, (old_size, new_size) in zip(changes, sizes):
         e: dict[str, Any] = {
             "status": c.status, "path": _json_text(c.path),
-            "old_mode": None if c.old_mode is None else f"{c.old_mode:06o}",
-            "new_mode": None if c.new_mode is None else f"{c.new_mode:06o}",
+            # The words of reader/vocabulary.py: kinds as `stat` says
+            # them, modes as numbers, as the API gives them.
+            "old_kind": None if c.old_mode is None else kind_of(c.old_mode),
+            "new_kind": None if c.new_mode is None else kind_of(c.new_mode),
+            "old_mode": c.old_mode, "new_mode": c.new_mode,
             "old_id": None if c.old_id is None else c.old_id.hex(),
             "new_id": None if c.new_id is None else c.new_id.hex(),
             "old_size": old_size, "new_size": new_size,

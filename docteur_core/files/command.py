@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .. import options
 from ..errors import DamagedImage, DocteurError
 from ..reader.commands import FLAGS, VERBS, run_verb
+from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
 from ..trust import open_image
 
 if TYPE_CHECKING:
@@ -39,9 +40,7 @@ def _common(parser: argparse.ArgumentParser, verb: str) -> None:
     if verb in FLAGS and "--json" in FLAGS[verb]:
         parser.add_argument("--json", action="store_true",
                             help="one JSON document on stdout (fields in docs/reading.md)")
-    parser.add_argument("--mode", choices=("fast", "light"), default="light",
-                        help="light (default): walk the trees for each lookup; fast: build "
-                        "a path index first (pays off for many lookups)")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     options.add_reading_arguments(parser)
 
 

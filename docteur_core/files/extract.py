@@ -86,7 +86,7 @@ def _link_target(store: Store, node: Node, shown: str) -> bytes:
     it (empty, or holding a NUL byte: symlink(2) takes a C string). Read
     before anything is cleared or made for it, so a refused link leaves
     its place in DEST as it was."""
-    target = store.read_object(node.id, "blob", node.offset)[1]
+    target = store.read_object(node.raw_id, "blob", node.offset)[1]
     if not target or b"\0" in target:
         raise DamagedImage("a symbolic link's target is empty or holds a NUL byte, which no "
                            "file system can store", f"path {shown}")
@@ -170,7 +170,7 @@ def extract(image: Image, path: str, dest: str | os.PathLike[str], *, force: boo
                     try:
                         with os.fdopen(out, "wb", buffering=1 << 20) as f:
                             os.fchmod(out, mode)
-                            counts.bytes += store.stream_object(node.id, f.write, "blob",
+                            counts.bytes += store.stream_object(node.raw_id, f.write, "blob",
                                                                 node.offset)
                             f.flush()
                             os.utime(out, (when, when))
@@ -207,6 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reused). Progress is shown when stderr is a terminal.
     """
     from .. import options
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD URI, "
                         "or an http(s):// URL (read by range requests)")
@@ -216,8 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", metavar="DEST", help="the directory to write into")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing, non-empty DEST")
-    parser.add_argument("--mode", choices=("fast", "light"), default="light",
-                        help="light (default) or fast, as for ls")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     options.add_reading_arguments(parser, ("max_paths",))
 
 

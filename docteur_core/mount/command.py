@@ -40,14 +40,15 @@ def add_mount_arguments(parser: argparse.ArgumentParser) -> None:
     MOUNTPOINT must be an existing, empty directory.
     """
     from .. import options
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD "
                         "URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH), "
                         "or an http(s):// URL (read by range requests)")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
-    parser.add_argument("--mode", choices=("fast", "light"), default="fast",
-                        help="fast (default): index every path at mount time (instant "
-                        "when the image has a path index); light: walk the trees per lookup")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                        help=MODE_HELP + "; for a mount, fast also refuses a damaged or "
+                        "hostile tree at mount time, where light reads it as EIO later")
     parser.add_argument("-f", "--foreground", action="store_true",
                         help="stay in the foreground; Ctrl-C unmounts")
     parser.add_argument("--allow-other", action="store_true",

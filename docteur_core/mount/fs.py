@@ -153,19 +153,19 @@ class ImageFS:
         stream, which reads as EIO if it lied. Anything else is sized
         through the IDX, whose CRC-32 vouches for the entry."""
         store = self.image.store
-        _, _, _, eh, _ = store._whole_entry(node.id, node.offset)
+        _, _, _, eh, _ = store._whole_entry(node.raw_id, node.offset)
         if eh.type in BASE_TYPES and eh.size > STREAM_THRESHOLD:
             # Verified, the first read hashes the whole file (`Spool`): a
             # size that lies is an EIO there, before any byte is returned.
             return eh.size
         if store.verify:  # the content, hashed, is the size
-            return store.verified_size(node.id, node.offset)
+            return store.verified_size(node.raw_id, node.offset)
         if eh.type in BASE_TYPES:
             # Small and stored whole: reading it (found through the IDX,
             # so its CRC-32 is checked) costs what checking the CRC alone
             # would, and leaves it in the store's cache for `read`.
-            return len(store.read_object(node.id, "blob")[1])
-        return store.object_size(node.id)
+            return len(store.read_object(node.raw_id, "blob")[1])
+        return store.object_size(node.raw_id)
 
     def readdir(self, path: str) -> list[tuple[str, int, int]]:
         """(name, st_mode, st_ino) of a directory's entries (a submodule's:

@@ -2,7 +2,8 @@
 
 `store` finds and decodes objects (IDX search, delta chains, caches),
 `image` maps paths to objects in *light* or *fast* mode (the Mirage_kv.RO
-API), `commands` holds the verbs shared by `docteur ls/cat/...` and the
+API), `vocabulary` names kinds, ids, modes and modes of reading in the words
+the CLI and JSON use too, `commands` holds the verbs shared by `docteur ls/cat/...` and the
 guest entry point `python3 -S -m docteur_core.reader.guest`.
 
 `Image` and friends are loaded on first use, not here, so that importing a
@@ -11,8 +12,8 @@ checkers see them through an `if TYPE_CHECKING:` import, and `dir()` and
 pydoc through `__all__` and `__dir__`.
 """
 
-__all__ = ["Image", "MODES", "Node", "Stat", "CommitInfo", "split_path", "join_path",
-           "VALUE", "DICTIONARY"]  # a literal: type checkers read it as the exports
+__all__ = ["Image", "MODES", "DEFAULT_MODE", "Node", "Stat", "CommitInfo", "split_path",
+           "join_path", "kind_of", "kv_kind", "VALUE", "DICTIONARY"]  # a literal: type checkers read it as the exports
 _PUBLIC = frozenset(__all__)
 
 # Type checkers and IDEs see the real names; at run time they stay lazy (the
@@ -20,8 +21,8 @@ _PUBLIC = frozenset(__all__)
 # `__getattr__` is hidden from checkers: seen, it would make any name valid.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .image import (
-        DICTIONARY, MODES, VALUE, CommitInfo, Image, Node, Stat, join_path, split_path)
+    from .image import CommitInfo, Image, Node, Stat, join_path, split_path
+    from .vocabulary import DEFAULT_MODE, DICTIONARY, MODES, VALUE, kind_of, kv_kind
 else:
     def __getattr__(name: str) -> object:
         if name in _PUBLIC:

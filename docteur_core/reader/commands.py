@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 
 from ..format import objects as obj
+from .vocabulary import mode_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for annotations only: `typing` costs a guest's start-up (see __init__)
@@ -19,8 +20,6 @@ if TYPE_CHECKING:  # for annotations only: `typing` costs a guest's start-up (se
     from .image import Image, Node
 
 _TYPES = {obj.MODE_DIR: "tree", obj.MODE_GITLINK: "commit", obj.MODE_LINK: "blob"}
-_KINDS = {obj.MODE_DIR: "directory", obj.MODE_GITLINK: "submodule", obj.MODE_LINK: "symlink",
-          obj.MODE_EXEC: "executable"}
 
 
 # C escapes git uses when it quotes a path (quote.c's sq_lookup).
@@ -66,13 +65,15 @@ def _json_out(doc: dict[str, Any], out: BinaryIO) -> None:
 def _blob_size(image: Image, node: Node) -> int:
     if image.store.verify:  # only the content proves the size
         return image.size(node.path)
-    return image.store.object_size(node.id, node.offset)
+    return image.store.object_size(node.raw_id, node.offset)
 
 
 def _entry_json(image: Image, node: Node, rel: str, sized: bool) -> dict[str, Any]:
+    # The words of vocabulary.py: `kind` as stat's, `mode` an int as the
+    # API's; `type` is git's object type, as `git ls-tree` prints it.
     e: dict[str, Any] = {"path": _json_text(rel), "name": _json_text(node.name),
-                         "mode": f"{node.mode:06o}", "type": _TYPES.get(node.mode, "blob"),
-                         "id": node.id.hex()}
+                         "kind": node.kind, "mode": node.mode,
+                         "type": _TYPES.get(node.mode, "blob"), "id": node.id}
     raw = obj.encode_name(rel)
     try:
         raw.decode("utf-8")
@@ -137,7 +138,7 @@ def verb_ls(image: Image, args: list[str], out: BinaryIO,
             size = b" %7s" % (b"-" if node.mode in (obj.MODE_DIR, obj.MODE_GITLINK)
                               else b"%d" % _blob_size(image, node))
         out.write(b"%06o %s %s%s\t%s%s\n" % (node.mode, _TYPES.get(node.mode, "blob").encode(),
-                                             node.id.hex().encode(), size, _name(rel), suffix))
+                                             node.id.encode(), size, _name(rel), suffix))
     return 0
 
 
@@ -151,13 +152,13 @@ def verb_stat(image: Image, args: list[str], out: BinaryIO,
               flags: frozenset[str] = frozenset()) -> int:
     """stat [--json] PATH: kind, mode, size and object id, one `key: value` a line."""
     st = image.stat(args[0])
-    lines = [("path", st.path), ("kind", _KINDS.get(st.mode, "file")),
-             ("mode", f"{st.mode:06o}"), ("size", str(st.size)), ("id", st.id)]
+    lines = [("path", st.path), ("kind", st.kind),
+             ("mode", mode_text(st.mode)), ("size", str(st.size)), ("id", st.id)]
     if st.is_link:
         lines.append(("target", image.readlink(args[0])))
     if "--json" in flags:
         doc: dict[str, Any] = {key: _json_text(value) for key, value in lines}
-        doc["size"] = st.size
+        doc["mode"], doc["size"] = st.mode, st.size  # numbers, as in the API
         _json_out(doc, out)
         return 0
     for key, value in lines:

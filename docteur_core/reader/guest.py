@@ -30,12 +30,13 @@ def _usage(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .commands import FLAGS, VERBS
+    from .vocabulary import DEFAULT_MODE, MODES
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE + "\n")
         return 0 if argv else 2
-    mode, verify, block_size, commit = "light", True, None, None
+    mode, verify, block_size, commit = DEFAULT_MODE, True, None, None
     positional: list[str] = []
     flags: set[str] = set()
     i = 0
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.startswith("--mode"):
             value = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
             i += 1 if "=" in a else 2
-            if value not in ("fast", "light"):
+            if value not in MODES:
                 return _usage(f"--mode must be fast or light, not {value!r}")
             mode = value
             continue

@@ -2,9 +2,12 @@
 
     with Image.open("disk.img") as image:          # or a BlockDevice, or nbd://...
         image.get("/src/main.py")                   # bytes
-        image.list("src")                           # [("main.py", "value"), ...]
+        image.list("src")                           # [("main.py", "file"), ...]
 
-Two modes, as in the OCaml docteur:
+Kinds, ids, modes and modes of reading are named as in `vocabulary.py`
+(the same words as the CLI's and the JSON's).
+
+Two modes, as in the OCaml docteur (light is the default, as everywhere):
 - "light": `open` reads the header, the PACK header and the IDX head, and
   nothing else; each lookup walks the trees from the root, finding objects
   with a binary search of the IDX that touches only the sectors it needs.
@@ -54,6 +57,7 @@ from ..format import pathindex as pix
 from ..format.trail import Trail
 from ..format.pack import DEFAULT_MAX_OBJECT_SIZE, object_id
 from .store import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DELTA_DEPTH, Store
+from .vocabulary import DEFAULT_MODE, DICTIONARY, MODES, VALUE, kind_of, kv_kind  # noqa: F401
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for annotations only (see __init__)
@@ -67,9 +71,6 @@ if TYPE_CHECKING:  # for annotations only (see __init__)
     from .partial import PartialReads
     from .pathindex import PathIndex
 
-VALUE = "value"
-DICTIONARY = "dictionary"
-MODES = ("fast", "light")
 DEFAULT_MAX_PATHS = limits.MAX_PATHS
 DEFAULT_MAX_PATH_BYTES = limits.MAX_PATH_BYTES
 # Light mode keeps recently parsed trees, bounded by their total entries.
@@ -101,10 +102,6 @@ def join_path(parts: tuple[str, ...] | list[str]) -> str:
     return "/".join(parts)
 
 
-def kind_of(mode: int) -> str:
-    return DICTIONARY if mode == obj.MODE_DIR else VALUE
-
-
 # Named tuples rather than dataclasses or `typing.NamedTuple`: importing
 # those costs a guest's start-up more than the whole reader (see __init__).
 # Type checkers see the same fields as `typing.NamedTuple`s, with their types.
@@ -112,7 +109,7 @@ if TYPE_CHECKING:
     class _NodeFields(NamedTuple):
         path: str
         mode: int
-        id: bytes
+        raw_id: bytes
         offset: int | None = None
 
     class _StatFields(NamedTuple):
@@ -132,7 +129,7 @@ if TYPE_CHECKING:
         author_date: datetime
         message: str
 else:
-    _NodeFields = namedtuple("Node", "path mode id offset", defaults=(None,))
+    _NodeFields = namedtuple("Node", "path mode raw_id offset", defaults=(None,))
     _StatFields = namedtuple("Stat", "path kind mode size id")
     _CommitFields = namedtuple("CommitInfo",
                                "id tree parents author committer date author_date message")
@@ -141,15 +138,26 @@ else:
 class Node(_NodeFields):
     """What the image holds at a path (the root included).
 
-    `id` is the raw object id; `offset` the absolute pack offset, when known
-    (fast mode).
+    `raw_id` is the object id's 20 bytes (what the store takes), `id` the
+    same in hex, as everywhere else; `offset` the absolute pack offset,
+    when known.
     """
 
     __slots__ = ()
 
     @property
+    def id(self) -> str:
+        return self.raw_id.hex()
+
+    @property
     def kind(self) -> str:
+        """file, executable, symlink, directory or submodule."""
         return kind_of(self.mode)
+
+    @property
+    def kv_kind(self) -> str:
+        """Mirage_kv.RO's word: "dictionary" or "value"."""
+        return kv_kind(kind_of(self.mode))
 
     @property
     def name(self) -> str:
@@ -159,11 +167,17 @@ class Node(_NodeFields):
 class Stat(_StatFields):
     """What `Image.stat` says about a path.
 
-    `kind` is "value" or "dictionary"; `size` the bytes of a file or link
-    target, the entries of a directory; `id` the hex object id.
+    `kind` is file, executable, symlink, directory or submodule (`docteur
+    stat`'s words); `mode` git's, an int; `size` the bytes of a file or
+    link target, the entries of a directory; `id` the hex object id.
     """
 
     __slots__ = ()
+
+    @property
+    def kv_kind(self) -> str:
+        """Mirage_kv.RO's word: "dictionary" or "value"."""
+        return kv_kind(self.kind)
 
     @property
     def is_link(self) -> bool:
@@ -268,7 +282,7 @@ class Image:
             self._build_index()
 
     @classmethod
-    def open(cls, source: str | os.PathLike[str] | BlockDevice, mode: str = "fast", *,
+    def open(cls, source: str | os.PathLike[str] | BlockDevice, mode: str = DEFAULT_MODE, *,
              verify: bool = True,
              commit: str | bytes | None = None,
              block_size: int | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -436,10 +450,10 @@ class Image:
             if isinstance(item, bytes):  # leaving that tree
                 on_path.discard(item)
                 continue
-            if item.id in on_path:
-                raise DamagedImage(f"tree {item.id.hex()} contains itself",
+            if item.raw_id in on_path:
+                raise DamagedImage(f"tree {item.raw_id.hex()} contains itself",
                                    f"path /{item.path}")
-            entries, _ = self._tree(item.id, item.offset, item.path)
+            entries, _ = self._tree(item.raw_id, item.offset, item.path)
             paths += len(entries)
             if paths > self.max_paths:
                 raise LimitExceeded(f"the trees name more than {self.max_paths} paths",
@@ -450,10 +464,10 @@ class Image:
                 raise LimitExceeded(f"the trees' paths add up to more than "
                                     f"{self.max_path_bytes} bytes", f"path /{item.path}",
                                     "max_path_bytes")
-            offsets = self._placed(item.id, item.path, entries)
+            offsets = self._placed(item.raw_id, item.path, entries)
             yield item, entries, offsets
-            on_path.add(item.id)
-            stack.append(item.id)
+            on_path.add(item.raw_id)
+            stack.append(item.raw_id)
             prefix = item.path + "/" if item.path else ""
             for e, offset in zip(reversed(entries), reversed(offsets)):
                 if e.mode == obj.MODE_DIR:
@@ -474,7 +488,7 @@ class Image:
         memo: dict[bytes, tuple[int, int]] = {}
         on_path: set[bytes] = set()
         trail = Trail(top.path)  # paths are spelled only for an error
-        stack: list[tuple[bytes, int | None, int, bool]] = [(top.id, top.offset, 0, False)]
+        stack: list[tuple[bytes, int | None, int, bool]] = [(top.raw_id, top.offset, 0, False)]
         while stack:
             tid, offset, at, done = stack.pop()
             if done:
@@ -511,7 +525,7 @@ class Image:
                     hint = self._offset(e.id, trail.path(child)
                                         if self.path_index is not None else None)
                     stack.append((e.id, hint, child, False))
-        return memo[top.id]
+        return memo[top.raw_id]
 
     def _listed(self, path: str) -> dict[bytes, pix.Row] | None:
         """The path index's rows of the directory at `path`, by raw name
@@ -718,7 +732,7 @@ class Image:
         for name in steps:
             if node.mode != obj.MODE_DIR:
                 raise NotADirectory(f"/{node.path} is not a directory")
-            _, by_name = self._tree(node.id, node.offset, node.path)
+            _, by_name = self._tree(node.raw_id, node.offset, node.path)
             e = by_name.get(name)
             path = node.path + "/" + name if node.path else name
             if e is None:
@@ -739,19 +753,20 @@ class Image:
             return [obj.TreeEntry(name, e.mode, e.id) for name, e in self._listing(node)]
         if self._children is not None:
             return self._children[node.path]
-        return self._tree(node.id, node.offset, node.path)[0]
+        return self._tree(node.raw_id, node.offset, node.path)[0]
 
     def _content(self, node: Node) -> bytes:
         if node.mode == obj.MODE_DIR:
             raise NotAFile(f"/{node.path} is a directory")
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
-        return self.store.read_object(node.id, "blob", node.offset)[1]
+        return self.store.read_object(node.raw_id, "blob", node.offset)[1]
 
     # -- the key-value API -------------------------------------------------
 
     def exists(self, path: str | bytes) -> str | None:
-        """None, "value" (a file, link or submodule) or "dictionary"."""
+        """None, or the path's kind (file, executable, symlink, directory,
+        submodule); `kv_kind` of it gives Mirage_kv.RO's value/dictionary."""
         try:
             return self._lookup(path).kind
         except (NotFound, NotADirectory):
@@ -777,7 +792,7 @@ class Image:
             raise NotAFile(f"/{node.path} is a directory")
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
-        return self.store.stream_object(node.id, write, "blob", node.offset)
+        return self.store.stream_object(node.raw_id, write, "blob", node.offset)
 
     def node(self, path: str | bytes | Node) -> Node:
         """What the image holds at `path` (NotFound, NotADirectory): its
@@ -795,7 +810,7 @@ class Image:
             raise NotAFile(f"/{node.path} is a directory")
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
-        return self.store.content(node.id, "blob", node.offset)
+        return self.store.content(node.raw_id, "blob", node.offset)
 
     def get_partial(self, path: str | bytes, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` (fewer at the end). A large file stored
@@ -812,10 +827,11 @@ class Image:
             from .partial import PartialReads  # only readers at offsets pay for it
 
             self._partial = PartialReads(self.store)
-        return self._partial.read(node.id, node.offset, offset, length, lambda: self.get(path))
+        return self._partial.read(node.raw_id, node.offset, offset, length, lambda: self.get(path))
 
     def list(self, path: str | bytes | Node = "") -> list[tuple[str, str]]:
-        """(name, kind) of a directory's entries, in git's order."""
+        """(name, kind) of a directory's entries, in git's order; kinds as
+        `Node.kind` (`kv_kind` of one gives Mirage_kv.RO's word)."""
         return [(e.name, kind_of(e.mode)) for e in self._entries(self._lookup(path))]
 
     def entries(self, path: str | bytes | Node = "") -> builtins.list[Node]:
@@ -830,11 +846,11 @@ class Image:
                     for name, e in self._listing(node)]
         entries = self._entries(node)
         return [Node(prefix + e.name, e.mode, e.id, offset)
-                for e, offset in zip(entries, self._placed(node.id, node.path, entries))]
+                for e, offset in zip(entries, self._placed(node.raw_id, node.path, entries))]
 
     def digest(self, path: str | bytes) -> str:
         """The git object id (hex) of a file or directory."""
-        return self._lookup(path).id.hex()
+        return self._lookup(path).id
 
     def size(self, path: str | bytes | Node) -> int:
         node = self._lookup(path)
@@ -843,8 +859,8 @@ class Image:
         if node.mode == obj.MODE_GITLINK:
             raise NotAFile(f"/{node.path} is a submodule: its files are not in the image")
         if self.store.verify:  # only the content, hashed, proves the size
-            return self.store.verified_size(node.id, node.offset)
-        return self.store.object_size(node.id, node.offset)
+            return self.store.verified_size(node.raw_id, node.offset)
+        return self.store.object_size(node.raw_id, node.offset)
 
     def last_modified(self, path: str | bytes) -> datetime:
         """The commit's date: an image holds one commit, every path shares it."""
@@ -859,7 +875,7 @@ class Image:
             size = 0
         else:
             size = self.size(path)
-        return Stat("/" + node.path, node.kind, node.mode, size, node.id.hex())
+        return Stat("/" + node.path, node.kind, node.mode, size, node.id)
 
     def readlink(self, path: str | bytes) -> str:
         node = self._lookup(path)

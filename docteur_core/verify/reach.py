@@ -172,8 +172,9 @@ class Reach(State):
         if self.otype[self.by_id[root]] != pack.OBJ_TREE:
             self.problem(R_OBJECTS, f"object {hex_id(root)}", "the commit's root is not a tree")
             return
-        # Per tree: (files, links, gitlinks, directories, bytes), computed once.
-        memo: dict[bytes, tuple[int, int, int, int, int]] = {}
+        # Per tree: (files, links, gitlinks, directories, bytes, executables:
+        # the files that are 100755), computed once.
+        memo: dict[bytes, tuple[int, int, int, int, int, int]] = {}
         visiting: set[bytes] = set()
         trail = Trail()  # a directory's path is spelled only for a problem
         stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
@@ -194,7 +195,7 @@ class Reach(State):
                     continue
                 if tid in visiting:
                     self.problem(R_OBJECTS, f"tree {hex_id(tid)}", "tree contains itself")
-                    memo[tid] = (0, 0, 0, 0, 0)
+                    memo[tid] = (0, 0, 0, 0, 0, 0)
                     continue
                 visiting.add(tid)
                 reached.add(tid)
@@ -221,15 +222,17 @@ class Reach(State):
                         reached.update(oids)
                         ln = modes.count(objects.MODE_LINK)
                         # (no None among them, just checked: mypy cannot narrow a list)
-                        memo[tid] = (len(oids) - ln, ln, 0, 0, sum(sizes))  # type: ignore[arg-type]
+                        memo[tid] = (len(oids) - ln, ln, 0, 0, sum(sizes),  # type: ignore[arg-type]
+                                     modes.count(objects.MODE_EXEC))
                         continue
-            f = ln = g = d = nbytes = 0
+            f = ln = g = d = nbytes = ex = 0
             for mode, oid, name in entries:
                 if mode == objects.MODE_DIR:
                     sub = memo.get(oid)
                     d += 1
                     if sub is not None:
                         f += sub[0]; ln += sub[1]; g += sub[2]; d += sub[3]; nbytes += sub[4]
+                        ex += sub[5]
                 elif mode == objects.MODE_GITLINK:
                     g += 1
                 else:
@@ -243,10 +246,12 @@ class Reach(State):
                         ln += 1
                     else:
                         f += 1
+                        ex += mode == objects.MODE_EXEC
                     nbytes += size
-            memo[tid] = (f, ln, g, d, nbytes)
-        total = memo.get(root, (0, 0, 0, 0, 0))
-        counts.files, counts.links, counts.gitlinks, counts.directories, counts.bytes = total
+            memo[tid] = (f, ln, g, d, nbytes, ex)
+        total = memo.get(root, (0, 0, 0, 0, 0, 0))
+        (counts.files, counts.links, counts.gitlinks, counts.directories, counts.bytes,
+         counts.executables) = total
         # Each tree was walked once, but the paths are counted in full: an
         # image naming more than the readers will walk is refused here too.
         paths = sum(total[:4])

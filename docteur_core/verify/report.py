@@ -55,6 +55,15 @@ class Counts:
     gitlinks: int = 0  # submodule commits (not in the image by design)
     directories: int = 0  # below the root
     bytes: int = 0  # content of the files and links, as listed by the trees
+    executables: int = 0  # of `files`, those whose mode is 100755
+
+    def kinds(self) -> dict[str, int]:
+        """The paths below the root by kind, in reader/vocabulary.py's words
+        (`files` above counts executables too; `links`, `gitlinks` are
+        the OCaml docteur's words, kept)."""
+        return {"file": self.files - self.executables, "executable": self.executables,
+                "symlink": self.links, "directory": self.directories,
+                "submodule": self.gitlinks}
 
 
 @dataclass
@@ -118,16 +127,22 @@ class Report:
             "commit": self.commit,
             "author": sig(self.author),
             "committer": sig(self.committer),
-            "root": self.tree,
+            "tree": self.tree,
+            "root": self.tree,  # the same: the name before `tree` (info's word)
             "message": self.message,
             "message_complete": self.message_complete,
             "pin": self.pin,
             "signature": None if self.signature is None else self.signature.to_json(),
-            "size": self.capacity,
+            "capacity": self.capacity,
+            "size": self.capacity,  # the same: the name before `capacity` (info's word)
             "block_sizes": self.block_sizes,
+            # `region_offset` as info says it; `start` and `nodes` (offsets
+            # both) are the names before, kept.
             "path_index": None if self.path_index is None else
-            {"start": self.path_index[0], "nodes": self.path_index[1]},
+            {"region_offset": self.path_index[0], "nodes_offset": self.path_index[1],
+             "start": self.path_index[0], "nodes": self.path_index[1]},
             "counts": dict(self.counts.__dict__),
+            "kinds": self.counts.kinds(),
             "checks": list(self.checks),
             "problems": [{"region": r, "where": w, "what": t} for r, w, t in self.problems]
             + [{"region": r, "where": "", "what": f"{n} more problems not shown"}

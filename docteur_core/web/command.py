@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       docteur http --commit ID nbd://server/site  pinned to a commit
     """
     from .. import options
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
 
     parser.add_argument("image", metavar="IMAGE", help="an image file, a device, an NBD URI "
                         "(nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH), or an "
@@ -63,9 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "caches (default %(default)s)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no access log (the start line and errors still go to stderr)")
-    parser.add_argument("--mode", choices=("fast", "light"), default="light",
-                        help="light (default): walk the trees for each path; fast: build a "
-                        "path index first")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODE_HELP)
     options.add_reading_arguments(parser)
 
 

@@ -32,12 +32,14 @@ def _usage(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..reader.vocabulary import DEFAULT_MODE, MODES
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE + "\n")
         return 0 if argv else 2
     listen, commit, verify, listing, readers = "0.0.0.0:80", None, True, False, 2
-    mode, block_size, quiet = "light", None, False
+    mode, block_size, quiet = DEFAULT_MODE, None, False
     device = None
     i = 0
     while i < len(argv):
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                     return _usage(f"--commit needs 40 hexadecimal digits, not {value!r}")
                 commit = value.lower()
             elif a == "--mode":
-                if value not in ("fast", "light"):
+                if value not in MODES:
                     return _usage(f"--mode must be fast or light, not {value!r}")
                 mode = value
             elif not value.isdigit() or int(value) <= 0:

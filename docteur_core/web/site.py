@@ -330,7 +330,7 @@ class Site:
 
     def _file(self, image, node) -> Entity:
         body = image.content(node)
-        return Entity(200, body, f'"{node.id.hex()}"', self.content_type(node.name))
+        return Entity(200, body, f'"{node.id}"', self.content_type(node.name))
 
     def _link(self, image, node) -> Entity:
         target = image.readlink(node)
@@ -367,7 +367,7 @@ class Site:
         html = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                 f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
                 "<ul>\n" + "\n".join(rows) + "\n</ul>\n</body></html>\n")
-        return Entity(200, html.encode("utf-8", "surrogateescape"), f'W/"{node.id.hex()}"',
+        return Entity(200, html.encode("utf-8", "surrogateescape"), f'W/"{node.id}"',
                       "text/html; charset=utf-8")
 
     # -- responses ------------------------------------------------------------

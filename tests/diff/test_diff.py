@@ -166,12 +166,13 @@ def test_stat_and_json(history):
     lines = git_diff(repo, "c2", "c3").decode().splitlines()
     assert [f"{c['status']}\t{c['path']}" for c in doc["changes"]] == lines
     z = [c for c in doc["changes"] if c["path"] == "sub/deep/z"][0]
-    assert z == {"status": "A", "path": "sub/deep/z", "old_mode": None, "new_mode": "100644",
-                 "old_id": None,
+    assert z == {"status": "A", "path": "sub/deep/z", "old_kind": None, "new_kind": "file",
+                 "old_mode": None, "new_mode": 0o100644, "old_id": None,
                  "new_id": git("rev-parse", "c3:sub/deep/z", cwd=repo).decode().strip(),
                  "old_size": None, "new_size": 256}
     link = [c for c in doc["changes"] if c["path"] == "a"][0]
-    assert (link["status"], link["new_mode"], link["new_size"]) == ("A", "120000", 4)
+    assert (link["status"], link["new_kind"], link["new_mode"], link["new_size"]) == (
+        "A", "symlink", 0o120000, 4)
 
     proc = docteur("diff", "--stat", images["c2"], images["c3"])
     assert proc.returncode == 1

@@ -349,18 +349,18 @@ def test_a_mount_of_an_nbd_uri_served_by_docteur_serve(site, tmp_path, mounts):
 @pytest.mark.parametrize("name", ["..", "/etc", "../x", "."])
 def test_hostile_names_are_refused(tmp_path, mounts, name):
     """fast mode reads every tree at mount time: refused there, one line;
-    light mode mounts, and the directory holding the name reads as EIO,
-    never as an entry naming something outside."""
+    light mode (the default) mounts, and the directory holding the name
+    reads as EIO, never as an entry naming something outside."""
     blob = Obj("blob", b"pwned\n")
     inner = Obj("tree", tree(("100644", "pwned", blob.oid)))
     image = tmp_path / "hostile.img"
     hostile_image(image, [("40000", name, inner), ("100644", "ok", blob)])
     mnt = _empty_dir(tmp_path)
-    done = docteur("mount", image, mnt)
+    done = docteur("mount", "--mode", "fast", image, mnt)
     assert done.returncode == 1
     assert "damaged image" in one_line(done.stderr)
     assert not os.path.ismount(mnt)
-    mounts.mount(image, mnt, "--mode", "light")
+    mounts.mount(image, mnt)
     with pytest.raises(OSError) as info:
         os.listdir(mnt)
     assert info.value.errno == errno.EIO

@@ -90,7 +90,7 @@ def test_ls_json(repo_image):
         raw = bytes.fromhex(entry["path_hex"]) if "path_hex" in entry else \
             entry["path"].encode("utf-8")
         assert raw == path
-        assert (entry["mode"], entry["type"], entry["id"]) == (mode.decode(), typ.decode(),
+        assert (entry["mode"], entry["type"], entry["id"]) == (int(mode, 8), typ.decode(),
                                                               oid.decode())
         assert entry["size"] == (None if size == b"-" else int(size))
         assert entry["name"] == entry["path"].rsplit("/", 1)[-1]
@@ -104,11 +104,11 @@ def test_ls_json(repo_image):
 def test_stat_and_info_json(repo_image):
     repo, image = repo_image
     st = json.loads(_docteur("stat", "--json", str(image), "dangling").stdout)
-    assert st == {"path": "/dangling", "kind": "symlink", "mode": "120000", "size": 10,
+    assert st == {"path": "/dangling", "kind": "symlink", "mode": 0o120000, "size": 10,
                   "id": git("rev-parse", "HEAD:dangling", cwd=repo).decode().strip(),
                   "target": "/nowhere/\\xe9"}
     st = json.loads(_docteur("stat", "--json", str(image), "run.sh").stdout)
-    assert (st["kind"], st["mode"], st["size"]) == ("executable", "100755", 18)
+    assert (st["kind"], st["mode"], st["size"]) == ("executable", 0o100755, 18)
     assert "target" not in st
     info = json.loads(_docteur("info", "--json", str(image)).stdout)
     assert info["commit"] == git("rev-parse", "HEAD", cwd=repo).decode().strip()

@@ -60,7 +60,7 @@ def _utf8(name: bytes) -> bool:
 def check(image: Image, expect: dict[bytes, tuple]) -> None:
     for path, e in expect.items():
         if e[0] == "dir":
-            assert image.exists(path) == "dictionary", path
+            assert image.exists(path) == "directory", path
             listing = image.list(path)
             assert sorted(os.fsencode(n) for n, _ in listing) == e[1], path
         elif e[0] == "file":

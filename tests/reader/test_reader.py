@@ -89,16 +89,17 @@ def materialize(tree: dict, root: Path) -> dict[str, tuple]:
 def check_image(image: Image, expect: dict[str, tuple]) -> None:
     for path, e in expect.items():
         if e[0] == "dir":
-            assert image.exists(path) == "dictionary"
+            assert image.exists(path) == "directory"
             listing = image.list(path)
             assert sorted(n for n, _ in listing) == e[1]
             for name, kind in listing:
                 child = expect[f"{path}/{name}" if path else name]
-                assert kind == ("dictionary" if child[0] == "dir" else "value")
+                assert kind == {"dir": "directory", "link": "symlink"}.get(
+                    child[0], "executable" if child[0] == "file" and child[2] else "file")
             with pytest.raises(NotAFile):
                 image.get(path)
         elif e[0] == "file":
-            assert image.exists(path) == "value"
+            assert image.exists(path) == ("executable" if e[2] else "file")
             assert image.get(path) == e[1]
             assert image.size(path) == len(e[1])
             st_ = image.stat("/" + path)
@@ -107,7 +108,7 @@ def check_image(image: Image, expect: dict[str, tuple]) -> None:
             with pytest.raises(NotADirectory):
                 image.list(path)
         else:
-            assert image.exists(path) == "value"
+            assert image.exists(path) == "symlink"
             assert image.readlink(path) == e[1]
             assert image.get(path) == e[1].encode()
             assert image.stat(path).mode == obj.MODE_LINK
@@ -290,7 +291,7 @@ def test_paths_and_errors(small, mode):
         for p in ("a/b/deep.txt", "/a/b/deep.txt", "a//b/./deep.txt", "../a/b/../b/deep.txt",
                   "/../../a/b/deep.txt", b"a/b/deep.txt"):
             assert image.get(p) == b"deep\n"
-        assert image.exists("..") == "dictionary"
+        assert image.exists("..") == "directory"
         assert image.exists("a/nope") is None
         assert image.exists("top.bin/x") is None
         with pytest.raises(NotFound, match="/a/nope"):
@@ -312,12 +313,13 @@ def test_paths_and_errors(small, mode):
         assert image.get_partial("top.bin", 5000, 10) == b""
         with pytest.raises(ValueError):
             image.get_partial("top.bin", -1, 10)
-        assert image.list("") == [("a", "dictionary"), ("ln", "value"), ("top.bin", "value")]
+        assert image.list("") == [("a", "directory"), ("ln", "symlink"), ("top.bin", "file")]
         assert image.list("a/empty") == []
         assert image.readlink("ln") == "a/b/deep.txt"
         assert image.size("top.bin") == 2560
         st_ = image.stat("a")
-        assert (st_.kind, st_.mode, st_.size) == ("dictionary", obj.MODE_DIR, 2)
+        assert (st_.kind, st_.kv_kind, st_.mode, st_.size) == ("directory", "dictionary",
+                                                               obj.MODE_DIR, 2)
         assert image.digest("a/b/deep.txt") == hashlib.sha1(b"blob 5\0deep\n").hexdigest()
         c = image.commit
         assert c.id == result.commit and c.tree == result.tree == image.digest("/")

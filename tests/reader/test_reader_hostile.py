@@ -384,7 +384,7 @@ def _read_all(data: bytes, expect: dict[str, bytes], mode: str, verify: bool) ->
     except DamagedImage:
         pass
     else:
-        assert listing == [("doc.txt", "value"), ("tiny", "value")]
+        assert listing == [("doc.txt", "file"), ("tiny", "file")]
     return good, bad
 
 

@@ -68,7 +68,7 @@ def test_a_gitmodules_link_is_refused_a_gitmodules_file_is_not(tmp_path):
     with pytest.raises(DamagedImage, match="git refuses"):
         Image.open(img).list("")
     hostile_image(img, [("100644", ".gitmodules", target)])
-    assert Image.open(img).list("") == [(".gitmodules", "value")]
+    assert Image.open(img).list("") == [(".gitmodules", "file")]
 
 
 def test_make_skips_the_names_git_refuses(tmp_path):
@@ -79,7 +79,7 @@ def test_make_skips_the_names_git_refuses(tmp_path):
     warnings: list[str] = []
     make_image(src, tmp_path / "x.img", date=DATE, warn=warnings.append)
     assert any("GIT~1" in w and "git refuses" in w for w in warnings), warnings
-    assert Image.open(tmp_path / "x.img").list("") == [("keep.txt", "value")]
+    assert Image.open(tmp_path / "x.img").list("") == [("keep.txt", "file")]
 
 
 # -- deep trees: a walk carries the tree it is in ---------------------------------------

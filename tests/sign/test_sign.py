@@ -180,7 +180,7 @@ def forged_image(img: Path, out: Path, edit) -> bytes:
     objs = []
     with Image.open(str(img), verify=True) as image:
         raw = image.store.read_object(image.store.commit_id, "commit")[1]
-        ids = {image.root.id} | {n.id for n in image.walk()}
+        ids = {image.root.raw_id} | {n.raw_id for n in image.walk()}
         for oid in sorted(ids):
             typ, data = image.store.read_object(oid)
             objs.append(forge.Obj(typ, data))

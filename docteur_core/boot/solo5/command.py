@@ -63,7 +63,9 @@ def trust(args: argparse.Namespace, log) -> tuple[str | None, bool]:
 
 def run(args: argparse.Namespace, log) -> int:
     """Run each command in the unikernel; print as `docteur boot` does."""
-    if args.mode != "light":
+    from ...reader.vocabulary import LIGHT
+
+    if args.mode != LIGHT:
         raise BootError("the Solo5 guest reads in light mode only (drop --mode)")
     commands = _commands(args.command)
     commit, verify = trust(args, log)
