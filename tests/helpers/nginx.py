@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# The request `log_records` sends to know every earlier one is logged.
+SYNC = "/__docteur_log_sync__"
+# A deadline against hangs only: nothing is asserted about how long things take.
+PATIENCE = 60.0
 
 CONFIG = """\
 daemon off;
@@ -94,6 +98,7 @@ class Nginx:
         self.proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.port = 0
+        self._syncs = 0  # requests sent by log_records to know the log is complete
 
     @property
     def url(self) -> str:
@@ -184,14 +189,37 @@ class Nginx:
 
     def log_records(self) -> list[tuple[int, int, str, str, str]]:
         """(status, bytes sent, request line, Range header, User-Agent) per
-        request so far ("-" for an absent header)."""
-        import re
+        request so far ("-" for an absent header).
 
+        nginx logs a request after its last byte is sent, so a client may
+        read the log before the line of the request it just finished is
+        there. The one worker handles requests in order: once the line of a
+        request sent now is in the log, every earlier one is too. So each
+        read first sends such a request (a 404 for `SYNC`, left out of the
+        result) and waits for its line."""
+        import re
+        import urllib.error
+        import urllib.request
+
+        self._syncs += 1
+        token = f"{SYNC}/{self._syncs}"
+        try:
+            urllib.request.urlopen(f"{self.url}{token}", timeout=PATIENCE).close()
+        except urllib.error.HTTPError:
+            pass  # the 404 expected
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            if f'"GET {token} ' in text:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nginx never logged {SYNC}")
+            time.sleep(0.01)
         out = []
-        if not self.access_log.exists():
-            return out
-        for line in self.access_log.read_text().splitlines():
+        for line in text.splitlines():
             m = re.fullmatch(r'(\d+) (\d+) "(.*)" "(.*)" "(.*)"', line)
+            if m[3].startswith(f"GET {SYNC}/"):
+                continue
             out.append((int(m[1]), int(m[2]), m[3], m[4], m[5]))
         return out
 
