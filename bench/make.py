@@ -11,9 +11,16 @@ In one run, on the same machine state:
   --depth=50` (git's default threads), and for reference the same repack
   with --threads=1, which is what docteur runs (for determinism);
 - squashfs: `mksquashfs -comp xz -b 1M` of the same folder, the usual
-  read-only file-system image, for scale (skipped if mksquashfs is absent).
+  read-only file-system image, for scale (skipped if mksquashfs is absent);
+- EROFS: `mkfs.erofs -zlz4hc` of the same folder, where erofs-utils is
+  installed (skipped otherwise).
+The image is reported whole beside its parts: the PACK, the IDX, the
+padding and the path index region (everything after the IDX's padding:
+what the image holds, whatever that region's format), with the region's
+share of the image and its size as a fraction of the PACK.
 Each --levels entry is one `docteur make --compress LEVEL` (default: both
-`default` and `max`, the zopfli re-encoding; `max` needs the zopfli package).
+`default` and `max`, the libdeflate re-encoding; `max` needs the deflate
+package, `zopfli` the zopfli one too).
 Every command's peak memory is measured two ways: the largest RSS of one
 process (/usr/bin/time's %M) and the peak of the sum of
 the RSS of the whole process tree (sampled from /proc every 100 ms: docteur
@@ -134,8 +141,13 @@ def bench_docteur(corpus: Path, tmp: Path, level: str = "default") -> dict:
     lo = layout.pack_tail_start(header.idx_offset, len(data))
     pack_size = lo + data[lo:header.idx_offset].rfind(checksum) + 20 - layout.PACK_OFFSET
     size = image.stat().st_size
+    idx_size = checksum_at + 40 - header.idx_offset
+    # Everything after the IDX and its padding is the path index region (the
+    # default block size, 512, is what these builds use).
+    _, end_of_idx = layout.image_layout(pack_size, idx_size, layout.DEFAULT_BLOCK_SIZE)
     image.unlink()
-    return {"seconds": seconds, "image": size, "pack": pack_size, "objects": count}
+    return {"seconds": seconds, "image": size, "pack": pack_size, "objects": count,
+            "idx": idx_size, "path_index": max(0, size - end_of_idx)}
 
 
 def bench_git(corpus: Path, tmp: Path, threads: int | None) -> dict:
@@ -165,6 +177,17 @@ def bench_squashfs(corpus: Path, tmp: Path) -> dict | None:
     out = tmp / "corpus.sqfs"
     seconds = timed(["mksquashfs", str(corpus), str(out), "-comp", "xz", "-b", "1M",
                      "-noappend", "-quiet", "-no-progress", "-all-root"],
+                    stdout=subprocess.DEVNULL)
+    size = out.stat().st_size
+    out.unlink()
+    return {"seconds": seconds, "size": size}
+
+
+def bench_erofs(corpus: Path, tmp: Path) -> dict | None:
+    if not shutil.which("mkfs.erofs"):
+        return None
+    out = tmp / "corpus.erofs"
+    seconds = timed(["mkfs.erofs", "-zlz4hc", "--all-root", "--quiet", str(out), str(corpus)],
                     stdout=subprocess.DEVNULL)
     size = out.stat().st_size
     out.unlink()
@@ -208,6 +231,7 @@ def main() -> int:
                       lambda lv=lv: bench_docteur(corpus, tmp, lv)) for lv in levels]
             if args.linux is None:
                 runs.append(("squashfs", lambda: bench_squashfs(corpus, tmp)))
+                runs.append(("erofs", lambda: bench_erofs(corpus, tmp)))
             for key, fn in runs:
                 print(f"  running {key} ({os.getloadavg()[0]:.1f} load)", file=sys.stderr,
                       flush=True)
@@ -233,19 +257,35 @@ def main() -> int:
           + f"memory {d['tree_mb'] / g['tree_mb']:.2f} x git (tree peaks; goal <= 1.0)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
           "(others share the machine: compare ratios, not seconds)")
-    q = best.get("squashfs")
+    q, e = best.get("squashfs"), best.get("erofs")
     if q:
         print(f"mksquashfs -comp xz -b 1M: {q['size']:,} B, {q['seconds']:.2f} s; "
               f"docteur image is {d['image'] / q['size']:.3f} x squashfs")
-    print("by --compress level (pack and image vs git's aggressive pack; time vs default):")
+    if e:
+        print(f"mkfs.erofs -zlz4hc: {e['size']:,} B, {e['seconds']:.2f} s; "
+              f"docteur image is {d['image'] / e['size']:.3f} x EROFS")
+    print("the whole image by --compress level (PACK and image vs git's aggressive pack; "
+          "time vs default):")
     for lv in levels:
         r = best["docteur" if lv == "default" else f"docteur-{lv}"]
-        line = (f"  {lv:8} pack {r['pack']:>12,} B = {r['pack'] / g['pack']:.4f} x git, "
-                f"image {r['image']:>12,} B, {r['seconds']:8.2f} s "
-                f"({r['seconds'] / d['seconds']:.1f} x default)")
+        padding = r["image"] - layout.PACK_OFFSET - r["pack"] - r["idx"] - r["path_index"]
+        line = (f"  {lv:8} image {r["image"]:>12,} B = PACK {r["pack"]:,} "
+                f"({r['pack'] / g['pack']:.4f} x git) + IDX {r['idx']:,} + padding "
+                f"{padding:,} + path index {r['path_index']:,} "
+                f"({r['path_index'] / r['image']:.1%} of the image, "
+                f"{r['path_index'] / r['pack']:.1%} of the PACK); {r['seconds']:.2f} s "
+                f"({r['seconds'] / d['seconds']:.2f} x default, "
+                f"{r['seconds'] / g['seconds']:.2f} x git)")
         if q:
-            line += f", image {r['image'] / q['size']:.3f} x squashfs-xz"
+            line += f"; image {r['image'] / q['size']:.3f} x squashfs-xz"
+        if e:
+            line += f", {r['image'] / e['size']:.3f} x EROFS"
         print(line)
+    print("a README row (corpus | PACK | whole image (path index) | git aggressive pack | "
+          "squashfs xz -b 1M | EROFS lz4hc):")
+    print(f"| {corpus.name} | {d['pack']:,} | {d['image']:,} (path index "
+          f"{d['path_index']:,}, {d['path_index'] / d['image']:.0%}) | {g['pack']:,} | "
+          + (f"{q['size']:,}" if q else "") + " | " + (f"{e['size']:,}" if e else "") + " |")
     return 0
 
 
