@@ -269,7 +269,7 @@ def main() -> int:
     for lv in levels:
         r = best["docteur" if lv == "default" else f"docteur-{lv}"]
         padding = r["image"] - layout.PACK_OFFSET - r["pack"] - r["idx"] - r["path_index"]
-        line = (f"  {lv:8} image {r["image"]:>12,} B = PACK {r["pack"]:,} "
+        line = (f"  {lv:8} image {r['image']:>12,} B = PACK {r['pack']:,} "
                 f"({r['pack'] / g['pack']:.4f} x git) + IDX {r['idx']:,} + padding "
                 f"{padding:,} + path index {r['path_index']:,} "
                 f"({r['path_index'] / r['image']:.1%} of the image, "
