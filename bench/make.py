@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `docteur make` against git's own aggressive packing of the same content.
 
-usage: python3 bench/make.py CORPUS_DIR [--runs N] [--levels default,max] [--no-git1]
+usage: python3 bench/make.py CORPUS_DIR [--runs N] [--levels default,max] [--no-git1] [--no-peers]
        python3 bench/make.py --linux [LINUX_TREE]   (default, git and memory only)
 
 In one run, on the same machine state:
@@ -66,6 +66,9 @@ LINUX_TREE = Path("/work/corpus/linux/linux-source-6.1")
 # Peak memory of the commands run so far by `timed`, in bytes: the largest
 # sampled sum over a process tree, and the largest single process.
 PEAK = {"tree": 0, "proc": 0}
+# CPU seconds (user + sys, the command and its descendants) of the commands
+# run so far by `timed`: on a shared machine, what load disturbs least.
+CPU = {"seconds": 0.0}
 GNU_TIME = "/usr/bin/time"  # its %M: the largest RSS among a command and its descendants
 
 
@@ -95,7 +98,7 @@ def _tree_rss(root: int) -> int:
 def timed(cmd: list[str], **kw) -> float:
     """Run `cmd`; its seconds. Its tree's peak RSS goes into PEAK["tree"]."""
     with tempfile.NamedTemporaryFile(prefix="bench-time-") as report:
-        wrapped = ([GNU_TIME, "-q", "-f", "%M", "-o", report.name] + cmd
+        wrapped = ([GNU_TIME, "-q", "-f", "%U %S %M", "-o", report.name] + cmd
                    if os.access(GNU_TIME, os.X_OK) else cmd)
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, **kw)
@@ -107,8 +110,10 @@ def timed(cmd: list[str], **kw) -> float:
         if proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd)
         text = open(report.name).read().strip().splitlines()
-    if text and text[-1].isdigit():
-        PEAK["proc"] = max(PEAK["proc"], int(text[-1]) * 1024)
+    fields = text[-1].split() if text else []
+    if len(fields) == 3 and fields[2].isdigit():
+        PEAK["proc"] = max(PEAK["proc"], int(fields[2]) * 1024)
+        CPU["seconds"] += float(fields[0]) + float(fields[1])
     PEAK["tree"] = max(PEAK["tree"], peak)
     return seconds
 
@@ -116,10 +121,12 @@ def timed(cmd: list[str], **kw) -> float:
 def measured(fn):
     """fn's result with "tree_mb" (sampled tree peak) and "rss_mb" (largest process)."""
     PEAK["tree"] = PEAK["proc"] = 0
+    CPU["seconds"] = 0.0
     r = fn()
     if r is None:
         return None
     r["rss_mb"] = PEAK["proc"] / 2**20
+    r["cpu"] = CPU["seconds"]
     r["tree_mb"] = PEAK["tree"] / 2**20
     return r
 
@@ -203,6 +210,9 @@ def main() -> int:
     parser.add_argument("--no-git1", action="store_true",
                         help="skip the git --threads=1 reference run")
     parser.add_argument("--runs", type=int, default=1, help="repeat and keep the fastest")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip squashfs and EROFS (sizes only: they do not change "
+                             "with docteur's code)")
     parser.add_argument("--levels", default="default,max",
                         help="comma-separated --compress levels to build (default: default,max)")
     args = parser.parse_args()
@@ -229,7 +239,7 @@ def main() -> int:
                 runs.append(("git1", lambda: bench_git(corpus, tmp, 1)))
             runs += [("docteur" if lv == "default" else f"docteur-{lv}",
                       lambda lv=lv: bench_docteur(corpus, tmp, lv)) for lv in levels]
-            if args.linux is None:
+            if args.linux is None and not args.no_peers:
                 runs.append(("squashfs", lambda: bench_squashfs(corpus, tmp)))
                 runs.append(("erofs", lambda: bench_erofs(corpus, tmp)))
             for key, fn in runs:
@@ -242,17 +252,19 @@ def main() -> int:
                     best[key] = r
     d, g, g1 = best["docteur"], best["git"], best.get("git1")
     print(f"git add+commit+repack -adf w=250 d=50 (default threads): pack {g['pack']:,} B, "
-          f"idx {g['idx']:,} B, {g['seconds']:.2f} s (add {g['add']:.2f} s), "
+          f"idx {g['idx']:,} B, {g['seconds']:.2f} s ({g['cpu']:.1f} s CPU; add {g['add']:.2f} s), "
           f"memory {g['tree_mb']:.0f} MiB tree peak, {g['rss_mb']:.0f} MiB largest process")
     if g1:
         print(f"same with --threads=1:                                   pack {g1['pack']:,} B, "
               f"{g1['seconds']:.2f} s, memory {g1['tree_mb']:.0f} MiB")
     print(f"docteur make:                                            pack {d['pack']:,} B, "
-          f"image {d['image']:,} B, {d['objects']} objects, {d['seconds']:.2f} s, "
+          f"image {d['image']:,} B, {d['objects']} objects, {d['seconds']:.2f} s "
+          f"({d['cpu']:.1f} s CPU), "
           f"memory {d['tree_mb']:.0f} MiB tree peak, {d['rss_mb']:.0f} MiB largest process")
     print(f"ratios: pack size {d['pack'] / g['pack']:.4f} x git (goal <= 1.02), "
           f"image file {d['image'] / (g['pack'] + g['idx']):.4f} x git pack+idx, "
-          f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.0, issue 16), "
+          f"time {d['seconds'] / g['seconds']:.2f} x git (goal <= 1.0, issue 16; CPU "
+          f"{d['cpu'] / g['cpu']:.2f} x), "
           + (f"{d['seconds'] / g1['seconds']:.2f} x git --threads=1, " if g1 else "")
           + f"memory {d['tree_mb'] / g['tree_mb']:.2f} x git (tree peaks; goal <= 1.0)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores "
@@ -275,7 +287,8 @@ def main() -> int:
                 f"({r['path_index'] / r['image']:.1%} of the image, "
                 f"{r['path_index'] / r['pack']:.1%} of the PACK); {r['seconds']:.2f} s "
                 f"({r['seconds'] / d['seconds']:.2f} x default, "
-                f"{r['seconds'] / g['seconds']:.2f} x git)")
+                f"{r['seconds'] / g['seconds']:.2f} x git), {r['cpu']:.1f} s CPU "
+                f"({r['cpu'] / d['cpu']:.2f} x default, {r['cpu'] / g['cpu']:.2f} x git)")
         if q:
             line += f"; image {r['image'] / q['size']:.3f} x squashfs-xz"
         if e:
