@@ -214,7 +214,8 @@ class Snapshot:
             if not _same(here, st):
                 raise self._changed(path, "was replaced by another folder")
             with os.scandir(fd) as it:
-                entries = [(os.fsencode(e.name), e.stat(follow_symlinks=False)) for e in it]
+                entries = [(os.fsencode(e.name), Stat.of(e.stat(follow_symlinks=False)))
+                           for e in it]
             if folder.rules.gitignore and any(n == GITIGNORE for n, _ in entries):
                 folder.rules = folder.rules.enter(folder.rel, self._gitignore(fd, path))
         except OSError as exc:
@@ -301,7 +302,7 @@ class Snapshot:
         real = os.path.realpath(link)
         if real != self.real_root and not real.startswith(self.real_root.rstrip(b"/") + b"/"):
             raise self._refuse(link, "leads outside SOURCE")
-        return st
+        return Stat.of(st)
 
     # --- pass 2: reading and hashing -----------------------------------------
 
@@ -416,7 +417,27 @@ class Snapshot:
                           + (", done." if final else ""))
 
 
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
+class Stat:
+    """What the build keeps of an entry's lstat between the scan and the read:
+    its type and permission bits, size and identity.
+
+    Why not `os.stat_result`: it holds about twenty Python objects (times in
+    three spellings), some 600 bytes an entry, which the scan keeps for every
+    entry until the files are read: 600 MB for a million files. This is
+    about a quarter of that. Same attribute names, so code reads either.
+    """
+
+    __slots__ = ("st_mode", "st_size", "st_dev", "st_ino")
+
+    def __init__(self, st_mode: int, st_size: int, st_dev: int, st_ino: int) -> None:
+        self.st_mode, self.st_size, self.st_dev, self.st_ino = st_mode, st_size, st_dev, st_ino
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Stat":
+        return cls(st.st_mode, st.st_size, st.st_dev, st.st_ino)
+
+
+def _same(a: os.stat_result | Stat, b: os.stat_result | Stat) -> bool:
     """The same file: device and inode (what a swap, a link or a rename changes)."""
     return a.st_dev == b.st_dev and a.st_ino == b.st_ino
 
