@@ -6,7 +6,9 @@ usage: python3 bench/recompress.py IMAGE [--encoders libdeflate:9,libdeflate:12,
 
 IMAGE is a `docteur make --compress default` image (git's zlib streams).
 Its PACK and IDX are copied out, and for each encoder (LIBRARY:LEVEL, the
-level being zopfli's iteration count) `recompress_pack` re-encodes the copy
+level being zopfli's iteration count; several joined with `+` are tried in
+turn on each entry, the shortest kept: `libdeflate:12+zopfli:15` is
+`--compress zopfli`) `recompress_pack` re-encodes the copy
 on N workers (default: the usable cores), as `docteur make --compress max`
 does after the delta search. Prints, per encoder, the pack's size as a
 ratio of git's streams and the seconds (wall and CPU) the pass took: add
@@ -68,15 +70,18 @@ def main() -> int:
         git_size = pack.stat().st_size
         print(f"{args.image}: git's pack {git_size:,} B")
         for spec in args.encoders.split(","):
-            library, _, level = spec.partition(":")
-            encoder = Encoder(library, int(level))
+            encoders = []
+            for one in spec.split("+"):
+                library, _, level = one.partition(":")
+                encoders.append(Encoder(library, int(level)))
             p, i = Path(tmp) / "y.pack", Path(tmp) / "y.idx"
             shutil.copy(pack, p)
             shutil.copy(idx, i)
             c, t = cpu(), time.perf_counter()
-            _, new = recompress_pack(str(p), str(i), (encoder,), workers=args.workers)
+            _, new = recompress_pack(str(p), str(i), encoders, workers=args.workers)
             wall, used = time.perf_counter() - t, cpu() - c
-            print(f"  {encoder.describe():24} pack {new:>12,} B = {new / git_size:.4f} x git's "
+            name = " then ".join(e.describe() for e in encoders)
+            print(f"  {name:24} pack {new:>12,} B = {new / git_size:.4f} x git's "
                   f"streams, {wall:7.2f} s ({used:.2f} s CPU)  load {os.getloadavg()[0]:.1f}",
                   flush=True)
     return 0
