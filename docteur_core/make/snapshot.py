@@ -105,7 +105,7 @@ class Snapshot:
         self.for_image = output is not None
         self._last = 0.0
         # folder path -> its entries (name, lstat, or stat through a link in compat)
-        self._listing: dict[bytes, list[tuple[bytes, os.stat_result]]] | None = None
+        self._listing: dict[bytes, list[tuple[bytes, Stat]]] | None = None
         self._folders: dict[bytes, _Folder] = {}  # the scan's folders, until listed
 
     def run(self, writer: ObjectSink) -> str:
@@ -120,9 +120,9 @@ class Snapshot:
         Nothing is read or written. Special files are skipped here (with
         their warnings), so the listing holds folders, files and links.
         """
-        listing: dict[bytes, list[tuple[bytes, os.stat_result]]] = {}
+        listing: dict[bytes, list[tuple[bytes, Stat]]] = {}
         try:
-            root_st = os.stat(self.root)
+            root_st = Stat.of(os.stat(self.root))
         except OSError as exc:
             raise BuildError(f"{show(self.root)}: cannot read directory ({exc.strerror})") from None
         top = self._folders[self.root] = _Folder(self.root, b"", self.rules)
@@ -194,8 +194,8 @@ class Snapshot:
             raise BuildError(f"{show(path)}: {size} bytes, over the object size limit of "
                              f"{self.max_object_size} bytes (the largest file docteur stores)")
 
-    def _children(self, path: bytes, st: os.stat_result, follow: bool
-                  ) -> Iterator[tuple[bytes, os.stat_result]]:
+    def _children(self, path: bytes, st: Stat, follow: bool
+                  ) -> Iterator[tuple[bytes, Stat]]:
         """The entries of folder `path`, which the scan saw as `st`, sorted by
         name, without those the filters leave out (its `_Folder`, in
         `_folders`, gets the folder's .gitignore rules)."""
@@ -284,7 +284,7 @@ class Snapshot:
         return BuildError(f"{show(link)}: symbolic link to {target} {why} "
                           "(--compat ocaml stores a link as the content of its target)")
 
-    def _follow(self, link: bytes) -> os.stat_result | None:
+    def _follow(self, link: bytes) -> Stat | None:
         """compat: what a link names, as the OCaml builder's `Unix.stat` sees it;
         None for a dangling link (left out with a warning)."""
         try:
@@ -337,7 +337,7 @@ class Snapshot:
                     return sha.decode()
                 stack[-1][1].add(os.path.basename(path), stat.S_IFDIR, ObjectID(sha))
 
-    def _leaf(self, path: bytes, st: os.stat_result) -> tuple[int, bytes]:
+    def _leaf(self, path: bytes, st: Stat) -> tuple[int, bytes]:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             sha = self._file(path, st)
@@ -352,7 +352,7 @@ class Snapshot:
         self.links += 1
         return 0o120000, self.writer.add(OBJ_BLOB, target).hex().encode()
 
-    def _open(self, path: bytes, st: os.stat_result) -> int:
+    def _open(self, path: bytes, st: Stat) -> int:
         """Open the file the scan saw as `st`, or fail: never a link, a FIFO or another file."""
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
         if not self.compat:
@@ -381,7 +381,7 @@ class Snapshot:
             raise
         return fd
 
-    def _file(self, path: bytes, st: os.stat_result) -> bytes:
+    def _file(self, path: bytes, st: Stat) -> bytes:
         fd = self._open(path, st)
         try:
             with open(fd, "rb") as f:
@@ -451,7 +451,7 @@ class _Folder:
         self.path = path  # as opened
         self.rel = rel  # relative to SOURCE, b"" for SOURCE itself
         self.rules = rules  # updated with the folder's .gitignore when it is read
-        self.kept: list[tuple[bytes, os.stat_result]] = []
+        self.kept: list[tuple[bytes, Stat]] = []
         self.filtered = False  # something in it was left out by the filters
 
 
