@@ -77,8 +77,10 @@ def make_image(source: str | os.PathLike[str], output: str | os.PathLike[str],
     is the readers' own limit, so the builder never makes an image they
     refuse; only a smaller value makes sense.
     `compress="max"`: after the delta search, every entry's zlib stream is
-    re-encoded with zopfli (`zopfli_iterations`, default 15) where that is
-    shorter (see `recompress`); needs the `max` extra.
+    re-encoded with libdeflate at level 12 where that is shorter (see
+    `recompress`); needs the `max` extra. `compress="zopfli"`: libdeflate 12
+    and zopfli (`zopfli_iterations`, default 15) are tried on each entry and
+    the shortest stream kept; needs the `zopfli` extra.
     `excludes` (gitignore patterns, ranked as .git/info/exclude) and
     `gitignore=True` (honour the directory's .gitignore files) leave out
     what `git add` would (see `ignore`); directory sources only.

@@ -5,7 +5,7 @@
 2. `open_base`: with `--base`, the earlier image checked and handed to git;
 3. `commit_directory` / `commit_repository`: the source as one commit in a
    repository git can read (`Made`);
-4. `delta_search`: `git pack-objects` on every core, then `--compress max`;
+4. `delta_search`: `git pack-objects` on every core, then `--compress max|zopfli`;
 5. `tally`: what the summary line reports;
 6. `write`: the path index region, and the image written atomically.
 
@@ -59,7 +59,7 @@ class Plan:
     src: Source
     image: str  # the output's absolute path
     base: str | None  # the base image's path
-    iterations: int  # zopfli's, for --compress max
+    iterations: int  # zopfli's, for --compress zopfli
     signed_by: str  # the signing key's description, or ""
     identity: Identity | None  # a directory's commit; None for a repository
     snapshot: Snapshot | None  # a directory's checked listing
@@ -327,15 +327,16 @@ def _rewrite_for_ocaml(repo: GitRepo, commit: str, raw_commit: bytes, display: s
 def delta_search(made: Made, options: MakeOptions, plan: Plan, tmp: str, progress: Progress,
                  reuse: bool) -> tuple[str, str]:
     """The image's PACK and IDX: `git pack-objects` in parts fixed in advance
-    (`parallel`), then every stream re-encoded under --compress max."""
+    (`parallel`), then every stream re-encoded under --compress max or zopfli."""
     from .parallel import pack_objects_parallel
 
     pack_path = pack_objects_parallel(made.repo, made.commit, os.path.join(tmp, "image"),
                                       progress, options.jobs, reuse=reuse)
     idx_path = pack_path[:-len(".pack")] + ".idx"
-    if options.compress == "max":
-        from .recompress import recompress_pack
-        recompress_pack(pack_path, idx_path, plan.iterations, progress)
+    if options.compress != "default":
+        from .recompress import encoders_for, recompress_pack
+        recompress_pack(pack_path, idx_path, encoders_for(options.compress, plan.iterations),
+                        progress)
     return pack_path, idx_path
 
 

@@ -1,25 +1,36 @@
-"""`--compress max`: re-encode every pack entry's zlib stream with zopfli.
+"""`--compress max` and `--compress zopfli`: re-encode every pack entry's zlib stream.
 
 Why: git's delta search is saturated (a bigger window or depth gains
-0.2 %), but its zlib streams are not: a zopfli-class deflate encoder makes
-the same streams a few percent smaller, and every zlib reader (git's, the
-OCaml docteur's, ours) inflates them unchanged. Images are built once and
-read many times, so build time is worth spending for bytes when asked.
+0.2 %), but its zlib streams are not (git writes zlib level 6): a better
+deflate encoder makes the same streams a few percent smaller, and every
+zlib reader (git's, the OCaml docteur's, ours) inflates them unchanged.
 
-What changes: only each entry's zlib stream, and only where zopfli's is
-strictly shorter (an entry never grows). What is kept byte for byte: the
+The encoders (`format.encoders`): `max` is libdeflate at level 12, which
+gets nearly all of zopfli's gain at a small fraction of its time;
+`zopfli` tries libdeflate 12 and then zopfli on every entry and keeps the
+shorter (zopfli is used only where it wins), for the last few tenths of a
+percent at many times the time.
+
+What changes: only each entry's zlib stream, and only where a candidate is
+strictly shorter than git's (an entry never grows; among candidates of the
+same length the first listed wins). What is kept byte for byte: the
 entry's type, declared size, REF_DELTA base id, and the inflated content
 (object or delta instructions). What is recomputed: offsets, OFS_DELTA
 distances (their varint can shrink, so offsets are assigned in pack order:
 a base always precedes its delta, so its new offset is known when the
 delta is written), CRCs, the pack checksum and the .idx.
 
-Determinism: zopfli is deterministic for a given input, iteration count
-and library version; entries are re-encoded in parallel but written in
-pack order, so the worker count does not change the bytes.
+Determinism: each encoder is deterministic for a given input, level and
+library version; entries are re-encoded in parallel, in batches fixed by
+the pack alone, but written in pack order, so the worker count does not
+change the bytes.
 
-Memory: workers read their entry from the pack file themselves (only
-offsets cross process boundaries), at most a few entries per worker are in
+Cost: a batch of small entries is one task (one read of the pack, one
+round trip to a worker), so a pack of a million tiny objects pays for its
+entries, not for a million task messages.
+
+Memory: workers read their batch from the pack file themselves (only
+offsets cross process boundaries), at most a few batches per worker are in
 flight, and an entry whose inflated size is over `MAX_REENCODE` keeps git's
 stream, copied in chunks.
 """
@@ -32,9 +43,11 @@ import os
 import time
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import BuildError
+from ..format.encoders import (DEFAULT_ZOPFLI_ITERATIONS, LIBDEFLATE, MAX_LEVEL, ZOPFLI,
+                               Encoder)
 from ..format.idx import encode_idx_v2
 from ..format.pack import MAX_ENTRY_HEADER, OBJ_OFS_DELTA, parse_entry_header
 from .pathindex import idx_offsets
@@ -42,27 +55,40 @@ from .pathindex import idx_offsets
 if TYPE_CHECKING:
     from multiprocessing.pool import AsyncResult, Pool
 
-LEVELS = ("default", "max")
-DEFAULT_ITERATIONS = 15  # zopfli's own default; fewer is faster and a little bigger
-# Entries inflating to more than this keep git's stream: zopfli holds the
-# whole input and runs at about 1 MB/s, so bigger ones cost minutes and memory.
+LEVELS = ("default", "max", "zopfli")
+DEFAULT_ITERATIONS = DEFAULT_ZOPFLI_ITERATIONS
+# Entries inflating to more than this keep git's stream: the encoders hold
+# the whole input (zopfli runs at about 1 MB/s, so bigger ones cost minutes).
 MAX_REENCODE = 64 << 20
 CHUNK = 1 << 20
-MISSING = ("--compress max needs the zopfli package, which is not installed: "
-           "pip install 'docteur[max]'")
+# A batch: consecutive entries, up to this many stream bytes or entries
+# (one task for a worker). Fixed by the pack alone, like everything else.
+BATCH_BYTES = 256 << 10
+BATCH_ENTRIES = 256
+
+
+def encoders_for(level: str, iterations: int = DEFAULT_ITERATIONS) -> tuple[Encoder, ...]:
+    """The encoders a --compress level tries on each entry, in order (none: git's streams)."""
+    if level == "max":
+        return (Encoder(LIBDEFLATE, MAX_LEVEL),)
+    if level == "zopfli":
+        return (Encoder(LIBDEFLATE, MAX_LEVEL), Encoder(ZOPFLI, iterations))
+    return ()
 
 
 def check_available(level: str, iterations: int) -> None:
-    """Refuse an unknown level or a missing zopfli before any work (one line)."""
+    """Refuse an unknown level or a missing library before any work (one line)."""
     if level not in LEVELS:
         raise BuildError(f"compress {level!r}: choose one of {', '.join(LEVELS)}")
-    if level == "max":
-        if iterations < 1:
-            raise BuildError(f"zopfli iterations {iterations}: must be at least 1")
-        try:
-            import zopfli.zlib  # noqa: F401
-        except ImportError:
-            raise BuildError(MISSING) from None
+    if level == "zopfli" and iterations < 1:
+        raise BuildError(f"zopfli iterations {iterations}: must be at least 1")
+    missing = sorted({p for e in encoders_for(level, max(iterations, 1))
+                      if (p := e.missing()) is not None})
+    if missing:
+        raise BuildError(f"--compress {level} needs the {' and '.join(missing)} "
+                         f"package{'s' if len(missing) > 1 else ''}, which "
+                         f"{'are' if len(missing) > 1 else 'is'} not installed: "
+                         f"pip install 'docteur[{level}]'")
 
 
 def encode_ofs_distance(distance: int) -> bytes:
@@ -86,20 +112,29 @@ def size_varint_len(buf: bytes) -> int:
     return n + 1
 
 
-def reencode(stream: bytes, iterations: int) -> bytes | None:
-    """zopfli's zlib stream for what `stream` inflates to, if strictly shorter; else None.
+def reencode(stream: bytes, encoders: Sequence[Encoder]) -> bytes | None:
+    """The shortest of `encoders`' zlib streams for what `stream` inflates to,
+    if strictly shorter than `stream`; else None (keep git's).
 
-    Pure: the same bytes and iteration count give the same answer.
+    Pure: the same bytes and encoders give the same answer.
     """
-    import zopfli.zlib
-
     d = zlib.decompressobj()
     content = d.decompress(stream)
     if not d.eof or d.unused_data:
         raise BuildError("git wrote a pack entry whose zlib stream does not end where "
                          "the next entry starts")
-    new = zopfli.zlib.compress(content, numiterations=iterations)
-    return new if len(new) < len(stream) else None
+    best = None
+    for encoder in encoders:
+        new = encoder.compress(content)
+        if len(new) < len(stream) and (best is None or len(new) < len(best)):
+            best = new
+    return best
+
+
+def reencode_batch(data: bytes, spans: Sequence[tuple[int, int]],
+                   encoders: Sequence[Encoder]) -> list[bytes | None]:
+    """`reencode` of each (start, end) slice of `data`: one batch of entries."""
+    return [reencode(data[a:b], encoders) for a, b in spans]
 
 
 # The worker's pack file, opened once per worker process.
@@ -119,10 +154,17 @@ def _init_worker(pack_path: str, tie: Callable[[], None] | None) -> None:
     _worker_fd = os.open(pack_path, os.O_RDONLY)
 
 
-def _work(task: tuple[int, int, int]) -> bytes | None:
-    start, length, iterations = task
+def _read_batch(fd: int, task: "_Task") -> list[bytes | None]:
+    start, end, spans, encoders = task
+    data = os.pread(fd, end - start, start)
+    if len(data) != end - start:
+        raise BuildError("the pack is shorter than its .idx says")
+    return reencode_batch(data, spans, encoders)
+
+
+def _work(task: "_Task") -> list[bytes | None]:
     assert _worker_fd is not None
-    return reencode(os.pread(_worker_fd, length, start), iterations)
+    return _read_batch(_worker_fd, task)
 
 
 class _Entry:
@@ -151,19 +193,25 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
-def recompress_pack(pack_path: str, idx_path: str, iterations: int = DEFAULT_ITERATIONS,
+def recompress_pack(pack_path: str, idx_path: str,
+                    encoders: Sequence[Encoder] = (Encoder(LIBDEFLATE, MAX_LEVEL),),
                     progress: Callable[[str], None] | None = None,
                     workers: int | None = None,
                     max_reencode: int = MAX_REENCODE) -> tuple[int, int]:
-    """Rewrite `pack_path` and `idx_path` in place with zopfli streams; return (old, new) size.
+    """Rewrite `pack_path` and `idx_path` in place with re-encoded streams; return (old, new) size.
 
-    `workers`: processes to use (default: the CPUs this process may run
-    on); the bytes written do not depend on it.
+    `encoders`: tried in order on every entry, the shortest stream kept
+    (`encoders_for`). `workers`: processes to use (default: the CPUs this
+    process may run on); the bytes written do not depend on it.
     """
+    encoders = tuple(encoders)
+    if not encoders:
+        raise ValueError("recompress_pack needs at least one encoder")
     with open(idx_path, "rb") as f:
         offsets = idx_offsets(f.read())
     old_size = os.path.getsize(pack_path)
     by_offset = sorted((off, sha) for sha, off in offsets.items())
+    del offsets
     fd = os.open(pack_path, os.O_RDONLY)
     try:
         head = os.pread(fd, 12, 0)  # PACK, version, count: unchanged
@@ -172,8 +220,9 @@ def recompress_pack(pack_path: str, idx_path: str, iterations: int = DEFAULT_ITE
             end = by_offset[i + 1][0] if i + 1 < len(by_offset) else old_size - 20
             entries.append(_Entry(sha, off, end, os.pread(fd, min(MAX_ENTRY_HEADER, end - off),
                                                           off)))
+        del by_offset
         out_path = pack_path + ".max"
-        new_size = _write(fd, head, entries, out_path, idx_path, iterations, progress,
+        new_size = _write(fd, head, entries, out_path, idx_path, encoders, progress,
                           workers or _workers(), max_reencode)
     finally:
         os.close(fd)
@@ -194,33 +243,85 @@ def _start_pool(pack_path: str, workers: int) -> Pool | None:
         workers, initializer=_init_worker, initargs=(pack_path, _pdeathsig_setter()))
 
 
-def _results(fd: int, entries: list[_Entry], pool: Pool | None, iterations: int, workers: int,
+# A batch for a worker: the pack bytes [start, end) to read, each entry's
+# stream as a (start, end) slice of them, the encoders.
+_Task = tuple[int, int, list[tuple[int, int]], tuple[Encoder, ...]]
+
+
+def plan_batches(entries: Sequence[_Entry], max_reencode: int,
+                 batch_bytes: int = BATCH_BYTES,
+                 batch_entries: int = BATCH_ENTRIES) -> list[tuple[int, int] | None]:
+    """Runs of consecutive entries to re-encode together, as (first, stop) indices,
+    in pack order; None for an entry over `max_reencode` (git's stream is kept).
+
+    A run ends before `batch_entries` entries or once it holds `batch_bytes`
+    of streams, so a big entry is a batch of its own. Pure: the same pack
+    gives the same batches (they do not change the bytes anyway: each entry
+    is encoded on its own).
+    """
+    out: list[tuple[int, int] | None] = []
+    first, held = None, 0
+    for i, e in enumerate(entries):
+        if e.size > max_reencode:
+            if first is not None:
+                out.append((first, i))
+                first = None
+            out.append(None)
+            continue
+        if first is None:
+            first, held = i, 0
+        held += e.end - e.stream_at
+        if held >= batch_bytes or i + 1 - first >= batch_entries:
+            out.append((first, i + 1))
+            first = None
+    if first is not None:
+        out.append((first, len(entries)))
+    return out
+
+
+def _task(entries: Sequence[_Entry], first: int, stop: int,
+          encoders: tuple[Encoder, ...]) -> _Task:
+    start, end = entries[first].stream_at, entries[stop - 1].end
+    return (start, end, [(e.stream_at - start, e.end - start) for e in entries[first:stop]],
+            encoders)
+
+
+def _results(fd: int, entries: list[_Entry], pool: Pool | None,
+             encoders: tuple[Encoder, ...], workers: int,
              max_reencode: int) -> Iterator[bytes | None]:
     """Each entry's new stream (or None: keep git's), in pack order."""
-    tasks = [(e.stream_at, e.end - e.stream_at, iterations) if e.size <= max_reencode else None
-             for e in entries]
+    batches = plan_batches(entries, max_reencode)
     if pool is None:
-        for t in tasks:
-            yield None if t is None else reencode(os.pread(fd, t[1], t[0]), iterations)
+        for b in batches:
+            if b is None:
+                yield None
+            else:
+                yield from _read_batch(fd, _task(entries, b[0], b[1], encoders))
         return
-    window: collections.deque[AsyncResult[bytes | None] | None] = collections.deque()
-    it = iter(tasks)
-    limit = 4 * workers  # entries in flight: bounds the memory held
+    window: collections.deque[AsyncResult[list[bytes | None]] | None] = collections.deque()
+    it = iter(batches)
+    limit = 4 * workers  # batches in flight: bounds the memory held
     while True:
         while len(window) < limit:
-            task = next(it, StopIteration)
-            if task is StopIteration:
+            try:
+                batch = next(it)
+            except StopIteration:
                 break
-            window.append(None if task is None else pool.apply_async(_work, (task,)))
+            window.append(None if batch is None else
+                          pool.apply_async(_work, (_task(entries, batch[0], batch[1],
+                                                         encoders),)))
         if not window:
             return
         r = window.popleft()
-        yield None if r is None else r.get()
+        if r is None:
+            yield None
+        else:
+            yield from r.get()
 
 
 def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path: str,
-           iterations: int, progress: Callable[[str], None] | None, workers: int,
-           max_reencode: int) -> int:
+           encoders: tuple[Encoder, ...], progress: Callable[[str], None] | None,
+           workers: int, max_reencode: int) -> int:
     pack_path = out_path[:-len(".max")]
     new_offset: dict[int, int] = {}
     idx_entries = []
@@ -234,11 +335,11 @@ def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path:
             pos = len(head)
             saved = 0
             shown = 0.0  # when the progress line was last rewritten
+            name = " then ".join(e.describe() for e in encoders)
             if progress is not None:  # it may take minutes: say so at once
-                progress(f"Compressing (zopfli, {iterations} iterations): "
-                         f"0/{total} entries, 0 bytes saved")
+                progress(f"Recompressing ({name}): 0/{total} entries, 0 bytes saved")
             for i, (e, stream) in enumerate(zip(entries, _results(
-                    fd, entries, pool, iterations, workers, max_reencode))):
+                    fd, entries, pool, encoders, workers, max_reencode))):
                 new_offset[e.offset] = pos
                 header = e.header
                 if e.base_offset is not None:
@@ -269,7 +370,7 @@ def _write(fd: int, head: bytes, entries: list[_Entry], out_path: str, idx_path:
                 now = time.monotonic()
                 if progress is not None and (now - shown >= 0.1 or i + 1 == total):
                     shown = now
-                    progress(f"Compressing (zopfli, {iterations} iterations): "
+                    progress(f"Recompressing ({name}): "
                              f"{i + 1}/{total} entries, {saved:,} bytes saved")
             checksum = digest.digest()
             out.write(checksum)

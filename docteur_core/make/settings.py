@@ -25,7 +25,7 @@ class MakeOptions:
     compat: str | None = None  # "ocaml": what the OCaml docteur reads completely
     path_index: bool = True  # append docteur's path index region
     max_object_size: int = MAX_FILE_SIZE
-    compress: str = "default"  # or "max" (the `max` extra)
+    compress: str = "default"  # or "max" (the `max` extra), "zopfli" (the `zopfli` extra)
     zopfli_iterations: int | None = None
     excludes: tuple[str | bytes, ...] = field(default=())  # gitignore patterns
     gitignore: bool = False  # honour a directory's .gitignore files

@@ -1,10 +1,12 @@
-"""`docteur make --compress max`: zopfli streams, everything else unchanged.
+"""`docteur make --compress max|zopfli`: libdeflate (and zopfli) streams,
+everything else unchanged.
 
 Small corpora and few zopfli iterations keep this fast; what is checked is
 what the layout promises, with git and the OCaml docteur as oracles: the
 PACK region indexes to the IDX region, verify-pack passes, every file reads
 back, each entry keeps its type, header fields and inflated bytes while its
-stream never grows, and the bytes do not depend on the run or worker count.
+stream never grows, zopfli's entries are never longer than max's, and the
+bytes do not depend on the run, the worker count or the batching.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from hypothesis import strategies as st
 
 from docteur_core.make import make_image
 from docteur_core.make.pathindex import idx_offsets
-from docteur_core.make.recompress import encode_ofs_distance, recompress_pack
+from docteur_core.format.encoders import LIBDEFLATE, ZOPFLI, Encoder
+from docteur_core.make import recompress
+from docteur_core.make.recompress import (encode_ofs_distance, encoders_for, plan_batches,
+                                          recompress_pack)
 from docteur_core.format import layout
 from docteur_core.format import pathindex as pix
 from docteur_core.format.pack import OBJ_OFS_DELTA, parse_entry_header
@@ -100,17 +105,20 @@ def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compress")
     src = tmp / "src"
     _corpus(src)
-    default, best = tmp / "default.img", tmp / "max.img"
+    default, best, zop = tmp / "default.img", tmp / "max.img", tmp / "zopfli.img"
     make_image(src, default, date=DATE, warn=lambda w: None)
-    make_image(src, best, date=DATE, warn=lambda w: None, compress="max",
+    make_image(src, best, date=DATE, warn=lambda w: None, compress="max")
+    make_image(src, zop, date=DATE, warn=lambda w: None, compress="zopfli",
                zopfli_iterations=ITER)
-    return tmp, src, default, best
+    return tmp, src, default, best, zop
 
 
-def test_max_keeps_every_entry_and_never_grows_one(built):
-    tmp, src, default, best = built
+@pytest.mark.parametrize("level", ["max", "zopfli"])
+def test_max_keeps_every_entry_and_never_grows_one(built, level):
+    tmp, src, default, best, zop = built
+    image = best if level == "max" else zop
     a = _entries(*_pack_of(default))
-    b = _entries(*_pack_of(best))
+    b = _entries(*_pack_of(image))
     assert a.keys() == b.keys()
     assert any(e[0] == OBJ_OFS_DELTA for e in a.values())  # the corpus has deltas
     shrunk = 0
@@ -120,12 +128,27 @@ def test_max_keeps_every_entry_and_never_grows_one(built):
         assert length2 <= length
         shrunk += length2 < length
     assert shrunk > 0
-    assert len(_pack_of(best)[0]) < len(_pack_of(default)[0])
-    assert best.stat().st_size <= default.stat().st_size
+    assert len(_pack_of(image)[0]) < len(_pack_of(default)[0])
+    assert image.stat().st_size <= default.stat().st_size
+
+
+def test_zopfli_keeps_libdeflates_stream_where_it_does_not_win(built):
+    """--compress zopfli tries libdeflate 12 first: no entry is longer than max's,
+    and where zopfli is shorter its stream is the one kept."""
+    tmp, src, default, best, zop = built
+    m = _entries(*_pack_of(best))
+    z = _entries(*_pack_of(zop))
+    assert all(z[sha][4] <= m[sha][4] for sha in m)
+    pack, idx = _pack_of(default)
+    git = _entries(pack, idx)
+    zopfli_alone = Encoder(ZOPFLI, ITER)
+    for sha, (typ, size, base, content, length) in git.items():
+        best_len = min(length, m[sha][4], len(zopfli_alone.compress(content)))
+        assert z[sha][4] == best_len
 
 
 def test_max_image_passes_git_and_reads_back(built):
-    tmp, src, default, best = built
+    tmp, src, default, best, zop = built
     work = tmp / "git-max"
     work.mkdir()
     checked = check_image(best, work)  # index-pack gives the IDX region; verify-pack
@@ -151,33 +174,65 @@ def test_max_image_passes_git_and_reads_back(built):
             assert all(n.offset for n in got)
 
 
-def test_max_is_deterministic_and_independent_of_workers(built, tmp_path):
-    tmp, src, default, best = built
+@pytest.mark.parametrize("level", ["max", "zopfli"])
+def test_max_is_deterministic_and_independent_of_workers(built, tmp_path, monkeypatch, level):
+    tmp, src, default, best, zop = built
+    image = best if level == "max" else zop
     again = tmp_path / "again.img"
-    make_image(src, again, date=DATE, warn=lambda w: None, compress="max",
+    make_image(src, again, date=DATE, warn=lambda w: None, compress=level,
                zopfli_iterations=ITER)
-    assert again.read_bytes() == best.read_bytes()
-    # The same pack re-encoded by one process and by two: same bytes.
+    assert again.read_bytes() == image.read_bytes()
+    # The same pack re-encoded by one process and by two, in the usual
+    # batches and in batches of one or two entries: same bytes.
     pack, idx = _pack_of(default)
     outs = []
-    for workers in (1, 2):
+    for workers, batch in ((1, None), (2, None), (2, 1), (1, 2)):
+        if batch is not None:
+            monkeypatch.setattr(recompress, "BATCH_ENTRIES", batch)
         p, i = tmp_path / f"w{workers}.pack", tmp_path / f"w{workers}.idx"
         p.write_bytes(pack)
         i.write_bytes(idx)
-        old, new = recompress_pack(str(p), str(i), ITER, workers=workers)
+        old, new = recompress_pack(str(p), str(i), encoders_for(level, ITER), workers=workers)
         assert (old, new) == (len(pack), p.stat().st_size) and new < old
         outs.append((p.read_bytes(), i.read_bytes()))
-    assert outs[0] == outs[1]
-    assert outs[0][0] == _pack_of(best)[0]
+    assert all(out == outs[0] for out in outs)
+    assert outs[0][0] == _pack_of(image)[0]
+
+
+class _E:
+    """The fields of an entry `plan_batches` reads."""
+
+    def __init__(self, size: int, stream: int) -> None:
+        self.size, self.stream_at, self.end = size, 0, stream
+
+
+@given(st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 700)), max_size=60),
+       st.integers(1, 2000), st.integers(1, 1500), st.integers(1, 7))
+def test_batches_cover_every_entry_once_in_pack_order(sizes, max_reencode, batch_bytes,
+                                                      batch_entries):
+    entries = [_E(size, stream) for size, stream in sizes]
+    batches = plan_batches(entries, max_reencode, batch_bytes, batch_entries)
+    covered: list[int] = []
+    for b in batches:
+        if b is None:
+            covered.append(len(covered))
+            assert entries[covered[-1]].size > max_reencode
+            continue
+        first, stop = b
+        assert first == len(covered) and 0 < stop - first <= batch_entries
+        assert sum(entries[k].end for k in range(first, stop - 1)) < batch_bytes
+        assert all(entries[k].size <= max_reencode for k in range(first, stop))
+        covered += range(first, stop)
+    assert covered == list(range(len(entries)))
 
 
 def test_entries_over_the_reencode_limit_keep_gits_stream(built, tmp_path):
-    tmp, src, default, best = built
+    tmp, src, default, best, zop = built
     pack, idx = _pack_of(default)
     p, i = tmp_path / "x.pack", tmp_path / "x.idx"
     p.write_bytes(pack)
     i.write_bytes(idx)
-    recompress_pack(str(p), str(i), ITER, workers=2, max_reencode=1000)
+    recompress_pack(str(p), str(i), encoders_for("max"), workers=2, max_reencode=1000)
     a = _entries(pack, idx)
     b = _entries(p.read_bytes(), i.read_bytes())
     for sha, e in a.items():
@@ -195,39 +250,59 @@ def test_entries_over_the_reencode_limit_keep_gits_stream(built, tmp_path):
 
 @pytest.mark.oracle
 def test_the_ocaml_docteur_verifies_and_reads_a_max_image(built, tmp_path):
-    tmp, src, default, best = built
+    tmp, src, default, best, zop = built
     oracle = oc.Oracle(oc.built())
     plain = tmp_path / "ocaml.img"
     make_image(src, plain, date=DATE, warn=lambda w: None, compress="max",
-               zopfli_iterations=ITER, compat="ocaml", path_index=False)
-    for img in (best, plain):
+               compat="ocaml", path_index=False)
+    for img in (best, zop, plain):
         same_verify(oracle, img)
         agree(oracle, img)
 
 
-def _cli(*args: str, block_zopfli: bool = False) -> subprocess.CompletedProcess:
-    prelude = ("import sys; sys.modules['zopfli'] = None; sys.modules['zopfli.zlib'] = None; "
-               if block_zopfli else "import sys; ")
+def _cli(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`docteur ARGS` in a fresh Python where the modules `block` names cannot be imported."""
+    prelude = "import sys; " + "".join(f"sys.modules[{m!r}] = None; " for m in block)
     code = prelude + "from docteur_core.cli import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, env=env, timeout=300)
 
 
-def test_without_zopfli_max_fails_with_one_line_naming_the_extra(tmp_path):
+@pytest.mark.parametrize("level,block,extra", [
+    ("max", ("deflate",), "deflate"),
+    ("zopfli", ("zopfli", "zopfli.zlib"), "zopfli"),
+    ("zopfli", ("deflate", "zopfli", "zopfli.zlib"), "deflate and zopfli packages"),
+])
+def test_without_its_library_a_level_fails_with_one_line_naming_the_extra(tmp_path, level,
+                                                                           block, extra):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("hello\n")
     img = tmp_path / "a.img"
-    proc = _cli("make", "--compress", "max", str(src), str(img), block_zopfli=True)
+    proc = _cli("make", "--compress", level, str(src), str(img), block=block)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'docteur[max]'" in lines[0], proc.stderr
+    assert len(lines) == 1 and f"pip install 'docteur[{level}]'" in lines[0], proc.stderr
+    assert extra in lines[0]
     assert not img.exists()
-    # default needs no zopfli
-    proc = _cli("make", "-q", "--compress", "default", str(src), str(img), block_zopfli=True)
+    # default needs neither library
+    proc = _cli("make", "-q", "--compress", "default", str(src), str(img),
+                block=("deflate", "zopfli", "zopfli.zlib"))
     assert proc.returncode == 0, proc.stderr
     assert img.exists()
+
+
+def test_max_needs_no_zopfli(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("hello hello hello hello hello hello\n" * 50)
+    img = tmp_path / "a.img"
+    proc = _cli("make", "-q", "--compress", "max", "--date", DATE, str(src), str(img),
+                block=("zopfli", "zopfli.zlib"))
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(str(img)) as image:
+        assert image.get("f") == (src / "f").read_bytes()
 
 
 def test_cli_max_and_bad_iterations(tmp_path):
@@ -240,7 +315,7 @@ def test_cli_max_and_bad_iterations(tmp_path):
     assert proc.stderr.splitlines()[-1] == ("docteur make: error: argument --zopfli-iterations: "
                                             "'0' is not a positive whole number")
     assert not img.exists()
-    proc = _cli("make", "-q", "--compress", "max", "--zopfli-iterations", "1",
+    proc = _cli("make", "-q", "--compress", "zopfli", "--zopfli-iterations", "1",
                 "--date", DATE, str(src), str(img))
     assert proc.returncode == 0, proc.stderr
     with Image.open(str(img)) as image:

@@ -127,7 +127,7 @@ def test_verbose_says_once_what_the_ocaml_fast_reader_misses(tmp_path):
     assert LINE.fullmatch(line), line
 
 
-@pytest.mark.parametrize("compress", ["default", "max"])
+@pytest.mark.parametrize("compress", ["default", "max", "zopfli"])
 def test_repository_summary(tmp_path, compress):
     repo = tmp_path / "repo"
     files, bytes_in = versions_tree(repo)
