@@ -39,12 +39,13 @@ import re
 import struct
 import subprocess
 import time
+from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Sequence
 
 from .. import children
 from ..errors import BuildError
-from ..format.idx import encode_idx_v2
+from ..format.idx import encode_idx_columns
 from .gitrun import DEPTH, WINDOW, GitRepo, git_command, git_env, last_line, run_git, start_git
 
 # About this much object content per part. Fixed: it decides the cut points,
@@ -72,7 +73,7 @@ def name_hash(name: bytes) -> int:
     return h
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Obj:
     """One object to pack: its `rev-list` line, type number, size and name hash."""
     line: bytes
@@ -81,10 +82,16 @@ class Obj:
     hash: int
 
 
+def _order_key(obj: Obj) -> int:
+    """One number that sorts as (-type, -hash, -size): one int an object,
+    not a tuple of four, for a million-object sort."""
+    return -(obj.type << 96 | obj.hash << 64 | obj.size)
+
+
 def delta_order(objects: Sequence[Obj]) -> list[int]:
-    """Indices of `objects` in pack-objects' delta-search order (`type_size_sort`)."""
-    return sorted(range(len(objects)),
-                  key=lambda i: (-objects[i].type, -objects[i].hash, -objects[i].size, i))
+    """Indices of `objects` in pack-objects' delta-search order (`type_size_sort`):
+    type, name hash, size, all descending, then the index (the sort is stable)."""
+    return sorted(range(len(objects)), key=lambda i: _order_key(objects[i]))
 
 
 def _cut_score(a: Obj, b: Obj) -> int:
@@ -146,9 +153,7 @@ def window_bytes(objects: Sequence[Obj], part: Sequence[int], window: int = WIND
     git keeps every object of its window, and a delta index of each, in
     memory: this is what a part's pack-objects needs, beyond small change.
     """
-    sizes = [objects[i].size for i in sorted(part, key=lambda i: (-objects[i].type,
-                                                                   -objects[i].hash,
-                                                                   -objects[i].size, i))]
+    sizes = [objects[i].size for i in sorted(part, key=lambda i: _order_key(objects[i]))]
     best = total = 0
     for n, size in enumerate(sizes):
         total += size
@@ -171,47 +176,85 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def list_objects(repo: GitRepo, commit: str) -> list[Obj]:
+class ObjectList(Sequence[Obj]):
+    """The objects to pack, in `rev-list` order, kept in columns.
+
+    A million `Obj`s (and the lines and numbers they hold) cost about
+    0.2 KB each; here an object costs its line in one shared `rev-list`
+    output plus 21 bytes of numbers. Indexing builds the `Obj` on demand.
+    """
+
+    def __init__(self, listing: bytes, starts: array, types: array, sizes: array,
+                 hashes: array) -> None:
+        self.listing = listing  # rev-list's output, every line ending in "\n"
+        self.starts = starts  # where each line starts, and one past the last line
+        self.types, self.sizes, self.hashes = types, sizes, hashes
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def line(self, i: int) -> bytes:
+        return self.listing[self.starts[i]:self.starts[i + 1] - 1]
+
+    def __getitem__(self, i):  # an int only: the planners index one object at a time
+        return Obj(self.line(i), self.types[i], self.sizes[i], self.hashes[i])
+
+
+def list_objects(repo: GitRepo, commit: str) -> ObjectList:
     """The commit and everything it reaches, in `rev-list` order, with types and sizes."""
     listing = run_git(repo, "rev-list", "--objects", "--no-walk", commit)
-    lines = listing.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    shas = b"".join(line[:40] + b"\n" for line in lines)
+    if listing and not listing.endswith(b"\n"):
+        listing += b"\n"
+    starts = array("Q", [0])
+    shas = bytearray()
+    at = 0
+    while at < len(listing):
+        end = listing.index(b"\n", at)
+        shas += listing[at:at + 40]
+        shas += b"\n"
+        at = end + 1
+        starts.append(at)
+    n = len(starts) - 1
     try:
         checked = run_git(repo, "cat-file", "--batch-check=%(objecttype) %(objectsize)",
-                          input=shas).split(b"\n")
+                          input=bytes(shas))
     except BuildError as exc:
         raise BuildError(f"listing the objects of {commit} failed: {exc}") from None
-    if len(checked) != len(lines) + 1:
+    del shas
+    answered = checked.count(b"\n")
+    if answered != n or (checked and not checked.endswith(b"\n")):
         raise BuildError(f"listing the objects of {commit} failed: git cat-file answered "
-                         f"{len(checked) - 1} of {len(lines)} objects")
-    out = []
-    for line, check in zip(lines, checked):
+                         f"{answered} of {n} objects")
+    types, sizes, hashes = array("B"), array("Q"), array("I")
+    at = 0
+    for i in range(n):
+        end = checked.index(b"\n", at)
+        check = checked[at:end]
+        at = end + 1
         kind, _, size = check.partition(b" ")
         if kind not in _TYPES or not size.isdigit():
             raise BuildError(f"listing the objects of {commit} failed: "
                              f"{check.decode('utf-8', 'replace')}")
-        out.append(Obj(line, _TYPES[kind], int(size), name_hash(line[41:])))
-    return out
+        types.append(_TYPES[kind])
+        sizes.append(int(size))
+        hashes.append(name_hash(listing[starts[i] + 41:starts[i + 1] - 1]))
+    return ObjectList(listing, starts, types, sizes, hashes)
 
 
-def parse_idx(idx: bytes) -> list[tuple[bytes, int, int]]:
-    """(raw id, offset, crc32) of every entry of a version 2 .idx git just wrote."""
+def _add_idx(idx: bytes, shift: int, shas: bytearray, offsets: array, crcs: array) -> None:
+    """Append the entries of a version 2 .idx git just wrote to the columns,
+    their offsets moved by `shift`."""
     n = struct.unpack_from(">I", idx, 8 + 255 * 4)[0]
     names_at = 8 + 256 * 4
     crcs_at = names_at + 20 * n
     offsets_at = crcs_at + 4 * n
     large_at = offsets_at + 4 * n
-    crcs = struct.unpack_from(f">{n}I", idx, crcs_at)
-    offsets = struct.unpack_from(f">{n}I", idx, offsets_at)
-    out = []
-    for i in range(n):
-        offset = offsets[i]
+    shas += idx[names_at:crcs_at]
+    crcs.extend(struct.unpack_from(f">{n}I", idx, crcs_at))
+    for (offset,) in struct.iter_unpack(">I", idx[offsets_at:large_at]):
         if offset & 0x80000000:
             offset = struct.unpack_from(">Q", idx, large_at + 8 * (offset & 0x7FFFFFFF))[0]
-        out.append((idx[names_at + 20 * i:names_at + 20 * i + 20], offset, crcs[i]))
-    return out
+        offsets.append(offset + shift)
 
 
 def join_packs(packs: Sequence[str], base: str) -> str:
@@ -221,7 +264,9 @@ def join_packs(packs: Sequence[str], base: str) -> str:
     trailer dropped); the .idx entries keep their CRCs and move by the
     offset their pack's entries now start at. Returns the pack path.
     """
-    entries: list[tuple[bytes, int, int]] = []
+    shas = bytearray()
+    offsets = array("Q")
+    crcs = array("I")
     count = 0
     for pack in packs:
         with open(pack[:-len(".pack")] + ".idx", "rb") as f:
@@ -235,7 +280,7 @@ def join_packs(packs: Sequence[str], base: str) -> str:
         at = len(header)
         for pack in packs:
             with open(pack[:-len(".pack")] + ".idx", "rb") as f:
-                entries += [(sha, offset - 12 + at, crc) for sha, offset, crc in parse_idx(f.read())]
+                _add_idx(f.read(), at - 12, shas, offsets, crcs)
             size = os.path.getsize(pack)
             with open(pack, "rb") as f:
                 if f.read(12)[:4] != b"PACK":
@@ -253,12 +298,16 @@ def join_packs(packs: Sequence[str], base: str) -> str:
             os.unlink(pack[:-len(".pack")] + ".idx")
         checksum = h.digest()
         out.write(checksum)
-    if len(entries) != count or len({sha for sha, _, _ in entries}) != count:
+    try:
+        if len(offsets) != count:
+            raise ValueError("count")
+        idx = encode_idx_columns(shas, offsets, crcs, checksum)
+    except ValueError:
         raise BuildError("the packs of the delta search do not add up (an object twice?)")
     path = f"{base}-{checksum.hex()}.pack"
     os.replace(tmp, path)
     with open(path[:-len(".pack")] + ".idx", "wb") as f:
-        f.write(encode_idx_v2(entries, checksum))
+        f.write(idx)
     return path
 
 
@@ -286,9 +335,11 @@ def pack_objects_parallel(repo: GitRepo, commit: str, base: str,
     for n, part in enumerate(parts):
         path = os.path.join(folder, f"part-{n}.list")
         with open(path, "wb") as f:
-            f.write(b"".join(objects[i].line + b"\n" for i in part))
+            for i in part:  # line by line: a part may name a million objects
+                f.write(objects.line(i))
+                f.write(b"\n")
         inputs.append(path)
-    sizes = [sum(objects[i].size for i in part) for part in parts]
+    sizes = [sum(objects.sizes[i] for i in part) for part in parts]
     weights = [window_bytes(objects, part) for part in parts]
     del objects
     # Two parts whose windows both hold big files do not run together: the

@@ -1,19 +1,26 @@
 """The builder's side of the path index: what git knows, encoded once.
 
-`git ls-tree -r -t -l -z` lists every path of the commit with its mode and
-id, a tree's entries in its order, from which each distinct tree's rows are
-taken once; the pack's own .idx gives every object's position and offset. Both are deterministic, so the region is too (same source, same
-bytes). The format is `format/pathindex.py`.
+Each distinct tree's rows are read from the scratch repository when the
+encoder asks for them (one `git cat-file --batch` for the whole region),
+and an object's IDX position and pack offset are looked up in the pack's
+own .idx (a binary search in its sorted names). Nothing is kept per path or
+per object: the builder's memory is that of one tree at a time plus the
+encoder's few numbers per tree, whatever the number of files (a listing of
+every path, and tables keyed by every object, cost about 0.5 KB an object:
+half a gigabyte at a million files). Both inputs are deterministic, so the
+region is too (same source, same bytes). The format is `format/pathindex.py`.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
+import subprocess
 
 from ..errors import BuildError
 from ..format import layout
 from ..format import pathindex as pix
-from ..format.objects import MODE_DIR
+from ..format.objects import parse_tree_raw
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,80 +43,107 @@ def idx_offsets(idx: bytes) -> dict[bytes, int]:
     return out
 
 
-def parse_ls_tree(listing: bytes) -> list[tuple[bytes, int, bytes, int | None]]:
-    """(path, mode, raw id, blob size or None) per record of `ls-tree -r -t -l -z`."""
-    out = []
-    for record in listing.split(b"\0"):
-        if not record:
-            continue
-        meta, _, path = record.partition(b"\t")
-        mode, _, oid, size = meta.split(None, 3)
-        size = size.strip()
-        out.append((path, int(mode, 8), bytes.fromhex(oid.decode()),
-                    None if size == b"-" else int(size)))
-    return out
+class IdxTable:
+    """Position and pack offset of an object, looked up in a version 2 .idx's bytes.
+
+    The names table is sorted, and the fan-out says where each first byte's
+    names start: a lookup is a binary search of about log2(n / 256) steps,
+    with no table built beside the .idx.
+    """
+
+    def __init__(self, idx: bytes) -> None:
+        self.idx = idx
+        self.count = struct.unpack_from(">I", idx, layout.IDX_HEADER_SIZE + 255 * 4)[0]
+        self.fanout = struct.unpack_from(">256I", idx, layout.IDX_HEADER_SIZE)
+        self.names_at = layout.IDX_HEADER_SIZE + layout.FANOUT_SIZE
+        self.offsets_at = self.names_at + self.count * 24  # names (20 each), CRCs (4 each)
+        self.large_at = self.offsets_at + self.count * 4
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> bytes:  # for bisect: the i-th name
+        at = self.names_at + 20 * i
+        return self.idx[at:at + 20]
+
+    def position(self, oid: bytes) -> int:
+        """The object's position in the .idx; BuildError if absent."""
+        first = oid[0]
+        lo = self.fanout[first - 1] if first else 0
+        hi = self.fanout[first]
+        i = bisect.bisect_left(self, oid, lo, hi)
+        if i == hi or self[i] != oid:
+            raise BuildError(f"object {oid.hex()} is not in the pack")
+        return i
+
+    def offset(self, position: int) -> int:
+        """The pack offset of the object at `position`."""
+        value = struct.unpack_from(">I", self.idx, self.offsets_at + 4 * position)[0]
+        if value & 0x80000000:
+            value = struct.unpack_from(">Q", self.idx, self.large_at + 8 * (value & 0x7FFFFFFF))[0]
+        return value
 
 
-def trees_of(listing: list[tuple[bytes, int, bytes, int | None]], root: bytes
-             ) -> dict[bytes, pix.TreeRows]:
-    """tree id -> its rows (mode, name, id) in the tree's order, from the
-    listing (`ls-tree -r -t` names every path, a tree's entries in its
-    order); each distinct tree once."""
-    tree_at: dict[bytes, bytes] = {b"": root}
-    rows: dict[bytes, pix.TreeRows] = {root: []}
-    filling: dict[bytes, pix.TreeRows | None] = {b"": rows[root]}
-    for path, mode, oid, _ in listing:
-        parent, _, name = path.rpartition(b"/")
-        target = filling.get(parent)
-        if mode == MODE_DIR:
-            tree_at[path] = oid
-            if target is not None and oid not in rows:
-                rows[oid] = []
-                filling[path] = rows[oid]
-            else:
-                filling[path] = None  # a tree already met: its rows are known
-        if target is not None:
+class TreeReader:
+    """A tree's rows (mode, name, id) in its order, read by one `git cat-file --batch`."""
+
+    def __init__(self, repo) -> None:
+        from .gitrun import git_command, git_env, start_git
+
+        self.proc = start_git(git_command("cat-file", "--batch"), env=git_env(repo),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+
+    def rows(self, tid: bytes) -> pix.TreeRows:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(tid.hex().encode() + b"\n")
+        self.proc.stdin.flush()
+        head = self.proc.stdout.readline().split()
+        if len(head) != 3 or head[1] != b"tree" or not head[2].isdigit():
+            raise BuildError(f"path index: tree {tid.hex()} cannot be read "
+                             f"({b' '.join(head).decode('ascii', 'replace') or 'git stopped'})")
+        size = int(head[2])
+        data = self.proc.stdout.read(size + 1)
+        if len(data) != size + 1:
+            raise BuildError(f"path index: tree {tid.hex()} cannot be read (git stopped)")
+        rows = []
+        for mode, oid, name in parse_tree_raw(data[:size], f"tree {tid.hex()}"):
             if mode not in pix.MODES:
-                raise BuildError(f"{path!r}: mode {mode:o} cannot be indexed")
-            target.append((mode, name, oid))
-    return rows
+                raise BuildError(f"{name!r}: mode {mode:o} cannot be indexed")
+            rows.append((mode, name, oid))
+        return rows
+
+    def close(self) -> None:
+        from .. import children
+
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        children.stop(self.proc)
 
 
 def build_region(repo: GitRepo, commit: str, tree: str, pack_path: str, idx_path: str,
                  block_size: int, region_start: int) -> bytes:
     """The path index region of the image being written."""
-    from .gitrun import run_git
-
     with open(idx_path, "rb") as f:
-        idx = f.read()
-    offsets = idx_offsets(idx)
-    positions = {oid: i for i, oid in enumerate(offsets)}
+        table = IdxTable(f.read())
     with open(pack_path, "rb") as f:
         f.seek(-20, 2)
         pack_checksum = f.read(20)
         pack_size = f.tell()
-    listing = parse_ls_tree(run_git(repo, "ls-tree", "-r", "-t", "-l", "-z", "--full-tree",
-                                    commit))
     commit_id, tree_id = bytes.fromhex(commit), bytes.fromhex(tree)
-    rows = trees_of(listing, tree_id)
 
     def offset_of(oid: bytes) -> int:
-        off = offsets.get(oid)
-        if off is None:
-            raise BuildError(f"object {oid.hex()} is not in the pack")
-        return layout.PACK_OFFSET + off
+        return layout.PACK_OFFSET + table.offset(table.position(oid))
 
-    def position_of(oid: bytes) -> int:
-        pos = positions.get(oid)
-        if pos is None:
-            raise BuildError(f"object {oid.hex()} is not in the pack")
-        return pos
-
+    reader = TreeReader(repo)
     try:
-        return pix.encode(tree_id, rows.__getitem__, position_of, offset_of,
+        return pix.encode(tree_id, reader.rows, table.position, offset_of,
                           commit=commit_id, pack_checksum=pack_checksum,
                           commit_offset=offset_of(commit_id), tree_offset=offset_of(tree_id),
                           pack_end=layout.PACK_OFFSET + pack_size - 20,
                           region_start=region_start, block_size=block_size)
     except ValueError as exc:
         raise BuildError(f"path index: {exc}") from None
+    finally:
+        reader.close()

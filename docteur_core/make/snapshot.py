@@ -44,6 +44,7 @@ import os
 import re
 import stat
 import time
+from array import array
 from collections.abc import Iterator
 from typing import BinaryIO, Callable, Protocol
 
@@ -104,8 +105,9 @@ class Snapshot:
         self.private: list[tuple[bytes, int]] = []
         self.for_image = output is not None
         self._last = 0.0
-        # folder path -> its entries (name, lstat, or stat through a link in compat)
-        self._listing: dict[bytes, list[tuple[bytes, Stat]]] | None = None
+        # folder path -> its entries (`_Listing`: names, and mode, size,
+        # device and inode of each lstat, or stat through a link in compat)
+        self._listing: dict[bytes, _Listing] | None = None
         self._folders: dict[bytes, _Folder] = {}  # the scan's folders, until listed
 
     def run(self, writer: ObjectSink) -> str:
@@ -120,7 +122,7 @@ class Snapshot:
         Nothing is read or written. Special files are skipped here (with
         their warnings), so the listing holds folders, files and links.
         """
-        listing: dict[bytes, list[tuple[bytes, Stat]]] = {}
+        listing: dict[bytes, _Listing] = {}
         try:
             root_st = Stat.of(os.stat(self.root))
         except OSError as exc:
@@ -169,7 +171,7 @@ class Snapshot:
                     parent.kept.pop()
                     parent.filtered = True
                     continue
-                listing[path] = kept
+                listing[path] = _Listing.of(kept)
                 entries += len(kept)
                 if self.progress is not None:
                     now = time.monotonic()
@@ -314,13 +316,13 @@ class Snapshot:
         assert listing is not None  # what scan() made
         self.writer = writer
         # Each frame: (directory path, its entries so far, its remaining children).
-        stack = [(self.root, Tree(), iter(listing[self.root]))]
+        stack = [(self.root, Tree(), listing.pop(self.root).entries())]
         while True:
             path, tree, children = stack[-1]
             for name, st in children:
                 child = os.path.join(path, name)
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append((child, Tree(), iter(listing[child])))
+                    stack.append((child, Tree(), listing.pop(child).entries()))
                     break
                 mode, sha = self._leaf(child, st)
                 tree.add(name, mode, ObjectID(sha))
@@ -435,6 +437,38 @@ class Stat:
     @classmethod
     def of(cls, st: os.stat_result) -> "Stat":
         return cls(st.st_mode, st.st_size, st.st_dev, st.st_ino)
+
+
+class _Listing:
+    """A scanned folder's entries, kept compact until the write pass reads them.
+
+    Even a slim `Stat` costs some 0.2 KB of Python objects with its tuple
+    and name; a million-file tree would hold that for every entry between
+    the two passes. Here a folder costs its names (one bytes, NUL-separated:
+    a name never holds a NUL) and four 64-bit numbers an entry; the `Stat`s
+    are made again, one folder at a time, as the write pass reads it.
+    """
+
+    __slots__ = ("names", "meta")
+
+    def __init__(self, names: bytes, meta: array[int]) -> None:
+        self.names = names
+        self.meta = meta  # st_mode, st_size, st_dev, st_ino of each entry, in turn
+
+    @classmethod
+    def of(cls, kept: list[tuple[bytes, Stat]]) -> _Listing:
+        meta = array("Q")
+        for _, st in kept:
+            meta.extend((st.st_mode, st.st_size, st.st_dev, st.st_ino))
+        return cls(b"\0".join(name for name, _ in kept), meta)
+
+    def entries(self) -> Iterator[tuple[bytes, Stat]]:
+        """(name, Stat) of each entry, in the scan's order."""
+        if not self.meta:
+            return iter(())
+        meta = self.meta
+        return ((name, Stat(*meta[4 * i:4 * i + 4]))
+                for i, name in enumerate(self.names.split(b"\0")))
 
 
 def _same(a: os.stat_result | Stat, b: os.stat_result | Stat) -> bool:
