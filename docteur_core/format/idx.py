@@ -162,7 +162,8 @@ def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -
     return body + hashlib.sha1(body).digest()
 
 
-def encode_idx_columns(shas: bytes | bytearray, offsets, crcs, pack_checksum: bytes) -> bytes:
+def encode_idx_columns(shas: bytes | bytearray, offsets, crcs,
+                       pack_checksum: bytes) -> bytearray:
     """`encode_idx_v2` for entries held in columns: `shas` the raw ids one
     after the other (20 bytes each), `offsets` and `crcs` sequences of ints
     in the same order (arrays, for the builder's million-object packs: a
@@ -170,7 +171,7 @@ def encode_idx_columns(shas: bytes | bytearray, offsets, crcs, pack_checksum: by
     an id is there twice. The same bytes as `encode_idx_v2`.
 
     The ids are sorted one fan-out bucket at a time, so only a bucket's sort
-    keys exist at once.
+    keys exist at once; the result is a bytearray (no second copy made).
     """
     import hashlib
     from array import array
@@ -178,19 +179,30 @@ def encode_idx_columns(shas: bytes | bytearray, offsets, crcs, pack_checksum: by
     n = len(shas) // SHA1_SIZE
     if len(shas) != n * SHA1_SIZE or len(offsets) != n or len(crcs) != n:
         raise ValueError("idx columns of different lengths")
-    buckets: list[list[int]] = [[] for _ in range(256)]
+    # Counting sort on the first byte: `order` holds each bucket's entries in turn.
+    counts = [0] * 256
     for i in range(n):
-        buckets[shas[SHA1_SIZE * i]].append(i)
+        counts[shas[SHA1_SIZE * i]] += 1
     fanout = []
     total = 0
+    for c in counts:
+        total += c
+        fanout.append(total)
+    place = [end - c for end, c in zip(fanout, counts)]
+    order = array("I", bytes(4 * n))
+    for i in range(n):
+        b = shas[SHA1_SIZE * i]
+        order[place[b]] = i
+        place[b] += 1
     names = bytearray()
     crc_out = array("I")
     off_out = array("I")
     large = array("Q")
-    for bucket in buckets:
-        total += len(bucket)
-        fanout.append(total)
-        bucket.sort(key=lambda i: shas[SHA1_SIZE * i:SHA1_SIZE * i + SHA1_SIZE])
+    start = 0
+    for end in fanout:
+        bucket = sorted(order[start:end],
+                        key=lambda i: shas[SHA1_SIZE * i:SHA1_SIZE * i + SHA1_SIZE])
+        start = end
         prev = b""
         for i in bucket:
             sha = shas[SHA1_SIZE * i:SHA1_SIZE * i + SHA1_SIZE]
@@ -205,7 +217,7 @@ def encode_idx_columns(shas: bytes | bytearray, offsets, crcs, pack_checksum: by
             else:
                 off_out.append(LARGE_OFFSET_FLAG | len(large))
                 large.append(offset)
-        bucket.clear()
+    del order
     for column in (crc_out, off_out, large):
         if struct.pack("=I", 1) != struct.pack(">I", 1):
             column.byteswap()  # to big-endian
@@ -217,4 +229,4 @@ def encode_idx_columns(shas: bytes | bytearray, offsets, crcs, pack_checksum: by
     del names
     h.update(out)
     out += h.digest()
-    return bytes(out)
+    return out

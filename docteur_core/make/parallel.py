@@ -38,6 +38,7 @@ import os
 import re
 import struct
 import subprocess
+import tempfile
 import time
 from array import array
 from dataclasses import dataclass
@@ -200,27 +201,46 @@ class ObjectList(Sequence[Obj]):
         return Obj(self.line(i), self.types[i], self.sizes[i], self.hashes[i])
 
 
+def _git_output(repo: GitRepo, stdin, *args: str) -> bytes:
+    """A git command's output, through a temporary file: read in one piece,
+    without `communicate`'s list of chunks joined into a second copy (rev-list
+    says 60 MB at a million files)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = start_git(git_command(*args), env=git_env(repo),
+                         stdin=subprocess.DEVNULL if stdin is None else stdin,
+                         stdout=out, stderr=err)
+        try:
+            proc.wait()
+        except BaseException:
+            children.stop(proc)
+            raise
+        if proc.returncode != 0:
+            err.seek(0)
+            raise BuildError(last_line(err.read()))
+        out.seek(0)
+        return out.read()
+
+
 def list_objects(repo: GitRepo, commit: str) -> ObjectList:
     """The commit and everything it reaches, in `rev-list` order, with types and sizes."""
-    listing = run_git(repo, "rev-list", "--objects", "--no-walk", commit)
+    listing = _git_output(repo, None, "rev-list", "--objects", "--no-walk", commit)
     if listing and not listing.endswith(b"\n"):
         listing += b"\n"
     starts = array("Q", [0])
-    shas = bytearray()
-    at = 0
-    while at < len(listing):
-        end = listing.index(b"\n", at)
-        shas += listing[at:at + 40]
-        shas += b"\n"
-        at = end + 1
-        starts.append(at)
-    n = len(starts) - 1
-    try:
-        checked = run_git(repo, "cat-file", "--batch-check=%(objecttype) %(objectsize)",
-                          input=bytes(shas))
-    except BuildError as exc:
-        raise BuildError(f"listing the objects of {commit} failed: {exc}") from None
-    del shas
+    with tempfile.TemporaryFile() as shas:
+        at = 0
+        while at < len(listing):
+            end = listing.index(b"\n", at)
+            shas.write(listing[at:at + 40] + b"\n")
+            at = end + 1
+            starts.append(at)
+        shas.seek(0)
+        n = len(starts) - 1
+        try:
+            checked = _git_output(repo, shas, "cat-file",
+                                  "--batch-check=%(objecttype) %(objectsize)")
+        except BuildError as exc:
+            raise BuildError(f"listing the objects of {commit} failed: {exc}") from None
     answered = checked.count(b"\n")
     if answered != n or (checked and not checked.endswith(b"\n")):
         raise BuildError(f"listing the objects of {commit} failed: git cat-file answered "
