@@ -15,6 +15,7 @@ reads only the sectors it touches: the IDX is never loaded whole.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from ..errors import DamagedImage
 from .layout import FANOUT_SIZE, IDX_HEADER_SIZE, IDX_SIGNATURE, IDX_VERSION, SHA1_SIZE, Pread
@@ -162,7 +163,7 @@ def encode_idx_v2(entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -
     return body + hashlib.sha1(body).digest()
 
 
-def encode_idx_columns(shas: bytes | bytearray, offsets, crcs,
+def encode_idx_columns(shas: bytes | bytearray, offsets: Sequence[int], crcs: Sequence[int],
                        pack_checksum: bytes) -> bytearray:
     """`encode_idx_v2` for entries held in columns: `shas` the raw ids one
     after the other (20 bytes each), `offsets` and `crcs` sequences of ints
@@ -203,7 +204,7 @@ def encode_idx_columns(shas: bytes | bytearray, offsets, crcs,
         bucket = sorted(order[start:end],
                         key=lambda i: shas[SHA1_SIZE * i:SHA1_SIZE * i + SHA1_SIZE])
         start = end
-        prev = b""
+        prev: bytes | bytearray = b""
         for i in bucket:
             sha = shas[SHA1_SIZE * i:SHA1_SIZE * i + SHA1_SIZE]
             if sha == prev:

@@ -185,8 +185,8 @@ class ObjectList(Sequence[Obj]):
     output plus 21 bytes of numbers. Indexing builds the `Obj` on demand.
     """
 
-    def __init__(self, listing: bytes, starts: array, types: array, sizes: array,
-                 hashes: array) -> None:
+    def __init__(self, listing: bytes, starts: array[int], types: array[int],
+                 sizes: array[int], hashes: array[int]) -> None:
         self.listing = listing  # rev-list's output, every line ending in "\n"
         self.starts = starts  # where each line starts, and one past the last line
         self.types, self.sizes, self.hashes = types, sizes, hashes
@@ -197,11 +197,12 @@ class ObjectList(Sequence[Obj]):
     def line(self, i: int) -> bytes:
         return self.listing[self.starts[i]:self.starts[i + 1] - 1]
 
-    def __getitem__(self, i):  # an int only: the planners index one object at a time
+    # An int only, no slices: the planners index one object at a time.
+    def __getitem__(self, i: int) -> Obj:  # type: ignore[override]
         return Obj(self.line(i), self.types[i], self.sizes[i], self.hashes[i])
 
 
-def _git_output(repo: GitRepo, stdin, *args: str) -> bytes:
+def _git_output(repo: GitRepo, stdin: BinaryIO | None, *args: str) -> bytes:
     """A git command's output, through a temporary file: read in one piece,
     without `communicate`'s list of chunks joined into a second copy (rev-list
     says 60 MB at a million files)."""
@@ -261,7 +262,8 @@ def list_objects(repo: GitRepo, commit: str) -> ObjectList:
     return ObjectList(listing, starts, types, sizes, hashes)
 
 
-def _add_idx(idx: bytes, shift: int, shas: bytearray, offsets: array, crcs: array) -> None:
+def _add_idx(idx: bytes, shift: int, shas: bytearray, offsets: array[int],
+             crcs: array[int]) -> None:
     """Append the entries of a version 2 .idx git just wrote to the columns,
     their offsets moved by `shift`."""
     n = struct.unpack_from(">I", idx, 8 + 255 * 4)[0]

@@ -53,7 +53,7 @@ class IdxTable:
 
     def __init__(self, idx: bytes) -> None:
         self.idx = idx
-        self.count = struct.unpack_from(">I", idx, layout.IDX_HEADER_SIZE + 255 * 4)[0]
+        self.count: int = struct.unpack_from(">I", idx, layout.IDX_HEADER_SIZE + 255 * 4)[0]
         self.fanout = struct.unpack_from(">256I", idx, layout.IDX_HEADER_SIZE)
         self.names_at = layout.IDX_HEADER_SIZE + layout.FANOUT_SIZE
         self.offsets_at = self.names_at + self.count * 24  # names (20 each), CRCs (4 each)
@@ -74,20 +74,20 @@ class IdxTable:
         i = bisect.bisect_left(self, oid, lo, hi)
         if i == hi or self[i] != oid:
             raise BuildError(f"object {oid.hex()} is not in the pack")
-        return i
+        return int(i)
 
     def offset(self, position: int) -> int:
         """The pack offset of the object at `position`."""
         value = struct.unpack_from(">I", self.idx, self.offsets_at + 4 * position)[0]
         if value & 0x80000000:
             value = struct.unpack_from(">Q", self.idx, self.large_at + 8 * (value & 0x7FFFFFFF))[0]
-        return value
+        return int(value)
 
 
 class TreeReader:
     """A tree's rows (mode, name, id) in its order, read by one `git cat-file --batch`."""
 
-    def __init__(self, repo) -> None:
+    def __init__(self, repo: GitRepo) -> None:
         from .gitrun import git_command, git_env, start_git
 
         self.proc = start_git(git_command("cat-file", "--batch"), env=git_env(repo),
