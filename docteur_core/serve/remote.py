@@ -215,13 +215,18 @@ def curl_command(image: RemoteImage, listen: Listen, *, cache_size: str | None =
     if image.pin_header:
         argv.append(f"header={image.pin_header}")
     argv.append(f"exportdesc=fixed:{image.description}")
-    if cache_size is not None:
-        if cache_size == "auto":
-            cache_size = auto_cache_size(image.size)
-        argv += ["cache-on-read=true", f"cache-min-block-size={CACHE_BLOCK}"]
-        if cache_size:
-            argv.append(f"cache-max-size={cache_size}")
-    return argv
+    return argv + cache_arguments(image, cache_size)
+
+
+def cache_arguments(image: RemoteImage, cache_size: str | None) -> list[str]:
+    """The cache filter's keys for `image` ("auto": sized from the image;
+    None: no cache filter, no keys)."""
+    if cache_size is None:
+        return []
+    if cache_size == "auto":
+        cache_size = auto_cache_size(image.size)
+    keys = ["cache-on-read=true", f"cache-min-block-size={CACHE_BLOCK}"]
+    return keys + [f"cache-max-size={cache_size}"] if cache_size else keys
 
 
 def plugin_url_command(image: RemoteImage, listen: Listen, *,
@@ -241,13 +246,7 @@ def plugin_url_command(image: RemoteImage, listen: Listen, *,
         argv.append("--filter=cache")
     argv += ["python", str(PLUGIN), f"url={image.url}", f"commit={image.commit_hex}",
              f"exportdesc=fixed:{image.description}"]
-    if cache_size is not None:
-        if cache_size == "auto":
-            cache_size = auto_cache_size(image.size)
-        argv += ["cache-on-read=true", f"cache-min-block-size={CACHE_BLOCK}"]
-        if cache_size:
-            argv.append(f"cache-max-size={cache_size}")
-    return argv
+    return argv + cache_arguments(image, cache_size)
 
 
 def url_command(image: RemoteImage, listen: Listen, **options) -> list[str]:
