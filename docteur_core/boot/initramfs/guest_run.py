@@ -118,18 +118,11 @@ def _child(argv):
     """In the forked child: run the command, never return."""
     status = 0
     try:
-        if argv[:2] == WEB:
-            guest = _preloaded_web()
-            sys.argv = ["docteur_core.web.guest"] + argv[2:]
-            try:
-                status = guest.main(argv[2:]) or 0
-            except SystemExit as exc:
-                status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-        elif argv[:2] == READER:
-            guest = _preloaded_reader()
-            sys.argv = ["docteur_core.reader.guest"] + argv[2:]
+        preloaded = {tuple(WEB): _preloaded_web, tuple(READER): _preloaded_reader}
+        load = preloaded.get(tuple(argv[:2]))
+        if load is not None:
+            guest = load()
+            sys.argv = [argv[1]] + argv[2:]
             try:
                 status = guest.main(argv[2:]) or 0
             except SystemExit as exc:
