@@ -244,6 +244,22 @@ def _serves_generations(args: argparse.Namespace, target: Path) -> bool:
     return not args.no_cache and not target.is_dir()
 
 
+def _announce(target: object, uri: str, served: tuple[str, str] | None, *,
+              pid: int | None = None,
+              whose: str = "pid") -> None:
+    """What is served where, on stderr: with `pid`, the background process
+    to kill; without, a foreground server that Ctrl-C stops. Then the pin
+    line a client can copy (`served`: the checked commit and its words)."""
+    if pid is None:
+        line = f"docteur serve: serving {target} at {uri}; Ctrl-C stops"
+    else:
+        line = (f"docteur serve: serving {target} at {uri} ({whose} {pid}; "
+                f"stop it with `kill {pid}`)")
+    print(line, file=sys.stderr, flush=True)
+    if served is not None:
+        print(pin_line(*served, uri), file=sys.stderr, flush=True)
+
+
 def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
                served: tuple[str, str] | None) -> int:
     """`docteur serve IMAGE`: docteur listens, checks, and hands each client
@@ -307,10 +323,7 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
         generations.close()
         if args.pidfile is not None:
             args.pidfile.write_text(f"{pid}\n")
-        print(f"docteur serve: serving {target} at {listen.uri} (pid {pid}; "
-              f"stop it with `kill {pid}`)", file=sys.stderr)
-        if served is not None:
-            print(pin_line(*served, listen.uri), file=sys.stderr)
+        _announce(target, listen.uri, served, pid=pid)
         return 0
 
     previous = {sig: signal.signal(sig, _interrupt)
@@ -320,10 +333,7 @@ def _run_front(args: argparse.Namespace, target: Path, pin: str | None,
         if args.pidfile is not None:
             args.pidfile.write_text(f"{os.getpid()}\n")
         print(listen.uri, flush=True)
-        print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        if served is not None:
-            print(pin_line(*served, listen.uri), file=sys.stderr, flush=True)
+        _announce(target, listen.uri, served)
         front.serve_forever()
     except KeyboardInterrupt:
         print("docteur serve: stopped", file=sys.stderr)
@@ -410,10 +420,7 @@ def run(args: argparse.Namespace) -> int:
             pidfile.unlink(missing_ok=True)  # a stale one would be read as the new pid
             pid = serve_in_background(argv(listen, pidfile, foreground=False), listen, env=env)
         print(listen.uri, flush=True)
-        print(f"docteur serve: serving {target} at {listen.uri} (nbdkit pid {pid}; "
-              f"stop it with `kill {pid}`)", file=sys.stderr)
-        if served is not None:
-            print(pin_line(*served, listen.uri), file=sys.stderr)
+        _announce(target, listen.uri, served, pid=pid, whose="nbdkit pid")
         return 0
 
     # Ctrl-C, SIGTERM and SIGHUP stop nbdkit cleanly (SIGINT too when it
@@ -427,10 +434,7 @@ def run(args: argparse.Namespace) -> int:
             assert server.proc is not None  # started
             args.pidfile.write_text(f"{server.proc.pid}\n")
         print(listen.uri, flush=True)
-        print(f"docteur serve: serving {target} at {listen.uri}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        if served is not None:
-            print(pin_line(*served, listen.uri), file=sys.stderr, flush=True)
+        _announce(target, listen.uri, served)
         status = server.wait(log=sys.stderr.buffer)
         raise ServeError(f"nbdkit exited with status {status}")
     except KeyboardInterrupt:
