@@ -8,6 +8,8 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +119,7 @@ def _port(text: str) -> int:
     return value
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
@@ -376,7 +378,8 @@ def run(args: argparse.Namespace) -> int:
         served = (image.commit_hex, f"pinned by {image.pinned_by}" if image.pinned_by
                   else "the image's header")
 
-        def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
+        def argv(listen: Listen, pidfile: Path | None,
+                 foreground: bool = True) -> list[str]:
             return url_command(image, listen, cache_size=cache, foreground=foreground,
                                 exit_with_parent=foreground, pidfile=pidfile)
     else:
@@ -398,7 +401,8 @@ def run(args: argparse.Namespace) -> int:
             elif found is not None:
                 served = (found, "the image's header")
 
-        def argv(listen: Listen, pidfile, foreground: bool = True) -> list[str]:
+        def argv(listen: Listen, pidfile: Path | None,
+                 foreground: bool = True) -> list[str]:
             return command(target, listen, verify=args.verify, cache_size=cache,
                            foreground=foreground, exit_with_parent=foreground, pidfile=pidfile,
                            commit=plugin_pin)

@@ -110,7 +110,7 @@ class Front:
     log: TextIO | None = None  # a text stream for what happens (None: quiet)
 
     def __post_init__(self) -> None:
-        self._children: list = []
+        self._children: list[subprocess.Popen[bytes]] = []
         self._served = self.generations.generation.number if self.generations.generation else 0
 
     def say(self, text: str) -> None:

@@ -82,6 +82,8 @@ it belongs to from its own location, and nothing else: neither that
 environment's other packages nor another installed docteur_core.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -90,7 +92,7 @@ import sys
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
-def _load_own_package():
+def _load_own_package() -> None:
     """Import the docteur_core this file is part of (two folders up), alone.
 
     nbdkit runs this file as `__main__` from its path; putting the whole
@@ -102,10 +104,13 @@ def _load_own_package():
 
     here = _PACKAGE_DIR
     loaded = sys.modules.get("docteur_core")
-    if loaded is not None and os.path.dirname(os.path.realpath(loaded.__file__)) == here:
+    if loaded is not None and loaded.__file__ is not None \
+            and os.path.dirname(os.path.realpath(loaded.__file__)) == here:
         return
     spec = importlib.util.spec_from_file_location(
         "docteur_core", os.path.join(here, "__init__.py"), submodule_search_locations=[here])
+    # A path to a .py file always has a spec with a source loader.
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["docteur_core"] = module
     spec.loader.exec_module(module)
@@ -122,11 +127,14 @@ except ImportError:  # run as a plain script: only --help makes sense
 import errno
 import stat
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, final
 
 from docteur_core import __version__
 from docteur_core.errors import DocteurError
 from docteur_core.serve import imagecheck
+
+if TYPE_CHECKING:
+    from docteur_core.blockdev.http import HttpDevice
 
 API_VERSION = 2
 magic_config_key = "image"
@@ -150,8 +158,21 @@ class BadConfig(Exception):
     """Shown by nbdkit as `BadConfig: <what is wrong>`."""
 
 
-_cfg = {"image": None, "dir": None, "url": None, "default": None, "verify": "quick",
-        "thread_model": "serialize_requests", "pin": None, "commit": None}
+class _Config:
+    """The keys nbdkit passed, checked by config(); None: not given."""
+
+    def __init__(self) -> None:
+        self.image: str | None = None
+        self.dir: str | None = None
+        self.url: str | None = None
+        self.default: str | None = None
+        self.verify = "quick"
+        self.thread_model = "serialize_requests"
+        self.pin: bool | None = None
+        self.commit: str | None = None
+
+
+_cfg = _Config()
 _REPEATABLE = ("verify", "thread_model")
 # (dev, ino, size, mtime_ns, ctime_ns) -> (level, ImageInfo) of images already
 # checked, at the strongest level so far: the start-up `full` check covers
@@ -160,7 +181,7 @@ _checked: dict[tuple[int, ...], tuple[str, imagecheck.ImageInfo]] = {}
 _checked_lock = threading.Lock()
 
 
-def config(key, value):
+def config(key: str, value: str) -> None:
     if key not in KEYS:
         raise BadConfig(f"unknown key {key!r}; keys are: {', '.join(k + '=' for k in KEYS)}"
                         " (see help=1)")
@@ -172,25 +193,28 @@ def config(key, value):
         raise BadConfig(f"verify={value!r}: must be one of {', '.join(imagecheck.LEVELS)}")
     if key == "thread_model" and value not in THREAD_MODELS:
         raise BadConfig(f"thread_model={value!r}: must be one of {', '.join(THREAD_MODELS)}")
+    parsed: str | bool = value
     if key == "commit":
         if len(value) != 40 or any(c not in "0123456789abcdefABCDEF" for c in value):
             raise BadConfig(f"commit={value!r}: 40 hexadecimal digits are needed")
-        value = value.lower()
+        parsed = value.lower()
     if key == "pin":
         if value not in ("true", "false"):
             raise BadConfig(f"pin={value!r}: must be true or false")
-        value = value == "true"
-    if _cfg.get(key) is not None and key not in _REPEATABLE:
+        parsed = value == "true"
+    if getattr(_cfg, key) is not None and key not in _REPEATABLE:
         raise BadConfig(f"{key}= given twice")
     if key == "url" and not value.lower().startswith(("http://", "https://")):
         raise BadConfig(f"url={value!r}: an http:// or https:// URL is needed")
     if key in ("image", "dir"):
         # nbdkit changes directory to / when it goes to the background.
-        value = os.path.abspath(value)
-    _cfg[key] = value
+        parsed = os.path.abspath(value)
+    # `key` is one of KEYS other than help: a field of _Config, of the type
+    # parsed above.
+    setattr(_cfg, key, parsed)
 
 
-def dump_plugin():
+def dump_plugin() -> None:
     """Lines added to `nbdkit python PLUGIN --dump-plugin`."""
     print(f"docteur_version={__version__}")
     print(f"docteur_keys={','.join(KEYS)}")
@@ -198,13 +222,13 @@ def dump_plugin():
     print(f"docteur_package={_PACKAGE_DIR}")
 
 
-def _connection_level():
+def _connection_level() -> str:
     """`full` reads every object: it is done once, at start-up, and a
     replaced image is checked `quick` when a client connects to it."""
-    return "quick" if _cfg["verify"] == "full" else _cfg["verify"]
+    return "quick" if _cfg.verify == "full" else _cfg.verify
 
 
-def _file_key(st):
+def _file_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -212,7 +236,7 @@ def _file_key(st):
 _pinned: dict[str, tuple[int, ...]] = {}
 
 
-def _check_fd(fd, path, level):
+def _check_fd(fd: int, path: str, level: str) -> imagecheck.ImageInfo:
     """Check the open file `fd` (exactly what will be served); cached per inode."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
@@ -243,21 +267,21 @@ def _check_fd(fd, path, level):
         if len(_checked) >= _CACHE_LIMIT:
             _checked.clear()
         _checked[key] = (level, info)
-        if _cfg["pin"] and path not in _pinned:
+        if _cfg.pin and path not in _pinned:
             _pinned[path] = key
     return _pinned_commit(info, path)
 
 
-def _pinned_commit(info, path):
+def _pinned_commit(info: imagecheck.ImageInfo, path: str) -> imagecheck.ImageInfo:
     """`info`, if its commit is the one commit= pins (or nothing is pinned)."""
     try:
-        imagecheck.check_commit(info.commit_hex, _cfg["commit"], "commit=", "it")
+        imagecheck.check_commit(info.commit_hex, _cfg.commit, "commit=", "it")
     except DocteurError as exc:
         raise ImageRefused(f"{path}: {exc}") from None
     return info
 
 
-def _open_image(path):
+def _open_image(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -266,7 +290,7 @@ def _open_image(path):
         raise ImageRefused(f"{path}: cannot open: {exc.strerror}") from None
 
 
-def _check_path(path, level):
+def _check_path(path: str, level: str) -> imagecheck.ImageInfo:
     fd = _open_image(path)
     try:
         return _check_fd(fd, path, level)
@@ -274,9 +298,10 @@ def _check_path(path, level):
         os.close(fd)
 
 
-def _dir_exports():
+def _dir_exports() -> dict[str, str]:
     """{export name: path} of the *.img files in dir=, in sorted order."""
-    folder = _cfg["dir"]
+    folder = _cfg.dir
+    assert folder is not None  # called with dir= only
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
@@ -291,57 +316,58 @@ def _dir_exports():
     return out
 
 
-def config_complete():
-    image, folder, url = _cfg["image"], _cfg["dir"], _cfg["url"]
+def config_complete() -> None:
+    image, folder, url = _cfg.image, _cfg.dir, _cfg.url
     if sum(v is not None for v in (image, folder, url)) != 1:
         raise BadConfig("give exactly one of image=PATH, dir=FOLDER or url=URL (see help=1)")
     if url is not None:
-        if _cfg["commit"] is None:
+        if _cfg.commit is None:
             raise BadConfig("url= needs commit=ID, the commit the image must hold")
         _open_url(url)
         return
-    if _cfg["default"] is not None and folder is None:
+    if _cfg.default is not None and folder is None:
         raise BadConfig("default= only makes sense with dir=")
-    if _cfg["commit"] is not None and folder is not None:
+    if _cfg.commit is not None and folder is not None:
         raise BadConfig("commit= pins one image: give it with image=, not dir=")
     if image is not None:
-        _check_path(image, _cfg["verify"])
+        _check_path(image, _cfg.verify)
         return
+    assert folder is not None  # exactly one of the three was given
     if not os.path.isdir(folder):
         raise BadConfig(f"dir={folder}: not a directory")
     exports = _dir_exports()
     if not exports:
         raise BadConfig(f"dir={folder}: no *{IMAGE_SUFFIX} file to serve")
-    if _cfg["default"] is not None and _cfg["default"] not in exports:
-        raise BadConfig(f"default={_cfg['default']}: no {_cfg['default']}{IMAGE_SUFFIX} "
+    if _cfg.default is not None and _cfg.default not in exports:
+        raise BadConfig(f"default={_cfg.default}: no {_cfg.default}{IMAGE_SUFFIX} "
                         f"in {folder}")
     for path in exports.values():
-        _check_path(path, _cfg["verify"])
+        _check_path(path, _cfg.verify)
 
 
-def thread_model():
-    if _cfg["thread_model"] == "parallel":
-        return nbdkit.THREAD_MODEL_PARALLEL
-    return nbdkit.THREAD_MODEL_SERIALIZE_REQUESTS
+def thread_model() -> int:
+    if _cfg.thread_model == "parallel":
+        return int(nbdkit.THREAD_MODEL_PARALLEL)
+    return int(nbdkit.THREAD_MODEL_SERIALIZE_REQUESTS)
 
 
-def _default_name():
-    if _cfg["default"] is not None:
-        return _cfg["default"]
+def _default_name() -> str:
+    if _cfg.default is not None:
+        return _cfg.default
     exports = _dir_exports()
     return next(iter(exports), "")
 
 
-def default_export(readonly, is_tls):
-    if _cfg["dir"] is None:
+def default_export(readonly: bool, is_tls: bool) -> str:
+    if _cfg.dir is None:
         return ""
     return _default_name()
 
 
-def list_exports(readonly, is_tls):
-    if _cfg["url"] is not None:
-        return [("", _remote["info"].description)]
-    exports = {"": _cfg["image"]} if _cfg["image"] is not None else _dir_exports()
+def list_exports(readonly: bool, is_tls: bool) -> list[tuple[str, str]]:
+    if _remote is not None:
+        return [("", _remote.info.description)]
+    exports = {"": _cfg.image} if _cfg.image is not None else _dir_exports()
     out = []
     for name, path in exports.items():
         try:
@@ -352,44 +378,55 @@ def list_exports(readonly, is_tls):
     return out
 
 
-# With url=: the one HttpDevice every connection reads through (it has its
-# own lock), and what its header says.
-_remote: dict[str, Any] = {}  # "device", "info", "shown"
+@final
+class _Remote:
+    """With url=: the one HttpDevice every connection reads through (it has
+    its own lock), what its header says, and the URL as shown in errors."""
+
+    __slots__ = ("device", "info", "shown")
+
+    def __init__(self, device: HttpDevice, info: imagecheck.ImageInfo, shown: str) -> None:
+        self.device = device
+        self.info = info
+        self.shown = shown
 
 
-def _open_url(url):
+_remote: _Remote | None = None  # set by config_complete() when url= is given
+
+
+def _open_url(url: str) -> None:
     """Open `url` (range GETs), check its header and commit: a refusal stops
     nbdkit with one line, before any client."""
     from docteur_core.blockdev.block import ByteReader
     from docteur_core.blockdev.http import HttpDevice
     from docteur_core.blockdev.http_range import shown
 
+    global _remote
     try:
         device = HttpDevice(url, pinned=True)
         header = imagecheck.check_header(ByteReader(device).pread, device.capacity)
-        imagecheck.check_commit(header.commit_hex, _cfg["commit"], "commit=", "it")
+        imagecheck.check_commit(header.commit_hex, _cfg.commit, "commit=", "it")
     except DocteurError as exc:
         raise ImageRefused(f"{shown(url)}: {exc}") from None
     size = device.capacity
-    _remote["device"] = device
-    _remote["info"] = imagecheck.ImageInfo(
+    _remote = _Remote(device, imagecheck.ImageInfo(
         size, header.commit_hex, None, imagecheck.inferred_block_size(header.idx_offset, size),
-        ((0, size, imagecheck.EXTENT_DATA),))
-    _remote["shown"] = shown(url)
+        ((0, size, imagecheck.EXTENT_DATA),)), shown(url))
 
 
+@final
 class RemoteHandle:
     """One connection to the url= image: the shared device."""
 
     __slots__ = ("info", "path", "device")
 
-    def __init__(self):
-        self.info = _remote["info"]
-        self.path = _remote["shown"]
-        self.device = _remote["device"]
+    def __init__(self, remote: _Remote) -> None:
+        self.info = remote.info
+        self.path = remote.shown
+        self.device = remote.device
 
 
-def _remote_pread(h, buf, offset):
+def _remote_pread(h: RemoteHandle, buf: memoryview, offset: int) -> None:
     """Bytes of the url= image into `buf`, 512-aligned underneath."""
     n = len(buf)
     start = offset - offset % 512
@@ -406,9 +443,9 @@ def _remote_pread(h, buf, offset):
     buf[:] = piece
 
 
-def _path_for(name):
-    if _cfg["image"] is not None:
-        return _cfg["image"]
+def _path_for(name: str) -> str:
+    if _cfg.image is not None:
+        return _cfg.image
     if name == "":
         name = _default_name()
     if name.endswith(IMAGE_SUFFIX):
@@ -416,24 +453,25 @@ def _path_for(name):
     path = _dir_exports().get(name)
     if path is None:
         nbdkit.set_error(errno.ENOENT)
-        raise ImageRefused(f"no export named {name!r} in {_cfg['dir']}")
+        raise ImageRefused(f"no export named {name!r} in {_cfg.dir}")
     return path
 
 
+@final
 class Handle:
     """One connection: the descriptor it opened, and what was checked about it."""
 
     __slots__ = ("fd", "info", "path")
 
-    def __init__(self, fd, info, path):
+    def __init__(self, fd: int, info: imagecheck.ImageInfo, path: str) -> None:
         self.fd = fd
         self.info = info
         self.path = path
 
 
-def open(readonly):
-    if _cfg["url"] is not None:
-        return RemoteHandle()
+def open(readonly: bool) -> Handle | RemoteHandle:
+    if _remote is not None:
+        return RemoteHandle(_remote)
     path = _path_for(nbdkit.export_name())
     fd = _open_image(path)
     try:
@@ -444,46 +482,48 @@ def open(readonly):
     return Handle(fd, info, path)
 
 
-def close(h):
+def close(h: Handle | RemoteHandle) -> None:
     if isinstance(h, Handle):
         os.close(h.fd)
 
 
-def get_size(h):
+def get_size(h: Handle | RemoteHandle) -> int:
     return h.info.size
 
 
-def export_description(h):
+def export_description(h: Handle | RemoteHandle) -> str:
     return h.info.description
 
 
-def block_size(h):
+def block_size(h: Handle | RemoteHandle) -> tuple[int, int, int]:
     # NBD's preferred block size may not exceed its maximum (32 MiB here).
     return (512, min(MAX_REQUEST, max(PREFERRED_MIN, h.info.block_size)), MAX_REQUEST)
 
 
-def can_multi_conn(h):
+def can_multi_conn(h: Handle | RemoteHandle) -> bool:
     return True
 
 
 # Read-only: nbdkit's Python plugin derives every other capability from the
 # callbacks defined (no pwrite, flush, trim or zero; cache and extents are
 # native) and reports a non-rotational disk by default.
-def can_write(h):
+def can_write(h: Handle | RemoteHandle) -> bool:
     return False
 
 
 _preadv = os.preadv
 
 
-def pread(h, buf, offset, flags):
-    if h.__class__ is RemoteHandle:
+# nbdkit (API_VERSION 2) passes `buf` as a writable memoryview over its own
+# buffer.
+def pread(h: Handle | RemoteHandle, buf: memoryview, offset: int, flags: int) -> None:
+    if type(h) is RemoteHandle:
         return _remote_pread(h, buf, offset)
     if _preadv(h.fd, (buf,), offset) != len(buf):
         _read_rest(h, buf, offset)
 
 
-def _read_rest(h, buf, offset):
+def _read_rest(h: Handle, buf: memoryview, offset: int) -> None:
     """A short read: loop, and fail cleanly if the file was cut under us."""
     view = memoryview(buf)
     done = 0
@@ -496,13 +536,14 @@ def _read_rest(h, buf, offset):
         done += n
 
 
-def cache(h, count, offset, flags):
-    if h.__class__ is RemoteHandle:
+def cache(h: Handle | RemoteHandle, count: int, offset: int, flags: int) -> None:
+    if type(h) is RemoteHandle:
         return
     os.posix_fadvise(h.fd, offset, count, os.POSIX_FADV_WILLNEED)
 
 
-def extents(h, count, offset, flags):
+def extents(h: Handle | RemoteHandle, count: int, offset: int,
+            flags: int) -> list[tuple[int, int, int]]:
     return imagecheck.extents_in(h.info.extents, offset, count,
                                  bool(flags & nbdkit.FLAG_REQ_ONE))
 

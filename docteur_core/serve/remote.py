@@ -38,10 +38,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import DamagedImage, DocteurError
 from ..format.pin import pin_of_url
-from .nbdkit import CACHE_BLOCK, Listen, ServeError, auto_cache_size, nbdkit_prefix
+from .nbdkit import CACHE_BLOCK, Listen, Server, ServeError, auto_cache_size, nbdkit_prefix
+
+if TYPE_CHECKING:
+    from ..blockdev.block import BlockDevice
+    from ..blockdev.http_range import Validator
 
 # The check's read-ahead: small, its bytes are fetched again by nbdkit.
 CHECK_CHUNK = 4 << 10
@@ -67,7 +72,7 @@ class RemoteImage:
         return f"docteur image: commit {self.commit_hex} tree {self.tree_hex or 'not checked'}"
 
 
-def pin_header(validator) -> str | None:
+def pin_header(validator: Validator | None) -> str | None:
     """The request header that binds nbdkit's requests to the checked version."""
     if validator is None:
         return None
@@ -166,7 +171,7 @@ def head_problem(url: str, size: int, timeout: float = 30.0) -> str | None:
     return None
 
 
-def _commit_tree(device, commit_hex: str) -> str:
+def _commit_tree(device: BlockDevice, commit_hex: str) -> str:
     """The root tree of the header's commit, read through the IDX with every
     object hashed (Image's verify mode)."""
     from ..reader.image import Image
@@ -249,13 +254,17 @@ def plugin_url_command(image: RemoteImage, listen: Listen, *,
     return argv + cache_arguments(image, cache_size)
 
 
-def url_command(image: RemoteImage, listen: Listen, **options) -> list[str]:
+def url_command(image: RemoteImage, listen: Listen, *, cache_size: str | None = "auto",
+                foreground: bool = True, exit_with_parent: bool = False,
+                pidfile: str | Path | None = None,
+                timeout: int = DEFAULT_TIMEOUT) -> list[str]:
     """nbdkit's curl plugin where the origin answers HEAD, else the docteur
-    plugin's range GETs."""
+    plugin's range GETs (`timeout` is the curl plugin's)."""
     if image.head is None:
-        return curl_command(image, listen, **options)
-    options.pop("timeout", None)
-    return plugin_url_command(image, listen, **options)
+        return curl_command(image, listen, cache_size=cache_size, foreground=foreground,
+                            exit_with_parent=exit_with_parent, pidfile=pidfile, timeout=timeout)
+    return plugin_url_command(image, listen, cache_size=cache_size, foreground=foreground,
+                              exit_with_parent=exit_with_parent, pidfile=pidfile)
 
 
 def cache_env(cache_dir: Path | None) -> dict[str, str] | None:
@@ -268,14 +277,12 @@ def cache_env(cache_dir: Path | None) -> dict[str, str] | None:
 
 
 def remote_server(url: str, verify: str = "quick", cache_size: str | None = None,
-                  commit: str | None = None):
+                  commit: str | None = None) -> Server:
     """nbdkit's curl plugin serving the image at `url` on a free loopback
     port, tied to this process (`docteur boot URL`); checked now (pinned to
     `commit`, else to the commit the URL's name gives, as `check_remote`).
     No cache by default: a boot reads each sector once or twice, through
     the guest's own page cache."""
-    from .nbdkit import Server
-
     image = check_remote(url, verify, commit)
     return Server(lambda listen, pidfile: url_command(
         image, listen, cache_size=cache_size, exit_with_parent=True, pidfile=pidfile),
