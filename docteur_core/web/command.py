@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..reader.image import Image
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_READERS = 2
@@ -77,7 +81,7 @@ def _listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def open_images(source: str, args, count: int) -> list:
+def open_images(source: str, args: argparse.Namespace, count: int) -> list[Image]:
     """`count` readers of `source`: the first opened with every check
     `args` asks for (pin, signers), the others pinned to the commit it
     holds, so that all of them read the same image."""

@@ -32,9 +32,18 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from .request import BadRequest, RequestParser
-from .site import REASONS, NotHere, Site, http_date, split_target, target_key
+from .request import BadRequest, Request, RequestParser
+from .site import (REASONS, Key, NotHere, Response, Site, http_date, split_target,
+                   target_key)
+
+if TYPE_CHECKING:
+    from ..reader.image import Image
+
+# What a connection has still to send: bytes (or the unsent end of them), or
+# (file, offset, length) to send from the file.
+Outgoing = bytes | memoryview | tuple[BinaryIO, int, int]
 
 IDLE = 60.0
 OUTPUT_LIMIT = 1 << 20
@@ -78,7 +87,7 @@ class _Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.parser = RequestParser()
-        self.out: deque = deque()
+        self.out: deque[Outgoing] = deque()
         self.pending = 0       # bytes in `out`
         self.busy = False      # a request is with a reader thread
         self.closing = False   # close once `out` is sent
@@ -90,8 +99,8 @@ class _Connection:
 class Server:
     """Serve `site` on `listen` with one reader thread per image of `images`."""
 
-    def __init__(self, site: Site, images: list, listen: tuple[str, int], *,
-                 log=None, access_log: bool = True) -> None:
+    def __init__(self, site: Site, images: list[Image], listen: tuple[str, int], *,
+                 log: TextIO | None = None, access_log: bool = True) -> None:
         self.site = site
         self.images = images
         self.log = log if log is not None else sys.stderr
@@ -113,8 +122,10 @@ class Server:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: deque = deque()
+        # (connection, request, key, query) for a reader thread; None stops one.
+        self._jobs: queue.SimpleQueue[tuple[_Connection, Request, Key, str] | None] = \
+            queue.SimpleQueue()
+        self._done: deque[tuple[_Connection, Request, Response]] = deque()
         self._conns: dict[int, _Connection] = {}
         self._lines: list[str] = []
         self._date_at = -1
@@ -260,7 +271,7 @@ class Server:
                 return
             self._answer(conn, request, site.respond(request, entity, query))
 
-    def _reader(self, image) -> None:
+    def _reader(self, image: Image) -> None:
         """A reader thread: resolve what the loop hands over, with `image`."""
         site = self.site
         while True:
@@ -309,7 +320,8 @@ class Server:
             self._log_date = (f"{t.tm_mday:02d}/{months[t.tm_mon - 1]}/{t.tm_year}:"
                               f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
 
-    def _answer(self, conn: _Connection, request, response, close: bool = False) -> None:
+    def _answer(self, conn: _Connection, request: Request | None, response: Response,
+                close: bool = False) -> None:
         """Queue a response's head and body on `conn`, log it, send what can be."""
         self._dates()
         keep = not close and request is not None and request.keep_alive
@@ -319,7 +331,7 @@ class Server:
             lines.append(f"{name}: {value}\r\n")
         if not keep:
             lines.append("Connection: close\r\n")
-        elif request.version == "HTTP/1.0":
+        elif request is not None and request.version == "HTTP/1.0":  # (keep: one is)
             lines.append("Connection: keep-alive\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
@@ -339,7 +351,8 @@ class Server:
             self._log_request(conn, request, response)
         self._flush(conn, more=False)
 
-    def _log_request(self, conn: _Connection, request, response) -> None:
+    def _log_request(self, conn: _Connection, request: Request | None,
+                     response: Response) -> None:
         if request is None:
             line, referer, agent = "-", "-", "-"
         else:
@@ -371,7 +384,7 @@ class Server:
         try:
             while out:
                 seg = out[0]
-                if type(seg) is tuple:
+                if isinstance(seg, tuple):
                     f, offset, length = seg
                     n = os.sendfile(conn.fd, f.fileno(), offset, min(length, SENDFILE_STEP))
                     if n == 0:  # the file is shorter than it was: cannot be, but never spin

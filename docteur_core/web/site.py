@@ -49,10 +49,24 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import DamagedImage, DocteurError, NotADirectory, NotAFile, NotFound
 from ..format import objects as obj
 from .ranges import if_range_holds, parse_ranges
+
+if TYPE_CHECKING:
+    import mimetypes
+
+    from ..reader.image import Image, Node
+    from .request import Request
+
+# A body: bytes, or a checked temporary file (Image.content).
+Body = bytes | BinaryIO
+# A piece of a response: bytes, or (file, offset, length) to send from the file.
+Segment = bytes | tuple[BinaryIO, int, int]
+# What target_key makes of a path: (names, trailing slash).
+Key = tuple[tuple[str, ...], bool]
 
 INDEX = "index.html"
 _FILES = (obj.MODE_FILE, obj.MODE_EXEC, 0o100664)
@@ -189,7 +203,7 @@ class Entity:
 
     __slots__ = ("status", "body", "size", "etag", "content_type", "location", "note")
 
-    def __init__(self, status: int, body=b"", etag: str = "", content_type: str = "",
+    def __init__(self, status: int, body: Body = b"", etag: str = "", content_type: str = "",
                  location: str = "", note: str = "") -> None:
         self.status = status
         self.body = body
@@ -210,7 +224,7 @@ class Response:
 
     __slots__ = ("status", "headers", "segments", "length", "note")
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], segments: list,
+    def __init__(self, status: int, headers: list[tuple[str, str]], segments: list[Segment],
                  length: int, note: str = "") -> None:
         self.status = status
         self.headers = headers
@@ -219,7 +233,7 @@ class Response:
         self.note = note
 
 
-def _types():
+def _types() -> mimetypes.MimeTypes:
     import mimetypes
 
     types = mimetypes.MimeTypes()  # Python's own table only: the same everywhere
@@ -247,22 +261,22 @@ class Site:
         self.listing = listing
         self._types = _types()
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple, Entity] = OrderedDict()
+        self._cache: OrderedDict[Key, Entity] = OrderedDict()
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
-        self._spools: OrderedDict[tuple, Entity] = OrderedDict()
+        self._spools: OrderedDict[Key, Entity] = OrderedDict()
         self._max_spools = cache_spools
 
     # -- entities -----------------------------------------------------------
 
-    def cached(self, key) -> Entity | None:
+    def cached(self, key: Key) -> Entity | None:
         """The entity of `key` if it was resolved before (any thread)."""
         e = self._cache.get(key)
         if e is None:
             e = self._spools.get(key)
         return e
 
-    def _keep(self, key, e: Entity) -> None:
+    def _keep(self, key: Key, e: Entity) -> None:
         if e.status >= 500:
             return  # a device that failed may answer next time
         with self._lock:
@@ -282,7 +296,7 @@ class Site:
                 while len(self._spools) > self._max_spools:
                     self._spools.popitem(last=False)
 
-    def resolve(self, image, key) -> Entity:
+    def resolve(self, image: Image, key: Key) -> Entity:
         """The entity of `key` (from `target_key`), read from `image`."""
         e = self.cached(key)
         if e is not None:
@@ -298,7 +312,7 @@ class Site:
         self._keep(key, e)
         return e
 
-    def _resolve(self, image, key) -> Entity:
+    def _resolve(self, image: Image, key: Key) -> Entity:
         names, trailing = key
         path = "/".join(names)
         node = image.node(path)
@@ -328,12 +342,14 @@ class Site:
             return _ENCODED_TYPES.get(encoding, "application/octet-stream")
         return kind or "application/octet-stream"
 
-    def _file(self, image, node) -> Entity:
+    def _file(self, image: Image, node: Node) -> Entity:
         body = image.content(node)
         return Entity(200, body, f'"{node.id}"', self.content_type(node.name))
 
-    def _link(self, image, node) -> Entity:
-        target = image.readlink(node)
+    def _link(self, image: Image, node: Node) -> Entity:
+        # Image.readlink takes a Node like its siblings (its _lookup does), but is
+        # annotated `str | bytes` only (reader/image.py).
+        target = image.readlink(node)  # type: ignore[arg-type]
         if target.startswith("/"):
             return Entity(404, note="a link out of the image")
         parts = node.path.split("/")[:-1]
@@ -353,7 +369,7 @@ class Site:
             where += "/"
         return Entity(302, location=where)
 
-    def _listing(self, path: str, node, entries) -> Entity:
+    def _listing(self, path: str, node: Node, entries: list[Node]) -> Entity:
         title = _escape_html("/" + path + ("/" if path else ""))
         rows = []
         if path:
@@ -380,7 +396,7 @@ class Site:
             headers.append(("Allow", "GET, HEAD"))
         return Response(status, headers, [] if head else [body], len(body), note)
 
-    def respond(self, request, entity: Entity, query: str = "") -> Response:
+    def respond(self, request: Request, entity: Entity, query: str = "") -> Response:
         head = request.method == "HEAD"
         status = entity.status
         if status in (301, 302):
@@ -427,7 +443,7 @@ class Site:
                        ("Content-Length", str(b - a + 1))]
             return Response(206, headers + common, [_part(entity, a, b - a + 1)], b - a + 1)
         boundary = os.urandom(12).hex()
-        segments = []
+        segments: list[Segment] = []
         length = 0
         for a, b in ranges:
             part_head = (f"\r\n--{boundary}\r\nContent-Type: {entity.content_type}\r\n"
@@ -442,7 +458,7 @@ class Site:
         return Response(206, headers + common, segments, length)
 
 
-def _part(entity: Entity, offset: int, length: int):
+def _part(entity: Entity, offset: int, length: int) -> Segment:
     body = entity.body
     if isinstance(body, (bytes, bytearray)):
         if offset == 0 and length == len(body):

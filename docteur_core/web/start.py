@@ -4,13 +4,21 @@ shared end of `docteur http` (command.py) and of the guest's server
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NoReturn
 
-def _interrupt(signum, frame):
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+
+    from ..reader.image import Image
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def serve(images: list, listen: tuple[str, int], *, listing: bool, quiet: bool,
-          say, source: str, cache_bytes: int | None = None) -> int:
+def serve(images: list[Image], listen: tuple[str, int], *, listing: bool, quiet: bool,
+          say: Callable[[str], None], source: str, cache_bytes: int | None = None) -> int:
     """Serve until Ctrl-C or SIGTERM; the shared end of `docteur http` and
     the guest's server. `say` writes a line on stderr."""
     import errno
