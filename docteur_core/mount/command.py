@@ -16,8 +16,20 @@ import argparse
 import errno
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import DocteurError
+
+if TYPE_CHECKING:  # (typing is not imported at run time: `docteur mount`'s start-up)
+    from collections.abc import Callable
+    from types import ModuleType
+    from typing import NoReturn, ParamSpec, TypeVar
+
+    from ..reader.image import Image
+    from .fs import ImageFS
+
+    P = ParamSpec("P")
+    T = TypeVar("T")
 
 SUBTYPE = "docteur"
 # Seconds the kernel may keep attributes, names and missing names: the
@@ -63,7 +75,7 @@ def add_umount_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mountpoint", metavar="MOUNTPOINT")
 
 
-def load_binding():
+def load_binding() -> ModuleType:
     """The mfusepy module, or one line saying what to install."""
     try:
         import mfusepy
@@ -71,7 +83,8 @@ def load_binding():
         raise DocteurError(NEEDS) from None
     if mfusepy.fuse_version_major != 3:
         raise DocteurError(f"{NEEDS} (found libfuse {mfusepy.fuse_version_major})")
-    return mfusepy
+    binding: ModuleType = mfusepy  # (untyped: Any to a checker, a module all the same)
+    return binding
 
 
 def check_mountpoint(path: str) -> str:
@@ -92,15 +105,16 @@ def check_mountpoint(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _open_image(args):
+def _open_image(args: argparse.Namespace) -> Image:
     from ..trust import open_image
 
     return open_image(args.image, args, max_object_size=args.max_object_size,
                       max_lookup_bytes=args.max_lookup_bytes, max_paths=args.max_paths)
 
 
-def make_operations(mfusepy, fs, on_init=None, log=None):
-    """The mfusepy Operations forwarding to `fs` (an ImageFS).
+def make_operations(mfusepy: ModuleType, fs: ImageFS, on_init: Callable[[], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> object:
+    """The mfusepy Operations forwarding to `fs`, for mfusepy.FUSE.
 
     Every write-side handler answers EROFS (the mount is also `ro`, so the
     kernel refuses most writes before asking). `log(line)` gets the message
@@ -111,9 +125,9 @@ def make_operations(mfusepy, fs, on_init=None, log=None):
     FuseOSError = mfusepy.FuseOSError
     logged: set[str] = set()
 
-    def call(fn, *a):
+    def call(fn: Callable[P, T], *a: P.args, **k: P.kwargs) -> T:
         try:
-            return fn(*a)
+            return fn(*a, **k)
         except FsError as exc:
             if exc.errno == errno.EIO and log is not None and str(exc) not in logged:
                 if len(logged) < 1000:
@@ -121,37 +135,39 @@ def make_operations(mfusepy, fs, on_init=None, log=None):
                 log(str(exc))
             raise FuseOSError(exc.errno) from None
 
-    def refuse(self, *a, **k):
+    def refuse(self: object, *a: object, **k: object) -> NoReturn:
         raise FuseOSError(errno.EROFS)
 
-    class Ops(mfusepy.Operations):
+    # mfusepy ships no types: the module passed in is a ModuleType whose
+    # Operations a checker cannot see (name-defined), and would be Any (misc).
+    class Ops(mfusepy.Operations):  # type: ignore[name-defined,misc]
         use_ns = True
 
-        def init(self, path):
+        def init(self, path: str) -> None:
             if on_init is not None:
                 on_init()
 
-        def getattr(self, path, fh=None):
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
             return call(fs.getattr, path)
 
-        def readdir(self, path, fh):
+        def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
             return [(name, {"st_mode": mode, "st_ino": ino}, 0)
                     for name, mode, ino in call(fs.readdir, path)]
 
-        def readlink(self, path):
+        def readlink(self, path: str) -> str:
             return call(fs.readlink, path)
 
-        def open(self, path, flags):
+        def open(self, path: str, flags: int) -> int:
             call(fs.open, path, flags)
             return 0
 
-        def read(self, path, size, offset, fh):
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             return call(fs.read, path, size, offset)
 
-        def statfs(self, path):
+        def statfs(self, path: str) -> dict[str, int]:
             return fs.statfs()
 
-        def access(self, path, amode):
+        def access(self, path: str, amode: int) -> int:
             call(fs.getattr, path)
             if amode & os.W_OK:
                 raise FuseOSError(errno.EROFS)
@@ -164,22 +180,23 @@ def make_operations(mfusepy, fs, on_init=None, log=None):
     return Ops()
 
 
-def fuse_options(image_name: str, allow_other: bool = False) -> dict:
+def fuse_options(image_name: str, allow_other: bool = False) -> dict[str, bool | int | str]:
     """libfuse options: read-only, our inode numbers, and long kernel caches
     (nothing changes under a mounted image). `allow_other` lets other users
     in (FUSE lets only the mounting user by default); default_permissions,
     always on, then makes the kernel apply the r--r--r-- modes to them."""
     fsname = image_name.replace(",", "_").replace("\\", "_")
-    options = dict(ro=True, nothreads=True, foreground=True, use_ino=True, kernel_cache=True,
-                   subtype=SUBTYPE, fsname=fsname, attr_timeout=CACHE_SECONDS,
-                   entry_timeout=CACHE_SECONDS, negative_timeout=CACHE_SECONDS,
-                   default_permissions=True)
+    options: dict[str, bool | int | str] = dict(
+        ro=True, nothreads=True, foreground=True, use_ino=True, kernel_cache=True,
+        subtype=SUBTYPE, fsname=fsname, attr_timeout=CACHE_SECONDS,
+        entry_timeout=CACHE_SECONDS, negative_timeout=CACHE_SECONDS, default_permissions=True)
     if allow_other:
         options["allow_other"] = True
     return options
 
 
-def serve(args, mountpoint: str, on_init=None, log=None) -> None:
+def serve(args: argparse.Namespace, mountpoint: str, on_init: Callable[[], None] | None = None,
+          log: Callable[[str], None] | None = None) -> None:
     """Open the image and serve it at `mountpoint` until unmounted."""
     import warnings
 
@@ -201,7 +218,7 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
         except OSError as exc:
             raise DocteurError(f"{mountpoint}: {exc.strerror}") from None
         fs = ImageFS(image, os.getuid(), os.getgid())
-        up = []
+        up: list[bool] = []
 
         def init() -> None:
             up.append(True)
@@ -227,7 +244,7 @@ def serve(args, mountpoint: str, on_init=None, log=None) -> None:
         image.close()
 
 
-def run_mount(args) -> int:
+def run_mount(args: argparse.Namespace) -> int:
     load_binding()  # one line now if it is missing, before anything else
     mountpoint = check_mountpoint(args.mountpoint)
     if args.allow_other:  # fusermount3 would refuse it, in libfuse's words
@@ -249,7 +266,7 @@ def run_mount(args) -> int:
     return _background(args, mountpoint)
 
 
-def _background(args, mountpoint: str) -> int:
+def _background(args: argparse.Namespace, mountpoint: str) -> int:
     """Fork; the child mounts and reports through a pipe: `ok` once the
     mount is up, else its error line. The parent returns only then."""
     r, w = os.pipe()
@@ -323,7 +340,7 @@ def _mount_type(path: str) -> str | None:
     return found
 
 
-def run_umount(args) -> int:
+def run_umount(args: argparse.Namespace) -> int:
     import fcntl
     import subprocess
     import time

@@ -33,11 +33,20 @@ import hashlib
 import os
 import stat as st
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from ..errors import DamagedImage, DocteurError, NotADirectory, NotAFile, NotFound
 from ..format import objects as obj
 from ..format.limits import STREAM_THRESHOLD
 from ..format.pack import BASE_TYPES
+
+if TYPE_CHECKING:  # (typing is not imported at run time: `docteur mount`'s start-up)
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from ..reader.image import Image, Node
+
+    T = TypeVar("T")
 
 # Attributes of this many paths are kept (the kernel caches them too, but
 # forgets them under memory pressure; a size costs a header inflate).
@@ -77,7 +86,7 @@ class ImageFS:
     """The answers for one open `Image` (reader/image.py); not thread-safe,
     like the image: the binding serves one request at a time."""
 
-    def __init__(self, image, uid: int = 0, gid: int = 0) -> None:
+    def __init__(self, image: Image, uid: int = 0, gid: int = 0) -> None:
         self.image = image
         self.uid, self.gid = uid, gid
         # The committer's time as parsed (any integer git wrote: kept within
@@ -85,11 +94,11 @@ class ImageFS:
         seconds = image._commit.committer.time
         seconds = max(-_MAX_SECONDS, min(_MAX_SECONDS, seconds))
         self.time_ns = seconds * 1_000_000_000
-        self._attrs: OrderedDict[str, dict] = OrderedDict()
+        self._attrs: OrderedDict[str, dict[str, int]] = OrderedDict()
 
     # -- lookups -----------------------------------------------------------
 
-    def _guard(self, path: str, call):
+    def _guard(self, path: str, call: Callable[[], T]) -> T:
         """Run `call`, turning the reader's errors into errnos."""
         try:
             return call()
@@ -104,7 +113,7 @@ class ImageFS:
         except OSError as exc:  # the device under the image
             raise FsError(errno.EIO, f"/{path}: {exc}") from None
 
-    def getattr(self, path: str) -> dict:
+    def getattr(self, path: str) -> dict[str, int]:
         """stat(2) fields of a path (os.stat_result names)."""
         key = normalise(path)
         found = self._attrs.get(key)
@@ -117,7 +126,7 @@ class ImageFS:
             self._attrs.popitem(last=False)
         return attrs
 
-    def _stat(self, key: str) -> dict:
+    def _stat(self, key: str) -> dict[str, int]:
         image = self.image
         node = image._lookup(key)
         nlink = 1
@@ -145,7 +154,7 @@ class ImageFS:
                 "st_blocks": (size + 511) // 512 if perm & st.S_IFREG else 0,
                 "st_blksize": 4096}
 
-    def _size(self, node) -> int:
+    def _size(self, node: Node) -> int:
         """A file's size. A large file stored whole (over STREAM_THRESHOLD)
         has the size its entry header declares, without inflating it to
         check the entry's CRC-32 (a `stat` of a 4 GiB file would inflate
@@ -222,7 +231,7 @@ class ImageFS:
             return b""
         return self._guard(key, lambda: self.image.get_partial(key, offset, size))
 
-    def statfs(self) -> dict:
+    def statfs(self) -> dict[str, int]:
         """statvfs(3) fields: a full, read-only file system of the image's paths."""
         capacity = self.image.store.capacity
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (capacity + 4095) // 4096,
