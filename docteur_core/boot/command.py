@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +93,8 @@ def _check_guest_command(segment: list[str]) -> None:
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     from ..serve.nbdkit import SERVERS
-    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP
-    from .runner import ACCELS, DEFAULT_TIMEOUT, MODES
+    from ..reader.vocabulary import DEFAULT_MODE, MODE_HELP, MODES
+    from .runner import ACCELS, DEFAULT_TIMEOUT
 
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
                         help="the reader's mode in the guest: " + MODE_HELP)
@@ -152,18 +160,18 @@ def _forward(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _log(args: argparse.Namespace):
+def _log(args: argparse.Namespace) -> Callable[[str], None]:
     def log(message: str) -> None:
         if not args.quiet:
             print(f"docteur boot: {message}", file=sys.stderr, flush=True)
     return log
 
 
-def _with_signals(work):
+def _with_signals(work: Callable[[], T]) -> T:
     """Run work(); SIGTERM and SIGHUP stop QEMU and nbdkit as Ctrl-C does."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -204,7 +212,7 @@ def _pin(args: argparse.Namespace) -> str | None:
     any of these is checked by the guest against the header it reads."""
     import os
 
-    pinned = args.commit
+    pinned: str | None = args.commit
     if args.allowed_signers is not None:
         from ..trust import open_image
 

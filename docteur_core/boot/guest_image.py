@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable
 
 # The files that run inside the guest, and the root that holds docteur_core
 # (a clone, or site-packages): the guest is built from the package itself.
@@ -119,9 +119,10 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], *, cwd: Path | None = None, check: bool = False,
+         stdin: IO[bytes] | None = None) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(cmd, capture_output=True, **kwargs)
+        return subprocess.run(cmd, capture_output=True, cwd=cwd, check=check, stdin=stdin)
     except FileNotFoundError as exc:
         raise GuestBuildError(f"{cmd[0]} not found: install it (see the README's Install)") from exc
 

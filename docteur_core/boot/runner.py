@@ -33,13 +33,16 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, TYPE_CHECKING, BinaryIO, Callable, Sequence
 
 from .. import children
 from ..errors import DocteurError
-from ..reader.vocabulary import DEFAULT_MODE, MODES  # noqa: F401 - MODES: boot's --mode choices
+from ..reader.vocabulary import DEFAULT_MODE
 from ..serve import nbdkit
 from ..serve.nbdkit import Listen, Server, ServeError
+
+if TYPE_CHECKING:
+    from .guest_image import Guest
 
 GUEST_DEVICE = "/dev/vda"
 ACCELS = ("tcg", "kvm")
@@ -253,7 +256,7 @@ def image_server(image: Path, kind: str = "docteur") -> Server:
         Listen(port=0))
 
 
-def prepare_guest(log: Log = _quiet, cache: Path | None = None):
+def prepare_guest(log: Log = _quiet, cache: Path | None = None) -> Guest:
     """Kernel and initramfs (guest_image.py), built or taken from the cache."""
     from . import guest_image
     try:
@@ -361,7 +364,7 @@ class _Drive:
         self.log(f"serving {self.target} with {plugin} on {server.uri}")
         return drive_option(nbd_drive_options(server.uri))
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.nbd:
             self.nbd.stop()
 
@@ -471,7 +474,9 @@ def serve_http(target: str | Path, command: list[str], host: str, port: int, *,
             children.stop(proc)
 
 
-def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int:
+def _follow(proc: subprocess.Popen[bytes], errors: IO[bytes], timeout: float,
+            ready: Callable[[str], None], line: Callable[[str], None],
+            log: Log = _quiet) -> int:
     """Read the console of a live guest (see `serve_http`)."""
     booted = time.monotonic()
     deadline = booted + timeout
@@ -481,6 +486,7 @@ def _follow(proc, errors, timeout: float, ready, line, log: Log = _quiet) -> int
     to_runner = 0.0   # ... to the runner's start (modules, disk, network, Python)
     pending = b""
     seen: list[str] = []
+    assert proc.stdout is not None  # started with stdout=PIPE
     fd = proc.stdout.fileno()
     while True:
         wait = 1.0 if started else max(0.0, min(1.0, deadline - time.monotonic()))
@@ -569,7 +575,7 @@ def split_commands(words: Sequence[str], separator: str = ";") -> list[list[str]
 
 
 def print_results(result: BootResult, raw: bool = False, headers: bool = False,
-                  out=None, err=None) -> None:
+                  out: BinaryIO | None = None, err: BinaryIO | None = None) -> None:
     out = out or sys.stdout.buffer
     err = err or sys.stderr.buffer
     for item in result.results:

@@ -15,8 +15,10 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 STOP_PATIENCE = 60.0
 
@@ -43,7 +45,7 @@ def _start_time(pid: int) -> str | None:
 
 
 @contextmanager
-def registered(host: str, port: int, image: str):
+def registered(host: str, port: int, image: str) -> Iterator[None]:
     """This process serves `host:port` while the block runs."""
     folder = state_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -64,8 +66,10 @@ def registered(host: str, port: int, image: str):
             pass
 
 
-def running() -> list[tuple[Path, dict]]:
-    """(file, record) of each guest server still running; stale files removed."""
+def running() -> list[tuple[Path, dict[str, Any]]]:
+    """(file, record) of each guest server still running; stale files removed.
+    A record is the JSON object `registered` wrote (pid, start, host, port,
+    image), as json.loads gives it."""
     found = []
     for path in sorted(state_dir().glob("http-*.json")):
         try:
@@ -80,7 +84,7 @@ def running() -> list[tuple[Path, dict]]:
     return found
 
 
-def stop_all(port: int | None, log) -> int:
+def stop_all(port: int | None, log: Callable[[str], None]) -> int:
     """Stop the guest serving `port`, or every one; 1 when none runs."""
     from .runner import BootError
 

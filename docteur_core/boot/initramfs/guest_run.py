@@ -29,7 +29,9 @@ it stops (then its END marker, with nothing captured).
 
 Only built-in modules and os are used (and the reader, for the commands
 that run it): nothing here may depend on what the initramfs's trimmed
-standard library happens to hold.
+standard library happens to hold. Annotations are builtins, evaluated at
+no cost; the others are strings, their names imported for checkers only
+(`TYPE_CHECKING`, a constant: typing's import would cost more than this file).
 """
 
 import binascii
@@ -40,22 +42,29 @@ import zlib
 
 import _sha256
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    Main = Callable[[list[str] | None], int]
+
 PYTHON = "/usr/bin/python3"
 SCRATCH = "/tmp"
 
 
-def emit(text):
+def emit(text: str | bytes) -> None:
     data = text.encode() if isinstance(text, str) else text
     while data:
         data = data[os.write(1, data):]
 
 
-def base64_lines(data):
+def base64_lines(data: bytes) -> bytes:
     return b"".join(binascii.b2a_base64(data[start:start + 57])
                     for start in range(0, len(data), 57))
 
 
-def decode_commands(text):
+def decode_commands(text: str) -> list[list[str]]:
     """The inverse of docteur_core.boot.runner.encode_commands.
 
     The kernel command line is short (2048 bytes on x86) and the commands
@@ -79,7 +88,7 @@ def decode_commands(text):
     return commands
 
 
-def commands_from_cmdline(cmdline):
+def commands_from_cmdline(cmdline: str) -> list[list[str]]:
     for word in cmdline.split():
         if word.startswith("docteur.cmds="):
             return decode_commands(word[len("docteur.cmds="):])
@@ -90,8 +99,9 @@ READER = ["-m", "docteur_core.reader.guest"]
 WEB = ["-m", "docteur_core.web.guest"]
 
 
-def _preloaded_reader():
-    """docteur_core.reader.guest with the modules its verbs use, imported once.
+def _preloaded_reader() -> "Main":
+    """docteur_core.reader.guest's main, with the modules its verbs use
+    imported once.
 
     Starting an interpreter and importing the reader costs about a second
     per command under TCG; a fork of an interpreter that already holds them
@@ -101,30 +111,30 @@ def _preloaded_reader():
     import docteur_core.reader.image  # noqa: F401  (what guest.main imports lazily)
     import docteur_core.reader.commands  # noqa: F401
     import docteur_core.errors  # noqa: F401
-    return guest
+    return guest.main
 
 
-def _preloaded_web():
-    """docteur_core.web.guest with the modules the server needs at start."""
+def _preloaded_web() -> "Main":
+    """docteur_core.web.guest's main, with the modules the server needs at start."""
     import docteur_core.web.guest as guest
     import docteur_core.web.start  # noqa: F401
     import docteur_core.web.server  # noqa: F401
     import docteur_core.web.site  # noqa: F401
     import docteur_core.reader.image  # noqa: F401
-    return guest
+    return guest.main
 
 
-def _child(argv):
+def _child(argv: list[str]) -> "NoReturn":
     """In the forked child: run the command, never return."""
     status = 0
     try:
         preloaded = {tuple(WEB): _preloaded_web, tuple(READER): _preloaded_reader}
         load = preloaded.get(tuple(argv[:2]))
         if load is not None:
-            guest = load()
+            entry = load()
             sys.argv = [argv[1]] + argv[2:]
             try:
-                status = guest.main(argv[2:]) or 0
+                status = entry(argv[2:]) or 0
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             for stream in (sys.stdout, sys.stderr):
@@ -143,7 +153,7 @@ def _child(argv):
     os._exit(status if isinstance(status, int) and 0 <= status < 256 else 1)
 
 
-def run(argv, index):
+def run(argv: list[str], index: int) -> tuple[int, bytes, bytes]:
     """Run one command with stdout and stderr in files; return (status, out, err).
 
     `-m docteur_core.reader.guest ARGS` runs the guest entry point's main(ARGS) in a
@@ -180,7 +190,7 @@ def run(argv, index):
     return status, out, err
 
 
-def run_live(argv, index):
+def run_live(argv: list[str], index: int) -> tuple[int, bytes, bytes]:
     """Run the web server with the console as its stdout and stderr, after
     a LIVE marker; return (status, b"", b"") once it stops."""
     init = os.environ.get("DOCTEUR_INIT_UPTIME", "0")
@@ -199,11 +209,11 @@ def run_live(argv, index):
     return os.waitstatus_to_exitcode(wait_status), b"", b""
 
 
-def fingerprint(data):
+def fingerprint(data: bytes) -> bytes:
     return b"%d:%s" % (len(data), _sha256.sha256(data).hexdigest().encode())
 
 
-def report(index, status, out, err, elapsed):
+def report(index: int, status: int, out: bytes, err: bytes, elapsed: float) -> bytes:
     """The console text for one command's result (pure, so it can be tested)."""
     return b"".join([
         b"\n=====DOCTEUR-BEGIN %d=====\n" % index,
@@ -215,13 +225,13 @@ def report(index, status, out, err, elapsed):
     ])
 
 
-def done(count, started=0.0, finished=0.0):
+def done(count: int, started: float = 0.0, finished: float = 0.0) -> bytes:
     """The last marker; the times are the guest's uptime when the runner
     started and when it finished, to tell the boot from the commands."""
     return b"=====DOCTEUR-DONE count=%d start=%.2f end=%.2f=====\n" % (count, started, finished)
 
 
-def uptime():
+def uptime() -> float:
     try:
         with open("/proc/uptime") as f:
             return float(f.read().split()[0])
@@ -232,7 +242,7 @@ def uptime():
 RUNNER_STARTED = 0.0
 
 
-def main():
+def main() -> int:
     global RUNNER_STARTED
     started = RUNNER_STARTED = uptime()
     with open("/proc/cmdline") as f:

@@ -16,6 +16,8 @@ in (GUEST_PARTS): the guest never builds, verifies, serves or boots. It prints, 
 modules copied (the caller adds their shared libraries).
 """
 
+from __future__ import annotations
+
 import importlib.util
 import json
 import modulefinder
@@ -44,7 +46,7 @@ GUEST_PARTS = ("__init__.py", "errors.py", "format", "blockdev", "reader",
                "web/server.py", "web/start.py", "web/guest.py")
 
 
-def guest_sources(package_root):
+def guest_sources(package_root: str) -> list[tuple[str, str]]:
     """(path relative to package_root, dotted module name) of every guest module."""
     found = []
     for part in GUEST_PARTS:
@@ -59,14 +61,14 @@ def guest_sources(package_root):
     return found
 
 
-def compile_to(source, dest, shown_as):
+def compile_to(source: str, dest: str, shown_as: str) -> None:
     shutil.copyfile(source, dest)
     py_compile.compile(
         dest, cfile=importlib.util.cache_from_source(dest), dfile=shown_as, doraise=True,
         invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
-def main(dest, package_root, guest_run):
+def main(dest: str, package_root: str, guest_run: str) -> int:
     stdlib = sysconfig.get_paths()["stdlib"]
     dynload = os.path.join(stdlib, "lib-dynload")
     sources = guest_sources(package_root)
@@ -88,7 +90,9 @@ def main(dest, package_root, guest_run):
     extensions = []
     copied = 0
     for name, module in sorted(finder.modules.items()):
-        path = module.__file__
+        # typeshed's modulefinder.Module declares no attributes; its
+        # __init__ sets __file__ (None for a built-in module).
+        path: str | None = module.__file__  # type: ignore[attr-defined]
         if not path or not path.startswith(stdlib + os.sep):
             continue
         target = os.path.join(dest, path.lstrip("/"))

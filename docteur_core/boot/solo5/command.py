@@ -22,6 +22,7 @@ import sys
 
 from ..runner import BootError, shown, split_commands
 from .runner import VERBS, image_commit, is_uri, run_many
+from .toolchain import Progress
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +46,7 @@ def _commands(words: list[str]) -> list[tuple[str, str]]:
     return commands
 
 
-def trust(args: argparse.Namespace, log) -> tuple[str | None, bool]:
+def trust(args: argparse.Namespace, log: Progress) -> tuple[str | None, bool]:
     """(the commit the guest is pinned to or None, whether it verifies)."""
     commit, verify = getattr(args, "commit", None), getattr(args, "verify", True)
     if getattr(args, "allowed_signers", None):  # `docteur boot` checks it and pins
@@ -61,7 +62,7 @@ def trust(args: argparse.Namespace, log) -> tuple[str | None, bool]:
     return commit, verify
 
 
-def run(args: argparse.Namespace, log) -> int:
+def run(args: argparse.Namespace, log: Progress) -> int:
     """Run each command in the unikernel; print as `docteur boot` does."""
     from ...reader.vocabulary import LIGHT
 

@@ -253,7 +253,8 @@ def _probe_image(folder: Path) -> tuple[Path, bytes]:
     return folder / "probe.img", data
 
 
-def hvt_works(tenders: dict, unikernels: dict, progress: Progress = _quiet) -> bool:
+def hvt_works(tenders: dict[str, Path], unikernels: dict[str, Path],
+              progress: Progress = _quiet) -> bool:
     """Whether solo5-hvt runs the guest here, correctly and at a usable speed.
 
     It needs a usable /dev/kvm; some hosts have one that runs guests, but
@@ -282,7 +283,7 @@ def hvt_works(tenders: dict, unikernels: dict, progress: Progress = _quiet) -> b
     return works
 
 
-def choose_tender(tender: str, tenders: dict, unikernels: dict,
+def choose_tender(tender: str, tenders: dict[str, Path], unikernels: dict[str, Path],
                   progress: Progress = _quiet) -> str:
     if tender not in TENDER_CHOICES:
         raise Solo5Error(f"unknown tender {tender!r} (one of {', '.join(TENDER_CHOICES)})")

@@ -58,8 +58,8 @@ class Solo5Error(DocteurError):
 
 class Built(NamedTuple):
     """Where the build put things: {"spt": path, "hvt": path} for each."""
-    tenders: dict
-    unikernels: dict
+    tenders: dict[str, Path]
+    unikernels: dict[str, Path]
 
 
 def _quiet(_: str) -> None:
@@ -128,7 +128,8 @@ def apt_mirrors(sources_dir: Path = Path("/etc/apt")) -> list[str]:
 
 def _download(url: str, timeout: float = 60.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+        data: bytes = response.read()  # (typeshed's urlopen answers Any)
+        return data
 
 
 def _fetch_zlib(target: Path, progress: Progress) -> None:
@@ -268,7 +269,7 @@ def _build_guest(solo5: Path, zlib_tarball: Path, work: Path, progress: Progress
     return out
 
 
-def _paths(folder: Path) -> tuple[dict, dict]:
+def _paths(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     return ({t: folder / f"solo5-{t}" for t in TENDERS},
             {t: folder / f"docteur_guest.{t}" for t in TENDERS})
 
