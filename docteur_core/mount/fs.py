@@ -185,7 +185,8 @@ class ImageFS:
         attrs = self.getattr(path)
         if not st.S_ISDIR(attrs["st_mode"]):
             raise FsError(errno.ENOTDIR)
-        nodes = self._guard(key, lambda: [] if self._is_gitlink(key) else self.image.entries(key))
+        nodes: list[Node] = self._guard(
+            key, lambda: [] if self._is_gitlink(key) else self.image.entries(key))
         parent = key.rpartition("/")[0]
         out = [(".", attrs["st_mode"], attrs["st_ino"]),
                ("..", st.S_IFDIR | 0o555, inode_of(parent) if key else 1)]
