@@ -542,27 +542,35 @@ def test_a_cold_cache_rebuilds_bases_the_fast_lane_kept_nothing_of(images):
     """Small blobs that agree with their IDX row are kept as a column entry
     only (scan.py `_blob_run`): a delta on one, with no cache at all, must
     rebuild it from the device through that column."""
-    from docteur_core.verify.verifier import Verifier
+    from docteur_core.verify.state import Entries
 
     image, _ = images["reference-ofs"]
     data = image.read_bytes()
-    v = Verifier(MemoryDevice(data), False, 0)
     lane_bases = []
-    lane_info = v._lane_info
+    lane_record = Entries.lane_record
 
-    def spied(pos):
-        rec = lane_info(pos)
+    def spied(self, pos):
+        rec = lane_record(self, pos)
         if rec is not None:
             lane_bases.append(pos)
         return rec
 
-    v._lane_info = spied
-    v.run()
-    assert v.report.ok, v.report.problem_lines()
-    assert v.lane_count > 0 and v.report.stats["cache_misses"] > 0
+    lanes = []
+    real_init = Entries.__init__
+
+    def kept(self, *args):
+        real_init(self, *args)
+        lanes.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Entries, "lane_record", spied)
+        mp.setattr(Entries, "__init__", kept)
+        report = verify_image(MemoryDevice(data), cache_bytes=0)
+    assert report.ok, report.problem_lines()
+    assert lanes[0].lane_count > 0 and report.stats["cache_misses"] > 0
     assert lane_bases  # bases came back through the lane's column
     with FileDevice(image) as dev:
-        assert v.report.counts == verify_image(dev).counts
+        assert report.counts == verify_image(dev).counts
 
 
 def test_ocaml_quoting():
