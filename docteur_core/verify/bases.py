@@ -12,7 +12,6 @@ these fields up): the fields below are the scan's working state.
 
 from __future__ import annotations
 
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -148,13 +147,18 @@ class Bases:
         assert rec is not None  # called for entries the scan recorded
         kind, hlen, clen, size, _ = rec
         raw = self._read(pos + hlen, clen)
+        # The scan inflated these very bytes cleanly: failing now, the device
+        # changed them between the two reads (the shared inflater says how).
+        inflater = pack.Inflater(size, at_offset(pos))
         try:
-            data = zlib.decompressobj().decompress(raw, size + 1)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream on second read ({exc})", at_offset(pos)) from None
-        if len(data) != size:
-            raise DamagedImage("entry changed between two reads", at_offset(pos))
-        return data
+            inflater.feed(raw)
+        except DamagedImage as exc:
+            raise DamagedImage(f"entry changed between two reads: {exc.what}",
+                               at_offset(pos)) from None
+        if not inflater.done:
+            raise DamagedImage("entry changed between two reads: its zlib stream is cut short",
+                               at_offset(pos))
+        return inflater.data
 
     def _object_at(self, pos: int) -> tuple[int, ObjectBytes]:
         """The object at `pos`: from the cache, else rebuilt from the device."""

@@ -17,10 +17,9 @@ from itertools import repeat
 
 from ..format import idx as idxmod
 from ..format import layout, pack
-from .report import (R_DELTA_DATA, R_IDX_CHECKSUMS, R_IDX_CRCS, R_IDX_FANOUT, R_IDX_HEADER,
-                     R_IDX_IDS, R_IDX_OFFSETS, R_OBJ_DATA, R_OBJ_HEADER)
 from .locate import Located
-from .report import Report
+from .report import (R_DELTA_DATA, R_IDX_CHECKSUMS, R_IDX_CRCS, R_IDX_FANOUT, R_IDX_HEADER,
+                     R_IDX_IDS, R_IDX_OFFSETS, R_OBJ_DATA, R_OBJ_HEADER, Report)
 from .state import Entries, at_offset, hex_id
 
 
@@ -68,11 +67,19 @@ def check_idx(located: Located, entries: Entries | None, pack_intact: bool,
         if fanout[b] != total and not (b == 255 and fanout[b] != count):
             problem(R_IDX_FANOUT, at_offset(base + layout.IDX_HEADER_SIZE + 4 * b),
                     f"IDX fanout entry {b} says {fanout[b]}, the ids say {total}")
-    if entries is None:
-        return
+    if entries is not None:
+        _against_scan(data, base, count, names, in_order, entries, pack_intact, report)
+
+
+def _against_scan(data: bytes, base: int, count: int, names: bytes, in_order: bool,
+                  entries: Entries, pack_intact: bool, report: Report) -> None:
+    """Every IDX entry against the scan's: offset, CRC-32, id (the Merkle
+    check); and every entry of the pack listed."""
+    problem = report.problem
     report.check("idx-offsets")
     report.check("idx-crcs")
     report.check("idx-matches-pack")
+    names_at = idxmod.HEAD_SIZE
     crcs_at = names_at + 20 * count
     offs_at = crcs_at + 4 * count
     large_at = offs_at + 4 * count

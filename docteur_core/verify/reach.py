@@ -150,7 +150,8 @@ def _inflate_head(pread: Pread, at: int, end: int, keep: int, where: str) -> byt
 
     Quick mode does no per-object work: of a commit larger than what
     the report shows it inflates that much, never a message of
-    hundreds of megabytes.
+    hundreds of megabytes. (`pack.Inflater` inflates a whole stream to
+    its declared size: not what this is for.)
     """
     d = zlib.decompressobj()
     out = bytearray()

