@@ -463,6 +463,10 @@ class PackScan(Bases):
         """
         rel = pos - s.base
         entry = memoryview(s.buf)[rel:rel + end - pos]
+        # Its own zlib call, not `pack.Inflater` (the same result, measured:
+        # 1.06 us an entry against 0.57 for outputs of 10-100 bytes; deltas,
+        # which come here, are mostly that small). On bench/verify.py's
+        # corpora the difference was within the noise of a loaded machine.
         d = zlib.decompressobj()
         try:
             data = d.decompress(entry[hlen:], size + 1)
@@ -655,7 +659,7 @@ class PackScan(Bases):
             try:
                 entries = objects.parse_tree_raw(data, f"tree {hex_id(oid)}", self.max_paths)
                 # Kept raw: its parsed entries cost ~6x its bytes, and the
-                # walk needs them one directory at a time (`_tree_entries`).
+                # walk needs them one directory at a time (`Objects.tree_entries`).
                 self.trees[oid] = data
                 self.tree_counts[oid] = len(entries)
                 unsorted = objects.tree_order_problem(entries)
