@@ -282,23 +282,28 @@ class _PathIndexCheck:
                     if checked.get(row.ref) != oid:
                         stack.append((oid, row.ref, False))
         held.update(pages)
+        _check_tiling(sup, area, held)
         where = at_offset(full - pix.SUPER_SIZE)
-        pos = 0
-        for page, length in sorted(held):
-            if page == area:
-                continue
-            if page != pos:
-                raise _Differs(at_offset(sup.nodes_start + min(page, pos)),
-                               "the pages referenced do not tile the pages area")
-            pos = page + length
-        if pos != area:
-            raise _Differs(at_offset(sup.nodes_start + pos),
-                           "bytes after the last page referenced")
         for counted, have, want in (("trees", sup.records, len(checked)),
                                  ("paths", sup.paths, min(paths[root], (1 << 64) - 1)),
                                  ("root's entries", sup.root_count, root_count)):
             if have != want:
                 raise _Differs(where, f"says {have} {counted}, the trees give {want}")
+
+
+def _check_tiling(sup: pix.Super, area: int, held: set[tuple[int, int]]) -> None:
+    """The pages the records referenced, (offset, length) each, tile the pages area."""
+    pos = 0
+    for page, length in sorted(held):
+        if page == area:
+            continue  # the super block's inline page
+        if page != pos:
+            raise _Differs(at_offset(sup.nodes_start + min(page, pos)),
+                           "the pages referenced do not tile the pages area")
+        pos = page + length
+    if pos != area:
+        raise _Differs(at_offset(sup.nodes_start + pos),
+                       "bytes after the last page referenced")
 
 
 class _Unchecked(Exception):
