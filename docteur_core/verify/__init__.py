@@ -55,13 +55,16 @@ it reads every byte once and does no per-object work.
 Standard library only: this runs beside the guest reader and inside the
 nbdkit plugin.
 
-The modules, in the order the checks run (verifier.py drives them):
-report.py (Report, region names), state.py (what the checks share),
-stream.py (sequential hashed reads), layoutcheck.py (header, padding,
-block size), locate.py (IDX, PACK header, trailer), scan.py (the pass over
-every entry) with bases.py (delta bases: plan, LRU, rebuild), checksums.py
-(pack SHA-1), idxcheck.py (IDX against the pack), reach.py (commit, tree
-walk, unreachable objects).
+The modules, in the order the checks run (verifier.py is the pipeline:
+each step a function given what it needs, returning a value, recording
+problems in the one Report): report.py (Report, region names), state.py
+(limits and the values the steps pass on), stream.py (sequential hashed
+reads), pathindexcheck.py (probe first, check last), layoutcheck.py
+(header, padding, block size), locate.py (IDX, PACK header, trailer:
+`Located`), scan.py (the pass over every entry: `ScanResult`) with
+bases.py (delta bases: plan, LRU, rebuild), checksums.py (pack SHA-1),
+idxcheck.py (IDX against the pack), reach.py (commit, tree walk,
+unreachable objects).
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ from __future__ import annotations
 from ..blockdev.block import BlockDevice
 from ..format import limits
 from .report import Counts, Problem, Report, format_problem
-from .state import DEFAULT_CACHE_BYTES, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, STREAM_THRESHOLD
-from .verifier import Verifier
+from .state import (DEFAULT_CACHE_BYTES, MAX_DELTA_DEPTH, MAX_HELD_OBJECT, STREAM_THRESHOLD,
+                    Limits)
+from .verifier import verify
 
 __all__ = ["Counts", "Problem", "Report", "format_problem", "verify_image",
            "DEFAULT_CACHE_BYTES", "MAX_DELTA_DEPTH", "MAX_HELD_OBJECT", "STREAM_THRESHOLD"]
@@ -105,8 +109,7 @@ def verify_image(device: BlockDevice, quick: bool = False, *,
     ready(allowed_signers)
     if commit is not None:
         check_pin(device, commit)
-    v = Verifier(device, quick, cache_bytes, max_object_size, max_paths, max_lookup_bytes)
-    v.run()
+    v = verify(device, quick, Limits(cache_bytes, max_object_size, max_paths, max_lookup_bytes))
     v.report.pin = commit
     judge_signature(v, allowed_signers)
     return v.report

@@ -5,20 +5,51 @@ recently rebuilt objects in an LRU bounded in bytes. A light pass over the
 entry headers first counts how many deltas will use each entry, so a base
 is kept exactly until its last delta is applied. On a miss the base is
 rebuilt from the device, chain and all.
+
+`Bases` is the delta-base half of the scan (`scan.PackScan`, which sets
+these fields up): the fields below are the scan's working state.
 """
 
 from __future__ import annotations
 
-import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
+from ..blockdev.block import BlockDevice
 from ..format import layout, pack
 from ..errors import DamagedImage, LimitExceeded
-from .state import MAX_DELTA_DEPTH, ObjectBytes, State, Unresolvable, at_offset
+from .state import MAX_DELTA_DEPTH, EntryRecord, ObjectBytes, Unresolvable, at_offset
 from .stream import Stream
 
 
-class Bases(State):
+class Bases:
     """Where the scan gets a delta's base: the planned LRU, or the device."""
+
+    device: BlockDevice
+    entry_offsets: Sequence[int]
+    by_id: dict[bytes, int]
+    oid: dict[int, bytes]
+    damaged: set[int]
+    _info: Callable[[int], EntryRecord | None]  # `Entries.record`
+    _read: Callable[[int, int], bytes]
+    max_object_size: int
+    max_lookup_bytes: int
+    # The LRU, and from the header pass how many deltas use each entry (by
+    # offset, by id) and, for cached bases, how many uses remain.
+    cache_bytes: int
+    cache: OrderedDict[int, tuple[int, ObjectBytes]]
+    cached: int
+    # One object too large for the LRU's share, kept beside it: the last
+    # link of a chain of big objects, which the next delta of the chain
+    # needs (without it each delta rebuilt the chain from its base:
+    # quadratic in the chain's length).
+    big_pos: int | None
+    big: tuple[int, ObjectBytes] | None
+    stats: dict[str, int]
+    planned: bool
+    uses_at: dict[int, int]
+    uses_of: dict[bytes, int]
+    remaining: dict[int, int]
 
     def _plan_bases(self, limit: int) -> None:
         """Count the deltas that will use each entry, from its header alone.
@@ -116,13 +147,18 @@ class Bases(State):
         assert rec is not None  # called for entries the scan recorded
         kind, hlen, clen, size, _ = rec
         raw = self._read(pos + hlen, clen)
+        # The scan inflated these very bytes cleanly: failing now, the device
+        # changed them between the two reads (the shared inflater says how).
+        inflater = pack.Inflater(size, at_offset(pos))
         try:
-            data = zlib.decompressobj().decompress(raw, size + 1)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream on second read ({exc})", at_offset(pos)) from None
-        if len(data) != size:
-            raise DamagedImage("entry changed between two reads", at_offset(pos))
-        return data
+            inflater.feed(raw)
+        except DamagedImage as exc:
+            raise DamagedImage(f"entry changed between two reads: {exc.what}",
+                               at_offset(pos)) from None
+        if not inflater.done:
+            raise DamagedImage("entry changed between two reads: its zlib stream is cut short",
+                               at_offset(pos))
+        return inflater.data
 
     def _object_at(self, pos: int) -> tuple[int, ObjectBytes]:
         """The object at `pos`: from the cache, else rebuilt from the device."""

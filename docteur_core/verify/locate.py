@@ -5,29 +5,113 @@ are. The IDX is read first because its offsets and its copy of the pack
 checksum locate everything else; when the object counts of the PACK
 header and the IDX disagree, or the header points to the wrong place,
 the layout that holds up (checksums, padding) decides which one lies.
+
+`locate`, `locate_trailer` and (after the scan, when the header's IDX
+offset was unusable) `find_lost_idx` each return what is found as a
+`Located`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
+from dataclasses import dataclass
 
 from ..format import idx as idxmod
 from ..format import layout
-from .report import R_HEADER, R_IDX_FANOUT, R_IDX_HEADER, R_IMAGE, R_PACK_HEADER
-from .state import State, at_offset
+from .layoutcheck import Header, Pread
+from .report import R_HEADER, R_IDX_FANOUT, R_IDX_HEADER, R_IMAGE, R_PACK_HEADER, Report
+from .state import at_offset
+from .stream import read_span
 
 
-class Locate(State):
-    """Finds the IDX, sizes it, and finds the pack's end, blaming what lies."""
+@dataclass(frozen=True)
+class Located:
+    """Where the regions are, as far as they could be found.
 
-    def _load_idx(self, at: int | None = None, quiet: bool = False) -> None:
+    Offsets are absolute image offsets (the PACK starts at 28).
+    """
+
+    commit_id: bytes
+    header_idx_offset: int  # as the header says, even if wrong
+    idx_offset: int | None = None  # where the IDX really is, once found
+    idx: idxmod.Idx | None = None
+    idx_bytes: bytes | None = None  # the whole IDX, read once
+    idx_end: int | None = None
+    idx_count: int | None = None
+    pack_count: int | None = None
+    pack_ok: bool = False  # the PACK header looked like a PACK header
+    trailer_at: int | None = None  # absolute offset of the pack trailer
+    trailer_guessed: bool = False  # found by its position, not by the IDX's copy
+    trailer_why: str = ""  # why it is not where the layout puts it (layout.py's words)
+
+
+def locate(pread: Pread, capacity: int, header: Header, report: Report,
+           quick: bool) -> Located:
+    """The IDX and the PACK header: the counts, and the IDX's tables sized by them."""
+    loc = _Locator(pread, capacity, report, quick,
+                   Located(header.commit_id, header.idx_offset, idx_offset=header.idx_at))
+    loc.load_idx()
+    loc.check_pack_header()
+    return loc.located()
+
+
+def locate_trailer(pread: Pread, capacity: int, located: Located, report: Report) -> Located:
+    """The pack's end: where its trailer is (or why it is not where it should be)."""
+    loc = _Locator(pread, capacity, report, False, located)
+    loc.locate_trailer()
+    return loc.located()
+
+
+def find_lost_idx(pread: Pread, capacity: int, located: Located, report: Report) -> Located:
+    """If the header's IDX offset was unusable, look where the layout puts it
+    (after a complete scan: the pack's end is then known)."""
+    if located.idx is not None:
+        return located
+    loc = _Locator(pread, capacity, report, False, located)
+    loc.find_lost_idx()
+    return loc.located()
+
+
+class _Locator:
+    """The search itself: `Located`'s fields, filled in as they are found."""
+
+    def __init__(self, pread: Pread, capacity: int, report: Report, quick: bool,
+                 start: Located) -> None:
+        self.pread, self.capacity, self.report, self.quick = pread, capacity, report, quick
+        self.commit_id = start.commit_id
+        self.header_idx_offset = start.header_idx_offset
+        self.idx_offset = start.idx_offset
+        self.idx = start.idx
+        self.idx_bytes = start.idx_bytes
+        self.idx_end = start.idx_end
+        self.idx_count = start.idx_count
+        self.pack_count = start.pack_count
+        self.pack_ok = start.pack_ok
+        self.trailer_at = start.trailer_at
+        self.trailer_guessed = start.trailer_guessed
+        self.trailer_why = start.trailer_why
+
+    def located(self) -> Located:
+        return Located(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Located)})
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return read_span(self.pread, self.capacity, offset, length)
+
+    def problem(self, region: str, where: str, what: str) -> None:
+        self.report.problem(region, where, what)
+
+    def check(self, name: str) -> None:
+        self.report.check(name)
+
+    def load_idx(self, at: int | None = None, quiet: bool = False) -> None:
         """Read the IDX head and tables at `at` (default: where the header says)."""
         base = self.idx_offset if at is None else at
         if base is None:
             return
         self.check("idx-header")
-        head = self.reader.pread(base, idxmod.HEAD_SIZE)
+        head = self.pread(base, idxmod.HEAD_SIZE)
         if len(head) < idxmod.HEAD_SIZE:
             if not quiet:
                 self.problem(R_IDX_HEADER, at_offset(base), "IDX header is truncated")
@@ -87,9 +171,9 @@ class Locate(State):
         self.idx_end = base + total
         return True
 
-    def _check_pack_header(self) -> None:
+    def check_pack_header(self) -> None:
         self.check("pack-header")
-        raw = self.reader.pread(layout.PACK_OFFSET, layout.PACK_HEADER_SIZE)
+        raw = self.pread(layout.PACK_OFFSET, layout.PACK_HEADER_SIZE)
         sig_ok = raw[:4] == layout.PACK_SIGNATURE
         (version, count) = struct.unpack_from(">II", raw, 4)
         if not sig_ok:
@@ -153,7 +237,7 @@ class Locate(State):
             self.problem(R_PACK_HEADER, at_offset(layout.PACK_OFFSET + 8),
                          f"PACK header announces {n_pack} objects, the IDX lists {n}")
 
-    def _locate_trailer(self) -> None:
+    def locate_trailer(self) -> None:
         """Find the pack's 20-byte trailer: the IDX's copy of it, just before the IDX."""
         if self.idx_bytes is None or self.idx_offset is None:
             return
@@ -186,10 +270,8 @@ class Locate(State):
             self.trailer_at = cand
             self.trailer_guessed = True
 
-    def _find_lost_idx(self) -> None:
+    def find_lost_idx(self) -> None:
         """If the header's IDX offset was unusable, look where the layout puts it."""
-        if self.idx is not None or self.quick or not self.scan_complete:
-            return
         pack_end = (self.trailer_at or 0) + layout.SHA1_SIZE
         b = layout.MIN_BLOCK_SIZE
         while b <= layout.MAX_BLOCK_SIZE:
@@ -197,7 +279,7 @@ class Locate(State):
             if cand + idxmod.HEAD_SIZE > self.capacity:
                 break
             if cand + idxmod.HEAD_SIZE <= self.capacity:
-                self._load_idx(cand, quiet=True)
+                self.load_idx(cand, quiet=True)
                 if self.idx is not None:
                     self.problem(R_HEADER, at_offset(20), f"the header puts the IDX at offset "
                                  f"{self.header_idx_offset}, it is at offset {cand}")

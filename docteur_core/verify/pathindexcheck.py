@@ -21,6 +21,9 @@ An index of version 1 (every path stored again; readers do not use it and
 walk the trees) is a warning: the image is sound, rebuilding it gives the
 compact index.
 
+`probe_path_index` is the first step of the check (it returns a `Probe`:
+where the original layout ends), `check_path_index` the last.
+
 Standard library only (it runs in the nbdkit plugin).
 """
 
@@ -28,64 +31,84 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import dataclass
 
 from ..errors import DamagedImage
 from ..format import idx as idxmod
 from ..format import objects
 from ..format import pathindex as pix
-from .report import R_PATH_INDEX
-from .state import State, at_offset
+from .layoutcheck import Pread
+from .locate import Located
+from .report import R_PATH_INDEX, Report
+from .state import CommitHead, Objects, at_offset
 
 CHUNK = 1 << 20
 
 
-class PathIndexCheck(State):
-    """Finds the region first (`_probe_path_index`), checks it last."""
+@dataclass(frozen=True)
+class Probe:
+    """What the image's last bytes say of a path index region."""
 
-    pix_super: pix.Super | None = None
-    pix_full_size: int | None = None
-    pix_damaged_super = False
+    capacity: int  # where the original layout's checks stop: the region's start, if any
+    super: pix.Super | None = None  # a sound super block: the region is checked last
+    full_size: int = 0  # the image's size, region included
 
-    def _probe_path_index(self) -> None:
-        cap = self.capacity
-        if cap < pix.SUPER_SIZE + 512:
-            return
-        data = self.reader.pread(cap - pix.SUPER_SIZE, pix.SUPER_SIZE)
-        if not pix.has_magic(data):
-            return
-        self.check("path index")
-        self.pix_full_size = cap
-        version = pix.version_of(data)
-        if version == pix.LEGACY:
-            start = struct.unpack_from("<Q", data, 100)[0]
-            if 0 < start <= cap - pix.SUPER_SIZE and start % 512 == 0:
-                self.capacity = start
-                self.warning(R_PATH_INDEX, at_offset(cap - pix.SUPER_SIZE),
-                             "version 1 (every path stored again): readers do not use it "
-                             "and walk the trees; `docteur make` again gives the compact "
-                             "index")
-                return
-        try:
-            sup = pix.parse_super(data, cap)
-        except DamagedImage as exc:
-            self.problem(R_PATH_INDEX, str(exc.where or ""), exc.what)
-            self.pix_damaged_super = True
-            # Still keep the original layout's checks off the region: take
-            # its start from the super block if it looks like one.
-            start = struct.unpack_from("<Q", data, 100)[0]
-            if 0 < start <= cap - pix.SUPER_SIZE and start % 512 == 0:
-                self.capacity = start
-            return
-        self.pix_super = sup
-        self.capacity = sup.region_start
-        self.report.path_index = (sup.region_start, sup.nodes_start)
 
-    def _check_path_index(self) -> None:
-        sup = self.pix_super
-        if sup is None:
-            return
-        full = self.pix_full_size
-        assert full is not None  # set with pix_super
+def probe_path_index(pread: Pread, capacity: int, report: Report) -> Probe:
+    """Whether the image ends with a path index region, and where it starts."""
+    cap = capacity
+    if cap < pix.SUPER_SIZE + 512:
+        return Probe(cap, None, cap)
+    data = pread(cap - pix.SUPER_SIZE, pix.SUPER_SIZE)
+    if not pix.has_magic(data):
+        return Probe(cap, None, cap)
+    report.check("path index")
+    version = pix.version_of(data)
+    if version == pix.LEGACY:
+        start = struct.unpack_from("<Q", data, 100)[0]
+        if 0 < start <= cap - pix.SUPER_SIZE and start % 512 == 0:
+            report.warning(R_PATH_INDEX, at_offset(cap - pix.SUPER_SIZE),
+                           "version 1 (every path stored again): readers do not use it "
+                           "and walk the trees; `docteur make` again gives the compact "
+                           "index")
+            return Probe(start, None, cap)
+    try:
+        sup = pix.parse_super(data, cap)
+    except DamagedImage as exc:
+        report.problem(R_PATH_INDEX, str(exc.where or ""), exc.what)
+        # Still keep the original layout's checks off the region: take
+        # its start from the super block if it looks like one.
+        start = struct.unpack_from("<Q", data, 100)[0]
+        if 0 < start <= cap - pix.SUPER_SIZE and start % 512 == 0:
+            return Probe(start, None, cap)
+        return Probe(cap, None, cap)
+    report.path_index = (sup.region_start, sup.nodes_start)
+    return Probe(sup.region_start, sup, cap)
+
+
+def check_path_index(pread: Pread, probe: Probe, located: Located, commit: CommitHead | None,
+                     objects_: Objects | None, report: Report, max_paths: int) -> None:
+    """The region (module docstring); against the trees when `objects_`
+    (the full check's) are given."""
+    if probe.super is not None:
+        _PathIndexCheck(pread, located, commit, objects_, report, max_paths).run(
+            probe.super, probe.full_size)
+
+
+class _PathIndexCheck:
+    """One check of the region found by `probe_path_index`."""
+
+    def __init__(self, pread: Pread, located: Located, commit: CommitHead | None,
+                 objects_: Objects | None, report: Report, max_paths: int) -> None:
+        self.pread, self.located, self.commit = pread, located, commit
+        self.objects, self.report, self.max_paths = objects_, report, max_paths
+        self.commit_id, self.trailer_at = located.commit_id, located.trailer_at
+        self.by_id: dict[bytes, int] = objects_.by_id if objects_ is not None else {}
+
+    def problem(self, region: str, where: str, what: str) -> None:
+        self.report.problem(region, where, what)
+
+    def run(self, sup: pix.Super, full: int) -> None:
         where = at_offset(full - pix.SUPER_SIZE)
         if sup.commit != self.commit_id:
             self.problem(R_PATH_INDEX, where, f"bound to commit {sup.commit.hex()}, the header "
@@ -94,7 +117,7 @@ class PathIndexCheck(State):
             self.problem(R_PATH_INDEX, where, f"says the PACK ends at {sup.pack_end}, its "
                          f"trailer is at {self.trailer_at}")
         elif self.trailer_at is not None:
-            trailer = self.reader.pread(self.trailer_at, 20)
+            trailer = self.pread(self.trailer_at, 20)
             if trailer != sup.pack_checksum:
                 self.problem(R_PATH_INDEX, where, f"bound to pack {sup.pack_checksum.hex()}, "
                              f"the PACK's trailer is {trailer.hex()}")
@@ -112,7 +135,7 @@ class PathIndexCheck(State):
         digest = hashlib.sha256()
         pos, end = sup.nodes_start, full - pix.SUPER_SIZE
         while pos < end:
-            data = self.reader.pread(pos, min(CHUNK, end - pos))
+            data = self.pread(pos, min(CHUNK, end - pos))
             if not data:
                 break
             digest.update(data)
@@ -122,13 +145,13 @@ class PathIndexCheck(State):
             self.problem(R_PATH_INDEX, where, "the SHA-256 of the pages does not match the "
                          "super block's")
             return
-        if not self.quick:
-            self._compare_with_trees(sup, full)
+        if self.objects is not None:
+            self._compare_with_trees(sup, full, self.objects)
 
     def _pix_zero(self, start: int, end: int) -> None:
         pos = start
         while pos < end:
-            data = self.reader.pread(pos, min(CHUNK, end - pos))
+            data = self.pread(pos, min(CHUNK, end - pos))
             if not data:
                 return
             if data.count(0) != len(data):
@@ -137,15 +160,15 @@ class PathIndexCheck(State):
                 return
             pos += len(data)
 
-    def _compare_with_trees(self, sup: pix.Super, full: int) -> None:
+    def _compare_with_trees(self, sup: pix.Super, full: int, objects_: Objects) -> None:
         """Every record reached from the root against its tree (module docstring)."""
-        if self.commit_data is None:
+        if self.commit is None:
             return  # the commit's own problem is reported already
         try:
-            commit = objects.parse_commit(self.commit_data, "commit")
+            commit = objects.parse_commit(self.commit.data, "commit")
         except DamagedImage:
             return
-        if self.idx_bytes is None or self.trailer_at is None \
+        if self.located.idx_bytes is None or self.trailer_at is None \
                 or self.commit_id not in self.by_id:
             return  # the IDX's or the pack's own problems are reported already
         where = at_offset(full - pix.SUPER_SIZE)
@@ -159,18 +182,19 @@ class PathIndexCheck(State):
                          f"names {commit.tree.hex()}")
             return
         try:
-            self._check_records(sup, full, commit.tree)
+            self._check_records(sup, full, commit.tree, objects_)
         except _Unchecked as exc:
             self.problem(R_PATH_INDEX, "", f"cannot be checked: {exc}")
         except _Differs as exc:
             self.problem(R_PATH_INDEX, exc.where, exc.what)
 
-    def _check_records(self, sup: pix.Super, full: int, root: bytes) -> None:
+    def _check_records(self, sup: pix.Super, full: int, root: bytes,
+                       objects_: Objects) -> None:
         area = full - pix.SUPER_SIZE - sup.nodes_start
         pack_start = 28 + 12
-        names = self.idx_bytes
+        names = self.located.idx_bytes
         assert names is not None  # the records are compared once the IDX is read
-        count = self.idx_count or 0
+        count = self.located.idx_count or 0
         by_id = self.by_id
         pages: dict[tuple[int, int], bytes] = {}
 
@@ -182,7 +206,7 @@ class PathIndexCheck(State):
                     held.update(pages)  # the tiling is checked from the keys
                     pages.clear()
                 data = (sup.inline if ref.page == area
-                        else self.reader.pread(sup.nodes_start + ref.page, ref.length))
+                        else self.pread(sup.nodes_start + ref.page, ref.length))
                 raw = pix.inflate_page(data, page_where(ref))
                 pages[key] = raw
             return raw
@@ -215,7 +239,7 @@ class PathIndexCheck(State):
                 continue
             if tid in on_path:
                 raise _Unchecked(f"tree {tid.hex()} contains itself")
-            entries = self._tree_entries(tid)
+            entries = objects_.tree_entries(tid, self.max_paths)
             if entries is None:
                 raise _Unchecked("the commit's trees are incomplete")
             try:
@@ -258,23 +282,28 @@ class PathIndexCheck(State):
                     if checked.get(row.ref) != oid:
                         stack.append((oid, row.ref, False))
         held.update(pages)
+        _check_tiling(sup, area, held)
         where = at_offset(full - pix.SUPER_SIZE)
-        pos = 0
-        for page, length in sorted(held):
-            if page == area:
-                continue
-            if page != pos:
-                raise _Differs(at_offset(sup.nodes_start + min(page, pos)),
-                               "the pages referenced do not tile the pages area")
-            pos = page + length
-        if pos != area:
-            raise _Differs(at_offset(sup.nodes_start + pos),
-                           "bytes after the last page referenced")
         for counted, have, want in (("trees", sup.records, len(checked)),
                                  ("paths", sup.paths, min(paths[root], (1 << 64) - 1)),
                                  ("root's entries", sup.root_count, root_count)):
             if have != want:
                 raise _Differs(where, f"says {have} {counted}, the trees give {want}")
+
+
+def _check_tiling(sup: pix.Super, area: int, held: set[tuple[int, int]]) -> None:
+    """The pages the records referenced, (offset, length) each, tile the pages area."""
+    pos = 0
+    for page, length in sorted(held):
+        if page == area:
+            continue  # the super block's inline page
+        if page != pos:
+            raise _Differs(at_offset(sup.nodes_start + min(page, pos)),
+                           "the pages referenced do not tile the pages area")
+        pos = page + length
+    if pos != area:
+        raise _Differs(at_offset(sup.nodes_start + pos),
+                       "bytes after the last page referenced")
 
 
 class _Unchecked(Exception):

@@ -6,6 +6,9 @@ and everything reached must be present with the type its referrer gives
 it (gitlinks excepted: submodules are not in an image by design). The walk
 also counts files, links and bytes, and objects nothing reaches are
 warnings.
+
+`check_commit` is the step: it returns the commit as read (`CommitHead`),
+which the path index check and the signature check read again.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from ..format.trail import Trail
 from ..format import layout, limits, objects, pack
 from ..errors import DamagedImage
 from ..reader.store import Store
-from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS
+from .layoutcheck import Pread
+from .locate import Located
+from .report import R_HEADER, R_OBJ_DATA, R_OBJECTS, Report
 from ..reader.commands import MAX_SHOWN_MESSAGE
-from .state import COMMIT_HEAD, State, at_offset, hex_id
+from .state import COMMIT_HEAD, CommitHead, Objects, at_offset, hex_id
 from .stream import READ_CHUNK
 
 
@@ -31,134 +36,154 @@ def _shown(message: str, whole: bool) -> tuple[str, bool]:
     return message[:MAX_SHOWN_MESSAGE], False
 
 
-class Reach(State):
-    """The header's commit, its tree walked, and the objects nothing reaches."""
+def check_commit(pread: Pread, capacity: int, located: Located, objects_: Objects | None,
+                 scanned: CommitHead | None, report: Report, max_paths: int) -> CommitHead | None:
+    """The header's commit (from the scan's `objects_` and `scanned`, or,
+    quick: None, looked up through the IDX), then its tree walked; returns
+    the commit as read (None when it could not be)."""
+    report.check("commit")
+    cid = located.commit_id
+    if objects_ is None:
+        head = _load_commit_quick(pread, capacity, located, report)
+    else:
+        head = scanned
+        pos = objects_.by_id.get(cid)
+        if pos is None:
+            if (objects_.damaged or not objects_.complete) and _idx_lists(located, cid):
+                return head  # it is in the pack, among the damage already reported
+            report.problem(R_HEADER, at_offset(0), f"commit {hex_id(cid)} named by the header is "
+                           "not in the pack")
+            return head
+        if objects_.otype.get(pos) != pack.OBJ_COMMIT:
+            report.problem(R_HEADER, at_offset(0), f"object {hex_id(cid)} named by the header "
+                           f"is a {pack.TYPE_NAMES[objects_.otype[pos]]}, not a commit")
+            return head
+    if head is None:
+        return None
+    data, size = head.data, head.size
+    if size > limits.MAX_COMMIT_HEADER and b"\n\n" not in data[:limits.MAX_COMMIT_HEADER]:
+        # What the readers refuse at open (they read no more than that).
+        report.problem(R_OBJECTS, f"commit {hex_id(cid)}", "its header lines are longer than "
+                       f"{limits.MAX_COMMIT_HEADER} bytes")
+        return head
+    try:
+        commit = objects.parse_commit(data, f"commit {hex_id(cid)}")
+    except DamagedImage as exc:
+        report.problem(R_OBJECTS, f"commit {hex_id(cid)}", exc.what)
+        return head
+    r = report
+    r.tree = hex_id(commit.tree)
+    r.author = commit.author
+    r.committer = commit.committer
+    r.commit_size = size
+    r.message, r.message_complete = _shown(commit.message, len(data) == size)
+    for role, who in (("author", commit.author), ("committer", commit.committer)):
+        if not who.email:  # the OCaml docteur's identity parser wants 1+ bytes there
+            report.warning(R_OBJECTS, f"commit {hex_id(cid)}",
+                           f"its {role}'s email is empty: the OCaml docteur cannot read this "
+                           "commit (\"Malformed Git commit object\")")
+    if objects_ is None or not objects_.complete:
+        return head  # what the tree reaches cannot be judged on a pack read in part
+    _Walk(located, objects_, report, max_paths).run(cid, commit)
+    return head
 
-    def _idx_lists(self, oid: bytes) -> bool:
-        data = self.idx_bytes
-        if self.idx is None or data is None:
-            return True  # cannot tell: do not accuse the header
-        base = self.idx_offset
-        pread = lambda off, n: data[off - base:off - base + n]
-        try:
-            return idxmod.find(pread, self.idx, oid) is not None
-        except DamagedImage:
-            return True
 
-    def _load_commit_quick(self) -> None:
-        """Quick mode has no scan: look the commit up through the IDX."""
-        if self.idx is None or self.idx_bytes is None or self.commit_id is None:
-            return
-        idx_bytes, base = self.idx_bytes, self.idx.base
-        pread = lambda off, n: idx_bytes[off - base:off - base + n]
-        try:
-            rel = idxmod.lookup(pread, self.idx, self.commit_id)
-        except DamagedImage:
-            return
-        if rel is None:
-            self.problem(R_HEADER, at_offset(0), f"commit {hex_id(self.commit_id)} named by the "
-                         "header is not in the IDX")
-            return
-        pos = rel + layout.PACK_OFFSET
-        limit = self.trailer_at or self.idx.base
-        try:
-            eh = pack.parse_entry_header(self.reader.pread(pos, pack.MAX_ENTRY_HEADER),
-                                         at_offset(pos))
-            kind = pack.TYPE_NAMES.get(eh.type)
-            data: bytes | None = None
-            size = eh.size
-            if kind is None:
-                # git may store the commit as a delta: the reader's store
-                # follows the chain (and checks CRCs and the SHA-1).
-                kind, data, size = Store(self.reader.pread, self.capacity, verify=True
-                                         ).read_head(self.commit_id, None, COMMIT_HEAD)
-            if kind != "commit":
-                self.problem(R_HEADER, at_offset(0), f"object {hex_id(self.commit_id)} named by "
-                             f"the header is a {kind}, not a commit")
-                return
-            if data is None and size > COMMIT_HEAD:
-                data = self._inflate_head(pos + eh.header_len, limit, COMMIT_HEAD, at_offset(pos))
-            elif data is None:
-                data, _ = pack.inflate_from(self.reader.pread, pos + eh.header_len, eh.size,
-                                            limit, at_offset(pos))
-        except DamagedImage as exc:
-            self.problem(R_OBJ_DATA, at_offset(pos), exc.what)
-            return
-        self.commit_data = data
-        self.commit_size = size
+def _idx_lists(located: Located, oid: bytes) -> bool:
+    data, idx = located.idx_bytes, located.idx
+    if idx is None or data is None:
+        return True  # cannot tell: do not accuse the header
+    base = located.idx_offset
+    assert base is not None  # set with the IDX
+    pread = lambda off, n: data[off - base:off - base + n]
+    try:
+        return idxmod.find(pread, idx, oid) is not None
+    except DamagedImage:
+        return True
 
-    def _inflate_head(self, at: int, end: int, keep: int, where: str) -> bytes:
-        """The first `keep` bytes of the zlib stream at `at` (not past `end`).
 
-        Quick mode does no per-object work: of a commit larger than what
-        the report shows it inflates that much, never a message of
-        hundreds of megabytes.
-        """
-        d = zlib.decompressobj()
-        out = bytearray()
-        pending = b""
-        while len(out) < keep and not d.eof:
+def _load_commit_quick(pread: Pread, capacity: int, located: Located,
+                       report: Report) -> CommitHead | None:
+    """Quick mode has no scan: look the commit up through the IDX."""
+    idx, idx_bytes, cid = located.idx, located.idx_bytes, located.commit_id
+    if idx is None or idx_bytes is None:
+        return None
+    base = idx.base
+    idx_pread = lambda off, n: idx_bytes[off - base:off - base + n]
+    try:
+        rel = idxmod.lookup(idx_pread, idx, cid)
+    except DamagedImage:
+        return None
+    if rel is None:
+        report.problem(R_HEADER, at_offset(0), f"commit {hex_id(cid)} named by the "
+                       "header is not in the IDX")
+        return None
+    pos = rel + layout.PACK_OFFSET
+    limit = located.trailer_at or idx.base
+    try:
+        eh = pack.parse_entry_header(pread(pos, pack.MAX_ENTRY_HEADER), at_offset(pos))
+        kind = pack.TYPE_NAMES.get(eh.type)
+        data: bytes | None = None
+        size = eh.size
+        if kind is None:
+            # git may store the commit as a delta: the reader's store
+            # follows the chain (and checks CRCs and the SHA-1).
+            kind, data, size = Store(pread, capacity, verify=True
+                                     ).read_head(cid, None, COMMIT_HEAD)
+        if kind != "commit":
+            report.problem(R_HEADER, at_offset(0), f"object {hex_id(cid)} named by "
+                           f"the header is a {kind}, not a commit")
+            return None
+        if data is None and size > COMMIT_HEAD:
+            data = _inflate_head(pread, pos + eh.header_len, limit, COMMIT_HEAD,
+                                 at_offset(pos))
+        elif data is None:
+            data, _ = pack.inflate_from(pread, pos + eh.header_len, eh.size, limit,
+                                        at_offset(pos))
+    except DamagedImage as exc:
+        report.problem(R_OBJ_DATA, at_offset(pos), exc.what)
+        return None
+    return CommitHead(data, size)
+
+
+def _inflate_head(pread: Pread, at: int, end: int, keep: int, where: str) -> bytes:
+    """The first `keep` bytes of the zlib stream at `at` (not past `end`).
+
+    Quick mode does no per-object work: of a commit larger than what
+    the report shows it inflates that much, never a message of
+    hundreds of megabytes. (`pack.Inflater` inflates a whole stream to
+    its declared size: not what this is for.)
+    """
+    d = zlib.decompressobj()
+    out = bytearray()
+    pending = b""
+    while len(out) < keep and not d.eof:
+        if not pending:
+            pending = pread(at, min(READ_CHUNK, end - at)) if at < end else b""
             if not pending:
-                pending = self.reader.pread(at, min(READ_CHUNK, end - at)) if at < end else b""
-                if not pending:
-                    raise DamagedImage("zlib stream runs past the end of the pack", where)
-                at += len(pending)
-            try:
-                out += d.decompress(pending, keep - len(out))
-            except zlib.error as exc:
-                raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-            pending = d.unconsumed_tail
-        return bytes(out)
-
-    def _check_commit(self) -> None:
-        self.check("commit")
-        cid = self.commit_id
-        if cid is None:
-            return
-        if self.quick:
-            self._load_commit_quick()
-        else:
-            pos = self.by_id.get(cid)
-            if pos is None:
-                if (self.damaged or not self.scan_complete) and self._idx_lists(cid):
-                    return  # it is in the pack, among the damage already reported
-                self.problem(R_HEADER, at_offset(0), f"commit {hex_id(cid)} named by the header is "
-                             "not in the pack")
-                return
-            if self.otype.get(pos) != pack.OBJ_COMMIT:
-                self.problem(R_HEADER, at_offset(0), f"object {hex_id(cid)} named by the header "
-                             f"is a {pack.TYPE_NAMES[self.otype[pos]]}, not a commit")
-                return
-        if self.commit_data is None:
-            return
-        head, size = self.commit_data, self.commit_size
-        if size > limits.MAX_COMMIT_HEADER and b"\n\n" not in head[:limits.MAX_COMMIT_HEADER]:
-            # What the readers refuse at open (they read no more than that).
-            self.problem(R_OBJECTS, f"commit {hex_id(cid)}", "its header lines are longer than "
-                         f"{limits.MAX_COMMIT_HEADER} bytes")
-            return
+                raise DamagedImage("zlib stream runs past the end of the pack", where)
+            at += len(pending)
         try:
-            commit = objects.parse_commit(head, f"commit {hex_id(cid)}")
-        except DamagedImage as exc:
-            self.problem(R_OBJECTS, f"commit {hex_id(cid)}", exc.what)
-            return
-        r = self.report
-        r.tree = hex_id(commit.tree)
-        r.author = commit.author
-        r.committer = commit.committer
-        r.commit_size = size
-        r.message, r.message_complete = _shown(commit.message, len(head) == size)
-        for role, who in (("author", commit.author), ("committer", commit.committer)):
-            if not who.email:  # the OCaml docteur's identity parser wants 1+ bytes there
-                self.warning(R_OBJECTS, f"commit {hex_id(cid)}",
-                             f"its {role}'s email is empty: the OCaml docteur cannot read this "
-                             "commit (\"Malformed Git commit object\")")
-        if self.quick or not self.scan_complete:
-            return  # what the tree reaches cannot be judged on a pack read in part
-        self._walk(cid, commit)
+            out += d.decompress(pending, keep - len(out))
+        except zlib.error as exc:
+            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
+        pending = d.unconsumed_tail
+    return bytes(out)
 
-    def _walk(self, cid: bytes, commit: objects.Commit) -> None:
-        self.check("reachability")
+
+class _Walk:
+    """The commit's tree walked once (`run`): what it reaches, counted."""
+
+    def __init__(self, located: Located, objects_: Objects, report: Report,
+                 max_paths: int) -> None:
+        self.located, self.objects, self.report = located, objects_, report
+        self.max_paths = max_paths
+        self.by_id, self.otype, self.damaged = objects_.by_id, objects_.otype, objects_.damaged
+
+    def problem(self, region: str, where: str, what: str) -> None:
+        self.report.problem(region, where, what)
+
+    def run(self, cid: bytes, commit: objects.Commit) -> None:
+        self.report.check("reachability")
         reached = {cid}
         for parent in commit.parents:
             if parent in self.by_id:
@@ -180,14 +205,17 @@ class Reach(State):
         stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
         # Parsed entries of the directories being walked only (state 0 to 1).
         open_trees: dict[bytes, list[tuple[int, bytes, bytes]] | tuple[()]] = {}
-        entries_of = self._tree_entries
+        max_paths = self.max_paths
+
+        def entries_of(tid: bytes) -> list[objects.RawTreeEntry] | None:
+            return self.objects.tree_entries(tid, max_paths)
         # Type of an object by id (None if absent): `_typed`, inlined, as
         # the walk asks it of every entry of every tree.
         by_id, otype = self.by_id, self.otype
 
         def typed(oid: bytes) -> int | None:
             return otype.get(by_id.get(oid, -1))
-        blob_sizes = self.blob_sizes
+        blob_sizes = self.objects.blob_sizes
         while stack:
             tid, at, state = stack.pop()
             if state == 0:
@@ -262,12 +290,8 @@ class Reach(State):
         if not self.report.problems:  # otherwise they are mere consequences
             self._warn_unreachable(reached)
 
-    def _typed(self, oid: bytes) -> int | None:
-        pos = self.by_id.get(oid)
-        return None if pos is None else self.otype.get(pos)
-
     def _missing(self, oid: bytes, path: str, want: str, got: int | None) -> None:
-        if got is None and self.damaged and self._idx_lists(oid):
+        if got is None and self.damaged and _idx_lists(self.located, oid):
             return  # its entry is in the pack, damaged, and already reported
         if got is None:
             self.problem(R_OBJECTS, f"object {hex_id(oid)}",
@@ -277,10 +301,10 @@ class Reach(State):
                          f"{path} should be a {want}, the pack has a {pack.TYPE_NAMES[got]}")
 
     def _warn_unreachable(self, reached: set[bytes]) -> None:
-        self.check("unreachable")
+        self.report.check("unreachable")
         for oid, pos in self.by_id.items():
             if oid not in reached:
-                self.warning(R_OBJECTS, f"object {hex_id(oid)}",
+                self.report.warning(R_OBJECTS, f"object {hex_id(oid)}",
                              f"{pack.TYPE_NAMES[self.otype[pos]]} at offset {pos} is not "
                              "reachable from the commit")
 

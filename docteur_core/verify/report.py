@@ -1,7 +1,9 @@
 """What a verification found, and how it is said.
 
 `Report` is the result of `verify_image`: the commit, counts, the checks
-run, and every problem as (region, where, what). The region names are part
+run, and every problem as (region, where, what). It is also where the
+checks record what they find (`problem`, `warning`, `check`): the one
+report each step of the check is given. The region names are part
 of the interface: the command line prints them, `--json` carries them, and
 tests and scripts match on them, so they live here as constants and
 nowhere else.
@@ -98,6 +100,32 @@ class Report:
     # The commit's signature (`format.signed.SignatureInfo`): none, good, bad,
     # unknown; None when the commit could not be read intact.
     signature: "SignatureInfo | None" = None
+    # Problems found per region, listed or only counted (`problem`).
+    _per_region: dict[str, int] = field(default_factory=dict, init=False, repr=False,
+                                        compare=False)
+
+    # -- recording, as the checks find things --------------------------------
+
+    def problem(self, region: str, where: str, what: str) -> None:
+        """Record a problem; past MAX_PROBLEMS_PER_REGION in a region, only count it."""
+        n = self._per_region.get(region, 0)
+        self._per_region[region] = n + 1
+        if n >= MAX_PROBLEMS_PER_REGION:
+            self.suppressed[region] = self.suppressed.get(region, 0) + 1
+            return
+        self.problems.append((region, where, what))
+
+    def warning(self, region: str, where: str, what: str) -> None:
+        """Record a warning; past MAX_WARNINGS, only count it."""
+        if len(self.warnings) >= MAX_WARNINGS:
+            self.hidden_warnings += 1
+        else:
+            self.warnings.append((region, where, what))
+
+    def check(self, name: str) -> None:
+        """Name a check as run (once, in the order they first run)."""
+        if name not in self.checks:
+            self.checks.append(name)
 
     @property
     def ok(self) -> bool:

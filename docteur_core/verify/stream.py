@@ -9,6 +9,7 @@ no byte is read twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from ..blockdev.block import BlockDevice
 
@@ -79,3 +80,20 @@ def sha1_of(device: BlockDevice, start: int, end: int) -> bytes:
     while s.advance(s.buf_end):
         pass
     return s.hasher.digest()
+
+
+def read_span(pread: Callable[[int, int], bytes], capacity: int, offset: int,
+              length: int) -> bytes:
+    """Bytes [offset, offset + length) through `pread`, in pieces of at most
+    READ_CHUNK, not past `capacity`."""
+    if length <= READ_CHUNK:
+        return pread(offset, length)
+    parts = []
+    pos, end = offset, min(offset + length, capacity)
+    while pos < end:
+        part = pread(pos, min(READ_CHUNK, end - pos))
+        if not part:
+            break
+        parts.append(part)
+        pos += len(part)
+    return b"".join(parts)

@@ -23,7 +23,7 @@ from ..format.pack import object_id
 
 if TYPE_CHECKING:
     from ..blockdev.block import BlockDevice
-    from .verifier import Verifier
+    from .verifier import Verified
 
 
 def ready(allowed_signers: str | None) -> None:
@@ -49,16 +49,16 @@ def check_pin(device: BlockDevice, commit: str) -> None:
         raise WrongCommit(f"the image holds commit {held}, not the pinned {commit.lower()}")
 
 
-def _intact_commit(v: Verifier) -> bytes | None:
+def _intact_commit(v: Verified) -> bytes | None:
     """The commit's bytes if they hash to the header's id (quick mode reads
     them without hashing); None when the commit could not be read."""
-    data, cid = v.commit_data, v.commit_id
-    if data is None or cid is None or object_id("commit", data) != cid:
+    cid = v.commit_id
+    if v.commit is None or cid is None or object_id("commit", v.commit.data) != cid:
         return None
-    return data
+    return v.commit.data
 
 
-def judge_signature(v: Verifier, allowed_signers: str | None) -> None:
+def judge_signature(v: Verified, allowed_signers: str | None) -> None:
     """Fill `Report.signature`; with `allowed_signers`, WrongCommit (with the
     report attached) unless the commit is signed by one of its keys."""
     report = v.report

@@ -105,7 +105,7 @@ def test_two_flips_a_high_bit_and_a_delta_base(tmp_path):
     into a 64-bit table the IDX does not have, so the scan runs without its
     fast lane) and the size in the header of a delta's base (the base is
     then damaged). The delta's base used to be looked up in the missing
-    lane: a TypeError from `_lane_info`."""
+    lane: a TypeError from `_lane_info` (now `Entries.lane_record`)."""
     image, objs = delta_image()
     start, count = idx_rows(image)
     base = 28 + objs[2].offset

@@ -542,27 +542,74 @@ def test_a_cold_cache_rebuilds_bases_the_fast_lane_kept_nothing_of(images):
     """Small blobs that agree with their IDX row are kept as a column entry
     only (scan.py `_blob_run`): a delta on one, with no cache at all, must
     rebuild it from the device through that column."""
-    from docteur_core.verify.verifier import Verifier
+    from docteur_core.verify.state import Entries
 
     image, _ = images["reference-ofs"]
     data = image.read_bytes()
-    v = Verifier(MemoryDevice(data), False, 0)
     lane_bases = []
-    lane_info = v._lane_info
+    lane_record = Entries.lane_record
 
-    def spied(pos):
-        rec = lane_info(pos)
+    def spied(self, pos):
+        rec = lane_record(self, pos)
         if rec is not None:
             lane_bases.append(pos)
         return rec
 
-    v._lane_info = spied
-    v.run()
-    assert v.report.ok, v.report.problem_lines()
-    assert v.lane_count > 0 and v.report.stats["cache_misses"] > 0
+    lanes = []
+    real_init = Entries.__init__
+
+    def kept(self, *args):
+        real_init(self, *args)
+        lanes.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Entries, "lane_record", spied)
+        mp.setattr(Entries, "__init__", kept)
+        report = verify_image(MemoryDevice(data), cache_bytes=0)
+    assert report.ok, report.problem_lines()
+    assert lanes[0].lane_count > 0 and report.stats["cache_misses"] > 0
     assert lane_bases  # bases came back through the lane's column
     with FileDevice(image) as dev:
-        assert v.report.counts == verify_image(dev).counts
+        assert report.counts == verify_image(dev).counts
+
+
+class _RewrittenUnder(MemoryDevice):
+    """A disk rewritten while it is verified: each byte of `spots` reads as
+    written its first `honest[spot]` times, then changed (a lying device
+    of our own, as the faults of the standards allow)."""
+
+    def __init__(self, data: bytes, spots: list[int], honest: dict[int, int]) -> None:
+        super().__init__(data)
+        self.spots, self.honest, self.seen = spots, honest, dict.fromkeys(spots, 0)
+
+    def read(self, offset, length):
+        out = super().read(offset, length)
+        hit = [x for x in self.spots if offset <= x < offset + len(out)]
+        if not hit:
+            return out
+        changed = bytearray(out)
+        for x in hit:
+            self.seen[x] += 1
+            if self.seen[x] > self.honest[x]:
+                changed[x - offset] ^= 0xFF
+        return bytes(changed)
+
+
+def test_a_base_changed_between_the_scan_and_its_second_read_is_reported(images):
+    """With no cache, every delta base is read again from the device
+    (bases.py `_inflate_entry`): changed since the scan inflated it, that is
+    a problem naming the change, not a traceback or a wrong object."""
+    image, _ = images["reference-ofs"]
+    data = image.read_bytes()
+    spots = [(a + b) // 2 for a, b, name in region_map(data) if name == "object data"]
+    counting = MemoryDevice(data)
+    assert verify_image(counting).ok  # the cache holds every base: each byte read as often
+    honest = {x: sum(1 for o, n in counting.reads if o <= x < o + n) for x in spots}
+    assert verify_image(_RewrittenUnder(data, spots, honest)).ok  # the device is honest then
+    report = verify_image(_RewrittenUnder(data, spots, honest), cache_bytes=0)
+    assert report.stats["cache_misses"] > 0
+    changed = [p for p in report.problems if "entry changed between two reads" in p[2]]
+    assert changed, report.problem_lines()
 
 
 def test_ocaml_quoting():
