@@ -6,7 +6,8 @@ says so, so that `pytest -m "not qemu and not solo5 and not oracle"` runs
 the pure core and the host tools without guests or peers. The markers are
 checked (tests/helpers/needs.py): a test that starts nbdkit, nginx,
 fusermount3, QEMU or Solo5, or uses the `mounts` or `oracle` fixture,
-without the marker fails.
+without the marker fails. Hypothesis runs each test's own example count,
+or at most a few under DOCTEUR_HYPOTHESIS_PROFILE=dev (tests/helpers/profiles.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import ocaml_oracle as oc
-from tests.helpers import needs
+from tests.helpers import needs, profiles
 from tests.helpers.mounts import Mounts
 
 _spawns: needs.Spawns | None = None
+PROFILE = profiles.load()
 
 
 def pytest_configure(config):
@@ -31,6 +33,8 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if PROFILE == "dev":
+        profiles.cap(items)
     wrong = [f"{item.nodeid}: needs @pytest.mark.{', '.join(lacks)}"
              for item in items if (lacks := needs.check_fixtures(item))]
     if wrong:
