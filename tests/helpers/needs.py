@@ -15,7 +15,8 @@ log lines that name it are read back.
 What this cannot see, and why that is acceptable: a program started by its
 absolute path or under an environment that drops PATH or
 PYTEST_CURRENT_TEST (no test does so for these programs today; grep
-`/usr/sbin/nbdkit` and `env=` when adding one); a FUSE mount as root
+`/usr/sbin/nbdkit` and `env=` when adding one), except the OCaml docteur,
+which `ocaml_oracle.built()` charges to its caller (`charge`); a FUSE mount as root
 (libfuse mounts without fusermount3): tests that mount use the `mounts`
 fixture, whose cleanup runs fusermount3, and `check_fixtures` ties that
 fixture to the `fuse` marker; a venv or a wheel build (the `slow` marker):
@@ -49,6 +50,15 @@ SHIM = """#!/bin/sh
 printf '%s\\t%s\\n' "${{PYTEST_CURRENT_TEST:-}}" {marker} >> "${{{log}:-/dev/null}}"
 exec {real} "$@"
 """
+
+
+def charge(marker: str) -> None:
+    """Charge the running test with needing `marker`, for a program the shims
+    cannot see (the OCaml docteur, run by absolute path: tests/helpers/ocaml_oracle.py)."""
+    log = os.environ.get(LOG_VARIABLE)
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '')}\t{marker}\n")
 
 
 class Spawns:
