@@ -70,6 +70,11 @@ class Spawns:
         self.folder.mkdir()
         self.log = Path(self._tmp.name) / "spawns.log"
         self.log.touch()
+        # Tests run some programs as other users (setpriv: tests/mount/test_allow_other.py):
+        # the shims must be theirs to run and the log theirs to append to.
+        Path(self._tmp.name).chmod(0o755)
+        self.folder.chmod(0o755)
+        self.log.chmod(0o666)
         self._old_path = os.environ.get("PATH", "")
         for program, marker in PROGRAMS.items():
             real = shutil.which(program, path=self._old_path) or (
