@@ -347,6 +347,7 @@ def test_serve_url_pins_the_checked_object(tmp_path):
         assert 412 in {s for s, _n, _r, _g in server.log_lines()}
 
 
+@pytest.mark.nbdkit  # its curl plugin
 @pytest.mark.qemu
 @pytest.mark.slow
 def test_boot_url_reads_a_file_in_a_guest(origin):
