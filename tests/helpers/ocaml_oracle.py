@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from docteur_core.reader import Image
+from tests.helpers import needs
 from tests.helpers.treegen import trees_of
 
 
@@ -48,8 +49,11 @@ _built: Path | None = None
 
 
 def built() -> Path:
-    """The folder holding the OCaml programs, built by .ci/oracle if needed (once)."""
+    """The folder holding the OCaml programs, built by .ci/oracle if needed (once).
+
+    Charged to the calling test as needing the `oracle` marker (tests/helpers/needs.py)."""
     global _built
+    needs.charge("oracle")
     if _built is None:
         proc = subprocess.run(["bash", str(ORACLE_SCRIPT)], capture_output=True, text=True,
                               timeout=1800)

@@ -104,6 +104,7 @@ def test_the_rebuild_reuses_the_bases_objects(built):
     assert new.stat().st_size <= full_result.size * 1.1
 
 
+@pytest.mark.oracle
 def test_both_verifies_accept_the_rebuild(built):
     _, _, _, _, _, new, _ = built
     ours = docteur("verify", new)

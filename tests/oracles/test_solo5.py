@@ -157,6 +157,8 @@ def test_sha256_verb(built, image, expected):
         assert got.stdout == f"sha256 {hashlib.sha256(want).hexdigest()}  {len(want)}\n".encode()
 
 
+@pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_cat_through_the_plugin_and_nbdfuse(built, image, expected):
     results = solo5.run_many(image, [("cat", n) for n in expected], "spt", serve="docteur")
     check_all(results, expected)
@@ -164,6 +166,7 @@ def test_cat_through_the_plugin_and_nbdfuse(built, image, expected):
 
 
 @pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_cat_from_an_nbd_uri(built, image, expected):
     name = "similar/v5.txt"
     with NbdkitServer(PLUGIN, f"image={image}", unix=True) as server:

@@ -286,6 +286,7 @@ def test_serve_url_copies_and_reads_as_the_local_image(origin, tmp_path):
     assert not served.sock.exists()
 
 
+@pytest.mark.nbdkit
 def test_serve_url_check_reads_a_few_kib_not_the_image(origin, tmp_path):
     server, image = origin
     before = len(server.log_lines())
@@ -322,6 +323,7 @@ def test_serve_url_refuses_what_is_not_an_image(tmp_path):
     assert "damaged image" in line or "image" in line, line
 
 
+@pytest.mark.nbdkit
 def test_serve_url_pins_the_checked_object(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
@@ -345,6 +347,7 @@ def test_serve_url_pins_the_checked_object(tmp_path):
         assert 412 in {s for s, _n, _r, _g in server.log_lines()}
 
 
+@pytest.mark.nbdkit  # its curl plugin
 @pytest.mark.qemu
 @pytest.mark.slow
 def test_boot_url_reads_a_file_in_a_guest(origin):

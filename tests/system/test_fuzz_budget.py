@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = ROOT / "fuzz" / "fuzz.py"
 
@@ -31,6 +33,7 @@ def _fuzz_module():
     return module
 
 
+@pytest.mark.slow  # 120 cases, each through every entry point in a subprocess: ~95 s
 def test_fuzz_small_budget_is_clean(tmp_path):
     # The cap is above what the readers' limits let one lookup hold (an
     # object of 512 MiB built on a base of as much: format/limits.py), and

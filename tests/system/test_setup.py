@@ -16,6 +16,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.support import REPO_ROOT
 
 SETUP = REPO_ROOT / ".ci" / "setup"
@@ -40,6 +42,7 @@ def project_venv_still_works() -> None:
     assert Path(done.stdout.strip()).resolve().is_relative_to(REPO_ROOT)
 
 
+@pytest.mark.slow  # builds a venv (pip)
 def test_a_failing_pip_install_stops_setup_with_its_reason(tmp_path):
     venv = tmp_path / "venv"
     done = run_setup(DOCTEUR_VENV=str(venv),
