@@ -7,7 +7,9 @@ distances and delta instructions are checked, and any inconsistency raises
 `DamagedImage` naming where it was found.
 
 I/O stays outside: `inflate_from` takes a `pread(offset, length)` callable,
-so the same code runs over a file, a sector cache or a byte string.
+so the same code runs over a file, a sector cache or a byte string. The
+inflate of an entry's zlib stream (bounded, exact, CRC-checked) is
+`format/inflate.py`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import sys
 
 import struct
-import zlib
 from collections.abc import Callable
 
 from ..errors import DamagedImage, LimitExceeded
-from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION, Pread
+from .inflate import Inflater as Inflater, inflate_from as inflate_from
+from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
 from .limits import MAX_OBJECT_SIZE
 
 OBJ_COMMIT = 1
@@ -123,71 +125,6 @@ def parse_entry_header(buf: bytes, where: object, max_size: int | None = DEFAULT
             raise DamagedImage("truncated REF_DELTA base id", where)
         return EntryHeader(typ, size, pos + 20, base_id=bytes(buf[pos:pos + 20]))
     return EntryHeader(typ, size, pos)
-
-
-class Inflater:
-    """Sans-IO inflate of one zlib stream that must yield exactly `size` bytes.
-
-    Feed compressed chunks until `done`; then `data` is the result and
-    `consumed` how many of the fed bytes belonged to the stream. Never
-    holds more than `size` + 1 output bytes, whatever the input claims.
-    """
-
-    def __init__(self, size: int, where: object) -> None:
-        self.size = size
-        self.where = where
-        self._z = zlib.decompressobj()
-        self._parts: list[bytes] = []
-        self._have = 0
-        self._fed = 0
-        self.done = False
-        self.consumed = 0
-
-    def feed(self, chunk: bytes) -> None:
-        if self.done:
-            return
-        self._fed += len(chunk)
-        try:
-            out = self._z.decompress(chunk, self.size - self._have + 1)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", self.where) from None
-        self._have += len(out)
-        if self._have > self.size:
-            raise DamagedImage(f"inflates to more than the declared {self.size} bytes",
-                               self.where)
-        self._parts.append(out)
-        if self._z.eof:
-            if self._have != self.size:
-                raise DamagedImage(
-                    f"inflates to {self._have} bytes, {self.size} declared", self.where)
-            self.consumed = self._fed - len(self._z.unused_data)
-            self.done = True
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self._parts)
-
-
-def inflate_from(pread: Pread, offset: int, size: int, end: int, where: object) -> tuple[bytes, int]:
-    """Inflate the zlib stream at `offset` (not past `end`) to exactly `size` bytes.
-
-    Returns (data, compressed length).
-    """
-    inf = Inflater(size, where)
-    pos = offset
-    # zlib's worst case is the input size plus a few bytes per 16 KiB block.
-    chunk = min(max(size + size // 1000 + 64, 512), 1 << 20)
-    while not inf.done:
-        want = min(chunk, end - pos)
-        if want <= 0:
-            raise DamagedImage("zlib stream runs past the end of the pack", where)
-        data = pread(pos, want)
-        if not data:
-            raise DamagedImage("zlib stream is truncated", where)
-        inf.feed(data)
-        pos += len(data)
-        chunk = min(chunk * 2, 1 << 22)
-    return inf.data, inf.consumed
 
 
 def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]:
