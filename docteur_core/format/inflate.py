@@ -35,15 +35,11 @@ from __future__ import annotations
 import zlib
 
 from ..errors import DamagedImage
+from .limits import INFLATE_STEP
 
 TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see reader/__init__.py)
 if TYPE_CHECKING:
     from .layout import Pread
-
-# Output of one `read` unless asked otherwise: memory per step when a large
-# entry is streamed (format/limits.py's INFLATE_STEP).
-DEFAULT_STEP = 1 << 20
-
 
 def bad_crc(running: int, crc: int, where: object) -> DamagedImage:
     """The one sentence for an entry whose bytes are not those the IDX's
@@ -114,7 +110,7 @@ class EntryInflater:
             self._fed += taken
         self._data = self._tail = chunk if not len(tail) else bytes(tail) + bytes(chunk)
 
-    def read(self, limit: int = DEFAULT_STEP) -> bytes:
+    def read(self, limit: int = INFLATE_STEP) -> bytes:
         """Up to `limit` (> 0) bytes of output from the input fed so far."""
         if self.done:
             return b""
@@ -174,7 +170,7 @@ class EntryStream:
     __slots__ = ("inflater", "pread", "at", "end", "step", "max_step")
 
     def __init__(self, inflater: EntryInflater, pread: Pread, at: int, end: int,
-                 step: int = DEFAULT_STEP, max_step: int | None = None) -> None:
+                 step: int = INFLATE_STEP, max_step: int | None = None) -> None:
         self.inflater = inflater
         self.pread = pread
         self.at = at
@@ -194,7 +190,7 @@ class EntryStream:
     def produced(self) -> int:
         return self.inflater.produced
 
-    def next_chunk(self, limit: int = DEFAULT_STEP) -> bytes:
+    def next_chunk(self, limit: int = INFLATE_STEP) -> bytes:
         """The next output (at most `limit` bytes); b"" once the stream has
         ended, all of it checked."""
         inf = self.inflater
@@ -228,7 +224,7 @@ class EntryStream:
         return other
 
 
-def first_step(size: int, low: int = 512, high: int = DEFAULT_STEP) -> int:
+def first_step(size: int, low: int = 512, high: int = INFLATE_STEP) -> int:
     """A first read for a stream inflating to `size` bytes: deflate's output
     is at most its input plus a few bytes per 16 KiB block."""
     return min(max(size + size // 1000 + 64, low), high)
