@@ -47,7 +47,8 @@ from collections.abc import Callable
 from ..format import idx as idxmod
 from ..format import layout
 from ..errors import DamagedImage, DeviceError, LimitExceeded
-from ..format.inflate import EntryInflater, EntryStream, check_crc, first_step, truncated
+from ..format.inflate import (EntryInflater, EntryStream, check_crc, first_step, inflate_entry,
+                              truncated)
 from ..format.layout import Pread
 from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
@@ -93,10 +94,8 @@ _where = _Where
 def _declared_result(eh: EntryHeader, buf: bytes) -> int:
     """A delta's result size, if the first bytes read with its header hold
     it (0 if not: the size is then checked once its data is inflated)."""
-    inf = EntryInflater(eh.size, "")
-    inf.feed(memoryview(buf)[eh.header_len:])
     try:
-        return delta_sizes(inf.read(20), "")[1]
+        return delta_sizes(EntryInflater(eh.size, "", None, buf, eh.header_len).read(20), "")[1]
     except DamagedImage:
         return 0
 
@@ -324,10 +323,7 @@ class Store:
         default doubling up to 4 MiB for a large one: one read for most
         entries, few for big ones, never a megabyte fetched for a kilobyte.
         """
-        hl = eh.header_len
-        view = memoryview(buf)
-        inf = EntryInflater(eh.size, where, crc, view[:hl])
-        inf.feed(view[hl:])
+        inf = EntryInflater(eh.size, where, crc, buf, eh.header_len)
         if step is None:
             step = first_step(eh.size, 4096)
         return EntryStream(inf, self.pread, pos + len(buf), self.pack_end, step, max_step)
@@ -630,38 +626,35 @@ class Store:
 
         The reader's hot path (reading every file), through the one entry
         inflater (format/inflate.py) with the reads sized for it: most
-        entries' streams come whole with their header (one zlib call); a
-        longer one of up to INFLATE_STEP bytes is read in one more read of
-        as much as deflate can take for its size, and most files of a
-        source tree are a few KiB, whose stream surely runs past the first
-        read (unless it packs more than 8:1; source text packs 3-5:1): then
-        that read comes first, and one zlib call inflates the stream from
-        its first byte (no first piece joined to the rest). A longer stream
-        goes on in reads that double (`_entry_stream`).
+        entries' streams come whole with their header (one zlib call, no
+        object: `inflate_entry`); a longer one of up to INFLATE_STEP bytes
+        is read in one more read of as much as deflate can take for its
+        size. Most files of a source tree are a few KiB, whose stream
+        surely runs past the first read (unless it packs more than 8:1;
+        source text packs 3-5:1): then that read comes first, and one zlib
+        call inflates the stream from its first byte (no first piece joined
+        to the rest). A longer stream goes on in reads that double.
         """
         size = eh.size
         hl = eh.header_len
-        view = memoryview(buf)
-        inf = EntryInflater(size, where, crc, view[:hl])
         at = pos + len(buf)
         if (len(buf) - hl) * 8 < size <= INFLATE_STEP and at < self.pack_end:
             more = self.pread(at, min(first_step(size, 0), self.pack_end - at))
             at += len(more)
-            inf.feed(view[hl:].tobytes() + more)
-        else:
-            inf.feed(view[hl:])
-        if size <= INFLATE_STEP:
-            out = inf.read(size + 1)
-            if not inf.done:  # the rest: read in one, or a few doubling reads
-                parts = [out]
-                stream = EntryStream(inf, self.pread, at, self.pack_end, first_step(size, 0),
-                                     4 * INFLATE_STEP)
-                while out:
-                    out = stream.next_chunk(size + 1)
-                    parts.append(out)
-                out = b"".join(parts)
+            buf += more
+        out, length, inf = inflate_entry(buf, hl, size, where, crc)
+        if inf is None:
             self.objects_inflated += 1
-            return out, hl + inf.consumed
+            return out, length
+        if size <= INFLATE_STEP:
+            parts = [out]
+            stream = EntryStream(inf, self.pread, at, self.pack_end, first_step(size, 0),
+                                 4 * INFLATE_STEP)
+            while out:
+                out = stream.next_chunk(size + 1)
+                parts.append(out)
+            self.objects_inflated += 1
+            return b"".join(parts), hl + inf.consumed
         # Large results go into one buffer of the declared size: nothing is
         # kept but the result (no list of pieces joined into a second copy,
         # no compressed chunks): a 24 MB object costs 24 MB, not 59. They
@@ -670,7 +663,8 @@ class Store:
         stream = EntryStream(inf, self.pread, at, self.pack_end, first_step(size, 4096),
                              4 * INFLATE_STEP)
         out_buf = bytearray(size)
-        filled = 0
+        filled = len(out)
+        out_buf[:filled] = out
         while True:
             piece = stream.next_chunk(INFLATE_STEP)
             if not piece:
