@@ -17,12 +17,26 @@ from __future__ import annotations
 import sys
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..errors import DamagedImage, LimitExceeded
 from .inflate import Inflater as Inflater, inflate_from as inflate_from
 from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
 from .limits import MAX_OBJECT_SIZE
+
+TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see reader/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol, TypeAlias
+
+    # What a delta and its base may be held in.
+    Buf: TypeAlias = bytes | bytearray | memoryview
+
+    class Hash(Protocol):
+        """A SHA-1 object: OpenSSL's (hashlib) or CPython's own (_sha1)."""
+
+        def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+        def digest(self) -> bytes: ...
+        def hexdigest(self) -> str: ...
 
 OBJ_COMMIT = 1
 OBJ_TREE = 2
@@ -45,6 +59,7 @@ def parse_pack_header(data: bytes, where: object = "pack") -> int:
         raise DamagedImage("truncated PACK header", where)
     if data[:4] != PACK_SIGNATURE:
         raise DamagedImage(f"bad PACK signature {bytes(data[:4])!r}", where)
+    count: int
     version, count = struct.unpack_from(">II", data, 4)
     if version != PACK_VERSION:
         raise DamagedImage(f"unsupported PACK version {version}", where)
@@ -127,7 +142,7 @@ def parse_entry_header(buf: bytes, where: object, max_size: int | None = DEFAULT
     return EntryHeader(typ, size, pos)
 
 
-def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]:
+def _varint(data: Buf, pos: int, where: object) -> tuple[int, int]:
     value = 0
     shift = 0
     while True:
@@ -141,7 +156,7 @@ def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]
             return value, pos
 
 
-def delta_sizes(delta: bytes | bytearray, where: object) -> tuple[int, int, int]:
+def delta_sizes(delta: Buf, where: object) -> tuple[int, int, int]:
     """Return (base size, result size, position of the first instruction)."""
     src, pos = _varint(delta, 0, where)
     dst, pos = _varint(delta, pos, where)
@@ -217,7 +232,7 @@ _unpack_93 = struct.Struct("<xHB").unpack_from
 _struct_error = struct.error
 
 
-def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
+def _apply_fast(base: Buf, delta: Buf, pos: int, dst_size: int) -> bytearray | None:
     """`apply_delta`'s optimistic loop: the result, or None for anything odd.
 
     Reading every file of an image applies millions of delta instructions
@@ -283,7 +298,7 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
     return out
 
 
-def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
+def _copy_operands(delta: Buf, p: int, op: int) -> tuple[int, int, int]:
     """(offset, size, position after them) of the copy instruction `op`
     whose optional bytes start at `p`; a size of 0 is 0x10000. IndexError
     when the delta ends among them. The fast loops decode the two common
@@ -313,7 +328,8 @@ def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
     return off, size or 0x10000, p
 
 
-def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: object):
+def _delta_ops(delta: Buf, pos: int, src_size: int, dst_size: int, where: object
+               ) -> Iterator[tuple[bool, int, int]]:
     """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
 
     The checked walk: every check git's own loop makes, in its order, with
@@ -354,7 +370,7 @@ def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: object):
         raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
 
 
-def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
+def _check_fast(base: Buf, delta: Buf, pos: int, dst_size: int) -> bool:
     """`check_delta`'s optimistic pass: True if the delta is sound; False
     for anything else, and the checked walk (`_delta_ops`) then says what.
 
@@ -399,7 +415,7 @@ def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
     return t == dst_size
 
 
-def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], object],
+def _write_fast(base: Buf, delta: Buf, pos: int, dst_size: int, write: Callable[[bytes], object],
                 chunk: int) -> bool:
     """`write_delta`'s loop as `_apply_fast`'s, writing the result in
     pieces of about `chunk` bytes: True when all of it went out; False on
@@ -464,7 +480,7 @@ def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], o
     return True
 
 
-def _delta_start(base, delta, where: object, max_size: int) -> tuple[int, int]:
+def _delta_start(base: Buf, delta: Buf, where: object, max_size: int) -> tuple[int, int]:
     """(result size, position of the first instruction), header checked as in
     `apply_delta`."""
     src_size, dst_size, pos = delta_sizes(delta, where)
@@ -477,7 +493,7 @@ def _delta_start(base, delta, where: object, max_size: int) -> tuple[int, int]:
     return dst_size, pos
 
 
-def check_delta(base, delta, where: object, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
+def check_delta(base: Buf, delta: Buf, where: object, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
                 update: Callable[[memoryview], object] | None = None) -> int:
     """Check a delta against its base without building the result; return its size.
 
@@ -501,7 +517,7 @@ def check_delta(base, delta, where: object, max_size: int = DEFAULT_MAX_OBJECT_S
     return dst_size
 
 
-def write_delta(base, delta, write: Callable[[bytes], object], where: object = "",
+def write_delta(base: Buf, delta: Buf, write: Callable[[bytes], object], where: object = "",
                 max_size: int = DEFAULT_MAX_OBJECT_SIZE, chunk: int = 1 << 20) -> int:
     """Write a delta's result through `write` in bytes of about `chunk`; return its size.
 
@@ -540,10 +556,10 @@ def write_delta(base, delta, write: Callable[[bytes], object], where: object = "
 # gone through it (or hashlib is loaded anyway), then OpenSSL takes over.
 SLOW_SHA1_BYTES = 1 << 20
 _slow_hashed = 0
-_sha1_of = None  # the constructor in use, once chosen
+_sha1_of: Callable[[bytes], Hash] | None = None  # the constructor in use, once chosen
 
 
-def sha1(head: bytes = b""):
+def sha1(head: bytes = b"") -> Hash:
     """A SHA-1 object started with `head` (see SLOW_SHA1_BYTES)."""
     global _sha1_of
     if _sha1_of is not None:
@@ -554,7 +570,8 @@ def sha1(head: bytes = b""):
         except ImportError:  # a Python built without its own hashes
             pass
         else:
-            return slow(head)
+            h: Hash = slow(head)
+            return h
     import hashlib
 
     _sha1_of = hashlib.sha1  # for good: nothing is gained by going back
