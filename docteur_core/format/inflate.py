@@ -1,9 +1,9 @@
 """One pack entry's zlib stream, inflated within bounds and checked.
 
 Every reader of an image inflates pack entries: the reader (whole objects,
-large blobs streamed, reads at an offset of one), verify, the tests' image
-forger. They go through `EntryInflater`, so that an entry is judged by one
-set of rules, in one set of words:
+large blobs streamed, reads at an offset of one), verify (the commit, through
+`inflate_from`), the tests' image forger. They go through `EntryInflater`,
+so that an entry is judged by one set of rules, in one set of words:
 
 - bounded: no call yields more than it is asked for, and the whole stream
   never more than the declared size + 1 bytes (the one byte that proves the
@@ -23,8 +23,10 @@ set of rules, in one set of words:
 - every error is a `DamagedImage` naming `where` (anything whose str() says
   where: the reader's hot path passes an object formatted only then).
 
-`Inflater` and `inflate_from` are the whole-object forms (what
-`format.pack` has always offered), built on the same core.
+`inflate_entry` is its first read as one function, for the reader's hot
+path (most entries' streams come whole with their header: no object is
+made for them). `Inflater` and `inflate_from` are the whole-object forms
+(what `format.pack` has always offered), built on the same core.
 
 Standard library only, and only `zlib` and `errors` imported: the guest
 reader uses this.
