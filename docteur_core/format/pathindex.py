@@ -364,7 +364,8 @@ def has_magic(last: bytes) -> bool:
 
 def version_of(data: bytes) -> int:
     """The version a super block says (before any other check)."""
-    return struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
+    version: int = struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
+    return version
 
 
 def parse_binding(data: bytes, capacity: int) -> tuple[int, bytes, int]:
