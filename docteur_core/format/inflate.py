@@ -43,7 +43,9 @@ TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see reader/__init__
 if TYPE_CHECKING:
     from .layout import Pread
 
+
 # The words, one place for every inflate.
+
 
 def bad_zlib(exc: zlib.error, where: object) -> DamagedImage:
     return DamagedImage(f"bad zlib stream ({exc})", where)
