@@ -102,11 +102,12 @@ def inflate_entry(entry: bytes, start: int, size: int, where: object, crc: int |
     Returns (data, entry length, None) when the stream ends within `entry`
     (all checked); else (the output so far, 0, the `EntryInflater` to go
     on with: feed it the bytes after `entry`). The reader's hot path: most
-    entries' streams come whole with their header, and reading every file
-    of generated:10000 (tiny files) spent 6% more time when each went
-    through an `EntryInflater` object (0.45 us an entry more than one zlib
-    call: bench/read.py's machine, Python 3.11); here the object is made
-    only for the others. The same rules and words, by construction.
+    entries' streams come whole with their header, and an `EntryInflater`
+    object for each cost 0.45 us an entry more than the reader's own
+    zlib call did, 6-8% of reading every file of bench/read.py's gen:10000
+    in process (CPU time, Python 3.11); this function costs 0.1 us more
+    (1-2%, within that measurement's noise). The object is made only for
+    the other entries. The same rules and words as `EntryInflater.read`.
     """
     z = zlib.decompressobj()
     try:
