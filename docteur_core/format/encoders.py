@@ -67,7 +67,8 @@ class Encoder:
         if self.library == ZOPFLI:
             import zopfli.zlib
 
-            return zopfli.zlib.compress(content, numiterations=self.level)
+            out: bytes = zopfli.zlib.compress(content, numiterations=self.level)
+            return out
         import deflate
 
         return bytes(deflate.zlib_compress(content, self.level))  # it answers a bytearray

@@ -93,6 +93,7 @@ def offset_of(pread: Pread, idx: Idx, i: int) -> int:
     raw = pread(idx.offset_at(i), 4)
     if len(raw) != 4:
         raise DamagedImage("truncated IDX offset table", f"offset {idx.offset_at(i)}")
+    value: int
     (value,) = struct.unpack(">I", raw)
     if not value & LARGE_OFFSET_FLAG:
         return value
@@ -102,7 +103,8 @@ def offset_of(pread: Pread, idx: Idx, i: int) -> int:
     raw = pread(idx.large_at(k), 8)
     if len(raw) != 8:
         raise DamagedImage("truncated IDX 64-bit offset table", f"offset {idx.large_at(k)}")
-    return struct.unpack(">Q", raw)[0]
+    large: int = struct.unpack(">Q", raw)[0]
+    return large
 
 
 def find(pread: Pread, idx: Idx, oid: bytes) -> int | None:

@@ -133,7 +133,7 @@ def not_an_image(head: bytes, size: int, idx_head: bytes = b"") -> str | None:
     return f"no PACK signature at offset {PACK_OFFSET} and no IDX where the header points"
 
 
-def check_is_image(pread, size: int) -> None:
+def check_is_image(pread: Pread, size: int) -> None:
     """Raise NotAnImage unless the device is a docteur image (see
     `not_an_image`); `pread(offset, length) -> bytes`. Reads 40 bytes, and
     8 more when the PACK signature is missing."""
@@ -173,7 +173,7 @@ def pack_tail_start(idx_offset: int, size: int) -> int:
                idx_offset - largest_block_size(idx_offset, size) - SHA1_SIZE)
 
 
-def last_nonzero(pread, lo: int, hi: int) -> int | None:
+def last_nonzero(pread: Pread, lo: int, hi: int) -> int | None:
     """The offset of the last non-zero byte in [lo, hi), or None: reads backwards.
 
     `pread(offset, length) -> bytes`. Reads grow from 4 KiB to 1 MiB, so a
@@ -195,7 +195,7 @@ def last_nonzero(pread, lo: int, hi: int) -> int | None:
     return None
 
 
-def locate_pack_trailer(pread, idx_offset: int, size: int, pack_sha: bytes) -> tuple[int | None, str]:
+def locate_pack_trailer(pread: Pread, idx_offset: int, size: int, pack_sha: bytes) -> tuple[int | None, str]:
     """Find the pack's trailer (`pack_sha`, the IDX's copy) before the IDX.
 
     Returns (pack_end, "") when the trailer ends right before the zero

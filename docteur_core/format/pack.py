@@ -7,7 +7,9 @@ distances and delta instructions are checked, and any inconsistency raises
 `DamagedImage` naming where it was found.
 
 I/O stays outside: `inflate_from` takes a `pread(offset, length)` callable,
-so the same code runs over a file, a sector cache or a byte string.
+so the same code runs over a file, a sector cache or a byte string. The
+inflate of an entry's zlib stream (bounded, exact, CRC-checked) is
+`format/inflate.py`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,26 @@ from __future__ import annotations
 import sys
 
 import struct
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..errors import DamagedImage, LimitExceeded
-from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION, Pread
+from .inflate import Inflater as Inflater, inflate_from as inflate_from
+from .layout import PACK_HEADER_SIZE, PACK_SIGNATURE, PACK_VERSION
 from .limits import MAX_OBJECT_SIZE
+
+TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see reader/__init__.py)
+if TYPE_CHECKING:
+    from typing import Protocol, TypeAlias
+
+    # What a delta and its base may be held in.
+    Buf: TypeAlias = bytes | bytearray | memoryview
+
+    class Hash(Protocol):
+        """A SHA-1 object: OpenSSL's (hashlib) or CPython's own (_sha1)."""
+
+        def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+        def digest(self) -> bytes: ...
+        def hexdigest(self) -> str: ...
 
 OBJ_COMMIT = 1
 OBJ_TREE = 2
@@ -43,6 +59,7 @@ def parse_pack_header(data: bytes, where: object = "pack") -> int:
         raise DamagedImage("truncated PACK header", where)
     if data[:4] != PACK_SIGNATURE:
         raise DamagedImage(f"bad PACK signature {bytes(data[:4])!r}", where)
+    count: int
     version, count = struct.unpack_from(">II", data, 4)
     if version != PACK_VERSION:
         raise DamagedImage(f"unsupported PACK version {version}", where)
@@ -125,72 +142,7 @@ def parse_entry_header(buf: bytes, where: object, max_size: int | None = DEFAULT
     return EntryHeader(typ, size, pos)
 
 
-class Inflater:
-    """Sans-IO inflate of one zlib stream that must yield exactly `size` bytes.
-
-    Feed compressed chunks until `done`; then `data` is the result and
-    `consumed` how many of the fed bytes belonged to the stream. Never
-    holds more than `size` + 1 output bytes, whatever the input claims.
-    """
-
-    def __init__(self, size: int, where: object) -> None:
-        self.size = size
-        self.where = where
-        self._z = zlib.decompressobj()
-        self._parts: list[bytes] = []
-        self._have = 0
-        self._fed = 0
-        self.done = False
-        self.consumed = 0
-
-    def feed(self, chunk: bytes) -> None:
-        if self.done:
-            return
-        self._fed += len(chunk)
-        try:
-            out = self._z.decompress(chunk, self.size - self._have + 1)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", self.where) from None
-        self._have += len(out)
-        if self._have > self.size:
-            raise DamagedImage(f"inflates to more than the declared {self.size} bytes",
-                               self.where)
-        self._parts.append(out)
-        if self._z.eof:
-            if self._have != self.size:
-                raise DamagedImage(
-                    f"inflates to {self._have} bytes, {self.size} declared", self.where)
-            self.consumed = self._fed - len(self._z.unused_data)
-            self.done = True
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self._parts)
-
-
-def inflate_from(pread: Pread, offset: int, size: int, end: int, where: object) -> tuple[bytes, int]:
-    """Inflate the zlib stream at `offset` (not past `end`) to exactly `size` bytes.
-
-    Returns (data, compressed length).
-    """
-    inf = Inflater(size, where)
-    pos = offset
-    # zlib's worst case is the input size plus a few bytes per 16 KiB block.
-    chunk = min(max(size + size // 1000 + 64, 512), 1 << 20)
-    while not inf.done:
-        want = min(chunk, end - pos)
-        if want <= 0:
-            raise DamagedImage("zlib stream runs past the end of the pack", where)
-        data = pread(pos, want)
-        if not data:
-            raise DamagedImage("zlib stream is truncated", where)
-        inf.feed(data)
-        pos += len(data)
-        chunk = min(chunk * 2, 1 << 22)
-    return inf.data, inf.consumed
-
-
-def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]:
+def _varint(data: Buf, pos: int, where: object) -> tuple[int, int]:
     value = 0
     shift = 0
     while True:
@@ -204,7 +156,7 @@ def _varint(data: bytes | bytearray, pos: int, where: object) -> tuple[int, int]
             return value, pos
 
 
-def delta_sizes(delta: bytes | bytearray, where: object) -> tuple[int, int, int]:
+def delta_sizes(delta: Buf, where: object) -> tuple[int, int, int]:
     """Return (base size, result size, position of the first instruction)."""
     src, pos = _varint(delta, 0, where)
     dst, pos = _varint(delta, pos, where)
@@ -280,7 +232,7 @@ _unpack_93 = struct.Struct("<xHB").unpack_from
 _struct_error = struct.error
 
 
-def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
+def _apply_fast(base: Buf, delta: Buf, pos: int, dst_size: int) -> bytearray | None:
     """`apply_delta`'s optimistic loop: the result, or None for anything odd.
 
     Reading every file of an image applies millions of delta instructions
@@ -346,7 +298,7 @@ def _apply_fast(base, delta, pos: int, dst_size: int) -> bytearray | None:
     return out
 
 
-def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
+def _copy_operands(delta: Buf, p: int, op: int) -> tuple[int, int, int]:
     """(offset, size, position after them) of the copy instruction `op`
     whose optional bytes start at `p`; a size of 0 is 0x10000. IndexError
     when the delta ends among them. The fast loops decode the two common
@@ -376,7 +328,8 @@ def _copy_operands(delta, p: int, op: int) -> tuple[int, int, int]:
     return off, size or 0x10000, p
 
 
-def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: object):
+def _delta_ops(delta: Buf, pos: int, src_size: int, dst_size: int, where: object
+               ) -> Iterator[tuple[bool, int, int]]:
     """Yield (from_base, start, length) for each instruction of `delta` from `pos`.
 
     The checked walk: every check git's own loop makes, in its order, with
@@ -417,7 +370,7 @@ def _delta_ops(delta, pos: int, src_size: int, dst_size: int, where: object):
         raise DamagedImage(f"delta result is {total} bytes, {dst_size} declared", where)
 
 
-def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
+def _check_fast(base: Buf, delta: Buf, pos: int, dst_size: int) -> bool:
     """`check_delta`'s optimistic pass: True if the delta is sound; False
     for anything else, and the checked walk (`_delta_ops`) then says what.
 
@@ -462,7 +415,7 @@ def _check_fast(base, delta, pos: int, dst_size: int) -> bool:
     return t == dst_size
 
 
-def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], object],
+def _write_fast(base: Buf, delta: Buf, pos: int, dst_size: int, write: Callable[[bytes], object],
                 chunk: int) -> bool:
     """`write_delta`'s loop as `_apply_fast`'s, writing the result in
     pieces of about `chunk` bytes: True when all of it went out; False on
@@ -527,7 +480,7 @@ def _write_fast(base, delta, pos: int, dst_size: int, write: Callable[[bytes], o
     return True
 
 
-def _delta_start(base, delta, where: object, max_size: int) -> tuple[int, int]:
+def _delta_start(base: Buf, delta: Buf, where: object, max_size: int) -> tuple[int, int]:
     """(result size, position of the first instruction), header checked as in
     `apply_delta`."""
     src_size, dst_size, pos = delta_sizes(delta, where)
@@ -540,7 +493,7 @@ def _delta_start(base, delta, where: object, max_size: int) -> tuple[int, int]:
     return dst_size, pos
 
 
-def check_delta(base, delta, where: object, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
+def check_delta(base: Buf, delta: Buf, where: object, max_size: int = DEFAULT_MAX_OBJECT_SIZE,
                 update: Callable[[memoryview], object] | None = None) -> int:
     """Check a delta against its base without building the result; return its size.
 
@@ -564,7 +517,7 @@ def check_delta(base, delta, where: object, max_size: int = DEFAULT_MAX_OBJECT_S
     return dst_size
 
 
-def write_delta(base, delta, write: Callable[[bytes], object], where: object = "",
+def write_delta(base: Buf, delta: Buf, write: Callable[[bytes], object], where: object = "",
                 max_size: int = DEFAULT_MAX_OBJECT_SIZE, chunk: int = 1 << 20) -> int:
     """Write a delta's result through `write` in bytes of about `chunk`; return its size.
 
@@ -603,10 +556,10 @@ def write_delta(base, delta, write: Callable[[bytes], object], where: object = "
 # gone through it (or hashlib is loaded anyway), then OpenSSL takes over.
 SLOW_SHA1_BYTES = 1 << 20
 _slow_hashed = 0
-_sha1_of = None  # the constructor in use, once chosen
+_sha1_of: Callable[[bytes], Hash] | None = None  # the constructor in use, once chosen
 
 
-def sha1(head: bytes = b""):
+def sha1(head: bytes = b"") -> Hash:
     """A SHA-1 object started with `head` (see SLOW_SHA1_BYTES)."""
     global _sha1_of
     if _sha1_of is not None:
@@ -617,7 +570,8 @@ def sha1(head: bytes = b""):
         except ImportError:  # a Python built without its own hashes
             pass
         else:
-            return slow(head)
+            h: Hash = slow(head)
+            return h
     import hashlib
 
     _sha1_of = hashlib.sha1  # for good: nothing is gained by going back

@@ -114,7 +114,8 @@ class Super(namedtuple("Super", "version commit pack_checksum tree commit_offset
 
     @property
     def node_count(self) -> int:  # what `info` and the benches called the nodes
-        return self.pages
+        pages: int = self.pages  # (a namedtuple's fields are untyped)
+        return pages
 
 
 class Ref(namedtuple("Ref", "page length inner")):
@@ -140,7 +141,8 @@ class Entry(namedtuple("Entry", "key mode id offset size")):
 
     @property
     def path(self) -> bytes:
-        parent, _, name = self.key.partition(b"\0")
+        key: bytes = self.key  # (a namedtuple's fields are untyped)
+        parent, _, name = key.partition(b"\0")
         return parent + b"/" + name if parent else name
 
 
@@ -164,7 +166,7 @@ def put_varint(out: bytearray, n: int) -> None:
     out.append(n)
 
 
-def get_varint(data, pos: int, where: str) -> tuple[int, int]:
+def get_varint(data: bytes | bytearray | memoryview, pos: int, where: str) -> tuple[int, int]:
     """(value, next position); DamagedImage past the end or over 10 bytes."""
     n = shift = 0
     end = len(data)
@@ -195,7 +197,7 @@ TreeRows = list[tuple[int, bytes, bytes]]
 
 
 def encode_record(rows: TreeRows, position_of: Callable[[bytes], int],
-                  offset_of: Callable[[bytes], int], ref_of: Callable[[bytes], tuple],
+                  offset_of: Callable[[bytes], int], ref_of: Callable[[bytes], Ref],
                   page_offset: int | None) -> bytes:
     """One tree's record. `ref_of(tree id)` is the child's Ref; one whose
     page is `page_offset` (None: not placed yet, the one being filled) is
@@ -362,7 +364,8 @@ def has_magic(last: bytes) -> bool:
 
 def version_of(data: bytes) -> int:
     """The version a super block says (before any other check)."""
-    return struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
+    version: int = struct.unpack_from("<H", data, 8)[0] if len(data) >= 10 else 0
+    return version
 
 
 def parse_binding(data: bytes, capacity: int) -> tuple[int, bytes, int]:

@@ -184,7 +184,7 @@ class SignatureInfo:
             parts.append(self.why)
         return self.state + (f" ({', '.join(parts)})" if parts else "")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str | None]:
         return {"state": self.state, "format": self.format, "principal": self.principal,
                 "key": self.key, "why": self.why or None}
 

@@ -12,9 +12,11 @@ as a delta against another:
   CHECKPOINT_EVERY bytes of output (at most MAX_CHECKPOINTS of them, each
   about 50 KiB: zlib's window and the input block it was in), so a
   random read inflates at most that much. The last CURSORS files read
-  keep theirs. zlib checks the stream as it goes; the entry's CRC-32 (the
-  IDX's) is checked when a cursor reaches the end of the stream (`docteur
-  verify` checks every byte).
+  keep theirs. The stream is the store's entry stream (format/inflate.py:
+  bounded by the declared size, `copy()` its checkpoint): zlib checks it
+  as it goes; the size and the entry's CRC-32 (the IDX's) are checked when
+  a cursor reaches the end of the stream (`docteur verify` checks every
+  byte).
 - Verified (the reader's default), such a file is read once, hashed on its
   way into a temporary file (`Spool`), and every read is answered from
   that file once its SHA-1 matched: a read at an offset never returns a
@@ -33,7 +35,6 @@ Standard library only, like the rest of the reader.
 
 from __future__ import annotations
 
-import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from ..format.pack import BASE_TYPES, TYPE_NAMES
 
 TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see the package docstring)
 if TYPE_CHECKING:
+    from ..format.inflate import EntryStream
     from ..format.pack import EntryHeader
     from .store import Store, _Where
 
@@ -72,82 +74,13 @@ class Spool:
         self.file.close()
 
 
-class Inflater:
-    """The resumable inflate of one entry stored whole, `INFLATE_STEP`
-    bytes of output at a time; `copy()` is a checkpoint."""
-
-    __slots__ = ("store", "size", "crc", "where", "z", "data", "tail", "at", "produced",
-                 "running", "done")
-
-    def __init__(self, store: Store, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
-                 where: str | _Where) -> None:
-        self.store, self.size, self.crc, self.where = store, eh.size, crc, where
-        self.z = zlib.decompressobj()
-        hl = eh.header_len
-        self.data = memoryview(buf)[hl:]
-        self.tail: bytes | memoryview = self.data
-        self.at = pos + len(buf)
-        self.produced = 0
-        self.running = zlib.crc32(memoryview(buf)[:hl])
-        self.done = False
-
-    def copy(self) -> "Inflater":
-        other = Inflater.__new__(Inflater)
-        for name in Inflater.__slots__:
-            setattr(other, name, getattr(self, name))
-        other.z = self.z.copy()
-        return other
-
-    def next_chunk(self) -> bytes:
-        """The next bytes of output; b"" once the stream has ended."""
-        z = self.z
-        try:
-            while not self.done:
-                if len(self.tail):
-                    out = z.decompress(self.tail, INFLATE_STEP)
-                    self.tail = z.unconsumed_tail
-                    self.produced += len(out)
-                    if self.produced > self.size:
-                        raise DamagedImage(f"inflates to more than the declared {self.size} "
-                                           "bytes", self.where)
-                    if z.eof:
-                        self._finish()
-                    if out:
-                        return out
-                    continue
-                # All of `data` went in: fetch the next block of the stream.
-                self.running = zlib.crc32(self.data, self.running)
-                want = min(INPUT_STEP, self.store.pack_end - self.at)
-                if want <= 0:
-                    raise DamagedImage("zlib stream runs past the end of the pack", self.where)
-                more = self.store.pread(self.at, want)
-                if not more:
-                    raise DamagedImage("zlib stream is truncated", self.where)
-                self.at += len(more)
-                self.data = self.tail = memoryview(more)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", self.where) from None
-        return b""
-
-    def _finish(self) -> None:
-        used = len(self.data) - len(self.z.unused_data)
-        self.running = zlib.crc32(self.data[:used], self.running)
-        self.done = True
-        if self.produced != self.size:
-            raise DamagedImage(f"inflates to {self.produced} bytes, {self.size} declared",
-                               self.where)
-        if self.crc is not None and self.running != self.crc:
-            raise DamagedImage(f"entry CRC-32 {self.running:08x} is not the IDX's "
-                               f"{self.crc:08x}", self.where)
-
-
 class Cursor:
     """Reads at any offset of one entry stored whole (see the module doc)."""
 
-    def __init__(self, start: Inflater) -> None:
+    def __init__(self, start: EntryStream) -> None:
         self.size = start.size
         self.every = max(CHECKPOINT_EVERY, -(-self.size // MAX_CHECKPOINTS))
-        self.checkpoints: list[tuple[int, Inflater]] = [(0, start.copy())]
+        self.checkpoints: list[tuple[int, EntryStream]] = [(0, start.copy())]
         self.inflater = start
         self.pos = 0          # output offset of `chunk`
         self.chunk = b""
@@ -170,7 +103,7 @@ class Cursor:
             if end <= chunk_end:
                 return b"".join(parts)
             self.pos = chunk_end
-            self.chunk = self.inflater.next_chunk()
+            self.chunk = self.inflater.next_chunk(INFLATE_STEP)
             if not self.chunk:  # cannot be: the size was checked at the end
                 raise DamagedImage("zlib stream ends early", self.inflater.where)
             self.inflated += len(self.chunk)
@@ -218,7 +151,8 @@ class PartialReads:
             typ = TYPE_NAMES[eh.type]
             if typ != "blob":
                 raise DamagedImage(f"object {oid.hex()} is a {typ}, a blob was expected", where)
-            cursor = self.cursors[oid] = Cursor(Inflater(store, pos, eh, buf, crc, where))
+            cursor = self.cursors[oid] = Cursor(
+                store._entry_stream(pos, eh, buf, crc, where, INPUT_STEP, INPUT_STEP))
             while len(self.cursors) > CURSORS:
                 self.cursors.popitem(last=False)
             return cursor.read(offset, length)

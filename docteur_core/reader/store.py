@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import operator
 import struct
-import zlib
 from bisect import bisect_right
 from itertools import islice
 from collections import OrderedDict
@@ -48,6 +47,8 @@ from collections.abc import Callable
 from ..format import idx as idxmod
 from ..format import layout
 from ..errors import DamagedImage, DeviceError, LimitExceeded
+from ..format.inflate import (EntryInflater, EntryStream, check_crc, first_step, inflate_entry,
+                              truncated)
 from ..format.layout import Pread
 from ..format.limits import INFLATE_STEP, MAX_LOOKUP_BYTES, STREAM_THRESHOLD
 from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER, OBJ_OFS_DELTA,
@@ -57,7 +58,6 @@ from ..format.pack import (BASE_TYPES, DEFAULT_MAX_OBJECT_SIZE, MAX_ENTRY_HEADER
 TYPE_CHECKING = False  # (`typing` costs a guest's start-up: see the package docstring)
 if TYPE_CHECKING:
     from typing import BinaryIO
-    from zlib import _Decompress
 
     from ..format.pack import EntryHeader
 
@@ -95,9 +95,8 @@ def _declared_result(eh: EntryHeader, buf: bytes) -> int:
     """A delta's result size, if the first bytes read with its header hold
     it (0 if not: the size is then checked once its data is inflated)."""
     try:
-        head = zlib.decompressobj().decompress(memoryview(buf)[eh.header_len:], 20)
-        return delta_sizes(head, "")[1]
-    except (zlib.error, DamagedImage):
+        return delta_sizes(EntryInflater(eh.size, "", None, buf, eh.header_len).read(20), "")[1]
+    except DamagedImage:
         return 0
 
 
@@ -313,69 +312,46 @@ class Store:
                                 f"{self.max_object_size}", where, "max_object_size")
         return size
 
+    def _entry_stream(self, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
+                      where: str | _Where, step: int | None = None,
+                      max_step: int = 4 * INFLATE_STEP) -> EntryStream:
+        """The entry at `pos` as a stream (format/inflate.py: bounded by its
+        declared size, which it must inflate to, CRC-32 checked when known),
+        fed first the bytes read with its header (`buf`).
+
+        Reads sized to the stream a small object needs (about its size), by
+        default doubling up to 4 MiB for a large one: one read for most
+        entries, few for big ones, never a megabyte fetched for a kilobyte.
+        """
+        inf = EntryInflater(eh.size, where, crc, buf, eh.header_len)
+        if step is None:
+            step = first_step(eh.size, 4096)
+        return EntryStream(inf, self.pread, pos + len(buf), self.pack_end, step, max_step)
+
     def _stream_entry(self, pos: int, eh: EntryHeader, buf: bytes, crc: int | None,
                       where: str | _Where,
                       sink: Callable[[bytes], None], stop_after: int | None = None) -> int:
         """Inflate an entry's data into `sink`, INFLATE_STEP bytes at a time.
 
         Memory stays bounded whatever the entry declares or inflates to.
-        The declared size and the CRC-32 (when known) are checked at the
-        end, after `sink` has seen the bytes. With `stop_after`, stops once
-        that many bytes went out, checking nothing (a head is wanted).
-        Returns the entry's length in the pack (0 when stopped early).
+        The declared size and the CRC-32 (when known) are checked when the
+        stream ends, before its last piece goes to `sink`. With
+        `stop_after`, stops once that many bytes went out (a head is
+        wanted), checking only what was met by then. Returns the entry's
+        length in the pack (0 when stopped early).
         """
-        size = eh.size
-        hl = eh.header_len
-        z = zlib.decompressobj()
-        running = zlib.crc32(memoryview(buf)[:hl])
-        data: bytes | memoryview = memoryview(buf)[hl:]
-        at = pos + len(buf)
+        stream = self._entry_stream(pos, eh, buf, crc, where)
         have = 0
-        # Reads sized to the stream a small object needs (about its size),
-        # doubling up to 4 MiB for a large one: one read for most entries,
-        # few for big ones, never a megabyte fetched for a kilobyte.
-        step = min(max(size + size // 1000 + 64, 4096), INFLATE_STEP)
-        try:
-            while True:
-                inp = data
-                while True:
-                    out = z.decompress(inp, INFLATE_STEP)
-                    have += len(out)
-                    if have > size:
-                        raise DamagedImage(f"inflates to more than the declared {size} bytes",
-                                           where)
-                    if out:
-                        sink(out)
-                    if stop_after is not None and have >= stop_after:
-                        return 0
-                    if z.eof:
-                        break
-                    inp = z.unconsumed_tail
-                    if not inp:
-                        break
-                if z.eof:
-                    used = len(data) - len(z.unused_data)
-                    running = zlib.crc32(data[:used], running)
-                    at = at - len(data) + used
-                    break
-                running = zlib.crc32(data, running)
-                want = min(step, self.pack_end - at)
-                if want <= 0:
-                    raise DamagedImage("zlib stream runs past the end of the pack", where)
-                more = self.pread(at, want)
-                if not more:
-                    raise DamagedImage("zlib stream is truncated", where)
-                at += len(more)
-                data = memoryview(more)
-                step = min(step * 2, 4 * INFLATE_STEP)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-        if have != size:
-            raise DamagedImage(f"inflates to {have} bytes, {size} declared", where)
-        if crc is not None and running != crc:
-            raise DamagedImage(f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
+        while True:
+            out = stream.next_chunk(INFLATE_STEP)
+            if not out:
+                break
+            sink(out)
+            have += len(out)
+            if stop_after is not None and have >= stop_after:
+                return 0
         self.objects_inflated += 1
-        return at - pos
+        return eh.header_len + stream.inflater.consumed
 
     def _whole_entry(self, oid: bytes, offset: int | None
                      ) -> tuple[int, int | None, _Where, EntryHeader, bytes]:
@@ -647,103 +623,62 @@ class Store:
         """Inflate an entry's data to exactly its declared size; check its
         CRC-32 when known. `buf` holds the entry's first bytes (header
         included). Returns (data, entry length in the pack).
+
+        The reader's hot path (reading every file), through the one entry
+        inflater (format/inflate.py) with the reads sized for it: most
+        entries' streams come whole with their header (one zlib call, no
+        object: `inflate_entry`); a longer one of up to INFLATE_STEP bytes
+        is read in one more read of as much as deflate can take for its
+        size. Most files of a source tree are a few KiB, whose stream
+        surely runs past the first read (unless it packs more than 8:1;
+        source text packs 3-5:1): then that read comes first, and one zlib
+        call inflates the stream from its first byte (no first piece joined
+        to the rest). A longer stream goes on in reads that double.
         """
         size = eh.size
         hl = eh.header_len
-        if (len(buf) - hl) * 8 < size <= INFLATE_STEP:
-            # Its stream is longer than the first read, unless it packs more
-            # than 8:1 (source text: 3-5:1): one read of all of it, one zlib
-            # call, no first piece joined to the rest.
-            done = self._inflate_rest(pos, buf, None, b"", size, crc, where, hl)
-            if done is not None:
-                return done
-        z = zlib.decompressobj()
-        try:  # the common case: the whole stream came with the header
-            out = z.decompress(memoryview(buf)[hl:], size + 1)
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-        if z.eof:
-            if len(out) != size:
-                raise DamagedImage(f"inflates to {len(out)} bytes, {size} declared", where)
-            length = len(buf) - len(z.unused_data)
-            if crc is not None:
-                running = zlib.crc32(memoryview(buf)[:length])
-                if running != crc:
-                    raise DamagedImage(
-                        f"entry CRC-32 {running:08x} is not the IDX's {crc:08x}", where)
+        at = pos + len(buf)
+        if (len(buf) - hl) * 8 < size <= INFLATE_STEP and at < self.pack_end:
+            more = self.pread(at, min(first_step(size, 0), self.pack_end - at))
+            at += len(more)
+            buf += more
+        out, length, inf = inflate_entry(buf, hl, size, where, crc)
+        if inf is None:
             self.objects_inflated += 1
             return out, length
-        if size <= INFLATE_STEP and not z.unconsumed_tail:
-            done = self._inflate_rest(pos, buf, z, out, size, crc, where)
-            if done is not None:
-                return done
-        # A stream longer than what came with the header: inflated through
-        # `_stream_entry` (the same checks, the CRC-32 running over the input
-        # as it is read) into one buffer of the declared size. Nothing is
-        # kept but the result (no list of pieces joined into a second copy,
-        # no compressed chunks): a 24 MB object costs 24 MB, not 59.
         if size <= INFLATE_STEP:
-            parts: list[bytes] = []
-            length = self._stream_entry(pos, eh, buf, crc, where, parts.append)
-            return (parts[0] if len(parts) == 1 else b"".join(parts)), length
+            parts = [out]
+            stream = EntryStream(inf, self.pread, at, self.pack_end, first_step(size, 0),
+                                 4 * INFLATE_STEP)
+            while out:
+                out = stream.next_chunk(size + 1)
+                parts.append(out)
+            self.objects_inflated += 1
+            return b"".join(parts), hl + inf.consumed
+        # Large results go into one buffer of the declared size: nothing is
+        # kept but the result (no list of pieces joined into a second copy,
+        # no compressed chunks): a 24 MB object costs 24 MB, not 59. They
+        # stay the buffer, which only `read_object` copies to hand out (a
+        # delta base or a streamed object is never copied).
+        stream = EntryStream(inf, self.pread, at, self.pack_end, first_step(size, 4096),
+                             4 * INFLATE_STEP)
         out_buf = bytearray(size)
-        filled = 0
-
-        def fill(piece: bytes) -> None:
-            nonlocal filled
+        filled = len(out)
+        out_buf[:filled] = out
+        while True:
+            piece = stream.next_chunk(INFLATE_STEP)
+            if not piece:
+                break
             out_buf[filled:filled + len(piece)] = piece
             filled += len(piece)
-
-        # Large results stay the buffer, which only `read_object` copies to
-        # hand out (a delta base or a streamed object is never copied).
-        return out_buf, self._stream_entry(pos, eh, buf, crc, where, fill)
-
-    def _inflate_rest(self, pos: int, buf: bytes, z: _Decompress | None, head: bytes,
-                      size: int, crc: int | None, where: str | _Where, start: int | None = None
-                      ) -> tuple[bytes, int] | None:
-        """The rest of an entry of up to INFLATE_STEP bytes whose stream is
-        longer than its first read: one more read, as long as deflate's
-        output for `size` bytes can be, inflated by the same `z` after
-        `head` (or, with `start`, the header's length, the whole stream from
-        there by a new one). Returns (data, entry length), or None for
-        anything else (a longer stream, a zlib error, a wrong size, a CRC-32
-        mismatch): the entry is then inflated again from its start, by
-        `_stream_entry` if need be, which reports the damage in its words.
-        Most files of a source tree are a few KiB: this is one read and one
-        or two zlib calls for them, not a second inflate of the first read
-        and a loop of reads, pieces and running CRCs.
-        """
-        # Read on from where the first read ended: the byte reader sees a
-        # stream and reads ahead, so the next entries come without a read.
-        at = pos + len(buf)
-        want = min(size + size // 1000 + 64, self.pack_end - at)
-        if want <= 0:
-            return None
-        more = self.pread(at, want)
-        if z is None:  # the whole stream, from its first byte
-            assert start is not None  # given with no `z`
-            z = zlib.decompressobj()
-            more = buf[start:] + more
-        else:
-            start = len(buf)
-        try:
-            rest = z.decompress(more, size + 1 - len(head))
-        except zlib.error:
-            return None
-        if not z.eof or len(head) + len(rest) != size:
-            return None
-        used = len(more) - len(z.unused_data)
-        if crc is not None:
-            running = zlib.crc32(memoryview(buf)[:start])
-            if zlib.crc32(memoryview(more)[:used], running) != crc:
-                return None
         self.objects_inflated += 1
-        return (head + rest) if head else rest, start + used
+        return out_buf, hl + inf.consumed
 
     def _check_cached_crc(self, pos: int, length: int, crc: int, where: str | _Where) -> None:
         data = self.pread(pos, length)
-        if len(data) != length or zlib.crc32(data) != crc:
-            raise DamagedImage("entry CRC-32 is not the IDX's", where)
+        if len(data) != length:
+            raise truncated(where)
+        check_crc(data, crc, where)
 
     def _cache_get(self, pos: int, crc: int | None, where: str | _Where
                    ) -> tuple[str, bytes | bytearray] | None:

@@ -1,10 +1,10 @@
 """The typed public API: mypy finds no error in the package, every module
-but format's is held to --strict's checks, a user's code that uses it
+is held to --strict's checks, a user's code that uses it
 type-checks (and a wrong use does not), and the reader's lazy names are
 visible to dir() and pydoc while staying lazy at run time.
 
 mypy runs as `python -m mypy` with the configuration in pyproject.toml
-([tool.mypy]: strict on every module but format's); it comes with the test extra,
+([tool.mypy]: strict on every module); it comes with the test extra,
 so a missing mypy fails here rather than skipping. Its cache goes to a
 temporary folder shared by the module's runs: the repository gets no
 `.mypy_cache`.
@@ -48,8 +48,8 @@ STRICT_FLAGS = ("disallow_untyped_defs", "disallow_incomplete_defs", "disallow_u
                 "disallow_untyped_decorators", "disallow_any_generics",
                 "disallow_subclassing_any", "check_untyped_defs", "warn_return_any",
                 "no_implicit_reexport", "strict_equality")
-# Not strict yet (issue 22): default checks only.
-NOT_YET = ("docteur_core.format",)
+# Not strict yet: default checks only (none left: issue 22 made format strict).
+NOT_YET: tuple[str, ...] = ()
 # What the issue names as public: strict whatever else changes.
 PUBLIC = ("docteur_core.reader", "docteur_core.make", "docteur_core.verify",
           "docteur_core.blockdev", "docteur_core.serve", "docteur_core.serve.plugin")
@@ -78,7 +78,7 @@ def _package_modules() -> list[str]:
     return names
 
 
-def test_every_module_but_formats_is_strict():
+def test_every_module_is_strict():
     patterns = _strict_patterns()
     modules = _package_modules()
     assert "docteur_core.serve.plugin" in modules and len(modules) > 100, modules
