@@ -119,6 +119,14 @@ re-encoding starts, one every 30 s at most, and one when it is done.
 """
     parser.add_argument("source", metavar="SOURCE", help="directory, repository or URL")
     parser.add_argument("image", metavar="IMAGE", help="image file to write")
+    _commit_arguments(parser)
+    _image_arguments(parser)
+    _selection_arguments(parser)
+    _signing_and_output_arguments(parser)
+
+
+def _commit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which commit: a repository's branch, or a directory's synthetic commit."""
     parser.add_argument("--branch", metavar="REF", type=make_options.branch,
                         help="branch or tag of a repository source (main, refs/heads/main, "
                              "v1.0); also -b REF, as the OCaml docteur.make spells it; "
@@ -137,6 +145,10 @@ re-encoding starts, one every 30 s at most, and one when it is done.
                         help="author and committer of a directory's commit "
                              "(default: docteur <docteur@localhost>)")
     parser.add_argument("--message", metavar="TEXT", help="message of a directory's commit")
+
+
+def _image_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the image is laid out and compressed."""
     parser.add_argument("--block-size", metavar="N", type=options.block_size,
                         default=DEFAULT_BLOCK_SIZE,
                         help=f"block size the image is padded to: {block_size_rule()} "
@@ -167,6 +179,10 @@ re-encoding starts, one every 30 s at most, and one when it is done.
     parser.add_argument("--zopfli-iterations", metavar="N", type=options.count, default=None,
                         help="zopfli's iterations per entry with --compress zopfli (default "
                              "15; fewer is faster and slightly bigger)")
+
+
+def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """What of a directory source goes in."""
     parser.add_argument("--exclude", metavar="PATTERN", action="append", default=[],
                         help="leave out what matches PATTERN (gitignore syntax, matched from "
                              "SOURCE's top, ranked as .git/info/exclude: a .gitignore's !PATTERN "
@@ -178,6 +194,10 @@ re-encoding starts, one every 30 s at most, and one when it is done.
                              "patterns; .gitignore files are stored unless ignored themselves); "
                              "the user's core.excludesFile is not read. A folder left empty by "
                              "--exclude/--gitignore is left out, as git does")
+
+
+def _signing_and_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Signing, rebuilding from a previous image, and what is said on stderr."""
     parser.add_argument("--sign", metavar="KEY",
                         help="sign a directory's commit with this SSH key, as git commit -S "
                              "with gpg.format=ssh does: a private key file, or a public key "
@@ -196,7 +216,6 @@ re-encoding starts, one every 30 s at most, and one when it is done.
                         help="nothing on stderr but errors and warnings (no status line, "
                              "no summary line); the line on stdout (commit and tree ids) "
                              "is data and stays")
-
 
 def run(args: argparse.Namespace) -> int:
     import signal
