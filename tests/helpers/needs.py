@@ -41,13 +41,6 @@ PROGRAMS = {
     "solo5-hvt": "solo5",
 }
 
-# A test with one of these markers is only warned, not failed, when it lacks
-# another: the guest tests (QEMU boots, Solo5 tenders, nbdfuse) were not yet
-# run under this check, and every selection that leaves out nbdkit, nginx or
-# FUSE for speed leaves the guests out too. The warnings (in .ci/run's summary)
-# say which markers to add.
-GUESTS = frozenset({"qemu", "solo5"})
-
 # fixture -> the marker a test that uses it must carry
 FIXTURES = {"mounts": "fuse", "oracle": "oracle"}
 

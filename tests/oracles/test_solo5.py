@@ -278,6 +278,7 @@ def stalled_cache(built, folder: Path, fifo: Path, argv: Path) -> Path:
 
 
 @pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_a_timeout_unmounts_and_stops_everything(built, image, tmp_path):
     """The whole chain (nbdkit, nbdfuse, the tender) is set up, and the
     tender can never finish: it waits on a FIFO only the test could open.
@@ -349,6 +350,8 @@ def test_the_pin_and_no_verify_on_the_command_line():
 # --- the command line -------------------------------------------------------------
 
 @pytest.mark.qemu
+@pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_boot_solo5_prints_text_and_describes_binary(built, image, expected):
     proc = docteur("boot", "--solo5", "spt", image, "cat", "docs/guide/intro.md")
     assert proc.returncode == 0, proc.stderr
@@ -489,6 +492,7 @@ def test_another_commit_is_refused_when_pinned(built, forged):
 
 
 @pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_an_nbd_export_is_checked_against_its_header(built, forged):
     images, ids = forged
     # nbdkit's file plugin: the project's own refuses this forgery at start-up
@@ -517,6 +521,8 @@ def boot(argv: list[str], capsysbinary) -> tuple[int, bytes, bytes]:
     return status, captured.out, captured.err
 
 
+@pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_boot_solo5_pins_the_local_image_against_a_swapping_server(
         built, forged, monkeypatch, capsysbinary):
     """The server serves another valid image (same size) than the file the
@@ -538,6 +544,8 @@ def test_boot_solo5_pins_the_local_image_against_a_swapping_server(
 
 
 @pytest.mark.qemu
+@pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_boot_solo5_commit_and_no_verify(built, forged):
     images, ids = forged
     proc = docteur("boot", "--solo5", "spt", "--commit", ids["other"], images["good"],
@@ -559,6 +567,8 @@ def test_boot_solo5_commit_and_no_verify(built, forged):
 
 
 @pytest.mark.qemu
+@pytest.mark.nbdkit
+@pytest.mark.fuse  # nbdfuse
 def test_boot_checks_a_signer_on_the_host_and_pins_the_guest(built, source, forged, tmp_path):
     """The guest has no ssh-keygen: `boot --allowed-signers` checks the
     signature on the host, then pins the guest to the commit it proved."""
