@@ -70,6 +70,7 @@ def _trickle(prefix: bytes):
     (HEAD, "the origin sent only"),                                 # a trickled body
     (b"HTTP/1.1 206 Partial Content\r\nX-Pad: ", "did not send the headers for bytes 0-131071"),
 ])
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_a_trickling_origin_is_cut_short_by_the_request_deadline(prefix, words):
     server = TinyServer(_trickle(prefix))
     url = server.url

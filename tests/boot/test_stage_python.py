@@ -13,6 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from docteur_core.boot.guest_image import GUEST_PYTHON
 from tests.helpers.support import REPO_ROOT
 
@@ -27,6 +29,7 @@ def stage(package_root: Path, dest: Path) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_a_build_folder_beside_the_package_changes_nothing(tmp_path):
     plain = tmp_path / "plain"
     cluttered = tmp_path / "cluttered"

@@ -72,7 +72,8 @@ class PreadDevice:
         pass
 
 
-@pytest.mark.parametrize("block_size", [512, 65536, 131072, 1 << 20, 1 << 30])
+@pytest.mark.parametrize("block_size", [512, 65536, 131072, 1 << 20, pytest.param(
+    1 << 30, marks=pytest.mark.slow)])  # 1 GiB: seconds of CPU, out of the quick core
 def test_every_block_size_up_to_1_gib_is_checked_in_a_few_reads(small, block_size):
     pack, idx, commit = small
     pread, size = sparse(pack, idx, commit, block_size)
@@ -89,6 +90,7 @@ def test_every_block_size_up_to_1_gib_is_checked_in_a_few_reads(small, block_siz
     assert max(reads) <= max(1 << 20, len(idx)) + 4096
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_block_size_above_1_gib_is_refused_for_what_it_is(small):
     pack, idx, commit = small
     pread, size = sparse(pack, idx, commit, 1 << 31)

@@ -165,6 +165,7 @@ def delta_plus(delta: bytes, tail: bytes) -> bytes:
     return varint(src) + varint(dst + len(tail)) + delta[pos:] + insert_ops(tail)
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("mode", ["light", "fast"])
 @pytest.mark.parametrize("verify", [False, True])
 def test_large_delta_streams_in_pieces(big_image, mode, verify):
@@ -210,6 +211,7 @@ def _with_delta(base: bytes, target: bytes, delta: bytes, oid: bytes | None = No
     return build(objs, cid)
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("mode", ["light", "fast"])
 def test_damaged_large_deltas_are_refused_before_writing(big_image, mode):
     _, base, target, b, _ = big_image

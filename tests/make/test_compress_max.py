@@ -174,6 +174,7 @@ def test_max_image_passes_git_and_reads_back(built):
             assert all(n.offset for n in got)
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("level", ["max", "zopfli"])
 def test_max_is_deterministic_and_independent_of_workers(built, tmp_path, monkeypatch, level):
     tmp, src, default, best, zop = built

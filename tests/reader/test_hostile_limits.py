@@ -164,6 +164,7 @@ def zlib_bomb(tmp_path_factory) -> tuple[Path, bytes]:
     return write(tmp_path_factory.mktemp("zlib"), build(objs, cid)), oid
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("mode", ["light", "fast"])
 def test_zlib_bomb_cat_streams_in_bounded_memory(zlib_bomb, mode, tmp_path):
     path, oid = zlib_bomb
@@ -178,6 +179,7 @@ def test_zlib_bomb_cat_streams_in_bounded_memory(zlib_bomb, mode, tmp_path):
     out.unlink()
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_zlib_bomb_get_is_refused_by_the_limit(zlib_bomb):
     path, _ = zlib_bomb
     for mode in ("light", "fast"):  # stat proves the size by hashing it as it inflates
@@ -191,6 +193,7 @@ def test_zlib_bomb_get_is_refused_by_the_limit(zlib_bomb):
         assert image.get("small") == b"small\n"
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_zlib_bomb_verify_hashes_as_it_inflates(zlib_bomb):
     path, _ = zlib_bomb
     proc = docteur("verify", path)
@@ -274,6 +277,7 @@ def huge_message(tmp_path_factory) -> Path:
     return write(tmp_path_factory.mktemp("msg"), build([c, t, f], c.oid))
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("mode", ["light", "fast"])
 def test_huge_commit_message_is_not_read_at_open(huge_message, mode):
     assert huge_message.stat().st_size < 2 * MiB
@@ -283,6 +287,7 @@ def test_huge_commit_message_is_not_read_at_open(huge_message, mode):
         assert proc.stdout == b"file\n"
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_huge_commit_message_info_shows_its_beginning(huge_message):
     proc = guest(huge_message, "info", cap=200 * MiB)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
@@ -291,6 +296,7 @@ def test_huge_commit_message_info_shows_its_beginning(huge_message):
     assert len(out) < 200 << 10
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("quick", [False, True])
 def test_huge_commit_message_verify_shows_its_beginning(huge_message, quick):
     """verify hashes the whole 400 MiB commit object (the full check streams
@@ -506,6 +512,7 @@ def test_verify_json_escapes_names_that_are_not_utf8(tmp_path):
     assert any("caf\\xe9 is not in the pack" in p["what"] for p in report["problems"])
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_a_file_over_the_object_limit_is_built_whole_and_streamed_by_every_reader(tmp_path):
     """Over MAX_OBJECT_SIZE a file is stored whole (bigFileThreshold) and read as
     it inflates: what `make` accepts, `verify`, `cat` and the guest read, in

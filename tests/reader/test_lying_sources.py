@@ -181,6 +181,7 @@ def sources(image: bytes, tmp: Path, name: str):
 # -- forgeries that keep the commit id ---------------------------------------------
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("index", ["pix", "nopix"])
 @pytest.mark.parametrize("forgery", ["blob", "repoint"])
 def test_a_forgery_keeping_the_commit_id_gives_no_wrong_byte(images, tmp_path, index, forgery):
@@ -221,6 +222,7 @@ def test_extract_writes_no_wrong_byte(images, tmp_path, index):
 # -- another image, served under the pinned one's name -------------------------------
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 @pytest.mark.parametrize("index", ["pix", "nopix"])
 def test_another_image_of_the_same_size_is_refused_under_a_pin(images, tmp_path, index):
     a, truth = images[index]["A"]
@@ -252,9 +254,9 @@ def test_an_origin_named_for_its_commit_pins_it(images, tmp_path):
 
 
 @pytest.mark.parametrize("index", ["pix", "nopix"])
-@pytest.mark.parametrize("afters", [  # a sample in the quick core, the rest with `slow`
-    pytest.param((3,), id="after3"),
-    pytest.param((1, 2, 5, 8), id="after1258", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 11 s of CPU a case: out of the quick core (.ci/core), run by .ci/run
+@pytest.mark.parametrize("afters", [pytest.param((3,), id="after3"),
+                                    pytest.param((1, 2, 5, 8), id="after1258")])
 def test_a_switch_mid_session_gives_no_wrong_byte(images, tmp_path, index, afters):
     a, truth = images[index]["A"]
     b, _ = images[index]["B"]
@@ -378,6 +380,7 @@ def _flipped_in_place(image: bytes, path: str, data: bytes, at: int) -> bytes:
 
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_a_large_forged_file_leaves_nothing_on_stdout(tmp_path):
     """A file over the streaming threshold (16 MiB), stored whole and
     forged in place: `cat` hashes it before writing (it used to write all

@@ -67,6 +67,7 @@ def test_a_failing_pip_install_stops_setup_with_its_reason(tmp_path):
     project_venv_still_works()
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_a_missing_debian_package_stops_setup_with_its_name(tmp_path):
     venv = tmp_path / "venv"
     package = "no-such-package-docteur"

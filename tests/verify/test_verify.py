@@ -332,6 +332,7 @@ def test_every_flipped_byte_is_reported_in_its_region(images, kind):
     assert seen == ALL_REGIONS | ({"path index"} if data[-4096:-4088] == b"DOCTPIDX" else set())
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_cli_names_the_region_of_a_flip(images, tmp_path):
     image, _ = images["reference-ofs"]
     data = image.read_bytes()
@@ -398,6 +399,7 @@ def _bad_file_cases(image: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_hostile_files_give_a_clear_error(images, tmp_path):
     image, _ = images["reference-ofs"]
     for name, (path, hint) in _bad_file_cases(image, tmp_path).items():
@@ -618,6 +620,7 @@ def test_ocaml_quoting():
     assert ocaml_quoted("Zoë") == '"Zo\\195\\171"'
 
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_large_blob_is_streamed_and_rebuilt_as_a_base(tmp_path):
     from docteur_core.verify import STREAM_THRESHOLD
 

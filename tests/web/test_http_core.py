@@ -215,6 +215,7 @@ def test_content_types_are_pythons_table_with_compressed_files_as_themselves():
 
 # --- the reader's checked content -------------------------------------------------------
 
+@pytest.mark.slow  # seconds of CPU: out of the quick core (.ci/core), run by .ci/run
 def test_image_content_is_checked_before_it_is_returned(tmp_path):
     small = b"small file\n"
     large = os.urandom((17 << 20) + 3)
