@@ -877,7 +877,7 @@ class Image:
             size = self.size(path)
         return Stat("/" + node.path, node.kind, node.mode, size, node.id)
 
-    def readlink(self, path: str | bytes) -> str:
+    def readlink(self, path: str | bytes | Node) -> str:
         node = self._lookup(path)
         if node.mode != obj.MODE_LINK:
             raise NotAFile(f"/{node.path} is not a symbolic link")

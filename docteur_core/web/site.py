@@ -350,9 +350,7 @@ class Site:
         return Entity(200, body, f'"{node.id}"', self.content_type(node.name))
 
     def _link(self, image: Image, node: Node) -> Entity:
-        # Image.readlink takes a Node like its siblings (its _lookup does), but is
-        # annotated `str | bytes` only (reader/image.py).
-        target = image.readlink(node)  # type: ignore[arg-type]
+        target = image.readlink(node)
         if target.startswith("/"):
             return Entity(404, note="a link out of the image")
         parts = node.path.split("/")[:-1]
