@@ -94,8 +94,8 @@ def _ended(produced: int, size: int, where: object, crc: int | None,
             raise bad_crc(running, crc, where)
 
 
-def inflate_entry(entry: bytes, start: int, size: int, where: object, crc: int | None = None
-                  ) -> tuple[bytes, int, EntryInflater | None]:
+def inflate_entry(entry: bytes | memoryview, start: int, size: int, where: object,
+                  crc: int | None = None) -> tuple[bytes, int, EntryInflater | None]:
     """`EntryInflater`'s first read of up to `size` + 1 bytes, for an entry
     whose first bytes are `entry` (its stream from `start`).
 

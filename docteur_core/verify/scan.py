@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..format import idx as idxmod
 from ..format import layout, objects, pack
+from ..format.inflate import inflate_entry
 from ..format.limits import INFLATE_STEP
 from ..blockdev.block import BlockDevice
 from ..errors import DamagedImage
@@ -262,7 +263,7 @@ class PackScan(Bases):
         by_id, blob_sizes = self.by_id, self.blob_sizes
         planned = self.planned and not self.uses_of
         uses_at, remaining = self.uses_at, self.remaining
-        decompressobj, crc32, sha1 = zlib.decompressobj, zlib.crc32, hashlib.sha1
+        crc32, sha1 = zlib.crc32, hashlib.sha1
         stream_limit = min(STREAM_THRESHOLD, WHOLE_ENTRY)
         lane = self.lane_hlen
         if lane is not None:  # its columns come with it (`_idx_offsets_for_resync`)
@@ -293,17 +294,15 @@ class PackScan(Bases):
             if c & 0x80 or size > stream_limit or i >= end:
                 break
             entry = mv[rel:end]
-            # Its own zlib call, not `pack.Inflater`: on 20,000 blobs of
-            # 10-100 bytes the shared inflater took 1.06 us an entry, this
-            # 0.57 (the lane is most of a verify of many small files).
-            d = decompressobj()
-            try:
-                data = d.decompress(mv[i:end], size + 1)
-            except zlib.error:
-                break
-            if not d.eof or d.unused_data or len(data) != size:
-                break
             hlen = i - rel
+            # The shared inflater's one-call form: its stream must end
+            # exactly at the next entry, else `_entry` says what is wrong.
+            try:
+                data, used, more = inflate_entry(entry, hlen, size, pos)
+            except DamagedImage:
+                break
+            if more is not None or used != end - rel:
+                break
             entry_crc = crc32(entry)
             if size < 4096:
                 oid = sha1(b"blob %d\0%s" % (size, data)).digest()
@@ -463,16 +462,11 @@ class PackScan(Bases):
         """
         rel = pos - s.base
         entry = memoryview(s.buf)[rel:rel + end - pos]
-        # Its own zlib call, not `pack.Inflater` (the same result, measured:
-        # 1.06 us an entry against 0.57 for outputs of 10-100 bytes; deltas,
-        # which come here, are mostly that small). On bench/verify.py's
-        # corpora the difference was within the noise of a loaded machine.
-        d = zlib.decompressobj()
         try:
-            data = d.decompress(entry[hlen:], size + 1)
-        except zlib.error:
+            data, used, more = inflate_entry(entry, hlen, size, pos)
+        except DamagedImage:
             return None
-        if not d.eof or d.unused_data or len(data) != size:
+        if more is not None or used != end - pos:
             return None
         self.crc[pos] = zlib.crc32(entry)
         return data
@@ -759,8 +753,10 @@ class PackScan(Bases):
             cmf, flg = raw[s], raw[s + 1]
             if cmf & 0x0F != 8 or ((cmf << 8) | flg) % 31:
                 continue
-            # Not `pack.Inflater`: no declared size to hold the stream to
-            # (the header is what is in doubt), only whether one ends here.
+            # Its own zlib loop, not the shared inflater (format/inflate.py):
+            # that holds a stream to a declared size, and here there is none
+            # to trust (the header is what is in doubt); the question is only
+            # whether some stream ends exactly here, within a budget.
             d = zlib.decompressobj()
             try:
                 budget = 64 << 20
