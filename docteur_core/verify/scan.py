@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..format import idx as idxmod
 from ..format import layout, objects, pack
-from ..format.inflate import inflate_entry
+from ..format.inflate import EntryInflater, inflate_entry
 from ..format.limits import INFLATE_STEP
 from ..blockdev.block import BlockDevice
 from ..errors import DamagedImage
@@ -479,55 +479,50 @@ class PackScan(Bases):
         and the offset just after the stream. Raises EntryError with the
         precise complaint on a damaged stream.
         """
-        # Its own zlib loop, not `pack.Inflater`, which keeps all it inflates
-        # and sees no input bytes: this hashes a big object as it inflates
-        # (INFLATE_STEP bytes out at a time, never held) and takes the
-        # CRC-32 of exactly the bytes the stream used, from the scan's buffer.
+        # The shared inflater, fed from the scan's buffer: it bounds and
+        # checks the stream; the CRC-32 is taken here over exactly the bytes
+        # the stream used (the IDX's is compared with it later, idxcheck.py).
         pos = zpos - len(hdr)
         crc = zlib.crc32(hdr)
-        d = zlib.decompressobj()
+        inf = EntryInflater(size, None)
+        # Hashed as it inflates: INFLATE_STEP bytes out at a time, so a
+        # stream of zeros declaring gigabytes costs no memory.
+        step = INFLATE_STEP if stream_hash is not None else size + 1
         parts = []
-        have = 0
+        fed = 0
         guess = size + (size >> 8) + 64
-        while True:
-            rel = zpos - s.base
-            avail = min(s.buf_end, limit) - zpos
-            if avail <= 0:
-                if zpos >= limit or not s.cover(zpos, 1) or min(s.buf_end, limit) <= zpos:
-                    raise EntryError(None, "zlib stream runs past the end of the pack")
-                continue
-            take = avail if avail < guess else guess
-            chunk = memoryview(s.buf)[rel:rel + take]
-            # Hashed as it inflates: INFLATE_STEP bytes out at a time, so a
-            # stream of zeros declaring gigabytes costs no memory.
-            step = INFLATE_STEP if stream_hash is not None else size - have + 1
-            inp: bytes | memoryview = chunk
-            try:
-                while True:
-                    out = d.decompress(inp, step)
-                    have += len(out)
-                    if have > size:
-                        raise EntryError(None,
-                                         f"inflates to more than the declared {size} bytes")
+        try:
+            while True:
+                rel = zpos - s.base
+                avail = min(s.buf_end, limit) - zpos
+                if avail <= 0:
+                    if zpos >= limit or not s.cover(zpos, 1) or min(s.buf_end, limit) <= zpos:
+                        raise EntryError(None, "zlib stream runs past the end of the pack")
+                    continue
+                take = avail if avail < guess else guess
+                chunk = memoryview(s.buf)[rel:rel + take]
+                inf.feed(chunk)
+                while not inf.needs_input:
+                    out = inf.read(step)
                     if stream_hash is not None:
                         stream_hash.update(out)
                     else:
                         parts.append(out)
-                    inp = d.unconsumed_tail
-                    if d.eof or not inp:
+                    if inf.done:
                         break
-            except zlib.error as exc:
-                raise EntryError(None, f"bad zlib stream ({exc})") from None
-            if d.eof:
-                used = take - len(d.unused_data)
-                crc = zlib.crc32(chunk[:used], crc)
-                zpos += used
-                break
-            crc = zlib.crc32(chunk, crc)
-            zpos += take
-            guess = max(guess, 1 << 16)
-        if have != size:
-            raise EntryError(None, f"inflates to {have} bytes, {size} declared")
+                if inf.done:
+                    used = inf.consumed - fed
+                    crc = zlib.crc32(chunk[:used], crc)
+                    zpos += used
+                    break
+                crc = zlib.crc32(chunk, crc)
+                zpos += take
+                fed += take
+                guess = max(guess, 1 << 16)
+        except EntryError:
+            raise
+        except DamagedImage as exc:
+            raise EntryError(None, exc.what) from None
         self.crc[pos] = crc
         if stream_hash is not None:
             return None, zpos
