@@ -11,6 +11,7 @@ import pytest
 
 from docteur_core.blockdev.block import MemoryDevice
 from docteur_core.verify import STREAM_THRESHOLD, verify_image
+from docteur_core.verify.state import COMMIT_HEAD
 
 from tests.helpers.forge import Obj, build, commit, tree
 
@@ -36,3 +37,27 @@ def test_a_stream_longer_than_declared_is_named_so_on_every_path(size):
     whats = [p[2] for p in report.problems]
     assert f"inflates to more than the declared {size - 100} bytes" in whats, whats
     assert not any("bad zlib stream" in w for w in whats), whats
+
+
+def test_quick_holds_a_large_commit_to_its_declared_size():
+    """A commit declaring more than quick mode inflates of it (COMMIT_HEAD)
+    whose stream ends before that: quick mode reads only the head, yet the
+    stream ended within it at the wrong size, which it says (as full does)."""
+    body = commit(b"\0" * 20, "m" * (COMMIT_HEAD // 2))
+    c = Obj("commit", body, size=COMMIT_HEAD + 10)
+    image = bytes(build([c], c.oid))
+    what = f"inflates to {len(body)} bytes, {COMMIT_HEAD + 10} declared"
+    for quick in (True, False):
+        report = verify_image(MemoryDevice(image), quick=quick)
+        assert what in [p[2] for p in report.problems], (quick, report.problem_lines())
+        assert not report.ok
+
+
+def test_quick_reads_only_the_head_of_a_large_commit():
+    """A commit larger than COMMIT_HEAD, intact: quick mode shows its head
+    and is content."""
+    body = commit(b"\0" * 20, "m" * (COMMIT_HEAD + 1000))
+    c = Obj("commit", body)
+    report = verify_image(MemoryDevice(bytes(build([c], c.oid))), quick=True)
+    assert report.ok, report.problem_lines()
+    assert report.message is not None and report.message.startswith("mmm")
