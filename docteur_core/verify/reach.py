@@ -155,13 +155,15 @@ def _inflate_head(pread: Pread, at: int, end: int, size: int, keep: int, where: 
     inflated to exactly `size` bytes).
     """
     stream = EntryStream(EntryInflater(size, where), pread, at, end, READ_CHUNK)
-    out = bytearray()
-    while len(out) < keep:
-        piece = stream.next_chunk(keep - len(out))
+    parts = []
+    have = 0
+    while have < keep:
+        piece = stream.next_chunk(keep - have)
         if not piece:
             break
-        out += piece
-    return bytes(out)
+        parts.append(piece)
+        have += len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Walk:

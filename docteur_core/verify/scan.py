@@ -263,7 +263,7 @@ class PackScan(Bases):
         by_id, blob_sizes = self.by_id, self.blob_sizes
         planned = self.planned and not self.uses_of
         uses_at, remaining = self.uses_at, self.remaining
-        crc32, sha1 = zlib.crc32, hashlib.sha1
+        decompressobj, crc32, sha1 = zlib.decompressobj, zlib.crc32, hashlib.sha1
         stream_limit = min(STREAM_THRESHOLD, WHOLE_ENTRY)
         lane = self.lane_hlen
         if lane is not None:  # its columns come with it (`_idx_offsets_for_resync`)
@@ -294,15 +294,24 @@ class PackScan(Bases):
             if c & 0x80 or size > stream_limit or i >= end:
                 break
             entry = mv[rel:end]
-            hlen = i - rel
-            # The shared inflater's one-call form: its stream must end
-            # exactly at the next entry, else `_entry` says what is wrong.
+            # Its own zlib call, not the shared inflater's one-call form
+            # (format.inflate_entry; the same outcome: anything off leaves
+            # the entry to `_entry`, which says what is wrong). Measured
+            # (CPU, Python 3.11, alternating in one process): on 20,000
+            # blobs of 10-100 bytes inflate_entry took 0.24 us an entry more
+            # (1.66 against 1.42, best of 60); with it this lane made
+            # verify_image of tiny:100000 2.2-2.7% slower (median, best of
+            # 16: 824 against 806 ms), the lane being most of a verify of
+            # many small files. `_inflate_whole`, which takes far fewer
+            # entries, uses it.
+            d = decompressobj()
             try:
-                data, used, more = inflate_entry(entry, hlen, size, pos)
-            except DamagedImage:
+                data = d.decompress(mv[i:end], size + 1)
+            except zlib.error:
                 break
-            if more is not None or used != end - rel:
+            if not d.eof or d.unused_data or len(data) != size:
                 break
+            hlen = i - rel
             entry_crc = crc32(entry)
             if size < 4096:
                 oid = sha1(b"blob %d\0%s" % (size, data)).digest()
