@@ -300,10 +300,10 @@ class PackScan(Bases):
             # (CPU, Python 3.11, alternating in one process): on 20,000
             # blobs of 10-100 bytes inflate_entry took 0.24 us an entry more
             # (1.66 against 1.42, best of 60); with it this lane made
-            # verify_image of tiny:100000 2.2-2.7% slower (median, best of
-            # 16: 824 against 806 ms), the lane being most of a verify of
-            # many small files. `_inflate_whole`, which takes far fewer
-            # entries, uses it.
+            # verify_image of tiny:100000 2.2-2.7% slower (16 runs each:
+            # median 824 against 806 ms, best 755 against 736), the lane
+            # being most of a verify of many small files. (`_inflate_whole`,
+            # which takes far fewer entries, uses it.)
             d = decompressobj()
             try:
                 data = d.decompress(mv[i:end], size + 1)
