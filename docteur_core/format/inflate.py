@@ -1,9 +1,13 @@
 """One pack entry's zlib stream, inflated within bounds and checked.
 
 Every reader of an image inflates pack entries: the reader (whole objects,
-large blobs streamed, reads at an offset of one), verify (the commit, through
-`inflate_from`), the tests' image forger. They go through `EntryInflater`,
-so that an entry is judged by one set of rules, in one set of words:
+large blobs streamed, reads at an offset of one), verify (its scan's entries,
+in one call or streamed and hashed; quick mode's head of a large commit; the
+commit, through `inflate_from`), the tests' image forger. They go through
+`EntryInflater`, so that an entry is judged by one set of rules, in one set
+of words (two measured or necessary exceptions in verify/scan.py, each said
+where it is: the small-blob lane's own zlib call, and `_blame`, which looks
+for a stream with no size to hold it to):
 
 - bounded: no call yields more than it is asked for, and the whole stream
   never more than the declared size + 1 bytes (the one byte that proves the
@@ -94,8 +98,8 @@ def _ended(produced: int, size: int, where: object, crc: int | None,
             raise bad_crc(running, crc, where)
 
 
-def inflate_entry(entry: bytes, start: int, size: int, where: object, crc: int | None = None
-                  ) -> tuple[bytes, int, EntryInflater | None]:
+def inflate_entry(entry: bytes | memoryview, start: int, size: int, where: object,
+                  crc: int | None = None) -> tuple[bytes, int, EntryInflater | None]:
     """`EntryInflater`'s first read of up to `size` + 1 bytes, for an entry
     whose first bytes are `entry` (its stream from `start`).
 

@@ -13,9 +13,8 @@ which the path index check and the signature check read again.
 
 from __future__ import annotations
 
-import zlib
-
 from ..format import idx as idxmod
+from ..format.inflate import EntryInflater, EntryStream
 from ..format.trail import Trail
 from ..format import layout, limits, objects, pack
 from ..errors import DamagedImage
@@ -134,7 +133,7 @@ def _load_commit_quick(pread: Pread, capacity: int, located: Located,
                            f"the header is a {kind}, not a commit")
             return None
         if data is None and size > COMMIT_HEAD:
-            data = _inflate_head(pread, pos + eh.header_len, limit, COMMIT_HEAD,
+            data = _inflate_head(pread, pos + eh.header_len, limit, size, COMMIT_HEAD,
                                  at_offset(pos))
         elif data is None:
             data, _ = pack.inflate_from(pread, pos + eh.header_len, eh.size, limit,
@@ -145,29 +144,26 @@ def _load_commit_quick(pread: Pread, capacity: int, located: Located,
     return CommitHead(data, size)
 
 
-def _inflate_head(pread: Pread, at: int, end: int, keep: int, where: str) -> bytes:
-    """The first `keep` bytes of the zlib stream at `at` (not past `end`).
+def _inflate_head(pread: Pread, at: int, end: int, size: int, keep: int, where: str) -> bytes:
+    """The first `keep` bytes of the zlib stream at `at` (not past `end`),
+    which declares `size` bytes.
 
     Quick mode does no per-object work: of a commit larger than what
     the report shows it inflates that much, never a message of
-    hundreds of megabytes. (`pack.Inflater` inflates a whole stream to
-    its declared size: not what this is for.)
+    hundreds of megabytes. The shared inflater's reads stop there; its
+    rules hold for what is read (a stream ending sooner must still have
+    inflated to exactly `size` bytes).
     """
-    d = zlib.decompressobj()
-    out = bytearray()
-    pending = b""
-    while len(out) < keep and not d.eof:
-        if not pending:
-            pending = pread(at, min(READ_CHUNK, end - at)) if at < end else b""
-            if not pending:
-                raise DamagedImage("zlib stream runs past the end of the pack", where)
-            at += len(pending)
-        try:
-            out += d.decompress(pending, keep - len(out))
-        except zlib.error as exc:
-            raise DamagedImage(f"bad zlib stream ({exc})", where) from None
-        pending = d.unconsumed_tail
-    return bytes(out)
+    stream = EntryStream(EntryInflater(size, where), pread, at, end, READ_CHUNK)
+    parts = []
+    have = 0
+    while have < keep:
+        piece = stream.next_chunk(keep - have)
+        if not piece:
+            break
+        parts.append(piece)
+        have += len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Walk:
