@@ -256,30 +256,19 @@ def export_missing(repo: GitRepo, commit: str, known: frozenset[bytes], pack_bas
     at git's level into `pack_base`-SHA.pack, whatever the source's own
     packing; returns how many. Nothing is written when there are none.
     """
-    from .gitrun import git_command, git_env, last_line, run_git, start_git
+    from .gitrun import git_through_files, run_git
 
     listing = run_git(repo, "rev-list", "--objects", "--no-walk", commit)
     missing = [line[:40] for line in listing.split(b"\n")
                if line and bytes.fromhex(line[:40].decode()) not in known]
     if not missing:
         return 0
-    import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as stdin:
         stdin.write(b"".join(sha + b"\n" for sha in missing))
         stdin.seek(0)
-        proc = start_git(git_command("pack-objects", "-q", "--no-reuse-object", "--window=0",
-                                     "--depth=0", "--threads=1", pack_base),
-                         env=git_env(repo), stdin=stdin, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            proc.wait()
-        except BaseException:
-            from .. import children
-            children.stop(proc)
-            raise
-        if proc.returncode != 0:
-            err.seek(0)
-            raise BuildError(f"copying the objects the base lacks failed: "
-                             f"{last_line(err.read())}")
+        git_through_files(repo, stdin, "pack-objects", "-q", "--no-reuse-object", "--window=0",
+                          "--depth=0", "--threads=1", pack_base,
+                          failure="copying the objects the base lacks failed: ")
     return len(missing)

@@ -47,7 +47,8 @@ from typing import BinaryIO, Callable, Sequence
 from .. import children
 from ..errors import BuildError
 from ..format.idx import encode_idx_columns
-from .gitrun import DEPTH, WINDOW, GitRepo, git_command, git_env, last_line, run_git, start_git
+from .gitrun import (DEPTH, WINDOW, GitRepo, git_command, git_env, git_through_files,
+                     last_line, start_git)
 
 # About this much object content per part. Fixed: it decides the cut points,
 # so changing it changes the images (as any change of the delta search does).
@@ -202,29 +203,9 @@ class ObjectList(Sequence[Obj]):
         return Obj(self.line(i), self.types[i], self.sizes[i], self.hashes[i])
 
 
-def _git_output(repo: GitRepo, stdin: BinaryIO | None, *args: str) -> bytes:
-    """A git command's output, through a temporary file: read in one piece,
-    without `communicate`'s list of chunks joined into a second copy (rev-list
-    says 60 MB at a million files)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = start_git(git_command(*args), env=git_env(repo),
-                         stdin=subprocess.DEVNULL if stdin is None else stdin,
-                         stdout=out, stderr=err)
-        try:
-            proc.wait()
-        except BaseException:
-            children.stop(proc)
-            raise
-        if proc.returncode != 0:
-            err.seek(0)
-            raise BuildError(last_line(err.read()))
-        out.seek(0)
-        return out.read()
-
-
 def list_objects(repo: GitRepo, commit: str) -> ObjectList:
     """The commit and everything it reaches, in `rev-list` order, with types and sizes."""
-    listing = _git_output(repo, None, "rev-list", "--objects", "--no-walk", commit)
+    listing = git_through_files(repo, None, "rev-list", "--objects", "--no-walk", commit)
     if listing and not listing.endswith(b"\n"):
         listing += b"\n"
     starts = array("Q", [0])
@@ -238,7 +219,7 @@ def list_objects(repo: GitRepo, commit: str) -> ObjectList:
         shas.seek(0)
         n = len(starts) - 1
         try:
-            checked = _git_output(repo, shas, "cat-file",
+            checked = git_through_files(repo, shas, "cat-file",
                                   "--batch-check=%(objecttype) %(objectsize)")
         except BuildError as exc:
             raise BuildError(f"listing the objects of {commit} failed: {exc}") from None
